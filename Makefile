@@ -1,0 +1,44 @@
+# cmpipe: two commands do everything on a fresh machine.
+#   make run    set up .venv (pinned dependencies + cmpipe) and run the pipeline on config.yaml
+#   make test   same set-up, then the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+CORES  ?= 2
+CONFIG ?= config.yaml
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.cmpipe-installed
+
+.PHONY: all run test test-fast install lint bench clean-results
+
+all: run
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Reinstall when the pinned dependencies change. halotools has no wheel for this Python and
+# builds from source (several minutes, once; pip caches the wheel afterwards).
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow and not slurm"
+
+lint: $(STAMP)
+	$(BIN)/snakemake --lint --cores 1
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_mock.py
+	$(BIN)/python benchmarks/bench_kde.py
+
+clean-results:
+	rm -rf results/demo results/tiny

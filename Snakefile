@@ -1,0 +1,21 @@
+# cmpipe: dynamical galaxy-cluster masses from projected phase space.
+# Run:  snakemake --cores 2                      (default config.yaml)
+#       snakemake --cores 2 --configfile configs/tiny.yaml
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/catalogue.smk"
+include: "workflow/rules/mock.smk"
+include: "workflow/rules/plots.smk"
+
+
+rule all:
+    input:
+        final_targets(),
+    default_target: True

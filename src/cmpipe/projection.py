@@ -1,0 +1,254 @@
+"""Projection of the box along each sightline: the phase-space window of every cluster.
+
+For a cluster (host halo) with central galaxy at comoving position c and velocity v_c,
+and a unit line of sight n completed by sky axes (e1, e2), every galaxy of the box at
+minimum-image comoving offset d and velocity v is seen at
+
+    x_proj = a d.e1,   y_proj = a d.e2                       (proper h^-1 Mpc)
+    v_los  = (v - v_c).n + H(z) a d.n                         (km/s, Hubble flow included)
+
+with a = 1/(1+z) and H(z) = 100 E(z) km/s per proper h^-1 Mpc. Galaxies with
+|x_proj|, |y_proj| <= W and |v_los| <= V form the window: members of the halo and the
+interlopers around it. Halos are processed in batches, so memory does not grow with the
+catalogue beyond the galaxy table and its KD-tree.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+from .sightlines import basis_for
+
+__all__ = ["G_KMS2_MPC_MSUN", "Projector", "v200c_kms", "phase_space_distance",
+           "project_batches"]
+
+log = logging.getLogger(__name__)
+
+#: Gravitational constant in (km/s)^2 Mpc / Msun (the h's cancel in G M / R).
+G_KMS2_MPC_MSUN = 4.30091727e-9
+
+
+def v200c_kms(log10_m200c, r200c_mpc_h):
+    """Circular velocity at R200c, sqrt(G M200c / R200c), km/s (proper R200c)."""
+    return np.sqrt(G_KMS2_MPC_MSUN * 10.0 ** np.asarray(log10_m200c)
+                   / np.asarray(r200c_mpc_h))
+
+
+def phase_space_distance(dx, dy, dv, r200c_1, r200c_2, v200c_1, v200c_2):
+    """Paper eq. (6): offsets scaled by the mean R200c and mean v200c of the pair.
+
+    Parameters
+    ----------
+    dx, dy : array_like
+        Projected offsets between the two clusters, proper h^-1 Mpc.
+    dv : array_like
+        Line-of-sight velocity offset, km/s.
+    r200c_1, r200c_2 : array_like
+        R200c of each, proper h^-1 Mpc.
+    v200c_1, v200c_2 : array_like
+        v200c of each, km/s.
+    """
+    r_av = 0.5 * (np.asarray(r200c_1) + r200c_2)
+    v_av = 0.5 * (np.asarray(v200c_1) + v200c_2)
+    return np.sqrt((dx / r_av) ** 2 + (dy / r_av) ** 2 + (dv / v_av) ** 2)
+
+
+class Projector:
+    """Projects a periodic box of galaxies and host halos along sightlines.
+
+    Parameters
+    ----------
+    halos : dict of ndarray
+        Halo table (HALO_SCHEMA); only host halos (``upid == -1``) are used, as interloper
+        clusters.
+    galaxies : dict of ndarray
+        Galaxy table (GALAXY_SCHEMA).
+    box_size_mpc_h : float
+        Comoving box side, h^-1 Mpc.
+    redshift : float
+        Snapshot redshift.
+    hubble_kms_per_mpc_h : float
+        H(z) in km/s per proper h^-1 Mpc.
+    half_width_mpc_h, v_max_kms : float
+        The window.
+    """
+
+    def __init__(self, halos, galaxies, *, box_size_mpc_h, redshift, hubble_kms_per_mpc_h,
+                 half_width_mpc_h=1.6, v_max_kms=2200.0):
+        self.L = float(box_size_mpc_h)
+        self.a = 1.0 / (1.0 + redshift)
+        self.a_h = self.a * hubble_kms_per_mpc_h  # km/s per comoving h^-1 Mpc
+        self.W = float(half_width_mpc_h)
+        self.V = float(v_max_kms)
+
+        self.g_pos = np.column_stack([galaxies[k] for k in ("x_mpc_h", "y_mpc_h", "z_mpc_h")])
+        self.g_vel = np.column_stack([galaxies[k] for k in ("vx_kms", "vy_kms", "vz_kms")])
+        self.g_id = np.asarray(galaxies["galaxy_id"])
+        self.g_halo = np.asarray(galaxies["halo_id"])
+        self.g_mag = np.asarray(galaxies["mag_r"])
+        self.g_tree = cKDTree(self.g_pos, boxsize=self.L)
+
+        host = np.asarray(halos["upid"]) == -1
+        self.h_id = np.asarray(halos["halo_id"])[host]
+        self.h_pos = np.column_stack([halos[k][host] for k in ("x_mpc_h", "y_mpc_h",
+                                                                "z_mpc_h")])
+        self.h_vel = np.column_stack([halos[k][host] for k in ("vx_kms", "vy_kms", "vz_kms")])
+        self.h_logm = np.asarray(halos["log10_m200c"])[host]
+        self.h_r200 = np.asarray(halos["r200c_mpc_h"])[host]
+        self.h_tree = cKDTree(self.h_pos, boxsize=self.L)
+        self._h_index = {int(h): i for i, h in enumerate(self.h_id)}
+
+        # central galaxy of each host: phase-space origin of its projections
+        cen = np.flatnonzero(np.asarray(galaxies["is_central"]).astype(bool))
+        self._central = {int(self.g_halo[i]): i for i in cen}
+
+        vmax_g = float(np.abs(self.g_vel).max()) if len(self.g_vel) else 0.0
+        vmax_h = float(np.abs(self.h_vel).max()) if len(self.h_vel) else 0.0
+        self._vmax = max(vmax_g, vmax_h)
+        half = 0.5 * self.L
+        need = (self.V + 2.0 * self._vmax) / self.a_h
+        self.los_depth = min(need, half)
+        if self.a_h * half < self.V + 1000.0:
+            log.warning("box of %.0f h^-1 Mpc holds only +-%.0f km/s of Hubble flow around "
+                        "a cluster; windows of +-%.0f km/s are then truncated by the "
+                        "periodic box", self.L, self.a_h * half, self.V)
+        self.r_query = float(np.hypot(np.sqrt(2.0) * self.W / self.a, self.los_depth))
+
+    def centre_of(self, halo_id):
+        """Comoving position and velocity of a halo's central galaxy (halo centre if it
+        has none)."""
+        gi = self._central.get(int(halo_id))
+        if gi is not None:
+            return self.g_pos[gi], self.g_vel[gi]
+        hi = self._h_index[int(halo_id)]
+        return self.h_pos[hi], self.h_vel[hi]
+
+    def _offsets(self, pos, vel, idx, c, vc):
+        d = pos[idx] - c
+        d -= self.L * np.round(d / self.L)
+        return d, vel[idx] - vc
+
+    def _project(self, d, dv, axes):
+        """Project offsets on k sightlines at once; returns x, y, v, par of shape (m, k)."""
+        e1, e2, n = axes[:, 0, :], axes[:, 1, :], axes[:, 2, :]
+        x = self.a * d @ e1.T
+        y = self.a * d @ e2.T
+        par = d @ n.T
+        v = dv @ n.T + self.a_h * par
+        return x, y, v, par
+
+    def project_halo(self, halo_id, directions):
+        """Windows of one halo along each of ``directions`` (k, 3).
+
+        Returns
+        -------
+        list of dict
+            Per sightline: the window galaxies (``galaxy_id``, ``x_proj_mpc_h``,
+            ``y_proj_mpc_h``, ``v_los_kms``, ``los_offset_mpc_h``, ``mag_r``,
+            ``is_member``) and the interloper-halo summary.
+        """
+        c, vc = self.centre_of(halo_id)
+        hi = self._h_index[int(halo_id)]
+        axes = np.stack([np.stack(tuple(basis_for(n)) + (n / np.linalg.norm(n),))
+                         for n in np.atleast_2d(directions)])
+        gidx = np.asarray(self.g_tree.query_ball_point(c, self.r_query), dtype=np.int64)
+        d, dv = self._offsets(self.g_pos, self.g_vel, gidx, c, vc)
+        x, y, v, par = self._project(d, dv, axes)
+        inside = (np.abs(x) <= self.W) & (np.abs(y) <= self.W) & (np.abs(v) <= self.V)
+
+        hidx = np.asarray(self.h_tree.query_ball_point(c, self.r_query), dtype=np.int64)
+        hidx = hidx[self.h_id[hidx] != halo_id]
+        hd, hdv = self._offsets(self.h_pos, self.h_vel, hidx, c, vc)
+        hx, hy, hv, _ = self._project(hd, hdv, axes)
+        h_in = (np.hypot(hx, hy) <= self.W) & (np.abs(hv) <= self.V)
+
+        logm, r200 = self.h_logm[hi], self.h_r200[hi]
+        v200 = v200c_kms(logm, r200)
+        out = []
+        for k in range(axes.shape[0]):
+            sel = gidx[inside[:, k]]
+            rec = dict(
+                galaxy_id=self.g_id[sel],
+                x_proj_mpc_h=x[inside[:, k], k],
+                y_proj_mpc_h=y[inside[:, k], k],
+                v_los_kms=v[inside[:, k], k],
+                los_offset_mpc_h=par[inside[:, k], k],
+                mag_r=self.g_mag[sel],
+                is_member=(self.g_halo[sel] == halo_id).astype(np.int8),
+            )
+            hk = np.flatnonzero(h_in[:, k])
+            if len(hk):
+                j = hk[np.argmax(self.h_logm[hidx[hk]])]
+                ji = hidx[j]
+                rec["interloper_halo_id"] = int(self.h_id[ji])
+                rec["interloper_mass_ratio"] = float(10.0 ** (self.h_logm[ji] - logm))
+                rec["interloper_distance"] = float(phase_space_distance(
+                    hx[j, k], hy[j, k], hv[j, k], r200, self.h_r200[ji], v200,
+                    v200c_kms(self.h_logm[ji], self.h_r200[ji])))
+            else:
+                rec["interloper_halo_id"] = -1
+                rec["interloper_mass_ratio"] = 0.0
+                rec["interloper_distance"] = np.nan
+            out.append(rec)
+        return out
+
+
+def project_batches(projector: Projector, sightlines: dict, hosts: dict, *,
+                    batch_size: int = 500, progress: bool = True):
+    """Project every (halo, sightline) row, yielding batches of whole halos.
+
+    Parameters
+    ----------
+    projector : Projector
+    sightlines : dict of ndarray
+        SIGHTLINE_SCHEMA rows, grouped by halo.
+    hosts : dict of ndarray
+        Selected host halos (their ``log10_m200c`` and ``r200c_mpc_h`` are copied).
+    batch_size : int
+        Halos per yielded batch.
+
+    Yields
+    ------
+    clusters, galaxies : dict of ndarray
+        PROJECTED_CLUSTER_SCHEMA and WINDOW_GALAXY_SCHEMA rows; ``cluster_id`` runs over
+        the sightline rows in order (0, 1, ...), so ids do not depend on the batch size.
+    """
+    from tqdm.auto import tqdm
+
+    host_row = {int(h): i for i, h in enumerate(hosts["halo_id"])}
+    hid = np.asarray(sightlines["halo_id"])
+    dirs = np.column_stack([sightlines["nx"], sightlines["ny"], sightlines["nz"]])
+    starts = np.flatnonzero(np.r_[True, hid[1:] != hid[:-1]])
+    stops = np.r_[starts[1:], len(hid)]
+    bar = tqdm(total=len(starts), desc="project", unit="halo", disable=not progress)
+    for b0 in range(0, len(starts), batch_size):
+        cl_parts, gal_parts = [], []
+        for s0, s1 in zip(starts[b0:b0 + batch_size], stops[b0:b0 + batch_size]):
+            h = int(hid[s0])
+            row = host_row[h]
+            recs = projector.project_halo(h, dirs[s0:s1])
+            for k, rec in enumerate(recs):
+                cid = s0 + k
+                ng = len(rec["galaxy_id"])
+                cl_parts.append(dict(
+                    cluster_id=[cid], halo_id=[h], sightline=[sightlines["sightline"][s0 + k]],
+                    log10_m200c=[hosts["log10_m200c"][row]],
+                    r200c_mpc_h=[hosts["r200c_mpc_h"][row]], n_window=[ng],
+                    interloper_halo_id=[rec["interloper_halo_id"]],
+                    interloper_mass_ratio=[rec["interloper_mass_ratio"]],
+                    interloper_distance=[rec["interloper_distance"]]))
+                gal = {k2: rec[k2] for k2 in ("galaxy_id", "x_proj_mpc_h", "y_proj_mpc_h",
+                                              "v_los_kms", "los_offset_mpc_h", "mag_r",
+                                              "is_member")}
+                gal["cluster_id"] = np.full(ng, cid, dtype=np.int64)
+                gal_parts.append(gal)
+            bar.update(1)
+        yield _concat(cl_parts), _concat(gal_parts)
+    bar.close()
+
+
+def _concat(parts):
+    keys = parts[0].keys()
+    return {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in keys}

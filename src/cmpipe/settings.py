@@ -1,0 +1,195 @@
+"""Typed, frozen settings built from the validated config.
+
+The Snakefile validates ``config.yaml`` against ``workflow/schemas/config.schema.yaml``
+(which also fills defaults); :func:`Settings.from_config` turns the resulting dict into
+frozen dataclasses so library code never indexes raw dicts. :func:`load_config` does the
+same validation for code that runs without Snakemake (tests, ``cmpipe`` CLI).
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "ConfigError",
+    "WindowSettings",
+    "SightlineSettings",
+    "MockSettings",
+    "SplitSettings",
+    "Settings",
+    "load_config",
+    "validate_config",
+    "stage_rng",
+    "stage_seed",
+    "SPLIT_CODES",
+]
+
+#: Integer codes of the ``split`` column of the cluster table.
+SPLIT_CODES = {"unused": -1, "train": 0, "validation": 1, "test": 2, "eval": 3}
+
+
+class ConfigError(ValueError):
+    """The config is invalid; the message names the key and the fix."""
+
+
+@dataclass(frozen=True)
+class WindowSettings:
+    """The observed phase-space window around each cluster.
+
+    Attributes
+    ----------
+    half_width_mpc_h : float
+        |x_proj|, |y_proj| <= this, proper h^-1 Mpc (paper: 1.6).
+    v_max_kms : float
+        |v_los| <= this, km/s (paper: 2200).
+    """
+
+    half_width_mpc_h: float = 1.6
+    v_max_kms: float = 2200.0
+
+
+@dataclass(frozen=True)
+class SightlineSettings:
+    """How many lines of sight each selected halo gets (flattening in log M)."""
+
+    max_per_halo: int = 25
+    target_per_bin: int = 300
+    bin_width_dex: float = 0.1
+
+
+@dataclass(frozen=True)
+class MockSettings:
+    """Flux-limited mock: observer placement, magnitude limit, richness cut."""
+
+    observer_radius_mpc_h: float = 250.0
+    mag_r_limit: float = 18.0
+    min_galaxies: int = 10
+    halo_batch_size: int = 500
+
+
+@dataclass(frozen=True)
+class SplitSettings:
+    """Train/validation/test/eval split by halo, stratified in log M."""
+
+    train: float = 0.40
+    test: float = 0.47
+    eval: float = 0.13
+    validation_fraction: float = 0.10
+    bin_width_dex: float = 0.1
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a stage needs, from the validated config."""
+
+    run: str
+    seed: int
+    cosmology: str
+    source: str
+    redshift: float
+    synthetic: dict = field(default_factory=dict)
+    mdpl2: dict = field(default_factory=dict)
+    log10_m200c_min: float = 13.7
+    window: WindowSettings = WindowSettings()
+    sightlines: SightlineSettings = SightlineSettings()
+    mock: MockSettings = MockSettings()
+    splits: SplitSettings = SplitSettings()
+
+    @classmethod
+    def from_config(cls, config: dict) -> "Settings":
+        """Build settings from a validated config dict (defaults already filled)."""
+        sim = config["simulation"]
+        sp = dict(config["splits"])
+        fr = sp.pop("fractions")
+        return cls(
+            run=config["run"],
+            seed=int(config["seed"]),
+            cosmology=config["cosmology"]["name"],
+            source=sim["source"],
+            redshift=float(sim["redshift"]),
+            synthetic=dict(sim.get("synthetic", {})),
+            mdpl2=dict(sim.get("mdpl2", {})),
+            log10_m200c_min=float(config["selection"]["log10_m200c_min"]),
+            window=WindowSettings(**config["window"]),
+            sightlines=SightlineSettings(**config["sightlines"]),
+            mock=MockSettings(**config["mock"]),
+            splits=SplitSettings(**fr, **sp),
+        )
+
+
+def stage_seed(seed: int, stage: str) -> int:
+    """A stable 63-bit seed for ``stage`` derived from the master ``seed``."""
+    ss = np.random.SeedSequence([int(seed), zlib.crc32(stage.encode())])
+    return int(ss.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+def stage_rng(seed: int, stage: str) -> np.random.Generator:
+    """The random generator of ``stage`` (independent streams per stage, reproducible)."""
+    return np.random.default_rng(stage_seed(seed, stage))
+
+
+def _schema_errors(config: dict, schema_path: Path):
+    import jsonschema
+    import yaml
+
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    validator_cls = jsonschema.validators.validator_for(schema)
+    extended = jsonschema.validators.extend(validator_cls, {"properties": _fill_defaults(
+        validator_cls.VALIDATORS["properties"])})
+    return sorted(extended(schema).iter_errors(config), key=lambda e: list(e.path))
+
+
+def _fill_defaults(validate_properties):
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for prop, sub in properties.items():
+                if "default" in sub and prop not in instance:
+                    instance[prop] = sub["default"]
+        yield from validate_properties(validator, properties, instance, schema)
+    return set_defaults
+
+
+def validate_config(config: dict, schema_path) -> dict:
+    """Validate ``config`` in place against the JSON schema, filling defaults.
+
+    Raises
+    ------
+    ConfigError
+        Listing every problem with its dotted key path (e.g. ``mock.mag_r_limt: unknown
+        key``) and the fix.
+    """
+    errors = _schema_errors(config, schema_path)
+    if errors:
+        lines = []
+        for e in errors:
+            where = ".".join(str(p) for p in e.path) or "(top level)"
+            if e.validator == "additionalProperties":
+                extra = sorted(set(e.instance) - set(e.schema.get("properties", {})))
+                for k in extra:
+                    key = f"{where}.{k}" if e.path else k
+                    lines.append(f"{key}: unknown config key. Fix: remove it or correct the "
+                                 f"spelling (allowed here: "
+                                 f"{', '.join(sorted(e.schema.get('properties', {})))})")
+            else:
+                lines.append(f"{where}: {e.message}")
+        raise ConfigError("invalid config (" + str(schema_path) + "):\n  "
+                          + "\n  ".join(lines))
+    return config
+
+
+def load_config(config_path, schema_path) -> dict:
+    """Read a YAML config file, validate it and fill defaults."""
+    import yaml
+
+    config_path = Path(config_path)
+    try:
+        config = yaml.safe_load(config_path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{config_path}: not valid YAML ({err})") from err
+    try:
+        return validate_config(config, schema_path)
+    except ConfigError as err:
+        raise ConfigError(f"{config_path}: {err}") from err

@@ -1,0 +1,19 @@
+# Stage 0: the halo and galaxy catalogue (synthetic universe or MDPL2 files).
+
+
+rule catalogue:
+    output:
+        halos=res("catalogue/halos.h5"),
+        galaxies=res("catalogue/galaxies.h5"),
+    log:
+        res("logs/catalogue.log"),
+    benchmark:
+        res("benchmarks/catalogue.tsv")
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    conda:
+        "../../envs/catalogue.yaml"
+    script:
+        "../scripts/catalogue.py"

@@ -1,0 +1,106 @@
+# Stages 1-4: halo selection, sightlines, projection, flux limit, flat-mass splits.
+
+
+rule select_halos:
+    input:
+        halos=res("catalogue/halos.h5"),
+    output:
+        hosts=res("mock/hosts.h5"),
+    log:
+        res("logs/select_halos.log"),
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../../envs/mock.yaml"
+    script:
+        "../scripts/select_halos.py"
+
+
+rule sightlines:
+    input:
+        hosts=res("mock/hosts.h5"),
+    output:
+        sightlines=res("mock/sightlines.h5"),
+    log:
+        res("logs/sightlines.log"),
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        "../../envs/mock.yaml"
+    script:
+        "../scripts/sightlines.py"
+
+
+rule project:
+    input:
+        halos=res("catalogue/halos.h5"),
+        galaxies=res("catalogue/galaxies.h5"),
+        hosts=res("mock/hosts.h5"),
+        sightlines=res("mock/sightlines.h5"),
+    output:
+        projected=res("mock/projected.h5"),
+    log:
+        res("logs/project.log"),
+    benchmark:
+        res("benchmarks/project.tsv")
+    resources:
+        mem_mb=8000,
+        runtime=120,
+    conda:
+        "../../envs/mock.yaml"
+    script:
+        "../scripts/project.py"
+
+
+rule flux_limit:
+    input:
+        projected=res("mock/projected.h5"),
+    output:
+        fluxlimited=res("mock/fluxlimited.h5"),
+    log:
+        res("logs/flux_limit.log"),
+    benchmark:
+        res("benchmarks/flux_limit.tsv")
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../../envs/mock.yaml"
+    script:
+        "../scripts/flux_limit.py"
+
+
+rule split:
+    input:
+        fluxlimited=res("mock/fluxlimited.h5"),
+    output:
+        clusters=res("mock/clusters.h5"),
+    log:
+        res("logs/split.log"),
+    resources:
+        mem_mb=4000,
+        runtime=20,
+    conda:
+        "../../envs/mock.yaml"
+    script:
+        "../scripts/split.py"
+
+
+rule mock_summary:
+    input:
+        halos=res("catalogue/halos.h5"),
+        hosts=res("mock/hosts.h5"),
+        clusters=res("mock/clusters.h5"),
+    output:
+        summary=res("mock/summary.json"),
+    log:
+        res("logs/mock_summary.log"),
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    conda:
+        "../../envs/mock.yaml"
+    script:
+        "../scripts/mock_summary.py"

@@ -1,0 +1,20 @@
+# Figures: cheap rules of their own, so changing a figure never reruns a heavy stage.
+
+
+rule mock_plots:
+    input:
+        summary=res("mock/summary.json"),
+        clusters=res("mock/clusters.h5"),
+    output:
+        mass_function=res("figures/mock_mass_function.png"),
+        splits=res("figures/mock_split_masses.png"),
+        phase_space=res("figures/mock_phase_space.png"),
+    log:
+        res("logs/mock_plots.log"),
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../../envs/plots.yaml"
+    script:
+        "../scripts/mock_plots.py"

@@ -12,6 +12,7 @@ configfile: "config.yaml"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/catalogue.smk"
 include: "workflow/rules/mock.smk"
+include: "workflow/rules/kde.smk"
 include: "workflow/rules/plots.smk"
 
 

@@ -19,6 +19,7 @@ __all__ = [
     "SightlineSettings",
     "MockSettings",
     "SplitSettings",
+    "KDESettings",
     "Settings",
     "load_config",
     "validate_config",
@@ -82,6 +83,31 @@ class SplitSettings:
 
 
 @dataclass(frozen=True)
+class KDESettings:
+    """KDE cubes: grid, bandwidth, truncation and sharding.
+
+    Attributes
+    ----------
+    n_grid : int
+        Voxels per axis (paper 50).
+    h0 : float
+        Bandwidth factor: kernel covariance = h0^2 x data covariance (paper 0.175).
+    truncation : float
+        Mahalanobis radius beyond which a kernel is neglected.
+    shard_size : int
+        Clusters per shard job.
+    batch_size : int
+        Cubes computed and written at once inside a shard (bounds memory).
+    """
+
+    n_grid: int = 50
+    h0: float = 0.175
+    truncation: float = 6.5
+    shard_size: int = 500
+    batch_size: int = 32
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything a stage needs, from the validated config."""
 
@@ -97,6 +123,7 @@ class Settings:
     sightlines: SightlineSettings = SightlineSettings()
     mock: MockSettings = MockSettings()
     splits: SplitSettings = SplitSettings()
+    kde: KDESettings = KDESettings()
 
     @classmethod
     def from_config(cls, config: dict) -> "Settings":
@@ -117,6 +144,7 @@ class Settings:
             sightlines=SightlineSettings(**config["sightlines"]),
             mock=MockSettings(**config["mock"]),
             splits=SplitSettings(**fr, **sp),
+            kde=KDESettings(**config["kde"]),
         )
 
 

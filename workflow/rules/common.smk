@@ -21,6 +21,24 @@ def res(path):
     return f"{RESULTS}/{path}"
 
 
+SPLITS = ["train", "validation", "test", "eval"]
+
+
+wildcard_constraints:
+    split="|".join(SPLITS),
+    shard=r"\d{4}",
+
+
+def kde_shard_files(wildcards):
+    """Shard files of one split; their number follows from the split checkpoint."""
+    from cmpipe.stages import n_shards, split_counts
+
+    clusters = checkpoints.split.get().output.clusters
+    n = split_counts(clusters)[wildcards.split]
+    k = n_shards(n, config["kde"]["shard_size"])
+    return [res(f"cubes/{wildcards.split}/shard-{i:04d}.h5") for i in range(k)]
+
+
 def final_targets():
     """Everything `snakemake` builds by default."""
     return [
@@ -28,4 +46,5 @@ def final_targets():
         res("figures/mock_mass_function.png"),
         res("figures/mock_split_masses.png"),
         res("figures/mock_phase_space.png"),
+        *[res(f"cubes/{s}.h5") for s in SPLITS],
     ]

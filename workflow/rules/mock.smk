@@ -72,7 +72,8 @@ rule flux_limit:
         "../scripts/flux_limit.py"
 
 
-rule split:
+# A checkpoint: the number of KDE shards per split is read from its output.
+checkpoint split:
     input:
         fluxlimited=res("mock/fluxlimited.h5"),
     output:

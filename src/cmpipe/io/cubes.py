@@ -1,0 +1,201 @@
+"""KDE cube files: ``results/{run}/cubes/{split}.h5`` and their shards.
+
+Layout (one file per split; shards have the same layout):
+
+- ``cubes``: float32, shape ``(N, n, n, n)``, axis order ``(x_proj, y_proj, v_los)``, one
+  HDF5 chunk per cube, gzip level 1 with the shuffle filter. Each cube sums to 1.
+- ``cluster_id`` (i8), ``log10_m200c`` (f8, log10(h^-1 Msun)), ``n_gal`` (i8),
+  ``n_members`` (i8): one value per cube, same order.
+- attributes: ``n_grid``, ``half_width_mpc_h``, ``v_max_kms``, ``h0``, ``truncation``,
+  ``normalisation`` ("each cube sums to 1"), ``split``.
+
+Cubes are read one chunk at a time (:class:`CubeReader`), so nothing ever holds a whole
+split in memory; :func:`gather_shards` concatenates shards by copying the compressed chunks
+as they are (no decompression), so the gather step costs disk bandwidth only.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from .tables import CatalogueError, atomic_output
+
+__all__ = ["CUBE_COLUMNS", "CubeWriter", "CubeReader", "gather_shards"]
+
+#: Per-cube columns stored beside the cubes.
+CUBE_COLUMNS = {"cluster_id": "i8", "log10_m200c": "f8", "n_gal": "i8", "n_members": "i8"}
+
+
+class CubeWriter:
+    """Write ``n_cubes`` cubes to ``path`` in batches, atomically on close.
+
+    Parameters
+    ----------
+    path : path-like
+    n_cubes : int
+        Number of cubes the file will hold (known up front for shards).
+    n_grid : int
+        Voxels per axis.
+    attrs : dict
+        File attributes (grid, bandwidth, split).
+    """
+
+    def __init__(self, path, n_cubes: int, n_grid: int, attrs: dict):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        self._f = h5py.File(self.tmp, "w")
+        shape = (n_cubes, n_grid, n_grid, n_grid)
+        self._cubes = self._f.create_dataset(
+            "cubes", shape=shape, maxshape=(None,) + shape[1:], dtype="f4",
+            chunks=(1, n_grid, n_grid, n_grid), compression="gzip", compression_opts=1,
+            shuffle=True)
+        for k, dt in CUBE_COLUMNS.items():
+            self._f.create_dataset(k, shape=(n_cubes,), dtype=dt)
+        for k, v in attrs.items():
+            self._f.attrs[k] = v
+        self._next = 0
+
+    def write(self, cubes: np.ndarray, columns: dict):
+        """Append a batch: ``cubes`` (b, n, n, n) and the per-cube columns."""
+        b = len(cubes)
+        s = slice(self._next, self._next + b)
+        self._cubes[s] = cubes
+        for k in CUBE_COLUMNS:
+            self._f[k][s] = columns[k]
+        self._next += b
+
+    def close(self):
+        expected = self._cubes.shape[0]
+        if self._next != expected:
+            self.abort()
+            raise RuntimeError(f"{self.path}: wrote {self._next} of {expected} cubes")
+        self._f.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self):
+        try:
+            self._f.close()
+        finally:
+            if self.tmp.exists():
+                self.tmp.unlink()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+        return False
+
+
+class CubeReader:
+    """Read cubes and their columns from a cube file, a slice at a time.
+
+    Use as a context manager; ``len(reader)`` cubes, ``reader.cubes(i0, i1)`` returns a
+    float32 array of cubes ``i0:i1``, ``reader.column(name)`` a whole per-cube column.
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise CatalogueError(path, "cubes", "cube file does not exist",
+                                 "run the kde rules first (snakemake ... cubes/{split}.h5)")
+        try:
+            self._f = h5py.File(self.path, "r")
+        except OSError as err:
+            raise CatalogueError(path, "cubes", f"not a readable HDF5 file ({err})",
+                                 "delete it and rerun the kde rules") from err
+        for k in ("cubes", *CUBE_COLUMNS):
+            if k not in self._f:
+                self._f.close()
+                raise CatalogueError(path, k, "dataset missing from cube file",
+                                     "delete it and rerun the kde rules")
+        self.attrs = {k: (v.item() if isinstance(v, np.generic) else v)
+                      for k, v in self._f.attrs.items()}
+
+    def __len__(self):
+        return int(self._f["cubes"].shape[0])
+
+    @property
+    def shape(self):
+        return tuple(self._f["cubes"].shape)
+
+    def cubes(self, i0: int, i1: int) -> np.ndarray:
+        return self._f["cubes"][i0:i1]
+
+    def take(self, indices) -> np.ndarray:
+        """Cubes at arbitrary ``indices`` (any order), read chunk by chunk."""
+        ds = self._f["cubes"]
+        out = np.empty((len(indices),) + ds.shape[1:], dtype=np.float32)
+        for j, i in enumerate(indices):
+            ds.read_direct(out, np.s_[int(i)], np.s_[j])
+        return out
+
+    def column(self, name: str) -> np.ndarray:
+        return self._f[name][...]
+
+    def close(self):
+        self._f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+def gather_shards(shards, out, attrs: dict | None = None):
+    """Concatenate shard files into ``out`` by copying compressed chunks verbatim.
+
+    Parameters
+    ----------
+    shards : sequence of path-like
+        Shard files in order.
+    out : path-like
+        The split's cube file, written atomically.
+    attrs : dict, optional
+        Extra attributes (merged over the first shard's).
+    """
+    metas = []
+    for p in shards:
+        with CubeReader(p) as r:
+            metas.append((len(r), r.shape[1:], r.attrs))
+    if not metas:
+        raise ValueError("no shards to gather")
+    n_total = sum(m[0] for m in metas)
+    grid = metas[0][1]
+    if any(m[1] != grid for m in metas):
+        raise CatalogueError(shards[0], "cubes", "shards have different grids",
+                             "rerun the kde rules with one config")
+    base_attrs = dict(metas[0][2], **(attrs or {}))
+    with atomic_output(out) as tmp:
+        with h5py.File(tmp, "w") as fo:
+            ds = fo.create_dataset("cubes", shape=(n_total,) + grid, dtype="f4",
+                                   maxshape=(None,) + grid, chunks=(1,) + grid, compression="gzip",
+                                   compression_opts=1, shuffle=True)
+            cols = {k: fo.create_dataset(k, shape=(n_total,), dtype=dt)
+                    for k, dt in CUBE_COLUMNS.items()}
+            for k, v in base_attrs.items():
+                fo.attrs[k] = v
+            i = 0
+            for p, (n, _, _) in zip(shards, metas):
+                with h5py.File(p, "r") as fi:
+                    src = fi["cubes"]
+                    same = (src.compression == "gzip" and src.compression_opts == 1
+                            and src.shuffle and src.chunks == (1,) + grid)
+                    for j in range(n):
+                        if same:
+                            mask, chunk = src.id.read_direct_chunk((j, 0, 0, 0))
+                            ds.id.write_direct_chunk((i + j, 0, 0, 0), chunk, mask)
+                        else:
+                            ds[i + j] = src[j]
+                    for k in CUBE_COLUMNS:
+                        cols[k][i:i + n] = fi[k][...]
+                i += n

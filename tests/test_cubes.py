@@ -1,0 +1,78 @@
+"""Cube files: writer/reader round trip, shard gathering, atomicity, bad files."""
+import h5py
+import numpy as np
+import pytest
+
+from cmpipe.io.cubes import CUBE_COLUMNS, CubeReader, CubeWriter, gather_shards
+from cmpipe.io.tables import CatalogueError
+
+N = 12
+
+
+def _write(path, cubes, start_id):
+    b = len(cubes)
+    cols = dict(cluster_id=np.arange(start_id, start_id + b),
+                log10_m200c=np.linspace(13.7, 15.0, b), n_gal=np.arange(b) + 10,
+                n_members=np.arange(b) + 5)
+    with CubeWriter(path, b, N, dict(n_grid=N, split="test", h0=0.175)) as w:
+        for i in range(0, b, 4):
+            w.write(cubes[i:i + 4], {k: v[i:i + 4] for k, v in cols.items()})
+    return cols
+
+
+def test_round_trip_and_chunking(tmp_path):
+    rng = np.random.default_rng(0)
+    cubes = rng.random((10, N, N, N)).astype(np.float32)
+    cols = _write(tmp_path / "a.h5", cubes, 100)
+    with CubeReader(tmp_path / "a.h5") as r:
+        assert len(r) == 10 and r.shape == (10, N, N, N)
+        np.testing.assert_array_equal(r.cubes(3, 7), cubes[3:7])
+        np.testing.assert_array_equal(r.take([9, 0, 4]), cubes[[9, 0, 4]])
+        for k in CUBE_COLUMNS:
+            np.testing.assert_array_equal(r.column(k), cols[k])
+        assert r.attrs["split"] == "test"
+    with h5py.File(tmp_path / "a.h5") as f:
+        assert f["cubes"].chunks == (1, N, N, N)
+        assert f["cubes"].compression == "gzip"
+
+
+def test_gather_copies_chunks_bit_for_bit(tmp_path):
+    rng = np.random.default_rng(1)
+    parts = [rng.random((n, N, N, N)).astype(np.float32) for n in (5, 0, 7)]
+    paths = []
+    start = 0
+    for i, c in enumerate(parts):
+        p = tmp_path / f"shard-{i}.h5"
+        _write(p, c, start)
+        start += len(c)
+        paths.append(p)
+    gather_shards(paths, tmp_path / "all.h5")
+    with CubeReader(tmp_path / "all.h5") as r:
+        np.testing.assert_array_equal(r.cubes(0, len(r)), np.concatenate(parts))
+        np.testing.assert_array_equal(r.column("cluster_id"), np.arange(12))
+
+
+def test_failed_write_leaves_no_file(tmp_path):
+    cubes = np.zeros((4, N, N, N), np.float32)
+    with pytest.raises(RuntimeError, match="wrote 2 of 4"):
+        with CubeWriter(tmp_path / "b.h5", 4, N, {}) as w:
+            w.write(cubes[:2], dict(cluster_id=[0, 1], log10_m200c=[14, 14], n_gal=[3, 3],
+                                    n_members=[3, 3]))
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ZeroDivisionError):
+        with CubeWriter(tmp_path / "c.h5", 4, N, {}):
+            1 / 0
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_cube_files_are_named(tmp_path):
+    with pytest.raises(CatalogueError, match="does not exist"):
+        CubeReader(tmp_path / "missing.h5")
+    bad = tmp_path / "corrupt.h5"
+    bad.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))
+    with pytest.raises(CatalogueError, match="corrupt.h5.*not a readable HDF5"):
+        CubeReader(bad)
+    with h5py.File(tmp_path / "nocol.h5", "w") as f:
+        f["cubes"] = np.zeros((1, N, N, N), np.float32)
+    with pytest.raises(CatalogueError, match="nocol.h5: field 'cluster_id'"):
+        CubeReader(tmp_path / "nocol.h5")

@@ -79,20 +79,11 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     sys.path.insert(0, str(ROOT / "src"))
-    from cmpipe.settings import validate_config
+    from cmpipe.settings import merge_config, validate_config
 
     cfg = yaml.safe_load(Path(args.config).read_text())
     if Path(args.config).resolve() != (ROOT / "config.yaml").resolve():
-        base = yaml.safe_load((ROOT / "config.yaml").read_text())
-
-        def update(a, b):
-            for k, v in b.items():
-                if isinstance(v, dict) and isinstance(a.get(k), dict):
-                    update(a[k], v)
-                else:
-                    a[k] = v
-            return a
-        cfg = update(base, cfg)
+        cfg = merge_config(yaml.safe_load((ROOT / "config.yaml").read_text()), cfg)
     for item in args.set:
         k, v = item.split("=", 1)
         _set(cfg, k, v)

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cmpipe.settings import ConfigError, Settings, load_config, stage_seed, validate_config
+from cmpipe.settings import (ConfigError, Settings, load_config, merge_config, stage_seed,
+                             validate_config)
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
@@ -17,15 +18,8 @@ SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
 
 def _merged(path):
     """What snakemake sees for `--configfile path`: config.yaml updated recursively."""
-    def update(a, b):
-        for k, v in b.items():
-            if isinstance(v, dict) and isinstance(a.get(k), dict):
-                update(a[k], v)
-            else:
-                a[k] = v
-        return a
     base = yaml.safe_load((ROOT / "config.yaml").read_text())
-    return update(base, yaml.safe_load(Path(path).read_text()) or {})
+    return merge_config(base, yaml.safe_load(Path(path).read_text()) or {})
 
 
 def test_default_config_validates_and_builds_settings():

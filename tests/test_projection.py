@@ -31,8 +31,8 @@ def _galaxies(rows):
     return {k: np.array([r[i] for r in rows]) for i, k in enumerate(keys)}
 
 
-def _projector(cosmo, halos, galaxies, **kw):
-    return Projector(halos, galaxies, box_size_mpc_h=L, redshift=Z,
+def _projector(cosmo, halos, galaxies, box=L, **kw):
+    return Projector(halos, galaxies, box_size_mpc_h=box, redshift=Z,
                      hubble_kms_per_mpc_h=cosmo.hubble_kms_per_mpc_h(Z), **kw)
 
 
@@ -184,3 +184,40 @@ def test_split_fractions_must_sum_to_one():
         split_halos(np.arange(3), np.ones(3) * 14, train=0.5, test=0.4, eval=0.2,
                     validation_fraction=0.1, bin_width_dex=0.1,
                     rng=np.random.default_rng(0))
+
+
+def test_tube_search_finds_exactly_the_brute_force_window(cosmo):
+    """The KD-tree tube search misses nothing: same window as projecting every galaxy."""
+    rng = np.random.default_rng(11)
+    n = 40000
+    box = 120.0
+    pos = rng.uniform(0, box, (n, 3))
+    vel = rng.normal(0, 400, (n, 3))
+    vel[:400] *= 8.0                                   # a few very fast galaxies
+    # a dense clump of members around the cluster, to fill the window
+    c = np.array([5.0, 60.0, 118.0])
+    pos[400:1400] = np.mod(c + rng.normal(0, 0.7, (1000, 3)), box)
+    gal = dict(galaxy_id=np.arange(n), halo_id=np.full(n, 2), is_central=np.zeros(n, int),
+               x_mpc_h=pos[:, 0], y_mpc_h=pos[:, 1], z_mpc_h=pos[:, 2], vx_kms=vel[:, 0],
+               vy_kms=vel[:, 1], vz_kms=vel[:, 2], mag_r=np.full(n, -20.0))
+    gal["halo_id"][400:1400] = 1
+    gal["is_central"][400] = 1
+    gal["x_mpc_h"][400], gal["y_mpc_h"][400], gal["z_mpc_h"][400] = c
+    halos = _halos([(1, -1, 14.5, 1.0, 5.0, *c, 0.0, 0.0, 0.0),
+                    (2, -1, 12.0, 0.2, 5.0, 50.0, 50.0, 50.0, 0.0, 0.0, 0.0)])
+    p = _projector(cosmo, halos, gal, box=box)
+    dirs = np.array([[0, 0, 1.0], [1, 1, 1.0], [-0.3, 0.9, 0.1], [1, 0, 0.0]])
+    recs = p.project_halo(1, dirs)
+    a = 1 / (1 + Z)
+    aH = a * cosmo.hubble_kms_per_mpc_h(Z)
+    vc = vel[400]
+    for nvec, rec in zip(dirs, recs):
+        nvec = nvec / np.linalg.norm(nvec)
+        e1, e2 = (np.asarray(e) for e in basis_for(nvec))
+        d = pos - c
+        d -= box * np.round(d / box)
+        x, y = a * d @ e1, a * d @ e2
+        v = (vel - vc) @ nvec + aH * d @ nvec
+        brute = np.flatnonzero((np.abs(x) <= 1.6) & (np.abs(y) <= 1.6) & (np.abs(v) <= 2200))
+        assert len(brute) > 200
+        np.testing.assert_array_equal(np.sort(rec["galaxy_id"]), brute)

@@ -55,6 +55,57 @@ def phase_space_distance(dx, dy, dv, r200c_1, r200c_2, v200c_1, v200c_2):
     return np.sqrt((dx / r_av) ** 2 + (dy / r_av) ** 2 + (dv / v_av) ** 2)
 
 
+class _TubeIndex:
+    """Finds the points of a periodic box that can fall inside a window along a sightline.
+
+    A window is a thin tube around the line of sight: perpendicular radius at most
+    ``r_perp`` (comoving) and line-of-sight extent set by the velocity cut. A point at
+    line-of-sight offset ``d`` can only be seen at ``|v_los| <= V`` if
+    ``a H |d| <= V + |v| + |v_c|`` (speeds bound every projection of a velocity). Points are
+    kept in two KD-trees by speed: the bulk (``|v| <= v_split``) is searched with balls
+    strung along the line (radius ``sqrt(r_perp^2 + (s/2)^2)`` every ``s``, which covers
+    the tube exactly), the rare fast points with one ball of the larger radius they need.
+    The exact window cut is applied afterwards, so this only bounds the work: about three
+    times the tube volume instead of a sphere of the full depth.
+    """
+
+    def __init__(self, pos, vel, box, a_h, r_perp, v_max, v_split=1500.0):
+        self.L = box
+        self.a_h = a_h
+        self.r_perp = r_perp
+        self.V = v_max
+        speed = np.linalg.norm(vel, axis=1) if len(vel) else np.zeros(0)
+        slow = speed <= v_split
+        self.slow_idx = np.flatnonzero(slow)
+        self.fast_idx = np.flatnonzero(~slow)
+        self.v_slow = float(min(v_split, speed.max(initial=0.0)))
+        self.v_fast = float(speed.max(initial=0.0))
+        self.slow_tree = cKDTree(pos[slow], boxsize=box)
+        self.fast_tree = cKDTree(pos[~slow], boxsize=box) if (~slow).any() else None
+        self.step = max(2.0 * r_perp, 1e-3)
+        self.r_ball = float(np.hypot(r_perp, 0.5 * self.step))
+
+    def depth(self, v_max_point, speed_c):
+        """Comoving line-of-sight half-depth needed, capped at the largest line-of-sight
+        offset a minimum-image vector can have, (sqrt(3)/2) L."""
+        return min((self.V + v_max_point + speed_c) / self.a_h, 0.5 * np.sqrt(3.0) * self.L)
+
+    def candidates(self, c, n, speed_c):
+        """Indices of points possibly inside the window of centre ``c`` along unit ``n``."""
+        d1 = self.depth(self.v_slow, speed_c)
+        t = np.arange(-d1, d1 + self.step, self.step)
+        pts = np.mod(c[None, :] + t[:, None] * n[None, :], self.L)
+        found = self.slow_tree.query_ball_point(pts, self.r_ball, return_sorted=False)
+        parts = [self.slow_idx[np.unique(np.concatenate(
+            [np.asarray(f, dtype=np.int64) for f in found]))]]
+        if self.fast_tree is not None:
+            d2 = self.depth(self.v_fast, speed_c)
+            f = self.fast_tree.query_ball_point(np.mod(c, self.L), float(np.hypot(
+                self.r_perp, d2)))
+            parts.append(self.fast_idx[np.asarray(f, dtype=np.int64)])
+        return np.concatenate(parts)
+
+
 class Projector:
     """Projects a periodic box of galaxies and host halos along sightlines.
 
@@ -88,7 +139,6 @@ class Projector:
         self.g_id = np.asarray(galaxies["galaxy_id"])
         self.g_halo = np.asarray(galaxies["halo_id"])
         self.g_mag = np.asarray(galaxies["mag_r"])
-        self.g_tree = cKDTree(self.g_pos, boxsize=self.L)
 
         host = np.asarray(halos["upid"]) == -1
         self.h_id = np.asarray(halos["halo_id"])[host]
@@ -97,24 +147,21 @@ class Projector:
         self.h_vel = np.column_stack([halos[k][host] for k in ("vx_kms", "vy_kms", "vz_kms")])
         self.h_logm = np.asarray(halos["log10_m200c"])[host]
         self.h_r200 = np.asarray(halos["r200c_mpc_h"])[host]
-        self.h_tree = cKDTree(self.h_pos, boxsize=self.L)
         self._h_index = {int(h): i for i, h in enumerate(self.h_id)}
 
         # central galaxy of each host: phase-space origin of its projections
         cen = np.flatnonzero(np.asarray(galaxies["is_central"]).astype(bool))
         self._central = {int(self.g_halo[i]): i for i in cen}
 
-        vmax_g = float(np.abs(self.g_vel).max()) if len(self.g_vel) else 0.0
-        vmax_h = float(np.abs(self.h_vel).max()) if len(self.h_vel) else 0.0
-        self._vmax = max(vmax_g, vmax_h)
+        r_perp = np.sqrt(2.0) * self.W / self.a  # comoving radius enclosing the sky window
+        self.g_index = _TubeIndex(self.g_pos, self.g_vel, self.L, self.a_h, r_perp, self.V)
+        self.h_index = _TubeIndex(self.h_pos, self.h_vel, self.L, self.a_h, r_perp, self.V)
         half = 0.5 * self.L
-        need = (self.V + 2.0 * self._vmax) / self.a_h
-        self.los_depth = min(need, half)
         if self.a_h * half < self.V + 1000.0:
             log.warning("box of %.0f h^-1 Mpc holds only +-%.0f km/s of Hubble flow around "
                         "a cluster; windows of +-%.0f km/s are then truncated by the "
                         "periodic box", self.L, self.a_h * half, self.V)
-        self.r_query = float(np.hypot(np.sqrt(2.0) * self.W / self.a, self.los_depth))
+        self.los_depth = self.g_index.depth(self.g_index.v_slow, 0.0)
 
     def centre_of(self, halo_id):
         """Comoving position and velocity of a halo's central galaxy (halo centre if it
@@ -125,18 +172,14 @@ class Projector:
         hi = self._h_index[int(halo_id)]
         return self.h_pos[hi], self.h_vel[hi]
 
-    def _offsets(self, pos, vel, idx, c, vc):
+    def _window(self, pos, vel, idx, c, vc, e1, e2, n):
+        """Projected coordinates of points ``idx`` and the mask of those in the window."""
         d = pos[idx] - c
         d -= self.L * np.round(d / self.L)
-        return d, vel[idx] - vc
-
-    def _project(self, d, dv, axes):
-        """Project offsets on k sightlines at once; returns x, y, v, par of shape (m, k)."""
-        e1, e2, n = axes[:, 0, :], axes[:, 1, :], axes[:, 2, :]
-        x = self.a * d @ e1.T
-        y = self.a * d @ e2.T
-        par = d @ n.T
-        v = dv @ n.T + self.a_h * par
+        x = self.a * (d @ e1)
+        y = self.a * (d @ e2)
+        par = d @ n
+        v = (vel[idx] - vc) @ n + self.a_h * par
         return x, y, v, par
 
     def project_halo(self, halo_id, directions):
@@ -150,42 +193,39 @@ class Projector:
             ``is_member``) and the interloper-halo summary.
         """
         c, vc = self.centre_of(halo_id)
+        speed_c = float(np.linalg.norm(vc))
         hi = self._h_index[int(halo_id)]
-        axes = np.stack([np.stack(tuple(basis_for(n)) + (n / np.linalg.norm(n),))
-                         for n in np.atleast_2d(directions)])
-        gidx = np.asarray(self.g_tree.query_ball_point(c, self.r_query), dtype=np.int64)
-        d, dv = self._offsets(self.g_pos, self.g_vel, gidx, c, vc)
-        x, y, v, par = self._project(d, dv, axes)
-        inside = (np.abs(x) <= self.W) & (np.abs(y) <= self.W) & (np.abs(v) <= self.V)
-
-        hidx = np.asarray(self.h_tree.query_ball_point(c, self.r_query), dtype=np.int64)
-        hidx = hidx[self.h_id[hidx] != halo_id]
-        hd, hdv = self._offsets(self.h_pos, self.h_vel, hidx, c, vc)
-        hx, hy, hv, _ = self._project(hd, hdv, axes)
-        h_in = (np.hypot(hx, hy) <= self.W) & (np.abs(hv) <= self.V)
-
         logm, r200 = self.h_logm[hi], self.h_r200[hi]
         v200 = v200c_kms(logm, r200)
         out = []
-        for k in range(axes.shape[0]):
-            sel = gidx[inside[:, k]]
+        for n in np.atleast_2d(directions):
+            n = n / np.linalg.norm(n)
+            e1, e2 = (np.asarray(e) for e in basis_for(n))
+            gidx = self.g_index.candidates(c, n, speed_c)
+            x, y, v, par = self._window(self.g_pos, self.g_vel, gidx, c, vc, e1, e2, n)
+            ins = (np.abs(x) <= self.W) & (np.abs(y) <= self.W) & (np.abs(v) <= self.V)
+            order = np.argsort(gidx[ins], kind="stable")
+            sel = gidx[ins][order]
             rec = dict(
                 galaxy_id=self.g_id[sel],
-                x_proj_mpc_h=x[inside[:, k], k],
-                y_proj_mpc_h=y[inside[:, k], k],
-                v_los_kms=v[inside[:, k], k],
-                los_offset_mpc_h=par[inside[:, k], k],
+                x_proj_mpc_h=x[ins][order],
+                y_proj_mpc_h=y[ins][order],
+                v_los_kms=v[ins][order],
+                los_offset_mpc_h=par[ins][order],
                 mag_r=self.g_mag[sel],
                 is_member=(self.g_halo[sel] == halo_id).astype(np.int8),
             )
-            hk = np.flatnonzero(h_in[:, k])
+            hidx = self.h_index.candidates(c, n, speed_c)
+            hidx = hidx[self.h_id[hidx] != halo_id]
+            hx, hy, hv, _ = self._window(self.h_pos, self.h_vel, hidx, c, vc, e1, e2, n)
+            hk = np.flatnonzero((np.hypot(hx, hy) <= self.W) & (np.abs(hv) <= self.V))
             if len(hk):
                 j = hk[np.argmax(self.h_logm[hidx[hk]])]
                 ji = hidx[j]
                 rec["interloper_halo_id"] = int(self.h_id[ji])
                 rec["interloper_mass_ratio"] = float(10.0 ** (self.h_logm[ji] - logm))
                 rec["interloper_distance"] = float(phase_space_distance(
-                    hx[j, k], hy[j, k], hv[j, k], r200, self.h_r200[ji], v200,
+                    hx[j], hy[j], hv[j], r200, self.h_r200[ji], v200,
                     v200c_kms(self.h_logm[ji], self.h_r200[ji])))
             else:
                 rec["interloper_halo_id"] = -1

@@ -22,6 +22,7 @@ __all__ = [
     "KDESettings",
     "Settings",
     "load_config",
+    "merge_config",
     "validate_config",
     "stage_rng",
     "stage_seed",
@@ -208,15 +209,31 @@ def validate_config(config: dict, schema_path) -> dict:
     return config
 
 
-def load_config(config_path, schema_path) -> dict:
-    """Read a YAML config file, validate it and fill defaults."""
+def merge_config(base: dict, overlay: dict) -> dict:
+    """Update ``base`` recursively with ``overlay`` (what ``snakemake --configfile`` does)."""
+    for k, v in overlay.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            merge_config(base[k], v)
+        else:
+            base[k] = v
+    return base
+
+
+def _read_yaml(path: Path) -> dict:
     import yaml
 
-    config_path = Path(config_path)
     try:
-        config = yaml.safe_load(config_path.read_text()) or {}
+        return yaml.safe_load(Path(path).read_text()) or {}
     except yaml.YAMLError as err:
-        raise ConfigError(f"{config_path}: not valid YAML ({err})") from err
+        raise ConfigError(f"{path}: not valid YAML ({err})") from err
+
+
+def load_config(config_path, schema_path, overlays=()) -> dict:
+    """Read a YAML config file (updated by any ``overlays``), validate it, fill defaults."""
+    config_path = Path(config_path)
+    config = _read_yaml(config_path)
+    for extra in overlays:
+        merge_config(config, _read_yaml(extra))
     try:
         return validate_config(config, schema_path)
     except ConfigError as err:

@@ -146,8 +146,9 @@ def project(*, config, halos, galaxies, hosts, sightlines, out, progress=True):
     proj = Projector(h, g, box_size_mpc_h=attrs["box_size_mpc_h"], redshift=attrs["redshift"],
                      hubble_kms_per_mpc_h=cosmo.hubble_kms_per_mpc_h(attrs["redshift"]),
                      half_width_mpc_h=s.window.half_width_mpc_h, v_max_kms=s.window.v_max_kms)
-    log.info("project: line-of-sight depth %.1f h^-1 Mpc comoving, query radius %.1f",
-             proj.los_depth, proj.r_query)
+    log.info("project: searching +-%.1f h^-1 Mpc (comoving) along each line of sight for "
+             "galaxies slower than %.0f km/s; %d faster ones searched separately",
+             proj.los_depth, proj.g_index.v_slow, len(proj.g_index.fast_idx))
     meta = dict(_box_attrs(attrs), half_width_mpc_h=s.window.half_width_mpc_h,
                 v_max_kms=s.window.v_max_kms)
     n_c = n_g = 0

@@ -73,8 +73,8 @@ def split_masses_figure(clusters, summary, path):
 
 
 def _pick_cluster(clusters):
-    """A well-populated cluster with interlopers: the eval-set cluster at the 90th
-    percentile of N_gal among those with at least one interloper."""
+    """A well-populated cluster with interlopers: the one at the 90th percentile of N_gal
+    among clusters with at least one interloper."""
     n_gal = np.asarray(clusters["n_gal"])
     n_int = n_gal - np.asarray(clusters["n_members"])
     cand = np.flatnonzero(n_int > 0)
@@ -94,7 +94,7 @@ def phase_space_figure(clusters, galaxies, path, index=None):
     v = np.asarray(galaxies["v_los_kms"])[sel]
     mem = np.asarray(galaxies["is_member"])[sel].astype(bool)
     r = np.hypot(x, y)
-    fig, axs = plt.subplots(1, 3, figsize=(14, 4.3))
+    fig, axs = plt.subplots(1, 3, figsize=(14, 4.3), gridspec_kw=dict(wspace=0.3))
     for ax, (a, b, la, lb) in zip(axs, [
             (x, y, r"$x_\mathrm{proj}$ [$h^{-1}$Mpc]", r"$y_\mathrm{proj}$ [$h^{-1}$Mpc]"),
             (x, v, r"$x_\mathrm{proj}$ [$h^{-1}$Mpc]", r"$v_\mathrm{los}$ [km/s]"),

@@ -2,6 +2,8 @@
 
 
 rule catalogue:
+    input:
+        unpack(catalogue_inputs),
     output:
         halos=res("catalogue/halos.h5"),
         galaxies=res("catalogue/galaxies.h5"),

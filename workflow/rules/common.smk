@@ -21,6 +21,15 @@ def res(path):
     return f"{RESULTS}/{path}"
 
 
+def catalogue_inputs(wildcards):
+    """The user's catalogue files when the source is mdpl2 (none for the synthetic box)."""
+    sim = config["simulation"]
+    if sim["source"] == "mdpl2":
+        return {"halo_file": sim["mdpl2"]["halo_file"],
+                "galaxy_file": sim["mdpl2"]["galaxy_file"]}
+    return {}
+
+
 SPLITS = ["train", "validation", "test", "eval"]
 
 

@@ -13,6 +13,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/catalogue.smk"
 include: "workflow/rules/mock.smk"
 include: "workflow/rules/kde.smk"
+include: "workflow/rules/train.smk"
 include: "workflow/rules/plots.smk"
 
 

@@ -38,12 +38,18 @@ STAGES = [
     ("split", "split", dict(fluxlimited="mock/fluxlimited.h5", out="mock/clusters.h5")),
 ]
 
+#: With --kde: the cube rule on the first shard of the test split (kde.shard_size cubes).
+KDE_STAGE = ("kde_shard", "kde_shard", dict(clusters="mock/clusters.h5",
+                                            out="cubes/test/shard-0000.h5"))
+
 CHILD = """
 import json, sys
 from cmpipe import stages
 cfg = json.loads(sys.argv[1]); func = getattr(stages, sys.argv[2]); kw = json.loads(sys.argv[3])
-if sys.argv[2] == "project":
+if sys.argv[2] in ("project", "kde_shard"):
     kw["progress"] = False
+if sys.argv[2] == "kde_shard":
+    kw.update(split_name="test", shard=0, threads=2)
 stages.run_rule(func, None, config=cfg, **kw)
 """
 
@@ -76,6 +82,8 @@ def main(argv=None):
     ap.add_argument("--config", default=str(ROOT / "config.yaml"))
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--kde", action="store_true",
+                    help="also run the KDE cube rule on one shard of the test split")
     args = ap.parse_args(argv)
 
     sys.path.insert(0, str(ROOT / "src"))
@@ -92,7 +100,7 @@ def main(argv=None):
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="cmpipe-bench-"))
     result = dict(benchmark="mock_stages", config=args.config, overrides=args.set,
                   python=platform.python_version(), nproc=os.cpu_count(), stages={})
-    for name, func, kw in STAGES:
+    for name, func, kw in STAGES + ([KDE_STAGE] if args.kde else []):
         result["stages"][name] = run_stage(cfg, func, kw, workdir)
 
     from cmpipe.io.tables import read_table

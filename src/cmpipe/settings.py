@@ -125,6 +125,7 @@ class Settings:
     mock: MockSettings = MockSettings()
     splits: SplitSettings = SplitSettings()
     kde: KDESettings = KDESettings()
+    train: dict = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, config: dict) -> "Settings":
@@ -146,6 +147,7 @@ class Settings:
             mock=MockSettings(**config["mock"]),
             splits=SplitSettings(**fr, **sp),
             kde=KDESettings(**config["kde"]),
+            train=dict(config.get("train", {})),
         )
 
 

@@ -7,6 +7,10 @@ rule catalogue:
     output:
         halos=res("catalogue/halos.h5"),
         galaxies=res("catalogue/galaxies.h5"),
+    params:
+        simulation=config["simulation"],
+        cosmology=config["cosmology"],
+        seed=config["seed"],
     log:
         res("logs/catalogue.log"),
     benchmark:

@@ -56,4 +56,8 @@ def final_targets():
         res("figures/mock_split_masses.png"),
         res("figures/mock_phase_space.png"),
         *[res(f"cubes/{s}.h5") for s in SPLITS],
+        res("model/cnn3d.keras"),
+        res("summaries/test.h5"),
+        res("summaries/eval.h5"),
+        res("figures/loss_curve.png"),
     ]

@@ -12,6 +12,8 @@ rule kde_shard:
         res("benchmarks/kde/{split}-{shard}.tsv")
     params:
         shard=lambda wildcards: int(wildcards.shard),
+        kde=config["kde"],
+        window=config["window"],
     threads: 2
     resources:
         mem_mb=2000,

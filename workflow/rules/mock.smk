@@ -6,6 +6,8 @@ rule select_halos:
         halos=res("catalogue/halos.h5"),
     output:
         hosts=res("mock/hosts.h5"),
+    params:
+        selection=config["selection"],
     log:
         res("logs/select_halos.log"),
     resources:
@@ -22,6 +24,10 @@ rule sightlines:
         hosts=res("mock/hosts.h5"),
     output:
         sightlines=res("mock/sightlines.h5"),
+    params:
+        sightlines=config["sightlines"],
+        selection=config["selection"],
+        seed=config["seed"],
     log:
         res("logs/sightlines.log"),
     resources:
@@ -41,6 +47,9 @@ rule project:
         sightlines=res("mock/sightlines.h5"),
     output:
         projected=res("mock/projected.h5"),
+    params:
+        window=config["window"],
+        cosmology=config["cosmology"],
     log:
         res("logs/project.log"),
     benchmark:
@@ -59,6 +68,10 @@ rule flux_limit:
         projected=res("mock/projected.h5"),
     output:
         fluxlimited=res("mock/fluxlimited.h5"),
+    params:
+        mock=config["mock"],
+        cosmology=config["cosmology"],
+        seed=config["seed"],
     log:
         res("logs/flux_limit.log"),
     benchmark:
@@ -78,6 +91,9 @@ checkpoint split:
         fluxlimited=res("mock/fluxlimited.h5"),
     output:
         clusters=res("mock/clusters.h5"),
+    params:
+        splits=config["splits"],
+        seed=config["seed"],
     log:
         res("logs/split.log"),
     resources:
@@ -96,6 +112,9 @@ rule mock_summary:
         clusters=res("mock/clusters.h5"),
     output:
         summary=res("mock/summary.json"),
+    params:
+        bin_width_dex=config["sightlines"]["bin_width_dex"],
+        selection=config["selection"],
     log:
         res("logs/mock_summary.log"),
     resources:

@@ -18,3 +18,19 @@ rule mock_plots:
         "../../envs/plots.yaml"
     script:
         "../scripts/mock_plots.py"
+
+
+rule training_plots:
+    input:
+        history=res("model/history.csv"),
+    output:
+        loss_curve=res("figures/loss_curve.png"),
+    log:
+        res("logs/training_plots.log"),
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        "../../envs/plots.yaml"
+    script:
+        "../scripts/training_plots.py"

@@ -1,0 +1,45 @@
+# Stages 6-7: CNN training (GPU when there is one) and the test/eval summaries d~.
+
+
+rule train:
+    input:
+        train=res("cubes/train.h5"),
+        validation=res("cubes/validation.h5"),
+    output:
+        model=res("model/cnn3d.keras"),
+        history=res("model/history.csv"),
+        normalisation=res("model/normalisation.json"),
+    params:
+        train=config["train"],
+        seed=config["seed"],
+    log:
+        res("logs/train.log"),
+    benchmark:
+        res("benchmarks/train.tsv")
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=240,
+    conda:
+        "../../envs/train.yaml"
+    script:
+        "../scripts/train.py"
+
+
+rule summaries:
+    input:
+        model=res("model/cnn3d.keras"),
+        cubes=res("cubes/{split}.h5"),
+    output:
+        predictions=res("summaries/{split}.h5"),
+    log:
+        res("logs/summaries/{split}.log"),
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        "../../envs/train.yaml"
+    script:
+        "../scripts/summaries.py"

@@ -14,6 +14,7 @@ include: "workflow/rules/catalogue.smk"
 include: "workflow/rules/mock.smk"
 include: "workflow/rules/kde.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/calibrate.smk"
 include: "workflow/rules/plots.smk"
 
 

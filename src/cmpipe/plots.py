@@ -10,7 +10,9 @@ import numpy as np  # noqa: E402
 from .io.tables import atomic_output  # noqa: E402
 from .settings import SPLIT_CODES  # noqa: E402
 
-__all__ = ["save", "mass_function_figure", "split_masses_figure", "phase_space_figure"]
+__all__ = ["save", "mass_function_figure", "split_masses_figure", "phase_space_figure",
+           "joint_pdf_figure", "predictions_figure", "calibration_figure",
+           "interloper_figure", "baselines_figure"]
 
 SPLIT_COLOURS = {"train": "C0", "validation": "C2", "test": "C1", "eval": "C3",
                  "unused": "0.6"}
@@ -110,4 +112,135 @@ def phase_space_figure(clusters, galaxies, path, index=None):
                  f"log10 M200c = {float(clusters['log10_m200c'][k]):.2f}, "
                  f"N_gal = {int(clusters['n_gal'][k])}, observer at "
                  f"{float(clusters['observer_distance_mpc_h'][k]):.0f} $h^{{-1}}$Mpc)")
+    save(fig, path)
+
+
+# -- evaluation figures (paper Figs. 4-6) -------------------------------------------------
+
+_MLABEL = r"$\log_{10} M_{200c}$  [$h^{-1} M_\odot$]"
+
+
+def joint_pdf_figure(pdf, test_pred, path):
+    """Paper Fig. 4: the joint PDF of predictions and true masses over the test set."""
+    fig, ax = plt.subplots(figsize=(6, 5.2))
+    d, m = pdf.d_grid, pdf.m_grid
+    im = ax.pcolormesh(d, m, pdf.table.T, shading="auto", cmap="viridis")
+    ax.scatter(test_pred["log10_m200c_pred"], test_pred["log10_m200c_true"], s=2, c="w",
+               alpha=0.35, lw=0, label=f"test pairs ({len(test_pred['cluster_id'])})")
+    lo, hi = max(d[0], m[0]), min(d[-1], m[-1])
+    ax.plot([lo, hi], [lo, hi], "w--", lw=0.8)
+    ax.set_xlabel(r"network prediction $\tilde d$  [$\log_{10} h^{-1} M_\odot$]")
+    ax.set_ylabel(r"true " + _MLABEL)
+    ax.set_title(rf"Joint PDF $P(\tilde d, M)$, KDE bandwidth {pdf.bandwidth:g}")
+    fig.colorbar(im, ax=ax, label=r"density [dex$^{-2}$]")
+    ax.legend(loc="upper left", fontsize=8)
+    save(fig, path)
+
+
+def _binned(x, y, edges, func):
+    out = []
+    for a, b in zip(edges[:-1], edges[1:]):
+        s = (x >= a) & (x < b)
+        out.append(func(y[s]) if s.sum() >= 3 else np.nan)
+    return np.array(out)
+
+
+def predictions_figure(post, metrics, path, bin_width=0.1):
+    """Paper Fig. 5: posterior point estimates against truth, 1 and 2 sigma bands, and
+    the residuals."""
+    t = np.asarray(post["log10_m200c_true"])
+    p = np.asarray(post["point"])
+    edges = np.arange(np.floor(t.min() * 10) / 10, t.max() + bin_width, bin_width)
+    c = 0.5 * (edges[:-1] + edges[1:])
+    fig, (ax, rx) = plt.subplots(2, 1, figsize=(6, 7), sharex=True,
+                                 gridspec_kw=dict(height_ratios=[2.2, 1], hspace=0.05))
+    for lo, hi, alpha, lab in (("lo95", "hi95", 0.2, r"2$\sigma$ (posterior 95%)"),
+                               ("lo68", "hi68", 0.4, r"1$\sigma$ (posterior 68%)")):
+        ax.fill_between(c, _binned(t, np.asarray(post[lo]), edges, np.mean),
+                        _binned(t, np.asarray(post[hi]), edges, np.mean), alpha=alpha,
+                        color="C0", lw=0, label=lab)
+    ax.plot(c, _binned(t, p, edges, np.mean), "C0-", lw=2, label="mean prediction")
+    ax.scatter(t, p, s=3, c="k", alpha=0.3, lw=0)
+    ax.plot(edges[[0, -1]], edges[[0, -1]], "k--", lw=1, label="truth")
+    ax.set_ylabel(r"predicted (posterior " + metrics.get("point_estimate", "map") + ") "
+                  + _MLABEL)
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title(f"eval set: n = {metrics['n_eval']}, scatter {metrics['scatter_dex']:.3f} "
+                 f"dex, coverage {metrics['coverage_68']:.2f} / {metrics['coverage_95']:.2f}")
+    eps = t - p
+    rx.axhline(0, color="k", lw=1)
+    rx.scatter(t, eps, s=3, c="k", alpha=0.3, lw=0)
+    mu = _binned(t, eps, edges, np.mean)
+    sd = _binned(t, eps, edges, np.std)
+    rx.plot(c, mu, "C3-", lw=2, label="mean residual")
+    rx.fill_between(c, mu - sd, mu + sd, color="C3", alpha=0.25, lw=0, label=r"$\pm1$ sd")
+    rx.set_ylabel(r"$\log_{10}(M_\mathrm{true}/M_\mathrm{pred})$")
+    rx.set_xlabel("true " + _MLABEL)
+    rx.legend(loc="lower left", fontsize=8)
+    save(fig, path)
+
+
+def calibration_figure(metrics, path):
+    """PIT / QQ calibration curve of the posteriors on the eval set."""
+    pit = metrics["network"]["pit"]
+    lv = np.asarray(pit["levels"], dtype=float)
+    ec = np.asarray(pit["ecdf"], dtype=float)
+    se = np.asarray(pit["ecdf_stderr"], dtype=float)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.fill_between(lv, lv - 2 * se, lv + 2 * se, color="0.85", label=r"$\pm2\sigma$ binomial")
+    ax.plot([0, 1], [0, 1], "k--", lw=1)
+    ax.plot(lv, ec, "C0-", lw=2, label="eval set")
+    ax.set_xlabel("nominal level (posterior CDF at the truth)")
+    ax.set_ylabel("fraction of clusters with PIT <= level")
+    ax.set_title(f"Calibration (QQ of PIT), KS p = {pit['ks_pvalue']:.3g}")
+    ax.legend(loc="upper left")
+    ax.set_aspect("equal")
+    save(fig, path)
+
+
+def interloper_figure(post, path):
+    """Paper Fig. 6: residuals coloured by interloper-cluster mass ratio, sized by the
+    inverse phase-space distance."""
+    t = np.asarray(post["log10_m200c_true"])
+    eps = t - np.asarray(post["point"])
+    ratio = np.nan_to_num(np.asarray(post["interloper_mass_ratio"], dtype=float))
+    dist = np.asarray(post["interloper_distance"], dtype=float)
+    cont = ratio > 1.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inv = np.where(cont & np.isfinite(dist) & (dist > 0), 1.0 / dist, 0.0)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.scatter(t[~cont], eps[~cont], s=6, c="0.7", lw=0, label="no more massive interloper")
+    sc = ax.scatter(t[cont], eps[cont], s=10 + 80 * np.clip(inv[cont], 0, 2),
+                    c=np.log10(ratio[cont]), cmap="plasma", lw=0.3, edgecolor="k",
+                    label="interloper cluster (size ~ 1/distance)")
+    ax.axhline(0, color="k", lw=1)
+    fig.colorbar(sc, ax=ax, label=r"$\log_{10}(M_\mathrm{interloper}/M_\mathrm{cluster})$")
+    ax.set_xlabel("true " + _MLABEL)
+    ax.set_ylabel(r"$\log_{10}(M_\mathrm{true}/M_\mathrm{pred})$")
+    ax.set_title("Interloper clusters and mass residuals (eval set)")
+    ax.legend(loc="lower left", fontsize=8)
+    save(fig, path)
+
+
+def baselines_figure(metrics, path):
+    """Residual mean and scatter per mass bin: network against the classical estimators."""
+    fig, (ax, sx) = plt.subplots(1, 2, figsize=(11, 4.2))
+    rows = [("CNN3D + SBI", metrics["network"])] + [
+        (name.replace("_", " "), rep) for name, rep in metrics["baselines"].items()]
+    for i, (name, rep) in enumerate(rows):
+        pb = rep["per_bin"]
+        c = np.asarray(pb["bin_centres"], dtype=float)
+        mu = np.asarray([np.nan if v is None else v for v in pb["mean"]], dtype=float)
+        sd = np.asarray([np.nan if v is None else v for v in pb["std"]], dtype=float)
+        lab = f"{name} ({rep['overall']['std']:.3f} dex)"
+        ax.plot(c, mu, "o-", color=f"C{i}", label=lab)
+        sx.plot(c, sd, "o-", color=f"C{i}", label=lab)
+    ax.axhline(0, color="k", lw=1)
+    ax.set_ylabel("mean residual [dex]")
+    sx.set_ylabel("residual scatter [dex]")
+    for a in (ax, sx):
+        a.set_xlabel("true " + _MLABEL)
+    sx.legend(fontsize=8)
+    ax.set_title("Bias (classical: one offset fitted on the test set)")
+    sx.set_title("Scatter (eval set)")
     save(fig, path)

@@ -126,6 +126,8 @@ class Settings:
     splits: SplitSettings = SplitSettings()
     kde: KDESettings = KDESettings()
     train: dict = field(default_factory=dict)
+    calibration: dict = field(default_factory=dict)
+    baselines: dict = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, config: dict) -> "Settings":
@@ -148,6 +150,8 @@ class Settings:
             splits=SplitSettings(**fr, **sp),
             kde=KDESettings(**config["kde"]),
             train=dict(config.get("train", {})),
+            calibration=dict(config.get("calibration", {})),
+            baselines=dict(config.get("baselines", {})),
         )
 
 

@@ -60,4 +60,6 @@ def final_targets():
         res("summaries/test.h5"),
         res("summaries/eval.h5"),
         res("figures/loss_curve.png"),
+        res("evaluation/metrics.json"),
+        res("figures/predictions.png"),
     ]

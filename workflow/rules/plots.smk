@@ -34,3 +34,26 @@ rule training_plots:
         "../../envs/plots.yaml"
     script:
         "../scripts/training_plots.py"
+
+
+rule evaluation_plots:
+    input:
+        joint_pdf=res("calibration/joint_pdf.h5"),
+        test=res("summaries/test.h5"),
+        metrics=res("evaluation/metrics.json"),
+        posteriors=res("evaluation/posteriors.h5"),
+    output:
+        joint_pdf=res("figures/joint_pdf.png"),
+        predictions=res("figures/predictions.png"),
+        calibration=res("figures/calibration.png"),
+        interlopers=res("figures/interlopers.png"),
+        baselines=res("figures/baselines.png"),
+    log:
+        res("logs/evaluation_plots.log"),
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../../envs/plots.yaml"
+    script:
+        "../scripts/evaluation_plots.py"

@@ -230,6 +230,17 @@ class TableWriter:
             ds.resize((old + n,))
             ds[old:] = v
 
+    def add_array(self, name: str, data: np.ndarray, **attrs):
+        """Store an n-D array (e.g. posterior curves) beside the tables, compressed."""
+        data = np.asarray(data)
+        kw = {}
+        if data.size:
+            kw = dict(compression=self.compression,
+                      chunks=(min(data.shape[0], 256),) + data.shape[1:])
+        ds = self._f.create_dataset(name, data=data, **kw)
+        for k, v in attrs.items():
+            ds.attrs[k] = v
+
     def set_attrs(self, group: str, attrs: Mapping):
         for k, v in attrs.items():
             self._f[group].attrs[k] = json.dumps(v) if isinstance(v, (dict, list)) else v

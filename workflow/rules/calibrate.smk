@@ -1,0 +1,43 @@
+# Stages 8-9: the SBI calibration (joint PDF over the test set) and the evaluation.
+
+
+rule calibrate:
+    input:
+        test=res("summaries/test.h5"),
+    output:
+        joint_pdf=res("calibration/joint_pdf.h5"),
+    params:
+        calibration=config["calibration"],
+    log:
+        res("logs/calibrate.log"),
+    threads: 2
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    conda:
+        "../../envs/calibrate.yaml"
+    script:
+        "../scripts/calibrate.py"
+
+
+rule evaluate:
+    input:
+        joint_pdf=res("calibration/joint_pdf.h5"),
+        test=res("summaries/test.h5"),
+        eval=res("summaries/eval.h5"),
+        clusters=res("mock/clusters.h5"),
+    output:
+        metrics=res("evaluation/metrics.json"),
+        posteriors=res("evaluation/posteriors.h5"),
+    params:
+        calibration=config["calibration"],
+        baselines=config["baselines"],
+    log:
+        res("logs/evaluate.log"),
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../../envs/calibrate.yaml"
+    script:
+        "../scripts/evaluate.py"

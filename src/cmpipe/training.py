@@ -1,0 +1,758 @@
+"""Train the CNN on KDE cubes, checkpoint every epoch, predict log10 M200c (pipeline step 6-7).
+
+Data flow
+---------
+Cubes are streamed from a cube file (:mod:`cmpipe.io.cubes`) by :class:`CubeDataset`, one
+batch at a time; nothing ever holds a whole split. Two transforms are applied, identically at
+training and prediction time, and both are stored in ``normalisation.json`` beside the model:
+
+* input scaling: ``x = cube * scale`` with ``scale = n_voxels`` (e.g. 50^3). Every cube sums
+  to 1, so after scaling the mean voxel is exactly 1 (dimensionless density contrast + 1),
+  which keeps the first convolution in a well-conditioned range whatever the grid size;
+* target standardisation: ``z = (log10 M200c - mean) / std`` with ``mean`` and ``std``
+  (ddof 0) of the TRAINING split; the network regresses ``z`` (MSE loss) and
+  :func:`predict` returns ``z * std + mean`` in log10(h^-1 Msun).
+
+Training (:func:`train`) follows Kodi Ramanah et al. 2020, section 3.4: Adam (lr 1e-4,
+beta 0.9/0.999), batch 100, up to 50 epochs, early stopping with patience 5 on the VALIDATION
+split only, best weights restored at the end.
+
+Checkpoints and resuming
+------------------------
+After every epoch one HDF5 file ``checkpoint.h5`` is written atomically (temporary file, then
+``os.replace``) holding the model variables, the optimizer variables (Adam moments, iteration
+count, learning rate), the best weights so far and a JSON state (completed epochs, history,
+best validation loss and epoch, early-stopping wait count, seed and a fingerprint of the
+settings and data). Rerunning :func:`train` on the same ``out_dir`` resumes after the last
+completed epoch; a checkpoint whose fingerprint does not match (other settings or data) is
+ignored with a warning and training starts afresh. The data order and augmentation of epoch
+``e`` are drawn from ``numpy.random.default_rng((seed, e, ...))`` and the Keras/TF seeds are
+reset from ``(seed, e)`` at the start of each epoch, so a resumed run replays exactly the
+batches an uninterrupted run would have seen.
+
+Determinism: on CPU, training is bit-reproducible for a fixed number of threads without any
+special switch (oneDNN and Eigen split their reductions the same way every run; the resume
+test checks this). ``TrainSettings.deterministic`` switches on TensorFlow op determinism
+(process-wide, it cannot be switched off again): needed for bit-reproducible GPU runs
+(cuDNN's backward convolutions use atomics otherwise), but it makes the CPU Conv3D kernels
+about 2x slower, so it is off by default. XLA (``xla=True``) and mixed precision are GPU
+performance options, ignored with a warning on CPU (XLA's CPU Conv3D is ~30x slower than
+oneDNN); their numerics may differ slightly between runs and devices.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import keras  # noqa: E402
+
+from .io.cubes import CubeReader  # noqa: E402
+from .io.tables import CatalogueError, atomic_output, write_json  # noqa: E402
+from .model import DEFAULT_LAYERS, build_cnn, parameter_count, validate_layers  # noqa: E402
+
+__all__ = [
+    "MODEL_FILE",
+    "HISTORY_FILE",
+    "NORMALISATION_FILE",
+    "CHECKPOINT_FILE",
+    "HISTORY_COLUMNS",
+    "N_D4",
+    "TrainSettings",
+    "TrainResult",
+    "CubeDataset",
+    "d4_transform",
+    "train",
+    "predict",
+    "plot_history",
+    "read_history",
+]
+
+logger = logging.getLogger(__name__)
+
+MODEL_FILE = "cnn3d.keras"
+HISTORY_FILE = "history.csv"
+NORMALISATION_FILE = "normalisation.json"
+CHECKPOINT_FILE = "checkpoint.h5"
+_CHECKPOINT_FORMAT = "cmpipe-train-checkpoint-1"
+HISTORY_COLUMNS = ("epoch", "loss", "val_loss", "lr", "seconds")
+
+#: Number of exact symmetries of the sky plane (dihedral group D4).
+N_D4 = 8
+
+
+def _seed32(*keys) -> int:
+    """A 31-bit seed derived from integer ``keys`` (for Keras/TF/numpy global seeding)."""
+    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+# --------------------------------------------------------------------------------------------
+# Settings
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """How to train the network (defaults: the paper's, section 3.4).
+
+    Parameters
+    ----------
+    layers : sequence of dict
+        Hidden-layer specification (see :mod:`cmpipe.model`); default the authors' CNN3D.
+    epochs : int
+        Maximum number of epochs.
+    batch_size : int
+        Cubes per batch.
+    learning_rate, beta_1, beta_2 : float
+        Adam step size and moment decay rates.
+    patience : int
+        Early stopping: stop after this many epochs without a lower validation loss.
+    augment : bool
+        Apply a random one of the 8 sky-plane symmetries (D4 on the x, y axes) to each
+        training cube; validation cubes are never augmented.
+    seed : int
+        Seeds the weight initialisation, the per-epoch shuffling and the augmentation.
+    mixed_precision : bool
+        Use the ``mixed_float16`` policy with loss scaling; only when a GPU is present
+        (ignored with a warning on CPU, where it is slower).
+    xla : bool
+        Compile the train step with XLA (``jit_compile``); only when a GPU is present
+        (ignored with a warning on CPU).
+    deterministic : bool
+        Switch on TensorFlow op determinism (process-wide): bit-reproducible GPU runs, at
+        some cost in speed (~2x on CPU, where runs are reproducible without it).
+    verbose : int
+        Keras progress output: 0 silent, 1 a progress bar per epoch, 2 one line per epoch.
+    """
+
+    layers: tuple = DEFAULT_LAYERS
+    epochs: int = 50
+    batch_size: int = 100
+    learning_rate: float = 1e-4
+    beta_1: float = 0.9
+    beta_2: float = 0.999
+    patience: int = 5
+    augment: bool = False
+    seed: int = 0
+    mixed_precision: bool = False
+    xla: bool = False
+    deterministic: bool = False
+    verbose: int = 1
+
+    def __post_init__(self):
+        object.__setattr__(self, "layers", validate_layers(self.layers))
+        for name in ("epochs", "batch_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"TrainSettings.{name} must be a positive integer, got {v!r}")
+        if isinstance(self.patience, bool) or not isinstance(self.patience, int) \
+                or self.patience < 1:
+            raise ValueError(f"TrainSettings.patience must be an integer >= 1, "
+                             f"got {self.patience!r}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"TrainSettings.learning_rate must be > 0, got {self.learning_rate!r}")
+        for name in ("beta_1", "beta_2"):
+            v = getattr(self, name)
+            if not 0 <= v < 1:
+                raise ValueError(f"TrainSettings.{name} must be in [0, 1), got {v!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) \
+                or self.seed < 0:
+            raise ValueError(f"TrainSettings.seed must be a non-negative integer, "
+                             f"got {self.seed!r}")
+        object.__setattr__(self, "seed", int(self.seed))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainSettings:
+        """Build from a (config) mapping; unknown keys are an error naming the key."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown training setting(s) {unknown}; known: {sorted(names)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict (layers as a list of dicts)."""
+        d = dataclasses.asdict(self)
+        d["layers"] = [dict(s) for s in self.layers]
+        return d
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What :func:`train` produced (paths in ``out_dir``; epochs counted from 1)."""
+
+    model_path: Path
+    history_path: Path
+    normalisation_path: Path
+    checkpoint_path: Path
+    n_params: int
+    epochs_run: int
+    best_epoch: int
+    best_val_loss: float
+    stopped_early: bool
+    resumed_from_epoch: int
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------
+
+def d4_transform(a: np.ndarray, t: int, axes=(0, 1)) -> np.ndarray:
+    """Apply element ``t`` (0-7) of the dihedral group D4 to the plane ``axes`` of ``a``.
+
+    ``t = 0-3`` rotate by ``t`` x 90 degrees; ``t = 4-7`` first swap the two axes
+    (x <-> y) and then rotate. Together these are the 8 maps (x, y) -> (+-x, +-y) and
+    (+-y, +-x), the exact symmetries of a square sky window centred on the cluster; all
+    other axes (the line-of-sight velocity) are untouched.
+
+    Parameters
+    ----------
+    a : ndarray
+        Array with at least two axes, e.g. a cube ``(x, y, v)``.
+    t : int
+        Group element, 0 <= t < 8; 0 is the identity.
+    axes : tuple of int
+        The two sky axes of ``a``.
+
+    Returns
+    -------
+    ndarray
+        A view of ``a`` (copy it before writing in place).
+    """
+    t = int(t)
+    if not 0 <= t < N_D4:
+        raise ValueError(f"D4 element must be in 0..7, got {t}")
+    if t >= 4:
+        a = np.swapaxes(a, *axes)
+    return np.rot90(a, k=t % 4, axes=axes)
+
+
+class CubeDataset(keras.utils.PyDataset):
+    """Batches ``(x, z)`` streamed from a cube file, for ``keras.Model.fit``.
+
+    ``x`` is ``cubes * input_scale`` (float32, ``(b, n, n, n)``), ``z`` the standardised
+    ``(log10 M200c - target_mean) / target_std`` (float32, ``(b, 1)``). Only the batch being
+    read is held in memory (plus whatever Keras queues for prefetching); the per-cube columns
+    (a few numbers per cube) are read once.
+
+    Parameters
+    ----------
+    path : path-like
+        Cube file.
+    batch_size : int
+        Cubes per batch; the last batch may be smaller.
+    target_mean, target_std : float
+        Standardisation of log10 M200c (log10 h^-1 Msun); from the training split.
+    input_scale : float, optional
+        Multiplies every cube; default the number of voxels (mean voxel = 1).
+    shuffle : bool
+        Draw a fresh permutation of the cubes each epoch from
+        ``numpy.random.default_rng((seed, epoch))``; the indices of each batch are sorted
+        before reading (locality in the file).
+    augment : bool
+        Apply a random D4 sky-plane symmetry per cube (:func:`d4_transform`), drawn from
+        ``default_rng((seed, epoch, batch, 0xD4))``, so a batch depends only on
+        ``(seed, epoch, batch)``, never on the order Keras asks for batches.
+    seed : int
+        Seed for shuffling and augmentation.
+    epoch : int
+        First epoch (set on resume); :meth:`set_epoch` moves it on.
+    **kwargs
+        ``workers``, ``use_multiprocessing``, ``max_queue_size`` for
+        :class:`keras.utils.PyDataset`.
+    """
+
+    def __init__(self, path, batch_size: int = 100, *, target_mean: float = 0.0,
+                 target_std: float = 1.0, input_scale: float | None = None,
+                 shuffle: bool = False, augment: bool = False, seed: int = 0, epoch: int = 0,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.path = Path(path)
+        self.batch_size = int(batch_size)
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.shuffle = bool(shuffle)
+        self.augment = bool(augment)
+        self.seed = int(seed)
+        self.target_mean = float(target_mean)
+        self.target_std = float(target_std)
+        self._reader = None
+        self._pid = None
+        r = self._open()
+        self.n_cubes = len(r)
+        self.grid = tuple(r.shape[1:])
+        self.input_scale = float(math.prod(self.grid)) if input_scale is None \
+            else float(input_scale)
+        self.log10_m200c = r.column("log10_m200c").astype(np.float64)
+        self._epoch = int(epoch)
+        self._perm_cache = (None, None)
+        self.served_epochs: set[int] = set()
+
+    # -- file handle (reopened in a forked worker process) --
+    def _open(self) -> CubeReader:
+        if self._reader is None or self._pid != os.getpid():
+            self._reader = CubeReader(self.path)
+            self._pid = os.getpid()
+        return self._reader
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_reader"] = None
+        return state
+
+    def close(self):
+        """Close the cube file (it is reopened on the next read)."""
+        if self._reader is not None and self._pid == os.getpid():
+            self._reader.close()
+        self._reader = None
+
+    # -- epochs --
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    def set_epoch(self, epoch: int):
+        """Select the epoch whose permutation and augmentation the next batches use."""
+        self._epoch = int(epoch)
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        """Cube order of ``epoch`` (identity when not shuffling)."""
+        if not self.shuffle:
+            return np.arange(self.n_cubes)
+        cached_epoch, perm = self._perm_cache
+        if cached_epoch != epoch:
+            perm = np.random.default_rng([self.seed, int(epoch)]).permutation(self.n_cubes)
+            self._perm_cache = (epoch, perm)
+        return perm
+
+    def batch_indices(self, idx: int, epoch: int | None = None) -> np.ndarray:
+        """Sorted cube indices of batch ``idx`` in ``epoch`` (default: the current one)."""
+        if not 0 <= idx < len(self):
+            raise IndexError(f"batch {idx} out of range (0..{len(self) - 1})")
+        epoch = self._epoch if epoch is None else epoch
+        sl = slice(idx * self.batch_size, min((idx + 1) * self.batch_size, self.n_cubes))
+        return np.sort(self.permutation(epoch)[sl])
+
+    # -- PyDataset interface --
+    def __len__(self) -> int:
+        return -(-self.n_cubes // self.batch_size)
+
+    def read_inputs(self, idx: int, epoch: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Scaled (and, if enabled, augmented) cubes of batch ``idx`` and their indices."""
+        epoch = self._epoch if epoch is None else epoch
+        sel = self.batch_indices(idx, epoch)
+        r = self._open()
+        if self.shuffle:
+            x = r.take(sel)
+        else:
+            x = np.ascontiguousarray(r.cubes(int(sel[0]), int(sel[-1]) + 1), dtype=np.float32)
+        x *= np.float32(self.input_scale)
+        if self.augment:
+            rng = np.random.default_rng([self.seed, int(epoch), int(idx), 0xD4])
+            for j, t in enumerate(rng.integers(0, N_D4, size=len(x))):
+                if t:
+                    x[j] = d4_transform(x[j], t).copy()
+        return x, sel
+
+    def __getitem__(self, idx):
+        epoch = self._epoch
+        self.served_epochs.add(epoch)
+        x, sel = self.read_inputs(idx, epoch)
+        z = ((self.log10_m200c[sel] - self.target_mean) / self.target_std).astype(np.float32)
+        return x, z[:, None]
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints
+# --------------------------------------------------------------------------------------------
+
+def _write_checkpoint(path: Path, model, state: dict, best_weights):
+    """Write model + optimizer variables, best weights and ``state`` in one atomic file."""
+    with atomic_output(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["format"] = _CHECKPOINT_FORMAT
+            f.attrs["state"] = json.dumps(state)
+            for group, arrays in (("model", [v.numpy() for v in model.variables]),
+                                  ("optimizer", [v.numpy() for v in model.optimizer.variables]),
+                                  ("best", best_weights or [])):
+                g = f.create_group(group)
+                g.attrs["n"] = len(arrays)
+                for i, a in enumerate(arrays):
+                    g.create_dataset(f"{i:04d}", data=np.asarray(a))
+
+
+def _read_checkpoint(path: Path):
+    """``(state, model_arrays, optimizer_arrays, best_arrays)`` or None if unreadable."""
+    try:
+        with h5py.File(path, "r") as f:
+            if f.attrs.get("format") != _CHECKPOINT_FORMAT:
+                return None
+            state = json.loads(f.attrs["state"])
+            groups = [[f[g][f"{i:04d}"][()] for i in range(int(f[g].attrs["n"]))]
+                      for g in ("model", "optimizer", "best")]
+    except (OSError, KeyError, ValueError) as err:
+        logger.warning("%s: unreadable checkpoint (%s); starting afresh", path, err)
+        return None
+    return (state, *groups)
+
+
+def _assign(variables, arrays, what):
+    if len(variables) != len(arrays):
+        raise ValueError(f"checkpoint holds {len(arrays)} {what} variables, model has "
+                         f"{len(variables)}")
+    for v, a in zip(variables, arrays):
+        if tuple(v.shape) != a.shape:
+            raise ValueError(f"checkpoint {what} variable {v.path}: shape {a.shape} != "
+                             f"{tuple(v.shape)}")
+        v.assign(a)
+
+
+def _fingerprint(settings: TrainSettings, data: dict) -> str:
+    d = settings.to_dict()
+    for k in ("epochs", "verbose"):  # more epochs may continue a run; output is cosmetic
+        d.pop(k)
+    blob = json.dumps({"settings": d, "data": data}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class _EpochState(keras.callbacks.Callback):
+    """Seeds, timing, history, early stopping and the per-epoch checkpoint."""
+
+    def __init__(self, *, settings, datasets, checkpoint_path, history_path, state,
+                 best_weights):
+        super().__init__()
+        self.settings = settings
+        self.datasets = datasets
+        self.checkpoint_path = checkpoint_path
+        self.history_path = history_path
+        self.state = state
+        self.best_weights = best_weights
+        self._t0 = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        keras.utils.set_random_seed(_seed32(self.settings.seed, epoch, 1))
+        for ds in self.datasets:
+            ds.set_epoch(epoch)
+            ds.served_epochs.clear()
+        self._t0 = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        seconds = time.perf_counter() - self._t0
+        logs = logs or {}
+        for ds in self.datasets:
+            if ds.served_epochs - {epoch}:
+                raise RuntimeError(f"{ds.path}: batches of epochs {sorted(ds.served_epochs)} "
+                                   f"were read during epoch {epoch}; the data order would not "
+                                   "be reproducible (Keras prefetching changed?)")
+        if "val_loss" not in logs:
+            raise RuntimeError("no val_loss after the epoch: validation did not run")
+        loss, val_loss = float(logs["loss"]), float(logs["val_loss"])
+        lr = float(self.model.optimizer.learning_rate.numpy())
+        st = self.state
+        st["history"].append(dict(epoch=epoch + 1, loss=loss, val_loss=val_loss, lr=lr,
+                                  seconds=seconds))
+        if np.isfinite(val_loss) and (st["best_val_loss"] is None
+                                      or val_loss < st["best_val_loss"]):
+            st["best_val_loss"], st["best_epoch"], st["wait"] = val_loss, epoch + 1, 0
+            self.best_weights = [v.numpy() for v in self.model.variables]
+        else:
+            st["wait"] += 1
+        st["epochs_done"] = epoch + 1
+        if st["wait"] >= self.settings.patience:
+            st["stopped_early"] = True
+            self.model.stop_training = True
+        _write_checkpoint(self.checkpoint_path, self.model, st, self.best_weights)
+        _write_history(self.history_path, st["history"])
+        logger.info("epoch %d: loss %.4g, val_loss %.4g (best %.4g at epoch %d, wait %d/%d), "
+                    "%.1f s", epoch + 1, loss, val_loss, st["best_val_loss"] or np.nan,
+                    st["best_epoch"] or 0, st["wait"], self.settings.patience, seconds)
+        if st["stopped_early"]:
+            logger.info("early stopping after epoch %d: no val_loss improvement in %d epochs",
+                        epoch + 1, self.settings.patience)
+
+
+def _write_history(path: Path, rows):
+    with atomic_output(path) as tmp:
+        with open(tmp, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=HISTORY_COLUMNS)
+            w.writeheader()
+            for r in rows:
+                w.writerow({k: (r[k] if k == "epoch" else repr(float(r[k])))
+                            for k in HISTORY_COLUMNS})
+
+
+def read_history(path) -> dict[str, np.ndarray]:
+    """Columns of a ``history.csv`` (epoch from 1; losses in standardised log10 M units^2)."""
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return {k: np.array([float(r[k]) for r in rows]) if k != "epoch"
+            else np.array([int(r[k]) for r in rows], dtype=int) for k in HISTORY_COLUMNS}
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------
+
+def _check_cube_file(path, role: str, fix: str) -> tuple[int, tuple]:
+    with CubeReader(path) as r:
+        n, grid = len(r), tuple(r.shape[1:])
+    if n == 0:
+        raise CatalogueError(path, "cubes", f"the {role} cube file holds no cubes", fix)
+    return n, grid
+
+
+def _gpu_available() -> bool:
+    import tensorflow as tf
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def train(train_path, val_path, out_dir, settings: TrainSettings | None = None, *,
+          callbacks=(), workers: int = 1, max_queue_size: int = 2) -> TrainResult:
+    """Train the CNN on a cube file, early-stopping on a validation cube file; resumable.
+
+    Parameters
+    ----------
+    train_path : path-like
+        Training cube file (targets: ``log10_m200c`` in log10 h^-1 Msun).
+    val_path : path-like
+        Validation cube file, used ONLY for early stopping (never the test/eval splits).
+    out_dir : path-like
+        Output directory: ``cnn3d.keras`` (best weights), ``history.csv``
+        (epoch, loss, val_loss, lr, seconds; losses are MSE of the standardised target),
+        ``normalisation.json`` (input scale, target mean/std) and ``checkpoint.h5``. An
+        existing matching checkpoint there is resumed.
+    settings : TrainSettings, optional
+        Defaults: the paper's training set-up.
+    callbacks : sequence of keras.callbacks.Callback
+        Extra callbacks, run after the checkpointing one.
+    workers, max_queue_size : int
+        Passed to :class:`CubeDataset` (threads reading batches ahead; the default reads in
+        the tf.data pipeline, which already prefetches).
+
+    Returns
+    -------
+    TrainResult
+
+    Raises
+    ------
+    CatalogueError
+        If a cube file is missing or empty, or the two files have different grids.
+
+    Notes
+    -----
+    Reseeds the global Python, NumPy and TensorFlow generators
+    (``keras.utils.set_random_seed``) from ``settings.seed`` at the start and at every epoch.
+    Keep ``checkpoint.h5`` out of a Snakemake rule's declared outputs: Snakemake deletes the
+    outputs of a failed job, which would throw the checkpoint away.
+    """
+    settings = settings or TrainSettings()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    n_train, grid = _check_cube_file(
+        train_path, "training", "check the splits (more training halos) and rerun the kde rules")
+    n_val, val_grid = _check_cube_file(
+        val_path, "validation",
+        "raise splits.validation_fraction in the config so that some training halos are "
+        "held out for early stopping")
+    if val_grid != grid:
+        raise CatalogueError(val_path, "cubes", f"grid {val_grid} differs from the training "
+                             f"grid {grid} of {train_path}", "rerun the kde rules with one config")
+
+    if settings.deterministic:
+        import tensorflow as tf
+        tf.config.experimental.enable_op_determinism()
+    gpu = _gpu_available()
+    policy = None
+    if settings.mixed_precision:
+        if gpu:
+            policy = "mixed_float16"
+        else:
+            logger.warning("mixed_precision requested but no GPU found: training in float32")
+    xla = bool(settings.xla)
+    if xla and not gpu:
+        logger.warning("xla requested but no GPU found: XLA's CPU Conv3D is much slower than "
+                       "oneDNN, training without it")
+        xla = False
+    keras.utils.set_random_seed(_seed32(settings.seed, 0, 0))
+
+    with CubeReader(train_path) as r:
+        logm = r.column("log10_m200c").astype(np.float64)
+    mean, std = float(logm.mean()), float(logm.std())
+    if not std > 0:
+        logger.warning("%s: all training masses are equal; using target std 1", train_path)
+        std = 1.0
+    scale = float(math.prod(grid))
+    normalisation = {
+        "input": {"scale": scale, "grid": list(grid),
+                  "transform": "x = cube * scale; cubes sum to 1, so the mean voxel is 1"},
+        "target": {"column": "log10_m200c", "unit": "log10(h^-1 Msun)", "mean": mean,
+                   "std": std, "transform": "z = (log10_m200c - mean) / std",
+                   "from": str(train_path), "n_train": n_train},
+    }
+    ds_kw = dict(target_mean=mean, target_std=std, input_scale=scale, seed=settings.seed,
+                 workers=workers, max_queue_size=max_queue_size)
+    train_ds = CubeDataset(train_path, settings.batch_size, shuffle=True,
+                           augment=settings.augment, **ds_kw)
+    val_ds = CubeDataset(val_path, settings.batch_size, shuffle=False, augment=False, **ds_kw)
+
+    model = build_cnn(grid, settings.layers, dtype_policy=policy)
+    n_params = parameter_count(model)
+    opt = keras.optimizers.Adam(learning_rate=settings.learning_rate, beta_1=settings.beta_1,
+                                beta_2=settings.beta_2)
+    if policy:
+        opt = keras.optimizers.LossScaleOptimizer(opt)
+    model.compile(optimizer=opt, loss="mse", jit_compile=xla)
+    model.optimizer.build(model.trainable_variables)
+    logger.info("training %s (%d parameters) on %d cubes of %s voxels, validating on %d; "
+                "device %s%s%s", model.name, n_params, n_train, "x".join(map(str, grid)), n_val,
+                "GPU" if gpu else "CPU", ", XLA" if xla else "",
+                ", mixed precision" if policy else "")
+
+    fingerprint = _fingerprint(settings, dict(n_train=n_train, n_val=n_val, grid=list(grid),
+                                              target_mean=mean, target_std=std))
+    ckpt_path = out_dir / CHECKPOINT_FILE
+    state = dict(format=_CHECKPOINT_FORMAT, fingerprint=fingerprint, seed=settings.seed,
+                 settings=settings.to_dict(), epochs_done=0, history=[], best_val_loss=None,
+                 best_epoch=None, wait=0, stopped_early=False,
+                 rng="epoch e: numpy default_rng((seed, e)) permutation, "
+                     "default_rng((seed, e, batch, 0xD4)) augmentation, "
+                     "keras.utils.set_random_seed(seed32(seed, e, 1))")
+    best_weights = None
+    resumed_from = 0
+    if ckpt_path.exists():
+        loaded = _read_checkpoint(ckpt_path)
+        if loaded is not None and loaded[0].get("fingerprint") == fingerprint:
+            saved, model_arrays, opt_arrays, best_arrays = loaded
+            _assign(model.variables, model_arrays, "model")
+            _assign(model.optimizer.variables, opt_arrays, "optimizer")
+            state.update({k: saved[k] for k in ("epochs_done", "history", "best_val_loss",
+                                                "best_epoch", "wait", "stopped_early")})
+            best_weights = best_arrays or None
+            resumed_from = state["epochs_done"]
+            logger.info("resuming from %s after epoch %d (best val_loss %s at epoch %s)",
+                        ckpt_path, resumed_from, state["best_val_loss"], state["best_epoch"])
+        elif loaded is not None:
+            logger.warning("%s was written with other settings or data; ignoring it and "
+                           "training from scratch", ckpt_path)
+
+    hist_path = out_dir / HISTORY_FILE
+    cb = _EpochState(settings=settings, datasets=(train_ds, val_ds), checkpoint_path=ckpt_path,
+                     history_path=hist_path, state=state, best_weights=best_weights)
+    finished = state["stopped_early"] or state["epochs_done"] >= settings.epochs
+    if not finished:
+        model.fit(train_ds, validation_data=val_ds, epochs=settings.epochs,
+                  initial_epoch=state["epochs_done"], shuffle=False, verbose=settings.verbose,
+                  callbacks=[cb, *callbacks])
+    train_ds.close()
+    val_ds.close()
+
+    if cb.best_weights is None:
+        raise RuntimeError(f"validation loss was never finite in {state['epochs_done']} "
+                           "epochs; lower the learning rate")
+    _assign(model.variables, cb.best_weights, "best")
+    model_path = out_dir / MODEL_FILE
+    tmp = model_path.with_name(f".{model_path.stem}.tmp-{os.getpid()}.keras")
+    try:
+        model.save(tmp)
+        os.replace(tmp, model_path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    norm_path = out_dir / NORMALISATION_FILE
+    write_json(norm_path, normalisation)
+    _write_history(hist_path, state["history"])
+    logger.info("wrote %s (best epoch %d of %d, val_loss %.4g)", model_path, state["best_epoch"],
+                state["epochs_done"], state["best_val_loss"])
+    return TrainResult(model_path=model_path, history_path=hist_path,
+                       normalisation_path=norm_path, checkpoint_path=ckpt_path,
+                       n_params=n_params, epochs_run=state["epochs_done"],
+                       best_epoch=state["best_epoch"], best_val_loss=state["best_val_loss"],
+                       stopped_early=state["stopped_early"], resumed_from_epoch=resumed_from)
+
+
+# --------------------------------------------------------------------------------------------
+# Prediction and plots
+# --------------------------------------------------------------------------------------------
+
+def predict(model_dir, cube_path, *, batch_size: int = 100) -> dict[str, np.ndarray]:
+    """Network point predictions (the summaries d~) for every cube of a cube file, in order.
+
+    Parameters
+    ----------
+    model_dir : path-like
+        A :func:`train` output directory (``cnn3d.keras`` and ``normalisation.json``).
+    cube_path : path-like
+        Cube file on the same grid.
+    batch_size : int
+        Cubes per forward pass (memory only; results do not depend on it beyond float
+        round-off).
+
+    Returns
+    -------
+    dict of ndarray
+        ``cluster_id`` (i8), ``log10_m200c_true`` and ``log10_m200c_pred`` (f8, log10
+        h^-1 Msun; the prediction with the target standardisation undone), ``n_gal``,
+        ``n_members`` (i8), one entry per cube in file order.
+    """
+    model_dir = Path(model_dir)
+    norm_path = model_dir / NORMALISATION_FILE
+    if not norm_path.exists() or not (model_dir / MODEL_FILE).exists():
+        raise FileNotFoundError(f"{model_dir}: no trained model ({MODEL_FILE} and "
+                                f"{NORMALISATION_FILE}); run the train rule first")
+    norm = json.loads(norm_path.read_text())
+    mean, std = norm["target"]["mean"], norm["target"]["std"]
+    ds = CubeDataset(cube_path, batch_size, target_mean=mean, target_std=std,
+                     input_scale=norm["input"]["scale"])
+    if list(ds.grid) != list(norm["input"]["grid"]) and ds.n_cubes:
+        raise CatalogueError(cube_path, "cubes", f"grid {ds.grid} differs from the grid "
+                             f"{tuple(norm['input']['grid'])} the model was trained on",
+                             "make the cubes with the training config")
+    with CubeReader(cube_path) as r:
+        out = {"cluster_id": r.column("cluster_id").astype(np.int64),
+               "log10_m200c_true": r.column("log10_m200c").astype(np.float64),
+               "log10_m200c_pred": np.full(len(r), np.nan),
+               "n_gal": r.column("n_gal").astype(np.int64),
+               "n_members": r.column("n_members").astype(np.int64)}
+    if ds.n_cubes == 0:
+        logger.warning("%s holds no cubes; nothing to predict", cube_path)
+        return out
+    model = keras.saving.load_model(model_dir / MODEL_FILE, compile=False)
+    for i in range(len(ds)):
+        x, sel = ds.read_inputs(i)
+        z = np.asarray(model.predict_on_batch(x), dtype=np.float64)[:, 0]
+        out["log10_m200c_pred"][sel] = z * std + mean
+    ds.close()
+    return out
+
+
+def plot_history(history_csv, png) -> None:
+    """Loss curves (training and validation MSE against epoch, best epoch marked) to ``png``.
+
+    Written atomically with the Agg backend.
+    """
+    from .plots import plt, save
+
+    h = read_history(history_csv)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(h["epoch"], h["loss"], "o-", ms=3, label="training")
+    ax.plot(h["epoch"], h["val_loss"], "s-", ms=3, label="validation")
+    if len(h["epoch"]):
+        best = int(np.nanargmin(h["val_loss"]))
+        ax.axvline(h["epoch"][best], color="0.5", ls=":",
+                   label=f"best epoch {h['epoch'][best]} (weights kept)")
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(r"MSE of standardised $\log_{10} M_{200c}$")
+    ax.legend()
+    save(fig, png)

@@ -45,7 +45,12 @@ def test_every_product_is_made(tiny_run):
               "mock/clusters.h5", "mock/summary.json", "figures/mock_mass_function.png",
               "figures/mock_split_masses.png", "figures/mock_phase_space.png",
               "cubes/train.h5", "cubes/validation.h5", "cubes/test.h5", "cubes/eval.h5",
-              "logs/catalogue.log", "logs/project.log"]:
+              "model/cnn3d.keras", "model/history.csv", "model/normalisation.json",
+              "summaries/test.h5", "summaries/eval.h5", "calibration/joint_pdf.h5",
+              "evaluation/metrics.json", "evaluation/posteriors.h5",
+              "figures/loss_curve.png", "figures/joint_pdf.png", "figures/predictions.png",
+              "figures/calibration.png", "figures/interlopers.png", "figures/baselines.png",
+              "logs/catalogue.log", "logs/project.log", "logs/train.log"]:
         assert (res / p).is_file(), p
     # shards are temporary and removed once gathered; no temp files left anywhere
     assert not list((res / "cubes").glob("*/shard-*.h5"))
@@ -90,7 +95,7 @@ def test_cubes_match_the_split_tables(tiny_run):
             np.testing.assert_array_equal(r.column("n_gal"), cl["n_gal"][sel])
             if len(r):
                 c = r.cubes(0, min(len(r), 5))
-                assert c.shape[1:] == (50, 50, 50)
+                assert c.shape[1:] == (24, 24, 24)      # configs/tiny.yaml kde.n_grid
                 np.testing.assert_allclose(c.sum(axis=(1, 2, 3)), 1.0, rtol=1e-4)
                 assert r.attrs["h0"] == pytest.approx(0.175)
 
@@ -145,3 +150,24 @@ def test_bad_galaxy_file_stops_the_rule_cleanly(tmp_path):
     assert "Traceback" not in (wd / "results/bad/logs/catalogue.log").read_text()
     assert not (wd / "results/bad/catalogue/halos.h5").exists()
     assert not (wd / "results/bad/catalogue/galaxies.h5").exists()
+
+
+def test_evaluation_products_are_consistent(tiny_run):
+    """metrics.json counts the eval split; posteriors are ordered intervals on the grid."""
+    _, res = tiny_run
+    m = json.loads((res / "evaluation/metrics.json").read_text())
+    cl, _ = read_table(res / "mock/clusters.h5", group="clusters", columns=["split"])
+    assert m["n_eval"] == int((cl["split"] == SPLIT_CODES["eval"]).sum())
+    for k in ("mean_residual_dex", "scatter_dex", "coverage_68", "coverage_95",
+              "sigma_N_dex", "sigma_0_dex", "msigma_gapper_scatter_dex",
+              "virial_scatter_dex", "mean_predictor_scatter_dex"):
+        assert k in m
+    assert 0.0 <= m["coverage_68"] <= m["coverage_95"] <= 1.0
+    post, _ = read_table(res / "evaluation/posteriors.h5", group="posteriors")
+    assert np.all(post["lo95"] <= post["lo68"]) and np.all(post["lo68"] <= post["median"])
+    assert np.all(post["median"] <= post["hi68"]) and np.all(post["hi68"] <= post["hi95"])
+    assert np.all((post["pit"] >= 0) & (post["pit"] <= 1))
+    # coverage in the JSON is the fraction of truths inside the stored intervals
+    inside = (post["log10_m200c_true"] >= post["lo68"]) & \
+        (post["log10_m200c_true"] <= post["hi68"])
+    assert m["coverage_68"] == pytest.approx(inside.mean())

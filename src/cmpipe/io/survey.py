@@ -1,0 +1,412 @@
+"""Readers and writers of the survey input: a cluster table and a galaxy table on the sky.
+
+Config ``survey.source: catalogue`` reads real data (the GalWeight cluster catalogue of
+Abdullah et al. 2020, ApJS 246, 2, and SDSS main-sample galaxies); ``survey.source:
+synthetic`` writes tables of the same schema from the synthetic box
+(:mod:`cmpipe.survey`), so the same ingestion code runs on both.
+
+Files
+-----
+FITS (``.fits``, ``.fit``, ``.fits.gz``), CSV (``.csv``) or ECSV (``.ecsv``), read with
+:meth:`astropy.table.Table.read`; the format comes from the extension.
+
+Column mapping
+--------------
+``columns`` maps each cmpipe name to the file's column name, or to a list of candidate
+names tried in order (the first present wins, case-sensitive first, then
+case-insensitive). Defaults: :data:`CLUSTER_COLUMNS` and :data:`GALAXY_COLUMNS`. The
+GalWeight (GalWCat19) candidates (``RA``/``RAdeg``, ``Dec``/``DEdeg``, ``z``,
+``logM200``/``e_logM200``, ``N200``) are **unverified** against the published files: the
+catalogue's column names could not be checked here; set the mapping explicitly for the
+file you download. SDSS defaults follow CasJobs/SpecObj names (``ra``, ``dec``, ``z``).
+
+Units
+-----
+An angle column with an astropy unit (deg, rad, hourangle, arcmin, ...) is converted to
+degrees; a unitless one is taken as degrees and tested for being radians
+(:func:`cmpipe.sky.check_sky_positions`). Catalogue masses must be log10 M200c in
+h^-1 Msun (values between 10 and 17).
+
+Schema on disk
+--------------
+Clusters (:data:`SURVEY_CLUSTER_SCHEMA`): ``cluster_id``, ``ra_deg``, ``dec_deg``, ``z``,
+``log10_m_cat``, ``log10_m_cat_err`` (NaN if absent), ``n_mem`` (-1 if absent).
+Galaxies (:data:`SURVEY_GALAXY_SCHEMA`): ``galaxy_id`` (row number if absent),
+``ra_deg``, ``dec_deg``, ``z``, ``cluster_id`` (-1 if absent), ``mag_r`` (apparent r,
+NaN if absent). Writers produce ECSV (units and descriptions kept), CSV or FITS, atomically.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..sky import check_redshifts, check_sky_positions
+from .tables import CatalogueError, Schema, atomic_output
+
+__all__ = [
+    "SURVEY_CLUSTER_SCHEMA",
+    "SURVEY_GALAXY_SCHEMA",
+    "SURVEY_TRUTH_SCHEMA",
+    "CLUSTER_COLUMNS",
+    "GALAXY_COLUMNS",
+    "table_format",
+    "read_survey_clusters",
+    "read_survey_galaxies",
+    "write_survey_clusters",
+    "write_survey_galaxies",
+    "write_survey_truth",
+    "read_survey_truth",
+]
+
+log = logging.getLogger(__name__)
+
+SURVEY_CLUSTER_SCHEMA = Schema({
+    "cluster_id": ("i8", "", "cluster id, unique"),
+    "ra_deg": ("f8", "deg", "right ascension of the cluster centre (ICRS)"),
+    "dec_deg": ("f8", "deg", "declination of the cluster centre (ICRS)"),
+    "z": ("f8", "", "observed redshift of the cluster"),
+    "log10_m_cat": ("f8", "log10(h^-1 Msun)", "catalogue M200c (NaN if none)"),
+    "log10_m_cat_err": ("f8", "dex", "uncertainty of the catalogue mass (NaN if none)"),
+    "n_mem": ("i8", "", "catalogue member count (-1 if none)"),
+})
+
+SURVEY_GALAXY_SCHEMA = Schema({
+    "galaxy_id": ("i8", "", "galaxy id (row number if the file has none)"),
+    "ra_deg": ("f8", "deg", "right ascension (ICRS)"),
+    "dec_deg": ("f8", "deg", "declination (ICRS)"),
+    "z": ("f8", "", "observed (spectroscopic) redshift"),
+    "cluster_id": ("i8", "", "cluster the galaxy is listed in (-1 if none)"),
+    "mag_r": ("f8", "mag", "apparent r magnitude (NaN if none)"),
+})
+
+SURVEY_TRUTH_SCHEMA = Schema({
+    "cluster_id": ("i8", "", "cluster id in the synthetic survey's cluster table"),
+    "halo_id": ("i8", "", "host halo id in the synthetic box"),
+    "replica": ("i8", "", "index of the periodic replica the cluster was seen in"),
+    "log10_m200c": ("f8", "log10(h^-1 Msun)", "true M200c"),
+    "r200c_mpc_h": ("f8", "h^-1 Mpc (proper)", "true R200c"),
+    "comoving_distance_mpc_h": ("f8", "h^-1 Mpc (comoving)", "real-space distance of the "
+                                "cluster centre from the observer"),
+    "z_cos": ("f8", "", "cosmological redshift at that distance"),
+    "z_obs": ("f8", "", "observed redshift (with the peculiar velocity)"),
+    "n_mem_true": ("i8", "", "galaxies of the halo above the flux limit"),
+})
+
+#: Default column candidates of the cluster table (GalWeight-style names unverified).
+CLUSTER_COLUMNS = {
+    "cluster_id": ("cluster_id", "ID", "id", "GalWCat19", "Seq"),
+    "ra_deg": ("ra_deg", "RA", "RAdeg", "RA_deg", "ra", "_RA"),
+    "dec_deg": ("dec_deg", "Dec", "DEC", "DEdeg", "Dec_deg", "dec", "_DE"),
+    "z": ("z", "Z", "zcl", "z_cl", "redshift"),
+    "log10_m_cat": ("log10_m_cat", "logM200", "log_M200", "logM200c", "lgM200"),
+    "log10_m_cat_err": ("log10_m_cat_err", "e_logM200", "logM200_err", "e_logM200c"),
+    "n_mem": ("n_mem", "N200", "Nmem", "N_mem", "Ngal"),
+}
+
+#: Default column candidates of the galaxy table (SDSS SpecObj-style names).
+GALAXY_COLUMNS = {
+    "galaxy_id": ("galaxy_id", "objID", "specObjID", "id"),
+    "ra_deg": ("ra_deg", "ra", "RA", "RAdeg", "plug_ra"),
+    "dec_deg": ("dec_deg", "dec", "Dec", "DEC", "DEdeg", "plug_dec"),
+    "z": ("z", "Z", "redshift"),
+    "cluster_id": ("cluster_id", "GalWCat19", "cluster"),
+    "mag_r": ("mag_r", "petroMag_r", "modelMag_r", "rmag", "r"),
+}
+
+_REQUIRED = ("ra_deg", "dec_deg", "z")
+
+_FORMATS = {".fits": "fits", ".fit": "fits", ".fits.gz": "fits", ".fit.gz": "fits",
+            ".csv": "ascii.csv", ".ecsv": "ascii.ecsv"}
+
+
+def table_format(path) -> str:
+    """astropy format name of a survey file from its extension.
+
+    Raises
+    ------
+    CatalogueError
+        Unknown extension.
+    """
+    name = Path(path).name.lower()
+    for ext in sorted(_FORMATS, key=len, reverse=True):
+        if name.endswith(ext):
+            return _FORMATS[ext]
+    raise CatalogueError(path, "(file)", "unknown file extension",
+                         "use .fits, .fit, .fits.gz, .csv or .ecsv")
+
+
+def _read(path):
+    from astropy.table import Table
+
+    path = Path(path)
+    fmt = table_format(path)
+    if not path.exists():
+        raise CatalogueError(path, "(file)", "file does not exist",
+                             "check survey.clusters / survey.galaxies paths in the config")
+    try:
+        return Table.read(path, format=fmt)
+    except Exception as err:  # astropy raises many types for malformed files
+        raise CatalogueError(path, "(file)", f"cannot be read as {fmt} ({err})",
+                             "check the file is a valid table of that format") from err
+
+
+def _resolve(table, path, key, candidates, required, defaults_name):
+    names = list(table.colnames)
+    cands = [candidates] if isinstance(candidates, str) else list(candidates)
+    for c in cands:
+        if c in names:
+            return c
+    lower = {n.lower(): n for n in names}
+    for c in cands:
+        if c.lower() in lower:
+            return lower[c.lower()]
+    if required:
+        raise CatalogueError(
+            path, key, f"required column not found (looked for {', '.join(cands)}; the file "
+            f"has {', '.join(names)})",
+            f"set the column mapping for '{key}' (columns={{'{key}': '<file column>'}}, "
+            f"config survey.{defaults_name}.{key})")
+    return None
+
+
+def _float_column(table, name, path=None):
+    """Column as float64 with masked entries as NaN."""
+    col = table[name]
+    try:
+        data = np.ma.asarray(col).astype(float)
+    except (TypeError, ValueError) as err:
+        raise CatalogueError(path, name, f"not numeric (dtype {np.asarray(col).dtype})",
+                             "map this key to a numeric column") from err
+    return np.ma.filled(data, np.nan)
+
+
+def _angle_deg(table, name, path, key):
+    import astropy.units as u
+
+    col = table[name]
+    unit = getattr(col, "unit", None)
+    vals = _float_column(table, name, path)
+    if unit is None or unit == u.dimensionless_unscaled:
+        return vals, False
+    try:
+        return (vals * unit).to_value(u.deg), True
+    except u.UnitConversionError as err:
+        raise CatalogueError(path, name, f"unit '{unit}' is not an angle ({err})",
+                             f"map '{key}' to an angle column (deg or rad)") from err
+
+
+def _int_column(table, name, path, key):
+    col = table[name]
+    arr = np.asarray(col)
+    if hasattr(col, "mask") and np.any(np.ma.getmaskarray(col)):
+        raise CatalogueError(path, name, "masked (missing) ids",
+                             f"fill the ids or map '{key}' to a complete integer column")
+    if arr.dtype.kind in "iu":
+        return arr.astype(np.int64)
+    if arr.dtype.kind == "f":
+        if np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
+            return arr.astype(np.int64)
+    else:
+        try:
+            return np.array([int(str(s).strip()) for s in arr], dtype=np.int64)
+        except ValueError:
+            pass
+    raise CatalogueError(path, name, f"ids are not integers (dtype {arr.dtype}, e.g. "
+                         f"{arr[:3].tolist()})",
+                         f"map '{key}' to an integer id column, or drop the mapping to "
+                         "number the rows")
+
+
+def _mapped(table, path, columns, defaults, defaults_name):
+    mapping = dict(defaults)
+    if columns:
+        unknown = [k for k in columns if k not in defaults]
+        if unknown:
+            raise CatalogueError(path, unknown[0], "unknown cmpipe column in the mapping",
+                                 f"use one of {', '.join(defaults)}")
+        mapping.update(columns)
+    return {k: _resolve(table, path, k, v, k in _REQUIRED, defaults_name)
+            for k, v in mapping.items()}
+
+
+def _positions(table, path, found, angle_unit):
+    ra, ra_has_unit = _angle_deg(table, found["ra_deg"], path, "ra_deg")
+    dec, dec_has_unit = _angle_deg(table, found["dec_deg"], path, "dec_deg")
+    unit = "deg" if (ra_has_unit and dec_has_unit) else angle_unit
+    # raises SkyInputError, a CatalogueError naming this file and the file's columns
+    ra = check_sky_positions(ra, dec, table=str(path), ra_column=found["ra_deg"],
+                             dec_column=found["dec_deg"], angle_unit=unit)
+    return ra, dec
+
+
+def _redshift(table, path, found, allow_zero):
+    z = _float_column(table, found["z"], path)
+    return check_redshifts(z, table=str(path), column=found["z"], allow_zero=allow_zero)
+
+
+def read_survey_clusters(path, columns: Mapping[str, str | Sequence[str]] | None = None, *,
+                         angle_unit: str = "auto") -> dict:
+    """Read a survey cluster table (FITS, CSV or ECSV) into :data:`SURVEY_CLUSTER_SCHEMA`.
+
+    Parameters
+    ----------
+    path : path-like
+        The table; the format comes from the extension.
+    columns : mapping, optional
+        cmpipe name -> file column (or candidate list); overrides :data:`CLUSTER_COLUMNS`.
+    angle_unit : {"auto", "deg"}
+        For unitless RA/Dec columns: ``"auto"`` rejects values that are clearly radians.
+
+    Returns
+    -------
+    dict of ndarray
+        The schema's columns: ids (rows numbered 0..N-1 if no id column is found), RA in
+        [0, 360) deg, Dec deg, z, catalogue log10 M200c [h^-1 Msun] and its error (NaN if
+        absent), member count (-1 if absent).
+
+    Raises
+    ------
+    CatalogueError
+        Unreadable file, missing RA/Dec/z column (naming the mapping key to set), angles in
+        radians, Dec outside [-90, 90], z NaN or <= 0, duplicated ids, masses not in log10.
+    """
+    t = _read(path)
+    found = _mapped(t, path, columns, CLUSTER_COLUMNS, "cluster_columns")
+    n = len(t)
+    if found["cluster_id"] is None:
+        log.warning("%s: no cluster id column (looked for %s); numbering rows 0..%d",
+                    path, ", ".join(CLUSTER_COLUMNS["cluster_id"]), n - 1)
+        cid = np.arange(n, dtype=np.int64)
+    else:
+        cid = _int_column(t, found["cluster_id"], path, "cluster_id")
+        uniq, cnt = np.unique(cid, return_counts=True)
+        if (cnt > 1).any():
+            dup = uniq[cnt > 1]
+            raise CatalogueError(path, found["cluster_id"], f"{dup.size} duplicated id(s), "
+                                 f"e.g. {', '.join(str(int(d)) for d in dup[:5])}",
+                                 "give every cluster a unique id (drop repeated rows)")
+    ra, dec = _positions(t, path, found, angle_unit)
+    z = _redshift(t, path, found, allow_zero=False)
+    out = dict(cluster_id=cid, ra_deg=ra, dec_deg=dec, z=z)
+    for key in ("log10_m_cat", "log10_m_cat_err"):
+        out[key] = (_float_column(t, found[key], path) if found[key] is not None
+                    else np.full(n, np.nan))
+    m = out["log10_m_cat"]
+    fin = m[np.isfinite(m)]
+    if fin.size and (fin.min() < 10.0 or fin.max() > 17.0):
+        raise CatalogueError(path, found["log10_m_cat"], f"values {fin.min():.4g}.."
+                             f"{fin.max():.4g} are not log10 M200c in h^-1 Msun",
+                             "map 'log10_m_cat' to a log10 mass column (convert linear masses "
+                             "or units of 1e14 Msun with log10, and Msun to h^-1 Msun)")
+    if found["n_mem"] is not None:
+        nm = _float_column(t, found["n_mem"], path)
+        out["n_mem"] = np.where(np.isfinite(nm), nm, -1).astype(np.int64)
+    else:
+        out["n_mem"] = np.full(n, -1, dtype=np.int64)
+    log.info("%s: %d clusters (columns %s)", path, n,
+             {k: v for k, v in found.items() if v is not None})
+    return {k: np.ascontiguousarray(out[k], dtype=SURVEY_CLUSTER_SCHEMA[k][0])
+            for k in SURVEY_CLUSTER_SCHEMA}
+
+
+def read_survey_galaxies(path, columns: Mapping[str, str | Sequence[str]] | None = None, *,
+                         angle_unit: str = "auto") -> dict:
+    """Read a survey galaxy table (FITS, CSV or ECSV) into :data:`SURVEY_GALAXY_SCHEMA`.
+
+    Parameters
+    ----------
+    path : path-like
+        The table; the format comes from the extension.
+    columns : mapping, optional
+        cmpipe name -> file column (or candidate list); overrides :data:`GALAXY_COLUMNS`.
+    angle_unit : {"auto", "deg"}
+        For unitless RA/Dec columns: ``"auto"`` rejects values that are clearly radians.
+
+    Returns
+    -------
+    dict of ndarray
+        The schema's columns (RA in [0, 360) deg, Dec deg, z >= 0).
+
+    Raises
+    ------
+    CatalogueError
+        Unreadable file, missing RA/Dec/z column (naming the mapping key to set), angles in
+        radians, Dec outside [-90, 90], z NaN or negative.
+    """
+    t = _read(path)
+    found = _mapped(t, path, columns, GALAXY_COLUMNS, "galaxy_columns")
+    n = len(t)
+    ra, dec = _positions(t, path, found, angle_unit)
+    z = _redshift(t, path, found, allow_zero=True)
+    out = dict(ra_deg=ra, dec_deg=dec, z=z)
+    out["galaxy_id"] = (_int_column(t, found["galaxy_id"], path, "galaxy_id")
+                        if found["galaxy_id"] is not None else np.arange(n, dtype=np.int64))
+    if found["cluster_id"] is not None:
+        lab = _float_column(t, found["cluster_id"], path)
+        out["cluster_id"] = np.where(np.isfinite(lab), lab, -1).astype(np.int64)
+    else:
+        out["cluster_id"] = np.full(n, -1, dtype=np.int64)
+    out["mag_r"] = (_float_column(t, found["mag_r"], path) if found["mag_r"] is not None
+                    else np.full(n, np.nan))
+    log.info("%s: %d galaxies (columns %s)", path, n,
+             {k: v for k, v in found.items() if v is not None})
+    return {k: np.ascontiguousarray(out[k], dtype=SURVEY_GALAXY_SCHEMA[k][0])
+            for k in SURVEY_GALAXY_SCHEMA}
+
+
+def _write(path, columns, schema: Schema, meta: Mapping | None):
+    import astropy.units as u
+    from astropy.table import Column, Table
+
+    missing = [k for k in schema if k not in columns]
+    if missing:
+        raise ValueError(f"writing {path}: columns {missing} missing from the table")
+    lengths = {len(np.asarray(columns[k])) for k in schema}
+    if len(lengths) > 1:
+        raise ValueError(f"writing {path}: columns differ in length")
+    fmt = table_format(path)
+    t = Table(meta=dict(meta or {}))
+    for k, (dtype, unit, desc) in schema.items():
+        col_unit = u.deg if unit == "deg" else None
+        t[k] = Column(np.asarray(columns[k], dtype=dtype), unit=col_unit, description=desc)
+    with atomic_output(path) as tmp:
+        t.write(tmp, format=fmt, overwrite=True)
+
+
+def write_survey_clusters(path, clusters: Mapping[str, np.ndarray], *,
+                          meta: Mapping | None = None) -> None:
+    """Write a cluster table in :data:`SURVEY_CLUSTER_SCHEMA` (ECSV, CSV or FITS by
+    extension) atomically; ``meta`` goes to the table header (ECSV/FITS)."""
+    _write(path, clusters, SURVEY_CLUSTER_SCHEMA, meta)
+
+
+def write_survey_galaxies(path, galaxies: Mapping[str, np.ndarray], *,
+                          meta: Mapping | None = None) -> None:
+    """Write a galaxy table in :data:`SURVEY_GALAXY_SCHEMA` (ECSV, CSV or FITS by
+    extension) atomically."""
+    _write(path, galaxies, SURVEY_GALAXY_SCHEMA, meta)
+
+
+def write_survey_truth(path, truth: Mapping[str, np.ndarray], *,
+                       meta: Mapping | None = None) -> None:
+    """Write the synthetic survey's truth table (:data:`SURVEY_TRUTH_SCHEMA`) atomically."""
+    _write(path, truth, SURVEY_TRUTH_SCHEMA, meta)
+
+
+def read_survey_truth(path) -> dict:
+    """Read a truth table written by :func:`write_survey_truth`.
+
+    Raises
+    ------
+    CatalogueError
+        Unreadable file or a missing column.
+    """
+    t = _read(path)
+    missing = [k for k in SURVEY_TRUTH_SCHEMA if k not in t.colnames]
+    if missing:
+        raise CatalogueError(path, missing[0], "truth column missing",
+                             "write the file with cmpipe.io.survey.write_survey_truth")
+    return {k: np.asarray(t[k], dtype=v[0]) for k, v in SURVEY_TRUTH_SCHEMA.items()}

@@ -1,0 +1,342 @@
+"""The embedded default survey (``survey.source: synthetic``): an SDSS-like sky survey
+drawn from the synthetic box, with the box's own (not flattened) mass function.
+
+The products are the tables a real survey gives -- clusters and galaxies in RA, Dec and
+observed redshift, in the schema of :mod:`cmpipe.io.survey` -- so the real ingestion code
+(:func:`cmpipe.sky.sky_to_phase_space`) is what runs on them; the true masses go to a
+separate truth table.
+
+Geometry
+--------
+Observer
+    At a uniformly random comoving position ``o`` in the periodic box (``seed``), at rest
+    (no observer peculiar velocity; redshifts are in the frame of the box).
+Sky frame
+    The box axes are the equatorial Cartesian axes: +x points to (RA, Dec) = (0, 0),
+    +y to (90, 0), +z to Dec = +90 deg. RA = atan2(y, x) in [0, 360), Dec = asin(z / r).
+Footprint
+    A spherical cap of solid angle ``Omega = area_deg2 (pi / 180)^2`` sr around the pole
+    (``pole_ra_deg``, ``pole_dec_deg``; default (185, 32), near the centre of the SDSS
+    Legacy northern cap): directions with ``n . p >= cos(theta_cap)``,
+    ``cos(theta_cap) = 1 - Omega / (2 pi)`` (8,250 deg^2 -> theta_cap = 53.1 deg).
+Volume
+    Cluster centres within comoving distance ``R`` (``radius_mpc_h``) in the cap:
+    ``V = Omega R^3 / 3 = (Omega / 4 pi) (4/3) pi R^3`` (h^-1 Mpc)^3. Clusters are selected on
+    the real-space distance of their halo centre, so V is exact (a redshift-space
+    selection would move clusters across the edge by their peculiar velocities).
+Periodic replicas
+    Every object is placed at all images ``x + n L`` (n in Z^3) that fall within the
+    depth; when ``L >= 2 R_gal`` (``R_gal = R + galaxy_margin_mpc_h``) each object is seen at
+    most once, otherwise the box is tiled around the observer and **replicas repeat the
+    same structures** at several sky positions (the same halo may be several clusters; the
+    truth table's ``halo_id`` and ``replica`` tell them apart). Satellites are first
+    unwrapped to the minimum image around their host halo, so a cluster's galaxies are
+    never split across replicas.
+Cluster centre and redshift
+    As the mock is centred: the position and observed redshift of the halo's central
+    galaxy (the halo centre and velocity if it has none), whether or not that galaxy
+    passes the flux limit -- a cluster finder's density-peak centre, not a galaxy pick.
+Redshifts
+    ``z_cos`` from the comoving distance, and ``1 + z_obs = (1 + z_cos)(1 + v_pec,los / c)``
+    with ``v_pec,los`` the peculiar velocity along the line of sight.
+Flux limit
+    Apparent r < ``mag_r_limit`` from :func:`cmpipe.fluxlimit.apparent_magnitudes` at
+    the galaxy's real-space comoving distance (as the mock). Galaxies are kept within
+    ``R_gal`` (the margin covers the background of the most distant windows: +-2200 km/s
+    of Hubble flow and peculiar motions) and inside the footprint (windows at the edge are
+    truncated, as in the real survey).
+Catalogue columns
+    ``n_mem``: the cluster's own galaxies above the flux limit (a perfect member finder);
+    ``log10_m_cat``/``log10_m_cat_err``: NaN (no catalogue mass; truth is separate).
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+from typing import NamedTuple
+
+import numpy as np
+
+from .cosmology import C_KMS, Cosmology
+from .fluxlimit import apparent_magnitudes
+from .io.survey import SURVEY_CLUSTER_SCHEMA, SURVEY_GALAXY_SCHEMA, SURVEY_TRUTH_SCHEMA
+from .sky import radec_to_unit
+
+__all__ = [
+    "FULL_SKY_DEG2",
+    "SyntheticSurvey",
+    "cap_cos_half_angle",
+    "survey_volume_mpc_h3",
+    "in_footprint",
+    "make_synthetic_survey",
+]
+
+log = logging.getLogger(__name__)
+
+#: Area of the whole sky, deg^2 (4 pi sr).
+FULL_SKY_DEG2 = 4.0 * np.pi * (180.0 / np.pi) ** 2
+
+_POS = ("x_mpc_h", "y_mpc_h", "z_mpc_h")
+_VEL = ("vx_kms", "vy_kms", "vz_kms")
+
+
+class SyntheticSurvey(NamedTuple):
+    """Products of :func:`make_synthetic_survey`.
+
+    Attributes
+    ----------
+    clusters : dict of ndarray
+        :data:`~cmpipe.io.survey.SURVEY_CLUSTER_SCHEMA` rows, ``cluster_id = 0..K-1`` by
+        increasing distance.
+    galaxies : dict of ndarray
+        :data:`~cmpipe.io.survey.SURVEY_GALAXY_SCHEMA` rows (``mag_r`` apparent).
+    truth : dict of ndarray
+        :data:`~cmpipe.io.survey.SURVEY_TRUTH_SCHEMA` rows, aligned with ``clusters``.
+    volume_mpc_h3 : float
+        Survey volume for the clusters, (h^-1 Mpc)^3 comoving.
+    meta : dict
+        Observer, footprint, depth, replicas, thresholds, seed.
+    """
+
+    clusters: dict
+    galaxies: dict
+    truth: dict
+    volume_mpc_h3: float
+    meta: dict
+
+
+def _check_area(area_deg2):
+    if not 0.0 < area_deg2 <= FULL_SKY_DEG2 * (1 + 1e-12):
+        raise ValueError(f"survey area_deg2 = {area_deg2!r}: must be in (0, "
+                         f"{FULL_SKY_DEG2:.1f}] deg^2. Fix: give the footprint area in deg^2")
+
+
+def cap_cos_half_angle(area_deg2: float) -> float:
+    """Cosine of the half-angle of a spherical cap of ``area_deg2`` deg^2."""
+    _check_area(area_deg2)
+    omega = area_deg2 * (np.pi / 180.0) ** 2
+    return max(1.0 - omega / (2.0 * np.pi), -1.0)
+
+
+def survey_volume_mpc_h3(radius_mpc_h: float, area_deg2: float) -> float:
+    """Comoving volume of a cap of ``area_deg2`` deg^2 out to ``radius_mpc_h`` h^-1 Mpc,
+    ``Omega R^3 / 3`` in (h^-1 Mpc)^3."""
+    _check_area(area_deg2)
+    omega = area_deg2 * (np.pi / 180.0) ** 2
+    return float(omega * radius_mpc_h ** 3 / 3.0)
+
+
+def in_footprint(ra_deg, dec_deg, *, area_deg2: float, pole_ra_deg: float,
+                 pole_dec_deg: float) -> np.ndarray:
+    """True for directions (degrees) inside the cap footprint of ``area_deg2`` deg^2."""
+    p = radec_to_unit(pole_ra_deg, pole_dec_deg)
+    return radec_to_unit(ra_deg, dec_deg) @ p >= cap_cos_half_angle(area_deg2)
+
+
+def _lookup(keys, values) -> np.ndarray:
+    """Row of each of ``values`` in the unique integer array ``keys``; -1 if absent."""
+    keys = np.asarray(keys, dtype=np.int64)
+    values = np.asarray(values, dtype=np.int64)
+    if keys.size == 0:
+        return np.full(values.shape, -1, dtype=np.int64)
+    order = np.argsort(keys, kind="stable")
+    pos = np.minimum(np.searchsorted(keys[order], values), keys.size - 1)
+    return np.where(keys[order][pos] == values, order[pos], -1).astype(np.int64)
+
+
+def _shifts(pos_min, pos_max, observer, depth, box):
+    """Integer image shifts n (k, 3) whose images x + n L can lie within ``depth``."""
+    lo = np.floor((observer - depth - pos_max) / box).astype(int)
+    hi = np.ceil((observer + depth - pos_min) / box).astype(int)
+    return np.array(list(itertools.product(*(range(a, b + 1) for a, b in zip(lo, hi)))),
+                    dtype=np.int64)
+
+
+def _images(pos, shifts, observer, box, depth, pole, cos_cap):
+    """All images within ``depth`` of the observer and inside the cap.
+
+    Returns object index, shift index, offset vectors (k, 3) and distances (k,).
+    """
+    idx, sh, rr = [], [], []
+    for s, n in enumerate(shifts):
+        r = pos + (n * box - observer)[None, :]
+        d2 = np.einsum("ij,ij->i", r, r)
+        ok = (d2 <= depth * depth) & (d2 > 0.0)
+        if not ok.any():
+            continue
+        k = np.flatnonzero(ok)
+        rk = r[k]
+        dk = np.sqrt(d2[k])
+        inside = (rk @ pole) >= cos_cap * dk
+        idx.append(k[inside])
+        sh.append(np.full(int(inside.sum()), s, dtype=np.int64))
+        rr.append(rk[inside])
+    if not idx:
+        return (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 3)),
+                np.zeros(0))
+    r = np.concatenate(rr)
+    return np.concatenate(idx), np.concatenate(sh), r, np.linalg.norm(r, axis=1)
+
+
+def _sky(r, d, vel, z_cos):
+    """RA, Dec (deg) and z_obs of offsets ``r`` (k, 3) at distances ``d`` with
+    cosmological redshifts ``z_cos`` and peculiar velocities ``vel`` (k, 3) km/s."""
+    ra = np.mod(np.degrees(np.arctan2(r[:, 1], r[:, 0])), 360.0)
+    dec = np.degrees(np.arcsin(np.clip(r[:, 2] / d, -1.0, 1.0)))
+    v_los = np.einsum("ij,ij->i", vel, r) / d
+    z_obs = (1.0 + z_cos) * (1.0 + v_los / C_KMS) - 1.0
+    return ra, dec, z_obs
+
+
+def make_synthetic_survey(halos: dict, galaxies: dict, box_attrs: dict,
+                          cosmology: Cosmology, *, radius_mpc_h: float = 250.0,
+                          area_deg2: float = 8250.0, log10_m_min: float = 13.7,
+                          mag_r_limit: float = 18.0, pole_ra_deg: float = 185.0,
+                          pole_dec_deg: float = 32.0, galaxy_margin_mpc_h: float = 50.0,
+                          seed=0) -> SyntheticSurvey:
+    """Observe the synthetic box as an SDSS-like survey (module docstring for the geometry).
+
+    Parameters
+    ----------
+    halos : dict of ndarray
+        :data:`~cmpipe.io.catalogues.HALO_SCHEMA` table; host halos (``upid == -1``) with
+        ``log10_m200c >= log10_m_min`` become clusters.
+    galaxies : dict of ndarray
+        :data:`~cmpipe.io.catalogues.GALAXY_SCHEMA` table (absolute ``mag_r``,
+        M - 5 log10 h).
+    box_attrs : dict
+        Table attributes of the box: ``box_size_mpc_h`` (comoving h^-1 Mpc); ``redshift``
+        is recorded.
+    cosmology : Cosmology
+    radius_mpc_h : float
+        Comoving depth of the cluster sample, h^-1 Mpc.
+    area_deg2 : float
+        Footprint area, deg^2 (a spherical cap).
+    log10_m_min : float
+        Cluster mass threshold, log10(M200c / h^-1 Msun).
+    mag_r_limit : float
+        Galaxies with apparent r below this are kept.
+    pole_ra_deg, pole_dec_deg : float
+        Centre of the footprint cap, degrees.
+    galaxy_margin_mpc_h : float
+        Galaxies are kept out to ``radius_mpc_h + galaxy_margin_mpc_h`` (comoving).
+    seed : int or numpy.random.SeedSequence
+        Fixes the observer position.
+
+    Returns
+    -------
+    SyntheticSurvey
+        ``(clusters, galaxies, truth, volume_mpc_h3, meta)``.
+    """
+    for k in ("box_size_mpc_h",):
+        if k not in box_attrs:
+            raise KeyError(f"box_attrs lacks '{k}'; pass the attrs returned by read_halos")
+    if not radius_mpc_h > 0 or not galaxy_margin_mpc_h >= 0:
+        raise ValueError("radius_mpc_h must be > 0 and galaxy_margin_mpc_h >= 0 (h^-1 Mpc)")
+    box = float(box_attrs["box_size_mpc_h"])
+    cos_cap = cap_cos_half_angle(area_deg2)
+    pole = radec_to_unit(pole_ra_deg, pole_dec_deg)
+    rng = np.random.default_rng(seed)
+    observer = rng.random(3) * box
+    r_gal = radius_mpc_h + galaxy_margin_mpc_h
+    volume = survey_volume_mpc_h3(radius_mpc_h, area_deg2)
+
+    h_id = np.asarray(halos["halo_id"], dtype=np.int64)
+    h_pos = np.column_stack([np.asarray(halos[k], float) for k in _POS])
+    h_vel = np.column_stack([np.asarray(halos[k], float) for k in _VEL])
+    h_logm = np.asarray(halos["log10_m200c"], float)
+
+    g_pos = np.column_stack([np.asarray(galaxies[k], float) for k in _POS])
+    g_vel = np.column_stack([np.asarray(galaxies[k], float) for k in _VEL])
+    g_halo = np.asarray(galaxies["halo_id"], dtype=np.int64)
+    g_mag = np.asarray(galaxies["mag_r"], float)
+    g_hrow = _lookup(h_id, g_halo)
+    # unwrap every galaxy to the minimum image around its host, so members share a replica
+    has = g_hrow >= 0
+    dpos = g_pos[has] - h_pos[g_hrow[has]]
+    dpos -= box * np.round(dpos / box)
+    g_pos = g_pos.copy()
+    g_pos[has] = h_pos[g_hrow[has]] + dpos
+
+    # central galaxy of each host (the cluster centre)
+    cen = np.flatnonzero(np.asarray(galaxies["is_central"]).astype(bool) & has)
+    cen_of = np.full(h_id.size, -1, dtype=np.int64)
+    cen_of[g_hrow[cen]] = cen
+
+    allpos = np.vstack([h_pos, g_pos]) if len(g_pos) else h_pos
+    shifts = _shifts(allpos.min(axis=0), allpos.max(axis=0), observer, r_gal, box)
+    tiled = box < 2.0 * r_gal
+
+    # ---- clusters: hosts above the threshold, halo centre within R and inside the cap
+    host = np.flatnonzero((np.asarray(halos["upid"]) == -1) & (h_logm >= log10_m_min))
+    hi, hs, hr, hd = _images(h_pos[host], shifts, observer, box, radius_mpc_h, pole, cos_cap)
+    hi = host[hi]
+    order = np.lexsort((hs, hi, hd))
+    hi, hs, hr, hd = hi[order], hs[order], hr[order], hd[order]
+    c_pos = hr.copy()
+    c_vel = h_vel[hi].copy()
+    ci = cen_of[hi]
+    withc = ci >= 0
+    c_pos[withc] = g_pos[ci[withc]] + (shifts[hs[withc]] * box - observer)
+    c_vel[withc] = g_vel[ci[withc]]
+    c_dist = np.linalg.norm(c_pos, axis=1)
+    n_cl = hi.size
+    cluster_id = np.arange(n_cl, dtype=np.int64)
+    n_sh = len(shifts)
+
+    # ---- galaxies: within R + margin, inside the cap, brighter than the flux limit
+    gi, gs, gr, gd = _images(g_pos, shifts, observer, box, r_gal, pole, cos_cap)
+    m_app = apparent_magnitudes(g_mag[gi], gd, cosmology) if gi.size else np.zeros(0)
+    bright = m_app < mag_r_limit
+    gi, gs, gr, gd, m_app = gi[bright], gs[bright], gr[bright], gd[bright], m_app[bright]
+    # one distance -> redshift inversion for everything (each call tabulates the
+    # astropy distance afresh)
+    z_all = np.atleast_1d(cosmology.z_at_comoving_distance(np.concatenate([c_dist, hd, gd])))
+    c_zcos, h_zcos, g_zcos = np.split(z_all, [n_cl, 2 * n_cl])
+    c_ra, c_dec, c_zobs = _sky(c_pos, c_dist, c_vel, c_zcos)
+    g_ra, g_dec, g_zobs = _sky(gr, gd, g_vel[gi], g_zcos)
+    # a galaxy belongs to cluster c if its host halo is c's halo seen in the same replica
+    c_key = hi * n_sh + hs
+    g_key = np.where(g_hrow[gi] >= 0, g_hrow[gi] * n_sh + gs, -1)
+    hit = _lookup(c_key, g_key)
+    g_cl = np.where(hit >= 0, cluster_id[np.maximum(hit, 0)], -1).astype(np.int64)
+    n_mem = np.bincount(g_cl[g_cl >= 0], minlength=n_cl).astype(np.int64)
+    g_order = np.lexsort((g_dec, g_ra))            # a survey table has no box ordering
+    n_gal = g_order.size
+
+    clusters = dict(cluster_id=cluster_id, ra_deg=c_ra, dec_deg=c_dec, z=c_zobs,
+                    log10_m_cat=np.full(n_cl, np.nan), log10_m_cat_err=np.full(n_cl, np.nan),
+                    n_mem=n_mem)
+    gals = dict(galaxy_id=np.arange(n_gal, dtype=np.int64), ra_deg=g_ra[g_order],
+                dec_deg=g_dec[g_order], z=g_zobs[g_order], cluster_id=g_cl[g_order],
+                mag_r=m_app[g_order])
+    truth = dict(cluster_id=cluster_id, halo_id=h_id[hi], replica=hs,
+                 log10_m200c=h_logm[hi], r200c_mpc_h=np.asarray(halos["r200c_mpc_h"],
+                                                                float)[hi],
+                 comoving_distance_mpc_h=hd, z_cos=h_zcos, z_obs=c_zobs, n_mem_true=n_mem)
+    n_repeat = n_cl - np.unique(hi).size
+    meta = dict(observer_mpc_h=observer.tolist(), box_size_mpc_h=box,
+                box_redshift=float(box_attrs.get("redshift", np.nan)),
+                radius_mpc_h=float(radius_mpc_h), galaxy_radius_mpc_h=float(r_gal),
+                area_deg2=float(area_deg2), pole_ra_deg=float(pole_ra_deg),
+                pole_dec_deg=float(pole_dec_deg),
+                cap_half_angle_deg=float(np.degrees(np.arccos(cos_cap))),
+                volume_mpc_h3=volume, log10_m_min=float(log10_m_min),
+                mag_r_limit=float(mag_r_limit), tiled=bool(tiled),
+                replica_shifts=shifts.tolist(), n_repeated_clusters=int(n_repeat),
+                seed=str(seed), cosmology=cosmology.name)
+    if tiled:
+        log.warning("box of %.0f h^-1 Mpc < 2 x %.0f h^-1 Mpc depth: tiled with %d periodic "
+                    "replicas; %d clusters repeat a halo already seen",
+                    box, r_gal, len(shifts), n_repeat)
+    log.info("synthetic survey: observer at (%.1f, %.1f, %.1f) h^-1 Mpc, %.0f deg^2 cap, "
+             "R = %.0f h^-1 Mpc (V = %.4g (h^-1 Mpc)^3): %d clusters >= 10^%.2f, %d galaxies "
+             "r < %.2f", *observer, area_deg2, radius_mpc_h, volume, n_cl, log10_m_min,
+             n_gal, mag_r_limit)
+    out_c = {k: np.ascontiguousarray(clusters[k], dtype=v[0])
+             for k, v in SURVEY_CLUSTER_SCHEMA.items()}
+    out_g = {k: np.ascontiguousarray(gals[k], dtype=v[0])
+             for k, v in SURVEY_GALAXY_SCHEMA.items()}
+    out_t = {k: np.ascontiguousarray(truth[k], dtype=v[0])
+             for k, v in SURVEY_TRUTH_SCHEMA.items()}
+    return SyntheticSurvey(out_c, out_g, out_t, volume, meta)

@@ -124,10 +124,15 @@ class Projector:
         H(z) in km/s per proper h^-1 Mpc.
     half_width_mpc_h, v_max_kms : float
         The window.
+    interloper_log10_m_min : float, optional
+        Only host halos at least this massive (log10 h^-1 Msun) are searched as interloper
+        clusters. Set it an order of magnitude below the cluster selection: mass ratios
+        down to ~0.1 stay exact (the paper's diagnostic needs ratios > 1), and the search
+        tree no longer holds the millions of small halos of a large box.
     """
 
     def __init__(self, halos, galaxies, *, box_size_mpc_h, redshift, hubble_kms_per_mpc_h,
-                 half_width_mpc_h=1.6, v_max_kms=2200.0):
+                 half_width_mpc_h=1.6, v_max_kms=2200.0, interloper_log10_m_min=None):
         self.L = float(box_size_mpc_h)
         self.a = 1.0 / (1.0 + redshift)
         self.a_h = self.a * hubble_kms_per_mpc_h  # km/s per comoving h^-1 Mpc
@@ -141,6 +146,8 @@ class Projector:
         self.g_mag = np.asarray(galaxies["mag_r"])
 
         host = np.asarray(halos["upid"]) == -1
+        if interloper_log10_m_min is not None:
+            host &= np.asarray(halos["log10_m200c"]) >= interloper_log10_m_min
         self.h_id = np.asarray(halos["halo_id"])[host]
         self.h_pos = np.column_stack([halos[k][host] for k in ("x_mpc_h", "y_mpc_h",
                                                                 "z_mpc_h")])

@@ -145,7 +145,9 @@ def project(*, config, halos, galaxies, hosts, sightlines, out, progress=True):
     sl, _ = read_table(sightlines, group="sightlines", required=SIGHTLINE_SCHEMA)
     proj = Projector(h, g, box_size_mpc_h=attrs["box_size_mpc_h"], redshift=attrs["redshift"],
                      hubble_kms_per_mpc_h=cosmo.hubble_kms_per_mpc_h(attrs["redshift"]),
-                     half_width_mpc_h=s.window.half_width_mpc_h, v_max_kms=s.window.v_max_kms)
+                     half_width_mpc_h=s.window.half_width_mpc_h, v_max_kms=s.window.v_max_kms,
+                     interloper_log10_m_min=s.log10_m200c_min - 1.0)
+    del h
     log.info("project: searching +-%.1f h^-1 Mpc (comoving) along each line of sight for "
              "galaxies slower than %.0f km/s; %d faster ones searched separately",
              proj.los_depth, proj.g_index.v_slow, len(proj.g_index.fast_idx))

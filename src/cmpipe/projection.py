@@ -55,6 +55,13 @@ def phase_space_distance(dx, dy, dv, r200c_1, r200c_2, v200c_1, v200c_2):
     return np.sqrt((dx / r_av) ** 2 + (dy / r_av) ** 2 + (dv / v_av) ** 2)
 
 
+def _dot(a, u):
+    """Row-wise a . u for (m, 3) ``a``, summed in a fixed order (unlike a BLAS matrix
+    product, whose rounding depends on the thread count: Snakemake jobs and interactive
+    runs must give bit-identical catalogues)."""
+    return a[:, 0] * u[0] + a[:, 1] * u[1] + a[:, 2] * u[2]
+
+
 class _TubeIndex:
     """Finds the points of a periodic box that can fall inside a window along a sightline.
 
@@ -180,13 +187,13 @@ class Projector:
         return self.h_pos[hi], self.h_vel[hi]
 
     def _window(self, pos, vel, idx, c, vc, e1, e2, n):
-        """Projected coordinates of points ``idx`` and the mask of those in the window."""
+        """Projected coordinates of points ``idx`` (x, y, v_los, line-of-sight offset)."""
         d = pos[idx] - c
         d -= self.L * np.round(d / self.L)
-        x = self.a * (d @ e1)
-        y = self.a * (d @ e2)
-        par = d @ n
-        v = (vel[idx] - vc) @ n + self.a_h * par
+        x = self.a * _dot(d, e1)
+        y = self.a * _dot(d, e2)
+        par = _dot(d, n)
+        v = _dot(vel[idx] - vc, n) + self.a_h * par
         return x, y, v, par
 
     def project_halo(self, halo_id, directions):

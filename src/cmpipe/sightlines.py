@@ -89,7 +89,7 @@ def _normalise(v: np.ndarray) -> np.ndarray:
 
 def _max_abs_cos(u: np.ndarray) -> np.ndarray:
     """Largest ``|u_i . u_j|`` over pairs ``i != j``, for a batch ``u`` of shape (R, n, 3)."""
-    g = np.abs(u @ u.transpose(0, 2, 1))
+    g = np.abs(np.einsum("rik,rjk->rij", u, u))
     idx = np.arange(u.shape[1])
     g[:, idx, idx] = 0.0
     return g.max(axis=(1, 2))
@@ -116,7 +116,7 @@ def _soft_max_cos(u: np.ndarray, p: np.ndarray, eps: float = 1e-12):
     """
     n = u.shape[1]
     idx = np.arange(n)
-    g = u @ u.transpose(0, 2, 1)
+    g = np.einsum("rik,rjk->rij", u, u)   # einsum: no BLAS, thread-count independent
     g2 = np.multiply(g, g)
     g2 += eps
     w = np.log(g2)  # log g_ij^2, turned into the weights in place below
@@ -135,7 +135,7 @@ def _soft_max_cos(u: np.ndarray, p: np.ndarray, eps: float = 1e-12):
     w *= g
     w /= g2
     w *= (2.0 / total)[:, None, None]
-    grad = w @ u
+    grad = np.einsum("rij,rjk->rik", w, u)
     grad -= u * np.einsum("rik,rik->ri", grad, u)[:, :, None]
     return f, grad
 
@@ -471,7 +471,8 @@ def halo_sightlines(n: int, rng: np.random.Generator) -> np.ndarray:
     """
     n = _check_n(n)
     rot = random_rotation(rng)
-    return _cached_lines(n, _DEFAULT_SEED, _DEFAULT_RESTARTS) @ rot.T
+    # einsum, not a BLAS product: bit-identical whatever the thread count
+    return np.einsum("ij,kj->ik", _cached_lines(n, _DEFAULT_SEED, _DEFAULT_RESTARTS), rot)
 
 
 def basis_for(direction) -> tuple[np.ndarray, np.ndarray]:

@@ -16,6 +16,7 @@ include: "workflow/rules/kde.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/calibrate.smk"
 include: "workflow/rules/plots.smk"
+include: "workflow/rules/survey.smk"
 
 
 rule all:

@@ -12,7 +12,8 @@ from .settings import SPLIT_CODES  # noqa: E402
 
 __all__ = ["save", "mass_function_figure", "split_masses_figure", "phase_space_figure",
            "joint_pdf_figure", "predictions_figure", "calibration_figure",
-           "interloper_figure", "baselines_figure"]
+           "interloper_figure", "baselines_figure", "survey_mass_function_figure",
+           "survey_pulls_figure"]
 
 SPLIT_COLOURS = {"train": "C0", "validation": "C2", "test": "C1", "eval": "C3",
                  "unused": "0.6"}
@@ -243,4 +244,109 @@ def baselines_figure(metrics, path):
     sx.legend(fontsize=8)
     ax.set_title("Bias (classical: one offset fitted on the test set)")
     sx.set_title("Scatter (eval set)")
+    save(fig, path)
+
+
+# -- survey inference -----------------------------------------------------------------------
+
+def survey_mass_function_figure(table, result, path, truth=None):
+    """Survey mass function: estimator with its bootstrap band, Tinker (2008) and Tinker
+    forward-modelled through the measured scatter; ratio to the forward model below. With
+    a truth table, the true-mass function of the survey clusters in 0.1 dex bins."""
+    m = np.asarray(table["log10_m"], dtype=float)
+    est = np.asarray(table["dn_dlog10m"], dtype=float)
+    lo, hi = np.asarray(table["lo68"], float), np.asarray(table["hi68"], float)
+    tk = np.asarray(table["tinker08"], float)
+    fw = np.asarray(table["tinker08_forward"], float)
+    info = result["mass_function"]
+    m_c, m_top = info["compared_log10_m_range"]
+    fig, (ax, rx) = plt.subplots(2, 1, figsize=(6.5, 6.5), sharex=True,
+                                 gridspec_kw=dict(height_ratios=[3, 1.3], hspace=0.05))
+    ax.fill_between(m, lo, hi, color="C0", alpha=0.3, lw=0, label="bootstrap 68%")
+    ax.plot(m, est, "C0-", lw=2, label=f"estimate ({info['prior']} prior "
+            f"{info['estimate']}, N = {info['n_clusters']})")
+    ax.plot(m, tk, "k--", lw=1.2, label=info["theory"])
+    ax.plot(m, fw, "C3-", lw=1.5, label=f"Tinker forward-modelled (scatter "
+            f"{info['forward_scatter_dex']:.2f} dex, kernel {info['kernel_dex']:.2f})")
+    if truth is not None and len(truth.get("log10_m200c", [])):
+        t = np.asarray(truth["log10_m200c"], dtype=float)
+        edges = np.arange(np.floor(t.min() * 10) / 10, t.max() + 0.1, 0.1)
+        n, _ = np.histogram(t, edges)
+        c = 0.5 * (edges[:-1] + edges[1:])
+        ok = n > 0
+        v = info["volume_mpc_h3"]
+        ax.errorbar(c[ok], n[ok] / (0.1 * v), np.sqrt(n[ok]) / (0.1 * v), fmt="s", ms=3,
+                    color="0.4", label="true masses of the survey clusters")
+    for a in (ax, rx):
+        a.axvspan(m_c, m_top, color="0.93", zorder=0)
+    ax.set_yscale("log")
+    pos = np.concatenate([est[est > 0], fw[fw > 0]])
+    if pos.size:
+        ax.set_ylim(max(pos.max() * 1e-4, pos.min() * 0.5), pos.max() * 3)
+    ax.set_ylabel(r"$dn/d\log_{10}M_{200c}$  [$h^3\,\mathrm{Mpc}^{-3}\,\mathrm{dex}^{-1}$]")
+    frac = info.get("fraction_forward_in_band")
+    ax.set_title(f"Survey mass function ({result.get('source')}); forward model in band in "
+                 + (f"{frac:.0%}" if frac is not None else "n/a")
+                 + f" of {info['n_bins_compared']} bins (shaded)", fontsize=10)
+    ax.legend(fontsize=7, loc="lower left")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rx.fill_between(m, lo / fw, hi / fw, color="C0", alpha=0.3, lw=0)
+        rx.plot(m, est / fw, "C0-", lw=2)
+        rx.plot(m, tk / fw, "k--", lw=1.2)
+    rx.axhline(1, color="C3", lw=1)
+    rx.set_ylim(0, 3)
+    rx.set_ylabel("/ forward model")
+    rx.set_xlabel(_MLABEL)
+    save(fig, path)
+
+
+def survey_pulls_figure(post, ref, pulls, result, path):
+    """Survey posteriors against reference masses (truths or catalogue masses) under the
+    flat (test-set) and the population prior, and the pull distributions against N(0, 1)."""
+    fig, (ax, px) = plt.subplots(1, 2, figsize=(11, 4.6))
+    ref = np.asarray(ref, dtype=float)
+    if not np.isfinite(ref).any():
+        for a in (ax, px):
+            a.text(0.5, 0.5, "no reference masses\n(no truth table, no catalogue masses)",
+                   ha="center", va="center", transform=a.transAxes)
+        save(fig, path)
+        return
+    styles = (("flat", "flat", "C0", "test-set (flat) prior"),
+              ("population", "pop", "C3", "population (Tinker) prior"))
+    for name, q, col, lab in styles:
+        med = np.asarray(post[f"{q}_median"], dtype=float)
+        ok = np.isfinite(med) & np.isfinite(ref)
+        err = np.vstack([med - np.asarray(post[f"{q}_lo68"], float),
+                         np.asarray(post[f"{q}_hi68"], float) - med])[:, ok]
+        ax.errorbar(ref[ok] + (0.005 if q == "pop" else -0.005), med[ok], err, fmt="o",
+                    ms=2.5, lw=0.5, color=col, alpha=0.6, label=lab)
+    fin = ref[np.isfinite(ref)]
+    lims = [fin.min() - 0.2, fin.max() + 0.2]
+    ax.plot(lims, lims, "k--", lw=1)
+    m_c = result.get("log10_m_complete")
+    if m_c is not None:
+        ax.axhline(m_c, color="0.5", lw=0.8, ls=":", label="completeness mass")
+    ax.set_xlabel(f"{result['reference']} " + _MLABEL)
+    ax.set_ylabel("posterior median (68% interval) " + _MLABEL)
+    ax.legend(fontsize=8, loc="upper left")
+    bins = np.linspace(-5, 5, 41)
+    x = np.linspace(-5, 5, 400)
+    px.plot(x, np.exp(-0.5 * x * x) / np.sqrt(2 * np.pi), "k-", lw=1, label="N(0, 1)")
+    for name, q, col, lab in styles:
+        pl = np.asarray(pulls[name], dtype=float)
+        pl = pl[np.isfinite(pl)]
+        st = result[name]["all"]
+        if pl.size:
+            px.hist(np.clip(pl, -4.99, 4.99), bins, density=True, histtype="step", lw=1.8,
+                    color=col, label=f"{lab}: mean {st['pull_mean']:.2f}, sd "
+                    + (f"{st['pull_sd']:.2f}" if st.get("pull_sd") is not None else "n/a"))
+    edd = result.get("eddington")
+    if edd and edd.get("shift_pull") is not None:
+        px.axvline(edd["shift_pull"], color="C0", ls=":", lw=1,
+                   label=f"Eddington shift -alpha sigma^2 / sigma = {edd['shift_pull']:.2f}")
+    px.set_xlabel(r"pull $(\log M_\mathrm{pred} - \log M_\mathrm{ref}) / \sigma$")
+    px.set_ylabel("density")
+    px.set_title(f"{result['n_matched']} clusters with {result['reference']} masses",
+                 fontsize=10)
+    px.legend(fontsize=7, loc="upper left")
     save(fig, path)

@@ -128,6 +128,7 @@ class Settings:
     train: dict = field(default_factory=dict)
     calibration: dict = field(default_factory=dict)
     baselines: dict = field(default_factory=dict)
+    survey: dict = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, config: dict) -> "Settings":
@@ -152,6 +153,7 @@ class Settings:
             train=dict(config.get("train", {})),
             calibration=dict(config.get("calibration", {})),
             baselines=dict(config.get("baselines", {})),
+            survey=dict(config.get("survey", {})),
         )
 
 

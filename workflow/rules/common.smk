@@ -30,6 +30,14 @@ def catalogue_inputs(wildcards):
     return {}
 
 
+def survey_catalogue_inputs(wildcards):
+    """The synthetic box (survey.source: synthetic) or the user's survey files."""
+    sv = config["survey"]
+    if sv["source"] == "catalogue":
+        return {"clusters_file": sv["clusters"], "galaxies_file": sv["galaxies"]}
+    return {"halos": res("catalogue/halos.h5"), "galaxies": res("catalogue/galaxies.h5")}
+
+
 SPLITS = ["train", "validation", "test", "eval"]
 
 
@@ -62,4 +70,11 @@ def final_targets():
         res("figures/loss_curve.png"),
         res("evaluation/metrics.json"),
         res("figures/predictions.png"),
+        res("config.resolved.yaml"),
+        res("survey/posteriors.ecsv"),
+        res("survey/posteriors.csv"),
+        res("survey/mass_function.csv"),
+        res("survey/pulls.json"),
+        res("figures/mass_function.png"),
+        res("figures/survey_pulls.png"),
     ]

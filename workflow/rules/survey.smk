@@ -1,0 +1,120 @@
+# Stages 10-11: survey inference (synthetic SDSS-like survey or your GalWeight/SDSS tables ->
+# the mock's window -> cubes -> network -> calibrated posteriors) and the cluster mass
+# function against Tinker et al. (2008). Plus the run's resolved config for `cmpipe infer`.
+
+
+rule resolved_config:
+    output:
+        config=res("config.resolved.yaml"),
+    params:
+        config=config,
+    log:
+        res("logs/resolved_config.log"),
+    resources:
+        mem_mb=500,
+        runtime=5,
+    conda:
+        "../../envs/survey.yaml"
+    script:
+        "../scripts/survey_resolved_config.py"
+
+
+rule survey_catalogue:
+    input:
+        unpack(survey_catalogue_inputs),
+    output:
+        clusters=res("survey/clusters.ecsv"),
+        galaxies=res("survey/galaxies.ecsv"),
+        truth=res("survey/truth.ecsv"),
+        meta=res("survey/meta.json"),
+    params:
+        survey=config["survey"],
+        cosmology=config["cosmology"],
+        seed=config["seed"],
+    log:
+        res("logs/survey_catalogue.log"),
+    benchmark:
+        res("benchmarks/survey_catalogue.tsv")
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    conda:
+        "../../envs/survey.yaml"
+    script:
+        "../scripts/survey_catalogue.py"
+
+
+rule survey_cubes:
+    input:
+        clusters=res("survey/clusters.ecsv"),
+        galaxies=res("survey/galaxies.ecsv"),
+    output:
+        cubes=res("survey/cubes.h5"),
+        phase_space=res("survey/phase_space.h5"),
+    params:
+        survey=config["survey"],
+        window=config["window"],
+        kde=config["kde"],
+        cosmology=config["cosmology"],
+        min_galaxies=config["mock"]["min_galaxies"],
+    log:
+        res("logs/survey_cubes.log"),
+    benchmark:
+        res("benchmarks/survey_cubes.tsv")
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        "../../envs/survey.yaml"
+    script:
+        "../scripts/survey_cubes.py"
+
+
+rule survey_posteriors:
+    input:
+        model=res("model/cnn3d.keras"),
+        normalisation=res("model/normalisation.json"),
+        joint_pdf=res("calibration/joint_pdf.h5"),
+        cubes=res("survey/cubes.h5"),
+        phase_space=res("survey/phase_space.h5"),
+    output:
+        posteriors=res("survey/posteriors.ecsv"),
+        csv=res("survey/posteriors.csv"),
+    params:
+        cosmology=config["cosmology"],
+    log:
+        res("logs/survey_posteriors.log"),
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../../envs/survey.yaml"
+    script:
+        "../scripts/survey_posteriors.py"
+
+
+rule mass_function:
+    input:
+        posteriors=res("survey/posteriors.ecsv"),
+        meta=res("survey/meta.json"),
+        truth=res("survey/truth.ecsv"),
+    output:
+        mass_function=res("survey/mass_function.csv"),
+        pulls=res("survey/pulls.json"),
+        mass_function_png=res("figures/mass_function.png"),
+        pulls_png=res("figures/survey_pulls.png"),
+    params:
+        mass_function=config["survey"]["mass_function"],
+        cosmology=config["cosmology"],
+        seed=config["seed"],
+    log:
+        res("logs/mass_function.log"),
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../../envs/survey.yaml"
+    script:
+        "../scripts/survey_mass_function.py"

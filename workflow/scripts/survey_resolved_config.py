@@ -1,0 +1,5 @@
+"""Rule resolved_config: the run's config with defaults filled, for `cmpipe infer`."""
+from cmpipe.stages import run_rule, write_resolved_config
+
+run_rule(write_resolved_config, snakemake.log[0], config=snakemake.config,
+         out=snakemake.output.config)

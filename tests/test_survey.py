@@ -273,6 +273,8 @@ def test_end_to_end_on_synthetic_universe(cosmo, tmp_path):
                                area_deg2=8250.0, log10_m_min=13.0, mag_r_limit=18.0,
                                galaxy_margin_mpc_h=30.0, seed=3)
     assert sv.galaxies["mag_r"].max() < 18.0
+    # like a redshift survey, only receding galaxies (the ingestion rejects z <= 0)
+    assert sv.galaxies["z"].min() > 0.001
     write_survey_clusters(tmp_path / "clusters.ecsv", sv.clusters, meta=sv.meta)
     write_survey_galaxies(tmp_path / "galaxies.fits", sv.galaxies)
     write_survey_truth(tmp_path / "truth.ecsv", sv.truth)

@@ -69,6 +69,7 @@ __all__ = [
     "survey_volume_mpc_h3",
     "in_footprint",
     "make_synthetic_survey",
+    "Z_MIN_OBS",
 ]
 
 log = logging.getLogger(__name__)
@@ -188,6 +189,10 @@ def _sky(r, d, vel, z_cos):
     return ra, dec, z_obs
 
 
+#: Smallest observed redshift a survey galaxy may have (stars / blueshifted objects are cut).
+Z_MIN_OBS = 0.001
+
+
 def make_synthetic_survey(halos: dict, galaxies: dict, box_attrs: dict,
                           cosmology: Cosmology, *, radius_mpc_h: float = 250.0,
                           area_deg2: float = 8250.0, log10_m_min: float = 13.7,
@@ -301,7 +306,13 @@ def make_synthetic_survey(halos: dict, galaxies: dict, box_attrs: dict,
     hit = _lookup(c_key, g_key)
     g_cl = np.where(hit >= 0, cluster_id[np.maximum(hit, 0)], -1).astype(np.int64)
     n_mem = np.bincount(g_cl[g_cl >= 0], minlength=n_cl).astype(np.int64)
-    g_order = np.lexsort((g_dec, g_ra))            # a survey table has no box ordering
+    # a redshift survey keeps only receding objects (SDSS-like z > Z_MIN_OBS): galaxies
+    # right around the observer can be blueshifted by their peculiar velocities
+    recede = g_zobs > Z_MIN_OBS
+    if not recede.all():
+        log.info("dropped %d galaxies with z_obs <= %g (next to the observer)",
+                 int((~recede).sum()), Z_MIN_OBS)
+    g_order = np.flatnonzero(recede)[np.lexsort((g_dec[recede], g_ra[recede]))]
     n_gal = g_order.size
 
     clusters = dict(cluster_id=cluster_id, ra_deg=c_ra, dec_deg=c_dec, z=c_zobs,

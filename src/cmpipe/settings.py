@@ -23,6 +23,7 @@ __all__ = [
     "Settings",
     "load_config",
     "merge_config",
+    "prepend_pythonpath",
     "validate_config",
     "stage_rng",
     "stage_seed",
@@ -215,6 +216,16 @@ def validate_config(config: dict, schema_path) -> dict:
         raise ConfigError("invalid config (" + str(schema_path) + "):\n  "
                           + "\n  ".join(lines))
     return config
+
+
+def prepend_pythonpath(path) -> None:
+    """Put ``path`` first on PYTHONPATH for child processes (Snakemake jobs in conda envs
+    that do not have cmpipe installed import it from the checkout's ``src``)."""
+    import os
+
+    parts = [str(path)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+                           if p and p != str(path)]
+    os.environ["PYTHONPATH"] = os.pathsep.join(parts)
 
 
 def merge_config(base: dict, overlay: dict) -> dict:

@@ -1,14 +1,10 @@
 # Shared helpers: config validation, output paths, final targets.
-import os
 from pathlib import Path
 
-from cmpipe.settings import validate_config
+from cmpipe.settings import prepend_pythonpath, validate_config
 
-# Jobs run in envs/*.yaml (--sdm conda) find the cmpipe package through PYTHONPATH.
-_SRC = str(Path(workflow.basedir) / "src")
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    p for p in (_SRC, os.environ.get("PYTHONPATH", "")) if p
-)
+# Jobs run in envs/*.yaml (--sdm conda) find the cmpipe package of this checkout.
+prepend_pythonpath(Path(workflow.basedir) / "src")
 
 
 validate_config(config, Path(workflow.current_basedir).parent / "schemas" / "config.schema.yaml")

@@ -15,13 +15,12 @@ as they are (no decompression), so the gather step costs disk bandwidth only.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from .tables import CatalogueError, atomic_output
+from .tables import AtomicH5File, CatalogueError, atomic_output
 
 __all__ = ["CUBE_COLUMNS", "CubeWriter", "CubeReader", "gather_shards"]
 
@@ -29,7 +28,7 @@ __all__ = ["CUBE_COLUMNS", "CubeWriter", "CubeReader", "gather_shards"]
 CUBE_COLUMNS = {"cluster_id": "i8", "log10_m200c": "f8", "n_gal": "i8", "n_members": "i8"}
 
 
-class CubeWriter:
+class CubeWriter(AtomicH5File):
     """Write ``n_cubes`` cubes to ``path`` in batches, atomically on close.
 
     Parameters
@@ -44,10 +43,7 @@ class CubeWriter:
     """
 
     def __init__(self, path, n_cubes: int, n_grid: int, attrs: dict):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        self._f = h5py.File(self.tmp, "w")
+        super().__init__(path)
         shape = (n_cubes, n_grid, n_grid, n_grid)
         self._cubes = self._f.create_dataset(
             "cubes", shape=shape, maxshape=(None,) + shape[1:], dtype="f4",
@@ -73,25 +69,7 @@ class CubeWriter:
         if self._next != expected:
             self.abort()
             raise RuntimeError(f"{self.path}: wrote {self._next} of {expected} cubes")
-        self._f.close()
-        os.replace(self.tmp, self.path)
-
-    def abort(self):
-        try:
-            self._f.close()
-        finally:
-            if self.tmp.exists():
-                self.tmp.unlink()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
-        return False
+        super().close()
 
 
 class CubeReader:

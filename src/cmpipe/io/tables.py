@@ -23,6 +23,7 @@ __all__ = [
     "write_table",
     "read_table",
     "append_rows",
+    "AtomicH5File",
     "TableWriter",
     "table_length",
     "write_json",
@@ -184,7 +185,40 @@ def read_table(path, *, group: str = "table", required: Iterable[str] = (),
     return out, attrs
 
 
-class TableWriter:
+class AtomicH5File:
+    """An HDF5 file written under a temporary sibling name and renamed onto ``path`` by
+    :meth:`close`; :meth:`abort` (or an exception inside ``with``) removes it instead, so
+    no partial product survives. Subclasses add the datasets (``self._f``)."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        self._f = h5py.File(self.tmp, "w")
+
+    def close(self):
+        self._f.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self):
+        try:
+            self._f.close()
+        finally:
+            if self.tmp.exists():
+                self.tmp.unlink()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+        return False
+
+
+class TableWriter(AtomicH5File):
     """Write a table in batches (bounded memory), atomically on :meth:`close`.
 
     Use as a context manager; batches are dicts of equal-length columns with the same keys.
@@ -193,12 +227,9 @@ class TableWriter:
     """
 
     def __init__(self, path, *, compression: str | None = "gzip", chunk_rows: int = 65536):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        super().__init__(path)
         self.compression = compression
         self.chunk_rows = chunk_rows
-        self._f = h5py.File(self.tmp, "w")
         self._schemas = {}
 
     def add_group(self, group: str, schema: Schema, attrs: Mapping | None = None):
@@ -245,26 +276,6 @@ class TableWriter:
         for k, v in attrs.items():
             self._f[group].attrs[k] = json.dumps(v) if isinstance(v, (dict, list)) else v
 
-    def close(self):
-        self._f.close()
-        os.replace(self.tmp, self.path)
-
-    def abort(self):
-        try:
-            self._f.close()
-        finally:
-            if self.tmp.exists():
-                self.tmp.unlink()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
-        return False
 
 
 def table_length(path, group: str) -> int:

@@ -919,21 +919,10 @@ def survey_cubes(*, config, clusters, cubes_out, phase_space_out, galaxies=None,
 
 
 def _survey_posterior_schema():
-    cols = {
-        "cluster_id": ("i8", "", "survey cluster id"),
-        "ra_deg": ("f8", "deg", "cluster centre right ascension"),
-        "dec_deg": ("f8", "deg", "cluster centre declination"),
-        "z": ("f8", "", "cluster redshift"),
-        "n_gal": ("i8", "", "galaxies in the phase-space window (N_gal)"),
-        "n_members": ("i8", "", "of those, listed as members in the galaxy table (-1: "
-                                "unknown)"),
-        "n_mem": ("i8", "", "catalogue member count (-1 if none)"),
-        "log10_m_cat": ("f8", "log10(h^-1 Msun)", "catalogue M200c (NaN if none)"),
-        "log10_m_cat_err": ("f8", "dex", "catalogue mass uncertainty (NaN if none)"),
-        "skipped": ("i1", "", "1: too few window galaxies, no posterior (NaN)"),
-        "log10_m_pred": ("f8", "log10(h^-1 Msun)", "network point prediction d~"),
-        "extrapolated": ("i1", "", "1: d~ outside the calibrated range (edge row used)"),
-    }
+    # the cluster columns of the phase-space product (less D_A), then the network outputs
+    cols = {k: v for k, v in SURVEY_PHASE_SPACE_CLUSTER_SCHEMA.items() if k != "d_a_mpc_h"}
+    cols["log10_m_pred"] = ("f8", "log10(h^-1 Msun)", "network point prediction d~")
+    cols["extrapolated"] = ("i1", "", "1: d~ outside the calibrated range (edge row used)")
     what = {"map": "posterior peak (MAP)", "median": "posterior median",
             "mean": "posterior mean", "sd": "posterior standard deviation",
             "lo68": "15.87% quantile (lower end of the 68.27% interval, '16%')",

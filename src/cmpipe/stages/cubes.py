@@ -1,0 +1,108 @@
+"""KDE cube rules: one shard of cubes per job, gathered into one file per split."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..io.mock import galaxy_offsets
+from ..io.tables import CatalogueError, read_table
+from ._common import _settings, log
+
+
+SPLIT_NAMES = ("train", "validation", "test", "eval")
+
+
+def split_counts(clusters) -> dict:
+    """Number of projected clusters in each split of ``clusters.h5``."""
+    from ..settings import SPLIT_CODES
+
+    cl, _ = read_table(clusters, group="clusters", columns=["split"])
+    return {name: int((cl["split"] == SPLIT_CODES[name]).sum()) for name in SPLIT_NAMES}
+
+
+def n_shards(n_clusters: int, shard_size: int) -> int:
+    """Shards needed for ``n_clusters`` (at least one, possibly empty)."""
+    return max(1, -(-int(n_clusters) // int(shard_size)))
+
+
+def _split_galaxies(clusters_path, cluster_ids):
+    """x, y, v and cluster ids of the galaxies of ``cluster_ids`` (sorted ascending).
+
+    The galaxy table is sorted by cluster id, so only the row range between the first and
+    the last wanted cluster is read (memory ~ one shard's share of the table).
+    """
+    want = np.asarray(cluster_ids)
+    ids, _ = read_table(clusters_path, group="galaxies", columns=["cluster_id"])
+    lo = int(np.searchsorted(ids["cluster_id"], want.min(), side="left"))
+    hi = int(np.searchsorted(ids["cluster_id"], want.max(), side="right"))
+    del ids
+    g, _ = read_table(clusters_path, group="galaxies", rows=slice(lo, hi),
+                      columns=["cluster_id", "x_proj_mpc_h", "y_proj_mpc_h", "v_los_kms"],
+                      finite=["x_proj_mpc_h", "y_proj_mpc_h", "v_los_kms"])
+    keep = np.isin(g["cluster_id"], want)
+    return {k: v[keep] for k, v in g.items()}
+
+
+def kde_shard(*, config, clusters, split_name, shard, out, threads=1, progress=True):
+    """Rule ``kde_shard``: cubes of one shard of one split.
+
+    The shard holds clusters ``shard * shard_size`` to ``(shard + 1) * shard_size`` of the
+    split, in cluster-id order; cubes are computed and written ``batch_size`` at a time.
+    """
+    import numba
+    from tqdm.auto import tqdm
+
+    from ..io.cubes import CubeWriter
+    from ..kde import Grid3D, KDEInputError, kde_cubes
+    from ..settings import SPLIT_CODES
+
+    s = _settings(config)
+    k = s.kde
+    cl, attrs = read_table(clusters, group="clusters",
+                           columns=["cluster_id", "split", "log10_m200c", "n_gal", "n_members"])
+    sel = np.flatnonzero(cl["split"] == SPLIT_CODES[split_name])
+    sel = sel[shard * k.shard_size:(shard + 1) * k.shard_size]
+    rows = {c: cl[c][sel] for c in ("cluster_id", "log10_m200c", "n_gal", "n_members")}
+    gal = _split_galaxies(clusters, rows["cluster_id"]) if len(sel) else None
+    grid = Grid3D(n=k.n_grid, half_width_mpc_h=s.window.half_width_mpc_h,
+                  v_max_kms=s.window.v_max_kms)
+    file_attrs = dict(n_grid=k.n_grid, half_width_mpc_h=s.window.half_width_mpc_h,
+                      v_max_kms=s.window.v_max_kms, h0=k.h0, truncation=k.truncation,
+                      normalisation="each cube sums to 1", split=split_name,
+                      axes="x_proj_mpc_h, y_proj_mpc_h, v_los_kms")
+    numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
+    with CubeWriter(out, len(sel), k.n_grid, file_attrs) as w:
+        if len(sel):
+            offsets = galaxy_offsets(rows["cluster_id"], gal["cluster_id"])
+            bar = tqdm(total=len(sel), desc=f"kde {split_name}[{shard}]", unit="cube",
+                       disable=not progress)
+            buf = np.empty((k.batch_size,) + grid.shape, dtype=np.float32)
+            for b0 in range(0, len(sel), k.batch_size):
+                b1 = min(b0 + k.batch_size, len(sel))
+                o = offsets[b0:b1 + 1]
+                r = slice(int(o[0]), int(o[-1]))
+                try:
+                    cubes = kde_cubes(gal["x_proj_mpc_h"][r], gal["y_proj_mpc_h"][r],
+                                      gal["v_los_kms"][r], o - o[0], grid=grid, h0=k.h0,
+                                      truncation=k.truncation, min_galaxies=3,
+                                      ids=rows["cluster_id"][b0:b1].tolist(),
+                                      out=buf[:b1 - b0])
+                except KDEInputError as err:
+                    raise CatalogueError(clusters, "galaxies", str(err),
+                                         "rebuild the mock (mock.min_galaxies >= 3) or drop "
+                                         "the cluster") from err
+                w.write(cubes, {c: v[b0:b1] for c, v in rows.items()})
+                bar.update(b1 - b0)
+            bar.close()
+    log.info("kde %s shard %d: %d cubes of %d^3", split_name, shard, len(sel), k.n_grid)
+
+
+def kde_gather(*, shards, out):
+    """Rule ``kde_gather``: one cube file per split from its shards (chunks copied as is)."""
+    from ..io.cubes import gather_shards
+
+    gather_shards(list(shards), out)
+    log.info("gathered %d shards into %s", len(shards), out)
+
+
+# -- training and summaries ------------------------------------------------------------
+

@@ -1,0 +1,135 @@
+"""Calibration and evaluation rules: the joint PDF, eval-set posteriors, metrics, figures."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .. import io
+from ..cosmology import make_cosmology
+from ..io.tables import CatalogueError, TableWriter, read_table
+
+from ._common import _jsonable, _settings, log
+from .cubes import _split_galaxies
+
+
+def calibrate(*, config, test_predictions, out):
+    """Rule ``calibrate``: the joint PDF P(d~, log M) of the test set, tabulated once."""
+    from ..calibration import tabulate_joint_pdf
+
+    s = _settings(config)
+    c = s.calibration
+    pred, _ = read_table(test_predictions, group="predictions",
+                         finite=["log10_m200c_true", "log10_m200c_pred"])
+    if len(pred["cluster_id"]) < 10:
+        raise CatalogueError(test_predictions, "log10_m200c_pred",
+                             f"only {len(pred['cluster_id'])} test clusters to calibrate on",
+                             "raise splits.fractions.test or sightlines.target_per_bin")
+    pdf = tabulate_joint_pdf(pred["log10_m200c_pred"], pred["log10_m200c_true"],
+                             bandwidth=c.get("bandwidth", 0.2),
+                             n_d=c.get("n_grid_pred", 1000), n_m=c.get("n_grid_mass", 1000),
+                             meta=dict(source=str(test_predictions)))
+    pdf.save(out)
+    log.info("calibration: joint PDF of %d test pairs on %dx%d nodes", pdf.n_pairs,
+             pdf.d_grid.size, pdf.m_grid.size)
+
+
+POSTERIOR_SCHEMA_UNITS = {
+    "log10_m200c_true": "log10(h^-1 Msun)", "log10_m200c_pred": "log10(h^-1 Msun)",
+    "map": "log10(h^-1 Msun)", "mean": "log10(h^-1 Msun)", "median": "log10(h^-1 Msun)",
+    "point": "log10(h^-1 Msun)", "sd": "dex", "lo68": "log10(h^-1 Msun)",
+    "hi68": "log10(h^-1 Msun)", "lo95": "log10(h^-1 Msun)", "hi95": "log10(h^-1 Msun)",
+}
+
+
+def _predictions(path):
+    pred, attrs = read_table(path, group="predictions")
+    return pred
+
+
+def _baselines_for(s, clusters, pred, redshift, cosmo):
+    from ..evaluation import baseline_table
+
+    ids = pred["cluster_id"]
+    if len(ids) == 0:
+        return {}
+    gal = _split_galaxies(clusters, ids)
+    return baseline_table(gal, ids, redshift, cosmo,
+                          interlopers=s.baselines.get("interlopers", "none"),
+                          min_galaxies=s.baselines.get("min_galaxies", 5))
+
+
+def evaluate(*, config, joint_pdf, test_predictions, eval_predictions, clusters, metrics_out,
+             posteriors_out):
+    """Rule ``evaluate``: posteriors and metrics of the network and baselines (eval set)."""
+    from ..calibration import JointPDF
+    from ..evaluation import evaluate as run_evaluation
+
+    s = _settings(config)
+    cosmo = make_cosmology(s.cosmology)
+    pdf = JointPDF.load(joint_pdf)
+    test_pred = _predictions(test_predictions)
+    eval_pred = _predictions(eval_predictions)
+    if len(eval_pred["cluster_id"]) == 0:
+        raise CatalogueError(eval_predictions, "cluster_id", "the eval split is empty",
+                             "raise splits.fractions.eval")
+    cl, attrs = read_table(clusters, group="clusters")
+    row = np.searchsorted(cl["cluster_id"], eval_pred["cluster_id"])
+    eval_rows = {k: v[row] for k, v in cl.items()}
+    z = attrs["redshift"]
+    metrics, post, curves = run_evaluation(
+        pdf=pdf, test_pred=test_pred, eval_pred=eval_pred, eval_clusters=eval_rows,
+        test_baselines=_baselines_for(s, clusters, test_pred, z, cosmo),
+        eval_baselines=_baselines_for(s, clusters, eval_pred, z, cosmo),
+        point=s.calibration.get("point_estimate", "map"))
+    metrics = dict(run=s.run, prior="test-set prior (flat in log M by construction)",
+                   **metrics)
+    io.write_json(metrics_out, _jsonable(metrics))
+    post["extrapolated"] = post["extrapolated"].astype(np.int8)
+    schema = io.Schema({k: (np.asarray(v).dtype.str, POSTERIOR_SCHEMA_UNITS.get(k, ""), k)
+                        for k, v in post.items()})
+    with TableWriter(posteriors_out) as w:
+        w.add_group("posteriors", schema, dict(
+            prior="test-set prior (flat in log M): the paper's posterior",
+            point_estimate=s.calibration.get("point_estimate", "map")))
+        w.append("posteriors", post)
+        w.add_group("grid", io.Schema({"log10_m200c": ("f8", "log10(h^-1 Msun)",
+                                                        "mass grid of the curves")}))
+        w.append("grid", {"log10_m200c": pdf.m_grid})
+        w.add_array("curves", curves, unit="dex^-1", description=(
+            "posterior density per eval cluster on grid/log10_m200c; rows as posteriors/"))
+    log.info("eval: n=%d, mean residual %.3f dex, scatter %.3f dex, coverage 68%% %.3f, "
+             "95%% %.3f, sigma_N %.3f, sigma_0 %.3f; M-sigma (gapper) scatter %.3f",
+             metrics["n_eval"], metrics["mean_residual_dex"], metrics["scatter_dex"],
+             metrics["coverage_68"], metrics["coverage_95"], metrics["sigma_N_dex"],
+             metrics["sigma_0_dex"], metrics["msigma_gapper_scatter_dex"])
+
+
+def evaluation_plots(*, joint_pdf, test_predictions, metrics, posteriors, joint_png,
+                     predictions_png, calibration_png, interlopers_png, baselines_png):
+    """Rule ``evaluation_plots``: paper Figs. 4-6, the calibration curve, baselines."""
+    import json
+
+    from . import plots
+    from ..calibration import JointPDF
+
+    m = json.loads(Path(metrics).read_text())
+    post, _ = read_table(posteriors, group="posteriors")
+    plots.joint_pdf_figure(JointPDF.load(joint_pdf), _predictions(test_predictions), joint_png)
+    plots.predictions_figure(post, m, predictions_png)
+    plots.calibration_figure(m, calibration_png)
+    plots.interloper_figure(post, interlopers_png)
+    plots.baselines_figure(m, baselines_png)
+
+
+# -- survey inference and the cluster mass function (issue 6) ------------------------------
+#
+# Products under results/{run}/survey/ (docs/data-products.md, "Survey inference"):
+#   survey_catalogue  -> clusters.ecsv, galaxies.ecsv, truth.ecsv, meta.json
+#   survey_cubes      -> cubes.h5, phase_space.h5
+#   survey_posteriors -> posteriors.ecsv, posteriors.csv
+#   survey_mass_function -> mass_function.csv, pulls.json, figures/mass_function.png,
+#                           figures/survey_pulls.png
+# ``infer`` chains survey_cubes and survey_posteriors for ``cmpipe infer`` (no Snakemake).
+
+#: Posterior summary keys written per prior (``flat_<key>``, ``pop_<key>``).

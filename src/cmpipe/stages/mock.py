@@ -1,0 +1,225 @@
+"""Mock-catalogue rules: catalogue, halo selection, sightlines, projection, flux limit, split."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .. import io
+from ..cosmology import make_cosmology
+from ..io.mock import (FLUX_CLUSTER_SCHEMA, FLUX_GALAXY_SCHEMA, PROJECTED_CLUSTER_SCHEMA,
+                      SIGHTLINE_SCHEMA, SPLIT_CLUSTER_SCHEMA, WINDOW_GALAXY_SCHEMA,
+                      galaxy_offsets)
+from ..io.tables import CatalogueError, TableWriter, read_table, table_length, write_table
+from ..settings import stage_rng, stage_seed
+from ._common import _box_attrs, _settings, log
+
+
+def build_catalogue(*, config, halos_out, galaxies_out):
+    """Rule ``catalogue``: write halos.h5 and galaxies.h5 from the configured source."""
+    s = _settings(config)
+    cosmo = make_cosmology(s.cosmology)
+    if s.source == "synthetic":
+        from ..universe import UniverseSettings, generate_universe
+
+        us = UniverseSettings(redshift=s.redshift, **s.synthetic)
+        halos, galaxies = generate_universe(us, cosmo, stage_seed(s.seed, "universe"))
+        box = us.box_size_mpc_h
+    else:
+        from ..io.mdpl2 import load_mdpl2
+
+        m = s.mdpl2
+        box = m["box_size_mpc_h"]
+        kw = {}
+        if m.get("halo_columns"):
+            from ..io.mdpl2 import DEFAULT_HLIST_COLUMNS
+            kw["halo_columns"] = {**DEFAULT_HLIST_COLUMNS, **m["halo_columns"]}
+        if m.get("galaxy_columns"):
+            from ..io.mdpl2 import DEFAULT_GALAXY_COLUMNS
+            kw["galaxy_columns"] = {**DEFAULT_GALAXY_COLUMNS, **m["galaxy_columns"]}
+        halos, galaxies = load_mdpl2(m["halo_file"], m["galaxy_file"], redshift=s.redshift,
+                                     box_size_mpc_h=box, cosmology=cosmo,
+                                     hdf5_path=m.get("galaxy_hdf5_path"), **kw)
+    meta = dict(box_size_mpc_h=box, redshift=s.redshift, cosmology=cosmo.as_dict(),
+                source=s.source)
+    log.info("catalogue: %d halos, %d galaxies (%s)", len(halos["halo_id"]),
+             len(galaxies["galaxy_id"]), s.source)
+    io.write_halos(halos_out, halos, **meta)
+    io.write_galaxies(galaxies_out, galaxies, **meta)
+
+
+# -- mock stages -------------------------------------------------------------------------
+
+def select_halos(*, config, halos, out):
+    """Rule ``select_halos``: host halos above the mass threshold."""
+    from ..selection import select_hosts
+
+    s = _settings(config)
+    cols, attrs = io.read_halos(halos)
+    hosts = select_hosts(cols, s.log10_m200c_min)
+    if len(hosts["halo_id"]) == 0:
+        raise CatalogueError(halos, "log10_m200c", "no host halo reaches the selection "
+                             f"threshold {s.log10_m200c_min}",
+                             "lower selection.log10_m200c_min or use a larger box")
+    io.write_halos(out, hosts, **_box_attrs(attrs))
+
+
+def make_sightlines(*, config, hosts, out):
+    """Rule ``sightlines``: lines of sight per host, flattening log M."""
+    from ..selection import allocate_sightlines, assign_sightlines
+
+    s = _settings(config)
+    cols, attrs = io.read_halos(hosts)
+    rng = stage_rng(s.seed, "sightlines")
+    counts = allocate_sightlines(cols["log10_m200c"], lo=s.log10_m200c_min,
+                                 bin_width_dex=s.sightlines.bin_width_dex,
+                                 target_per_bin=s.sightlines.target_per_bin,
+                                 max_per_halo=s.sightlines.max_per_halo, rng=rng)
+    rows = assign_sightlines(cols, counts, rng)
+    log.info("sightlines: %d projections of %d halos (max %d per halo)",
+             len(rows["halo_id"]), int((counts > 0).sum()), int(counts.max(initial=0)))
+    write_table(out, rows, group="sightlines", schema=SIGHTLINE_SCHEMA,
+                attrs=_box_attrs(attrs))
+
+
+def project(*, config, halos, galaxies, hosts, sightlines, out, progress=True):
+    """Rule ``project``: every galaxy of the box inside each cluster's window."""
+    from ..projection import Projector, project_batches
+
+    s = _settings(config)
+    cosmo = make_cosmology(s.cosmology)
+    h, attrs = io.read_halos(halos)
+    g, _ = io.read_galaxies(galaxies)
+    hs, _ = io.read_halos(hosts)
+    sl, _ = read_table(sightlines, group="sightlines", required=SIGHTLINE_SCHEMA)
+    proj = Projector(h, g, box_size_mpc_h=attrs["box_size_mpc_h"], redshift=attrs["redshift"],
+                     hubble_kms_per_mpc_h=cosmo.hubble_kms_per_mpc_h(attrs["redshift"]),
+                     half_width_mpc_h=s.window.half_width_mpc_h, v_max_kms=s.window.v_max_kms,
+                     interloper_log10_m_min=s.log10_m200c_min - 1.0)
+    del h
+    log.info("project: searching +-%.1f h^-1 Mpc (comoving) along each line of sight for "
+             "galaxies slower than %.0f km/s; %d faster ones searched separately",
+             proj.los_depth, proj.g_index.v_slow, len(proj.g_index.fast_idx))
+    meta = dict(_box_attrs(attrs), half_width_mpc_h=s.window.half_width_mpc_h,
+                v_max_kms=s.window.v_max_kms)
+    n_c = n_g = 0
+    with TableWriter(out) as w:
+        w.add_group("clusters", PROJECTED_CLUSTER_SCHEMA, meta)
+        w.add_group("galaxies", WINDOW_GALAXY_SCHEMA)
+        for cl, gal in project_batches(proj, sl, hs, batch_size=s.mock.halo_batch_size,
+                                       progress=progress):
+            w.append("clusters", cl)
+            w.append("galaxies", gal)
+            n_c += len(cl["cluster_id"])
+            n_g += len(gal["cluster_id"])
+    log.info("project: %d projected clusters, %d window galaxies", n_c, n_g)
+
+
+def _cluster_chunks(n_clusters, chunk):
+    for c0 in range(0, n_clusters, chunk):
+        yield slice(c0, min(c0 + chunk, n_clusters))
+
+
+def apply_flux_limit(*, config, projected, out, chunk_clusters=2000):
+    """Rule ``flux_limit``: observers, apparent magnitudes, r < limit, richness cut."""
+    from ..fluxlimit import draw_observer_distances, flux_limit
+
+    s = _settings(config)
+    cosmo = make_cosmology(s.cosmology)
+    clusters, attrs = read_table(projected, group="clusters", required=PROJECTED_CLUSTER_SCHEMA)
+    g_cid, _ = read_table(projected, group="galaxies", columns=["cluster_id"])
+    offsets = galaxy_offsets(clusters["cluster_id"], g_cid["cluster_id"])
+    rng = stage_rng(s.seed, "flux_limit")
+    dist = draw_observer_distances(len(clusters["cluster_id"]), s.mock.observer_radius_mpc_h,
+                                   rng)
+    totals = {}
+    with TableWriter(out) as w:
+        w.add_group("clusters", FLUX_CLUSTER_SCHEMA, attrs)
+        w.add_group("galaxies", FLUX_GALAXY_SCHEMA)
+        for sl in _cluster_chunks(len(dist), chunk_clusters):
+            rows = slice(int(offsets[sl.start]), int(offsets[sl.stop]))
+            gal, _ = read_table(projected, group="galaxies", rows=rows)
+            cl = {k: v[sl] for k, v in clusters.items()}
+            c_out, g_out, counts = flux_limit(cl, gal, dist[sl], cosmology=cosmo,
+                                              mag_r_limit=s.mock.mag_r_limit,
+                                              min_galaxies=s.mock.min_galaxies)
+            w.append("clusters", c_out)
+            w.append("galaxies", g_out)
+            for k, v in counts.items():
+                totals[k] = totals.get(k, 0) + v
+        w.set_attrs("clusters", dict(flux_limit_counts=totals,
+                                     mag_r_limit=s.mock.mag_r_limit,
+                                     observer_radius_mpc_h=s.mock.observer_radius_mpc_h,
+                                     min_galaxies=s.mock.min_galaxies))
+    log.info("flux limit r < %.2f: kept %d of %d clusters (%d dropped with < %d galaxies), "
+             "%d of %d galaxies", s.mock.mag_r_limit, totals.get("n_clusters_kept", 0),
+             totals.get("n_clusters_in", 0), totals.get("n_dropped_too_few", 0),
+             s.mock.min_galaxies, totals.get("n_galaxies_kept", 0),
+             totals.get("n_galaxies_in", 0))
+    if totals.get("n_clusters_kept", 0) == 0:
+        raise CatalogueError(projected, "n_gal", "no projected cluster survives the flux limit",
+                             "raise mock.mag_r_limit, lower mock.min_galaxies or "
+                             "mock.observer_radius_mpc_h")
+
+
+def split(*, config, fluxlimited, out, chunk_rows=1_000_000):
+    """Rule ``split``: train/validation/test/eval by halo; writes clusters.h5."""
+    from ..splits import assign_splits
+
+    s = _settings(config)
+    clusters, attrs = read_table(fluxlimited, group="clusters", required=FLUX_CLUSTER_SCHEMA)
+    codes = assign_splits(clusters, s.splits, stage_rng(s.seed, "splits"))
+    clusters["split"] = codes
+    n_rows = table_length(fluxlimited, "galaxies")
+    with TableWriter(out) as w:
+        w.add_group("clusters", SPLIT_CLUSTER_SCHEMA, dict(
+            attrs, split_codes={"unused": -1, "train": 0, "validation": 1, "test": 2,
+                                "eval": 3}))
+        w.add_group("galaxies", FLUX_GALAXY_SCHEMA)
+        w.append("clusters", clusters)
+        for r0 in range(0, n_rows, chunk_rows):
+            gal, _ = read_table(fluxlimited, group="galaxies",
+                                rows=slice(r0, min(r0 + chunk_rows, n_rows)))
+            w.append("galaxies", gal)
+    names = {-1: "unused", 0: "train", 1: "validation", 2: "test", 3: "eval"}
+    log.info("split: %s", ", ".join(f"{names[c]} {int((codes == c).sum())}"
+                                    for c in sorted(names) if (codes == c).any()))
+
+
+def mock_summary(*, config, halos, hosts, clusters, out):
+    """Rule ``mock_summary``: summary.json of the mock catalogue."""
+    from ..mockstats import mock_summary as summarize
+
+    s = _settings(config)
+    cosmo = make_cosmology(s.cosmology)
+    h, attrs = io.read_halos(halos)
+    hs, _ = io.read_halos(hosts)
+    cl, cl_attrs = read_table(clusters, group="clusters", required=SPLIT_CLUSTER_SCHEMA)
+    gal, _ = read_table(clusters, group="galaxies", columns=["cluster_id", "is_member"])
+    summary = summarize(halos=h, hosts=hs, clusters=cl, galaxies=gal,
+                        box_size_mpc_h=attrs["box_size_mpc_h"], redshift=attrs["redshift"],
+                        cosmology=cosmo, flux_counts=cl_attrs.get("flux_limit_counts", {}),
+                        log10_m_min=s.log10_m200c_min,
+                        bin_width_dex=s.sightlines.bin_width_dex)
+    summary = dict(run=s.run, source=attrs["source"], cosmology=attrs["cosmology"],
+                   seed=s.seed, **summary)
+    io.write_json(out, summary)
+    log.info("mock summary: %d clusters, per split %s, interloper fraction %.3f",
+             summary["n_clusters"], summary["clusters_per_split"],
+             summary["interloper_fraction"])
+
+
+def mock_plots(*, summary, clusters, mass_function_png, splits_png, phase_space_png):
+    """Rule ``mock_plots``: figures of the mock catalogue (read from its products)."""
+    import json
+
+    from . import plots
+
+    summ = json.loads(Path(summary).read_text())
+    cl, _ = read_table(clusters, group="clusters")
+    plots.mass_function_figure(summ, mass_function_png)
+    plots.split_masses_figure(cl, summ, splits_png)
+    gal, _ = read_table(clusters, group="galaxies")
+    plots.phase_space_figure(cl, gal, phase_space_png)
+
+
+# -- KDE cubes ---------------------------------------------------------------------------
+

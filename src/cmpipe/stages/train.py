@@ -1,0 +1,63 @@
+"""Training rules: the CNN, its predictions on each split, the loss curves."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .. import io
+from ..io.tables import write_table
+from ..settings import stage_seed
+from ._common import _settings, log
+
+
+def _train_settings(s):
+    from ..training import TrainSettings
+
+    t = {k: v for k, v in s.train.items() if v is not None}
+    return TrainSettings.from_dict(dict(t, seed=stage_seed(s.seed, "train") % (2 ** 31)))
+
+
+def train_network(*, config, train_cubes, validation_cubes, model_out):
+    """Rule ``train``: the CNN, early-stopped on the validation split; resumes if killed."""
+    from ..training import train
+
+    s = _settings(config)
+    result = train(train_cubes, validation_cubes, Path(model_out).parent, _train_settings(s))
+    log.info("train: %d parameters, best epoch %d of %d (val MSE %.4g, standardised), "
+             "stopped early: %s, resumed from epoch %d", result.n_params, result.best_epoch,
+             result.epochs_run, result.best_val_loss, result.stopped_early,
+             result.resumed_from_epoch)
+
+
+PREDICTION_SCHEMA = io.Schema({
+    "cluster_id": ("i8", "", "projected cluster"),
+    "log10_m200c_true": ("f8", "log10(h^-1 Msun)", "true M200c"),
+    "log10_m200c_pred": ("f8", "log10(h^-1 Msun)", "network point prediction (summary d~)"),
+    "n_gal": ("i8", "", "galaxies in the window"),
+    "n_members": ("i8", "", "of those, bound to the halo"),
+})
+
+
+def predict_split(*, config, model, cubes, out, split_name):
+    """Rule ``summaries``: the network's predictions d~ for one split."""
+    from ..training import predict
+
+    s = _settings(config)
+    pred = predict(Path(model).parent, cubes, batch_size=int(s.train.get("batch_size") or 100))
+    write_table(out, pred, group="predictions", schema=PREDICTION_SCHEMA,
+                attrs=dict(split=split_name, model=str(model)))
+    if len(pred["cluster_id"]):
+        res = pred["log10_m200c_true"] - pred["log10_m200c_pred"]
+        log.info("%s: %d predictions, residual log10(M_true/M_pred) mean %.3f, sd %.3f dex "
+                 "(predicting the mean mass: sd %.3f dex)", split_name, len(res),
+                 res.mean(), res.std(), pred["log10_m200c_true"].std())
+
+
+def training_plots(*, history, loss_png):
+    """Rule ``training_plots``: the loss curve."""
+    from ..training import plot_history
+
+    plot_history(history, loss_png)
+
+
+# -- calibration and evaluation -------------------------------------------------------
+

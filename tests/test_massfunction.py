@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 from scipy import integrate, stats
 
-from cmpipe.calibration import JointPDF, summarise
+from cmpipe.calibration import JointPDF, summarise, tabulate_joint_pdf
 from cmpipe.cosmology import make_cosmology
 from cmpipe.massfunction import (LN10, eddington_bias, estimate_mass_function, forward_model,
+                                 forward_model_calibrated,
                                  kde_bandwidth, kde_mass_function, kde_weights, local_slope,
                                  population_prior_posterior, prior_from_joint_pdf,
                                  summaries_under_priors, summarise_grid_posteriors,
@@ -245,3 +246,93 @@ def test_grid_summaries_match_calibration_and_prior_marginal():
     theirs = summarise(pdf, d_node)
     for key in ("map", "mean", "median", "sd", "lo68", "hi68", "lo95", "hi95"):
         np.testing.assert_allclose(ours[key], theirs[key], rtol=1e-9, atol=1e-9)
+
+
+def test_population_prior_range_truncates_and_renormalises(cosmo, caplog):
+    grid = np.linspace(13.0, 15.6, 1301)
+    flat = _gaussian(grid, 13.8, 0.2)
+    prior = np.ones_like(grid)
+    full = population_prior_posterior(grid, flat, 0.05, cosmo, prior)
+    with caplog.at_level(logging.WARNING, logger="cmpipe.massfunction"):
+        cut = population_prior_posterior(grid, flat, 0.05, cosmo, prior,
+                                         log10_m_range=(13.7, 15.0))
+    inside = (grid >= 13.7) & (grid <= 15.0)
+    assert np.all(cut[~inside] == 0) and np.isclose(np.trapezoid(cut, grid), 1.0)
+    # inside the range: the untruncated posterior restricted and renormalised
+    ref = np.where(inside, full, 0.0)
+    np.testing.assert_allclose(cut, ref / np.trapezoid(ref, grid), rtol=1e-10, atol=1e-12)
+    assert "outside the population's mass range" in caplog.text
+    with pytest.raises(ValueError, match="increasing"):
+        population_prior_posterior(grid, flat, 0.05, cosmo, prior, log10_m_range=(14, 13))
+
+
+@pytest.fixture(scope="module")
+def gaussian_calibration():
+    """A joint PDF of a flat-prior test set (log M uniform in 13.6..15.1, d = M + N(0, 0.15)),
+    tabulated by cmpipe.calibration as the pipeline does."""
+    rng = np.random.default_rng(21)
+    m = rng.uniform(13.6, 15.1, 6000)
+    d = m + rng.normal(0.0, 0.15, m.size)
+    return tabulate_joint_pdf(d, m, bandwidth=0.2, n_d=400, n_m=500)
+
+
+def test_population_prior_pulls_are_standard_normal_for_a_tinker_sample(
+        cosmo, gaussian_calibration):
+    """Clusters drawn from Tinker above 10^13.7 and observed through the test set's
+    likelihood: (posterior mean - truth) / posterior sd under the population prior
+    truncated at the sample's threshold has mean 0 and sd 1 (the posterior is the right
+    one); without the truncation the KDE tail below the test set's masses drags every
+    low-mass cluster down."""
+    from cmpipe.calibration import _rows
+
+    pdf = gaussian_calibration
+    rng = np.random.default_rng(22)
+    mt = np.linspace(13.7, 15.0, 2601)
+    n = tinker08_dndlog10m(mt, Z, cosmo)
+    cdf = np.concatenate([[0], np.cumsum(0.5 * (n[1:] + n[:-1]) * np.diff(mt))])
+    m_true = np.interp(rng.random(3000) * cdf[-1], cdf, mt)
+    d = m_true + rng.normal(0.0, 0.15, m_true.size)
+    flat = _rows(pdf, d)
+    prior = prior_from_joint_pdf(pdf)
+    pulls = {}
+    for name, rng_m in (("truncated", (13.7, 15.0)), ("open", None)):
+        s = summaries_under_priors(pdf.m_grid, flat, np.full(d.size, Z), cosmo, prior,
+                                   log10_m_range=rng_m)["population_prior"]
+        pulls[name] = (s["mean"] - m_true) / s["sd"]
+    p = pulls["truncated"]
+    # mean within 3 standard errors of 0 (3000 independent clusters); sd within 5%
+    assert abs(p.mean()) < 3 / np.sqrt(p.size), p.mean()
+    assert abs(p.std() - 1.0) < 0.05, p.std()
+    assert pulls["open"].mean() < -0.3
+
+
+def test_calibrated_forward_model_matches_gaussian_one_for_gaussian_errors(
+        cosmo, gaussian_calibration):
+    """With a Gaussian likelihood (d = M + N(0, 0.15)) the flat-prior posterior mean is d
+    smoothed by the calibration kernel, so the calibrated forward model must equal the
+    analytic Gaussian one (cmpipe.massfunction.forward_model, an independent computation)
+    with the scatter of the simulated estimates, away from the mass-range edges; its true
+    masses follow Tinker."""
+    pdf = gaussian_calibration
+    grid = np.linspace(13.0, 15.6, 53)
+    vol = 400.0 ** 3
+    fw = forward_model_calibrated(pdf, grid, cosmo, volume_mpc_h3=vol,
+                                  log10_m_true_range=(13.7, 15.0), bandwidth_dex=0.08,
+                                  z_clusters=np.array([Z]), z_mass_function=Z,
+                                  prior="flat", estimate="mean", scale=10.0, seed=3)
+    n_exp = vol * integrate.quad(lambda m: tinker08_dndlog10m(m, Z, cosmo), 13.7, 15.0)[0]
+    assert np.isclose(fw["n_expected"], n_exp, rtol=1e-3)
+    assert abs(fw["n_simulated"] / (10 * n_exp) - 1) < 1e-3
+    # the draws' true masses are Tinker-distributed (KS against the normalised CDF)
+    cdf = lambda x: np.array([integrate.quad(  # noqa: E731
+        lambda m: tinker08_dndlog10m(m, Z, cosmo), 13.7, xi)[0] for xi in np.atleast_1d(x)])
+    ks = stats.kstest(fw["m_true"][:2000], lambda x: cdf(x) * vol / n_exp)
+    assert ks.pvalue > 0.01
+    resid = fw["m_est"] - fw["m_true"]
+    mid = (fw["m_true"] > 13.9) & (fw["m_true"] < 14.6)
+    scatter = resid[mid].std()
+    ref = forward_model(grid, Z, cosmo, scatter_dex=scatter, kernel_dex=0.08,
+                        log10_m_true_min=13.7, log10_m_true_max=15.0)
+    inner = (grid >= 14.0) & (grid <= 14.5)
+    # Monte Carlo noise at 10x the volume: ~3-6% per 0.05 dex node here; tolerance 10%
+    np.testing.assert_allclose(fw["dn_dlog10m"][inner], ref[inner], rtol=0.10)

@@ -220,3 +220,23 @@ def test_evaluation_report_is_json_serialisable(rng, tmp_path):
     assert (tmp_path / "metrics.json").stat().st_size > 0
     point_only = evaluation_report(truth, {"map": summ["map"]})
     assert "coverage" not in point_only
+
+
+def test_grouped_coverage_error_counts_groups_not_clusters():
+    """Groups whose members share one outcome (sightlines of one halo) carry the binomial
+    error of the number of groups; singleton groups that of the number of clusters."""
+    from cmpipe.metrics import grouped_coverage_error
+
+    rng = np.random.default_rng(5)
+    n_groups, size, p = 400, 10, 0.68
+    hit = rng.random(n_groups) < p
+    inside = np.repeat(hit, size)
+    groups = np.repeat(np.arange(n_groups), size)
+    g = grouped_coverage_error(inside, groups, n_boot=2000, seed=1)
+    assert g["n"] == n_groups * size and g["n_groups"] == n_groups
+    binom_groups = math.sqrt(p * (1 - p) / n_groups)
+    assert abs(g["stderr_grouped"] / binom_groups - 1) < 0.1
+    single = grouped_coverage_error(inside, np.arange(inside.size), n_boot=2000, seed=1)
+    assert abs(single["stderr_grouped"] / math.sqrt(p * (1 - p) / inside.size) - 1) < 0.1
+    # the same seed gives the same number
+    assert grouped_coverage_error(inside, groups, n_boot=2000, seed=1) == g

@@ -70,6 +70,7 @@ from .calibration import QUANTILE_LEVELS, JointPDF
 from .calibration import _cdf as _posterior_cdf
 from .calibration import _map as _posterior_map
 from .calibration import _normalise as _normalise_rows
+from .calibration import _rows as _pdf_rows
 from .calibration import _quantiles as _posterior_quantiles
 from .cosmology import Cosmology
 from .universe import tinker08_dndlnm
@@ -456,7 +457,8 @@ def _mass_function_rows(m_grid, z, cosmology, n_z_nodes=17):
 
 
 def population_prior_posterior(m_grid, flat_posterior, z, cosmology: Cosmology,
-                               test_prior_density, *, prior_floor: float = 1e-6):
+                               test_prior_density, *, log10_m_range=None,
+                               prior_floor: float = 1e-6):
     """Re-weight calibrated (test-set prior) posteriors by the mass function.
 
     Parameters
@@ -471,6 +473,13 @@ def population_prior_posterior(m_grid, flat_posterior, z, cosmology: Cosmology,
     test_prior_density : array_like, shape (G,), or callable
         The test-set mass prior on ``m_grid`` (e.g. :func:`prior_from_joint_pdf`),
         or a function of log10 M returning it; any normalisation.
+    log10_m_range : (float, float), optional
+        True-mass range of the population, log10 h^-1 Msun: the prior is the mass function
+        inside it and 0 outside. Give the survey's selection (e.g. a mass-selected sample's
+        threshold) clipped to the calibrated range (:attr:`JointPDF.calibrated_mass_range`):
+        outside the test set's masses the likelihood ``flat / test prior`` is the KDE's
+        Gaussian tail, not a measurement, and the steep mass function would pull every
+        low-mass posterior onto it.
     prior_floor : float
         Where the test prior is below ``prior_floor`` times its maximum the ratio is
         undefined and set to 0 (a warning reports posterior mass lost there).
@@ -493,6 +502,11 @@ def population_prior_posterior(m_grid, flat_posterior, z, cosmology: Cosmology,
     if prior.shape != g.shape or np.any(~np.isfinite(prior)) or np.any(prior < 0):
         raise ValueError("test_prior_density must be finite, >= 0 and given on m_grid")
     ok = prior > prior_floor * prior.max()
+    if log10_m_range is not None:
+        lo, hi = (float(v) for v in log10_m_range)
+        if not lo < hi:
+            raise ValueError(f"log10_m_range must be increasing, got {log10_m_range}")
+        ok &= (g >= lo) & (g <= hi)
     ratio = np.zeros((p2.shape[0], g.size))
     nmf = _mass_function_rows(g, zz, cosmology)
     ratio[:, ok] = nmf[:, ok] / prior[ok]
@@ -500,10 +514,87 @@ def population_prior_posterior(m_grid, flat_posterior, z, cosmology: Cosmology,
     lost = dm * np.nansum(np.where(ok, 0.0, flat), axis=1)
     if np.nanmax(lost, initial=0.0) > 1e-3:
         log.warning("population prior: up to %.3g of a posterior lies where the test-set "
-                    "prior vanishes (outside the calibrated mass range); set to 0",
+                    "prior vanishes or outside the population's mass range; set to 0",
                     float(np.nanmax(lost)))
     out = _normalise_rows(flat * ratio, dm)
     return out[0] if one else out
+
+
+def forward_model_calibrated(pdf: JointPDF, log10_m_grid, cosmology: Cosmology, *,
+                             volume_mpc_h3: float, log10_m_true_range, bandwidth_dex,
+                             z_clusters, z_mass_function: float, prior: str = "flat",
+                             estimate: str = "median", dndlog10m: Callable | None = None,
+                             scale: float = 20.0, seed: int = 0,
+                             step_dex: float = 0.002) -> dict:
+    """The mass function the estimator should see if the universe is Tinker's, through the
+    calibrated likelihood ``P(d~ | M)`` of the joint PDF rather than a Gaussian scatter.
+
+    A Monte Carlo of the survey, ``scale`` times larger: true masses drawn from
+    ``dndlog10m`` (Tinker 2008 at ``z_mass_function`` by default) in
+    ``log10_m_true_range``; for each, a network prediction ``d~`` drawn from the joint
+    PDF's column at that mass (``P(d~ | M)``: inverse CDF over ``pdf.d_grid``); then the
+    same posterior (``prior`` "flat" = the test-set prior, or "population" with a redshift
+    resampled from ``z_clusters``), the same point ``estimate`` and posterior sd, and the
+    same weighted-KDE estimator with the same kernel ``bandwidth_dex`` as the data. The
+    network's mean reversion, its mass-dependent scatter and the posterior edges are all in
+    it; only the sample variance is reduced (by ``scale``).
+
+    Returns
+    -------
+    dict
+        ``dn_dlog10m`` (on ``log10_m_grid``, h^3 Mpc^-3 dex^-1), ``n_expected`` (clusters
+        expected in the real volume), ``n_simulated``, ``m_true`` and ``m_est`` (the draws).
+    """
+    if prior not in ("flat", "population"):
+        raise ValueError(f"prior must be 'flat' or 'population', got {prior!r}")
+    lo, hi = (float(v) for v in log10_m_true_range)
+    mt = np.arange(lo, hi + 0.5 * step_dex, step_dex)
+    n = np.asarray(dndlog10m(mt) if dndlog10m is not None
+                   else tinker08_dndlog10m(mt, z_mass_function, cosmology), dtype=float)
+    tw = np.full(mt.size, step_dex)
+    tw[[0, -1]] *= 0.5
+    n_expected = float(volume_mpc_h3) * float(np.sum(n * tw))
+    n_sim = max(2, int(round(scale * n_expected)))
+    rng = np.random.default_rng(seed)
+    cdf_m = np.concatenate([[0.0], np.cumsum(0.5 * (n[1:] + n[:-1]) * np.diff(mt))])
+    m_true = np.interp(rng.random(n_sim) * cdf_m[-1], cdf_m, mt)
+
+    # d~ | M: inverse CDF of the joint PDF's column at the nearest mass node
+    table = np.asarray(pdf.table, dtype=float)
+    col = np.clip(np.rint((m_true - pdf.m_grid[0]) / pdf.m_step).astype(int), 0,
+                  pdf.m_grid.size - 1)
+    d = np.full(n_sim, np.nan)
+    u = rng.random(n_sim)
+    for j in np.unique(col):
+        c = np.concatenate([[0.0], np.cumsum(0.5 * (table[1:, j] + table[:-1, j]))])
+        if c[-1] <= 0:
+            continue
+        sel = col == j
+        d[sel] = np.interp(u[sel] * c[-1], c, pdf.d_grid)
+    keep = np.isfinite(d)
+    z = np.asarray(z_clusters, dtype=float)
+    z = z[np.isfinite(z)]
+    zs = rng.choice(z, size=n_sim) if z.size else np.full(n_sim, z_mass_function)
+    test_prior = prior_from_joint_pdf(pdf)
+    m_est = np.full(n_sim, np.nan)
+    sd = np.full(n_sim, np.nan)
+    key = "test_prior" if prior == "flat" else "population_prior"
+    idx = np.flatnonzero(keep)
+    level = log.level
+    log.setLevel(logging.ERROR)          # posterior mass cut at the range edges is expected
+    try:
+        for c0 in range(0, idx.size, 2048):
+            sel = idx[c0:c0 + 2048]
+            su = summaries_under_priors(pdf.m_grid, _pdf_rows(pdf, d[sel]), zs[sel],
+                                        cosmology, test_prior, log10_m_range=(lo, hi))[key]
+            m_est[sel], sd[sel] = su[estimate], su["sd"]
+    finally:
+        log.setLevel(level)
+    ok = np.isfinite(m_est) & np.isfinite(sd) & (sd > 0)
+    dn = kde_mass_function(m_est[ok], sd[ok], float(volume_mpc_h3) * ok.sum() / n_expected,
+                           log10_m_grid, bandwidth_dex=bandwidth_dex)
+    return dict(dn_dlog10m=dn, n_expected=n_expected, n_simulated=int(ok.sum()),
+                m_true=m_true[ok], m_est=m_est[ok])
 
 
 def summarise_grid_posteriors(m_grid, posteriors) -> dict:
@@ -545,7 +636,7 @@ def summarise_grid_posteriors(m_grid, posteriors) -> dict:
 
 
 def summaries_under_priors(m_grid, flat_posterior, z, cosmology: Cosmology,
-                           test_prior_density) -> dict:
+                           test_prior_density, *, log10_m_range=None) -> dict:
     """Posterior summaries under the test-set prior and under the mass-function prior.
 
     Returns
@@ -558,6 +649,7 @@ def summaries_under_priors(m_grid, flat_posterior, z, cosmology: Cosmology,
     """
     flat = summarise_grid_posteriors(m_grid, flat_posterior)
     pop = summarise_grid_posteriors(m_grid, population_prior_posterior(
-        m_grid, flat_posterior, z, cosmology, test_prior_density))
+        m_grid, flat_posterior, z, cosmology, test_prior_density,
+        log10_m_range=log10_m_range))
     return {"test_prior": flat, "population_prior": pop,
             "shift_median": pop["median"] - flat["median"]}

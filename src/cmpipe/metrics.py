@@ -34,6 +34,7 @@ import numpy as np
 from scipy import optimize, stats
 
 __all__ = [
+    "grouped_coverage_error",
     "DEFAULT_MASS_BINS",
     "NOMINAL_68",
     "NOMINAL_95",
@@ -195,6 +196,45 @@ def coverage(log10_m_true, lower, upper, *, nominal: float, bins=None,
             per[k] = np.array([r[k] for r in rows])
         out["per_bin"] = per
     return out
+
+
+def grouped_coverage_error(inside, groups, *, n_boot: int = 1000, seed: int = 0) -> dict:
+    """Standard error of a coverage fraction when clusters come in correlated groups.
+
+    Projections of one halo along different sightlines are not independent (the same
+    halo, the same neighbours): the binomial error of :func:`coverage` is too small when
+    halos have many sightlines. This resamples whole groups (halos) with replacement.
+
+    Parameters
+    ----------
+    inside : array_like of bool, shape (N,)
+        Whether each cluster's interval covers its true mass.
+    groups : array_like, shape (N,)
+        Group label of each cluster (the host halo id).
+    n_boot : int
+        Bootstrap resamplings.
+    seed : int
+
+    Returns
+    -------
+    dict
+        ``fraction``, ``stderr_grouped`` (bootstrap s.d. of the fraction), ``n`` and
+        ``n_groups``.
+    """
+    inside = np.asarray(inside, dtype=bool).ravel()
+    _, g = np.unique(np.asarray(groups).ravel(), return_inverse=True)
+    if g.size != inside.size:
+        raise ValueError("inside and groups differ in length")
+    if inside.size == 0:
+        return dict(fraction=float("nan"), stderr_grouped=float("nan"), n=0, n_groups=0)
+    n_g = int(g.max()) + 1
+    hits = np.bincount(g, weights=inside.astype(float), minlength=n_g)
+    sizes = np.bincount(g, minlength=n_g).astype(float)
+    rng = np.random.default_rng(seed)
+    c = rng.multinomial(n_g, np.full(n_g, 1.0 / n_g), size=n_boot).astype(float)
+    frac = (c @ hits) / (c @ sizes)
+    return dict(fraction=float(inside.mean()), stderr_grouped=float(frac.std(ddof=1)),
+                n=int(inside.size), n_groups=n_g)
 
 
 def interval_coverage(log10_m_true, summaries: dict, *, bins=DEFAULT_MASS_BINS,

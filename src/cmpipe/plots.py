@@ -251,7 +251,8 @@ def baselines_figure(metrics, path):
 
 def survey_mass_function_figure(table, result, path, truth=None):
     """Survey mass function: estimator with its bootstrap band, Tinker (2008) and Tinker
-    forward-modelled through the measured scatter; ratio to the forward model below. With
+    forward-modelled (through the calibrated likelihood and the same estimator, or a
+    Gaussian scatter); ratio to the forward model below. With
     a truth table, the true-mass function of the survey clusters in 0.1 dex bins."""
     m = np.asarray(table["log10_m"], dtype=float)
     est = np.asarray(table["dn_dlog10m"], dtype=float)
@@ -266,8 +267,16 @@ def survey_mass_function_figure(table, result, path, truth=None):
     ax.plot(m, est, "C0-", lw=2, label=f"estimate ({info['prior']} prior "
             f"{info['estimate']}, N = {info['n_clusters']})")
     ax.plot(m, tk, "k--", lw=1.2, label=info["theory"])
-    ax.plot(m, fw, "C3-", lw=1.5, label=f"Tinker forward-modelled (scatter "
-            f"{info['forward_scatter_dex']:.2f} dex, kernel {info['kernel_dex']:.2f})")
+    if info.get("forward", {}).get("method") == "calibrated":
+        ax.plot(m, fw, "C3-", lw=1.5, label="Tinker forward-modelled through the calibrated "
+                r"$P(\tilde d\,|\,M)$ and the same estimator")
+        if "tinker08_forward_gaussian" in table:
+            ax.plot(m, np.asarray(table["tinker08_forward_gaussian"], float), "C3:", lw=1,
+                    label=f"Tinker with a Gaussian scatter "
+                    f"{info['forward_scatter_dex']:.2f} dex (for comparison)")
+    else:
+        ax.plot(m, fw, "C3-", lw=1.5, label=f"Tinker forward-modelled (scatter "
+                f"{info['forward_scatter_dex']:.2f} dex, kernel {info['kernel_dex']:.2f})")
     if truth is not None and len(truth.get("log10_m200c", [])):
         t = np.asarray(truth["log10_m200c"], dtype=float)
         edges = np.arange(np.floor(t.min() * 10) / 10, t.max() + 0.1, 0.1)

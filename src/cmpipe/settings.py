@@ -65,12 +65,18 @@ class SightlineSettings:
 
 @dataclass(frozen=True)
 class MockSettings:
-    """Flux-limited mock: observer placement, magnitude limit, richness cut."""
+    """Flux-limited mock: observer placement, magnitude limit, richness cut.
+
+    ``members`` is ``all`` (the contaminated catalogue: every galaxy in the window) or
+    ``bound`` (the pure catalogue: interlopers, ``is_member == 0``, dropped at the flux
+    limit, before the richness cut, so every later stage sees bound members only).
+    """
 
     observer_radius_mpc_h: float = 250.0
     mag_r_limit: float = 18.0
     min_galaxies: int = 10
     halo_batch_size: int = 500
+    members: str = "all"
 
 
 @dataclass(frozen=True)
@@ -130,6 +136,11 @@ class Settings:
     calibration: dict = field(default_factory=dict)
     baselines: dict = field(default_factory=dict)
     survey: dict = field(default_factory=dict)
+    ablation: dict = field(default_factory=dict)
+    robustness: dict = field(default_factory=dict)
+    saliency: dict = field(default_factory=dict)
+    flow: dict = field(default_factory=dict)
+    compare: dict = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, config: dict) -> "Settings":
@@ -155,6 +166,11 @@ class Settings:
             calibration=dict(config.get("calibration", {})),
             baselines=dict(config.get("baselines", {})),
             survey=dict(config.get("survey", {})),
+            ablation=dict(config.get("ablation", {})),
+            robustness=dict(config.get("robustness", {})),
+            saliency=dict(config.get("saliency", {})),
+            flow=dict(config.get("flow", {})),
+            compare=dict(config.get("compare", {})),
         )
 
 

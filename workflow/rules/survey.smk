@@ -83,6 +83,9 @@ rule survey_posteriors:
         csv=res("survey/posteriors.csv"),
     params:
         cosmology=config["cosmology"],
+        population_prior=config["survey"]["population_prior"],
+        sample_log10_m_min=(config["survey"]["source"],
+                            config["survey"]["synthetic"]["log10_m_min"]),
     log:
         res("logs/survey_posteriors.log"),
     threads: 2
@@ -100,6 +103,7 @@ rule mass_function:
         posteriors=res("survey/posteriors.ecsv"),
         meta=res("survey/meta.json"),
         truth=res("survey/truth.ecsv"),
+        joint_pdf=res("calibration/joint_pdf.h5"),
     output:
         mass_function=res("survey/mass_function.csv"),
         pulls=res("survey/pulls.json"),

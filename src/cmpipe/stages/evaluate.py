@@ -8,7 +8,7 @@ import numpy as np
 from .. import io
 from ..cosmology import make_cosmology
 from ..io.tables import CatalogueError, TableWriter, read_table
-
+from ..settings import stage_seed
 from ._common import _jsonable, _settings, log
 from .cubes import _split_galaxies
 
@@ -84,6 +84,7 @@ def evaluate(*, config, joint_pdf, test_predictions, eval_predictions, clusters,
         point=s.calibration.get("point_estimate", "map"))
     metrics = dict(run=s.run, prior="test-set prior (flat in log M by construction)",
                    **metrics)
+    metrics.update(_coverage_checks(s, cl, test_pred, eval_pred, post))
     io.write_json(metrics_out, _jsonable(metrics))
     post["extrapolated"] = post["extrapolated"].astype(np.int8)
     schema = io.Schema({k: (np.asarray(v).dtype.str, POSTERIOR_SCHEMA_UNITS.get(k, ""), k)
@@ -105,12 +106,51 @@ def evaluate(*, config, joint_pdf, test_predictions, eval_predictions, clusters,
              metrics["sigma_0_dex"], metrics["msigma_gapper_scatter_dex"])
 
 
+def _coverage_checks(s, cl, test_pred, eval_pred, post) -> dict:
+    """How sure the coverage numbers are: the eval-set coverage with errors from
+    resampling whole halos (sightlines of one halo are correlated), and the test set's own
+    out-of-sample coverage by 5-fold cross-validation over halos (3-4x the eval pairs)."""
+    from ..calibration import cross_validated_pit
+    from ..metrics import NOMINAL_68, grouped_coverage_error
+
+    c = s.calibration
+    halo = dict(zip(cl["cluster_id"].tolist(), cl["halo_id"].tolist()))
+    eval_halos = np.array([halo[i] for i in eval_pred["cluster_id"].tolist()])
+    test_halos = np.array([halo[i] for i in test_pred["cluster_id"].tolist()])
+    seed = stage_seed(s.seed, "evaluate") % (2 ** 32)
+    m = post["log10_m200c_true"]
+    out = {"n_eval_halos": int(np.unique(eval_halos).size)}
+    for lvl, lo, hi in (("68", "lo68", "hi68"), ("95", "lo95", "hi95")):
+        inside = (m >= post[lo]) & (m <= post[hi])
+        out[f"coverage_{lvl}_err_halos"] = grouped_coverage_error(
+            inside, eval_halos, seed=seed)["stderr_grouped"]
+    pit = cross_validated_pit(test_pred["log10_m200c_pred"], test_pred["log10_m200c_true"],
+                              test_halos, seed=seed, bandwidth=c.get("bandwidth", 0.2),
+                              n_d=c.get("n_grid_pred", 1000), n_m=c.get("n_grid_mass", 1000))
+    ok = np.isfinite(pit)
+    for lvl, half in (("68", 0.5 * NOMINAL_68), ("95", 0.475)):
+        inside = np.abs(pit[ok] - 0.5) < half
+        g = grouped_coverage_error(inside, test_halos[ok], seed=seed)
+        out[f"test_cv_coverage_{lvl}"] = g["fraction"]
+        out[f"test_cv_coverage_{lvl}_err_halos"] = g["stderr_grouped"]
+    out["n_test_halos"] = int(np.unique(test_halos).size)
+    out["coverage_checks"] = (
+        "coverage_*_err_halos: s.d. of the coverage over 1000 resamplings of whole halos; "
+        "test_cv_coverage_*: the test set's out-of-sample coverage, each of 5 halo folds "
+        "calibrated on the other four (cmpipe.calibration.cross_validated_pit)")
+    log.info("coverage 68%%: eval %.3f +- %.3f (%d halos); test set cross-validated %.3f "
+             "+- %.3f (%d halos)", float(np.mean((m >= post["lo68"]) & (m <= post["hi68"]))),
+             out["coverage_68_err_halos"], out["n_eval_halos"], out["test_cv_coverage_68"],
+             out["test_cv_coverage_68_err_halos"], out["n_test_halos"])
+    return out
+
+
 def evaluation_plots(*, joint_pdf, test_predictions, metrics, posteriors, joint_png,
                      predictions_png, calibration_png, interlopers_png, baselines_png):
     """Rule ``evaluation_plots``: paper Figs. 4-6, the calibration curve, baselines."""
     import json
 
-    from . import plots
+    from .. import plots
     from ..calibration import JointPDF
 
     m = json.loads(Path(metrics).read_text())

@@ -119,7 +119,12 @@ def _cluster_chunks(n_clusters, chunk):
 
 
 def apply_flux_limit(*, config, projected, out, chunk_clusters=2000):
-    """Rule ``flux_limit``: observers, apparent magnitudes, r < limit, richness cut."""
+    """Rule ``flux_limit``: observers, apparent magnitudes, r < limit, richness cut.
+
+    With ``mock.members: bound`` (the pure catalogue) interlopers (``is_member == 0``) are
+    dropped first, so the richness cut and everything downstream see bound members only;
+    the observers are the same as in the contaminated catalogue of the same seed.
+    """
     from ..fluxlimit import draw_observer_distances, flux_limit
 
     s = _settings(config)
@@ -137,6 +142,11 @@ def apply_flux_limit(*, config, projected, out, chunk_clusters=2000):
         for sl in _cluster_chunks(len(dist), chunk_clusters):
             rows = slice(int(offsets[sl.start]), int(offsets[sl.stop]))
             gal, _ = read_table(projected, group="galaxies", rows=rows)
+            if s.mock.members == "bound":
+                bound = gal["is_member"] != 0
+                totals["n_interlopers_dropped"] = (totals.get("n_interlopers_dropped", 0)
+                                                   + int((~bound).sum()))
+                gal = {k: v[bound] for k, v in gal.items()}
             cl = {k: v[sl] for k, v in clusters.items()}
             c_out, g_out, counts = flux_limit(cl, gal, dist[sl], cosmology=cosmo,
                                               mag_r_limit=s.mock.mag_r_limit,
@@ -145,7 +155,7 @@ def apply_flux_limit(*, config, projected, out, chunk_clusters=2000):
             w.append("galaxies", g_out)
             for k, v in counts.items():
                 totals[k] = totals.get(k, 0) + v
-        w.set_attrs("clusters", dict(flux_limit_counts=totals,
+        w.set_attrs("clusters", dict(flux_limit_counts=totals, members=s.mock.members,
                                      mag_r_limit=s.mock.mag_r_limit,
                                      observer_radius_mpc_h=s.mock.observer_radius_mpc_h,
                                      min_galaxies=s.mock.min_galaxies))
@@ -154,6 +164,9 @@ def apply_flux_limit(*, config, projected, out, chunk_clusters=2000):
              totals.get("n_clusters_in", 0), totals.get("n_dropped_too_few", 0),
              s.mock.min_galaxies, totals.get("n_galaxies_kept", 0),
              totals.get("n_galaxies_in", 0))
+    if s.mock.members == "bound":
+        log.info("pure catalogue (mock.members: bound): %d interlopers dropped before the "
+                 "flux limit", totals.get("n_interlopers_dropped", 0))
     if totals.get("n_clusters_kept", 0) == 0:
         raise CatalogueError(projected, "n_gal", "no projected cluster survives the flux limit",
                              "raise mock.mag_r_limit, lower mock.min_galaxies or "
@@ -211,7 +224,7 @@ def mock_plots(*, summary, clusters, mass_function_png, splits_png, phase_space_
     """Rule ``mock_plots``: figures of the mock catalogue (read from its products)."""
     import json
 
-    from . import plots
+    from .. import plots
 
     summ = json.loads(Path(summary).read_text())
     cl, _ = read_table(clusters, group="clusters")

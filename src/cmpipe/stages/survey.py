@@ -429,23 +429,26 @@ def survey_posteriors(*, config, model, joint_pdf, cubes, phase_space, out, csv_
         for key in SURVEY_POSTERIOR_KEYS:
             table[f"{p}_{key}"] = np.full(n, np.nan)
     prior = prior_from_joint_pdf(pdf)
+    m_range = _population_mass_range(s, pdf)
     idx = np.flatnonzero(ok)
     for c0 in range(0, idx.size, 2048):
         sel = idx[c0:c0 + 2048]
         su = summaries_under_priors(pdf.m_grid, pdf_rows(pdf, d[sel]), cl["z"][sel], cosmo,
-                                    prior)
+                                    prior, log10_m_range=m_range)
         for p, name in (("flat", "test_prior"), ("pop", "population_prior")):
             for key in SURVEY_POSTERIOR_KEYS:
                 table[f"{p}_{key}"][sel] = su[name][key]
     meta = dict(
         run=s.run, model=str(model), joint_pdf=str(joint_pdf),
         prior_flat=SURVEY_PRIORS["flat"], prior_pop=SURVEY_PRIORS["pop"],
+        population_log10_m_range=list(m_range),
         n_clusters=int(n), n_with_posterior=int(np.isfinite(table["flat_median"]).sum()),
         n_skipped=int(cl["skipped"].sum()), n_extrapolated=int(table["extrapolated"].sum()),
         comments=["flat_*: posterior under the test-set prior (flat in log M): "
                   "the paper's calibrated posterior",
                   "pop_*: posterior under the Tinker (2008) mass function at the cluster "
-                  "redshift (population prior)",
+                  f"redshift (population prior), truncated to log10 M in [{m_range[0]:.3f}, "
+                  f"{m_range[1]:.3f}]",
                   "masses log10(M200c / h^-1 Msun); *_sd in dex; lo68/hi68 = 15.87/84.13%, "
                   "lo95/hi95 = 2.5/97.5% quantiles",
                   "skipped = 1: fewer than survey.min_galaxies galaxies in the window (NaN)"])
@@ -467,6 +470,34 @@ def survey_posteriors(*, config, model, joint_pdf, cubes, phase_space, out, csv_
                  float(np.median(table["flat_median"][good])), float(np.median(shift)))
     else:
         log.warning("survey posteriors: no cluster has a cube; every posterior is NaN")
+
+
+def _population_mass_range(s, pdf) -> tuple[float, float]:
+    """True-mass range of the population prior: the sample's (config, or the synthetic
+    survey's mass threshold) clipped to the calibrated range of the joint PDF."""
+    sv = _survey_cfg(s)
+    pp = dict(sv.get("population_prior") or {})
+    cal_lo, cal_hi = pdf.calibrated_mass_range
+    lo = pp.get("log10_m_min")
+    if lo is None and sv.get("source", "synthetic") == "synthetic":
+        lo = sv.get("synthetic", {}).get("log10_m_min", cal_lo)
+    hi = pp.get("log10_m_max")
+    lo = cal_lo if lo is None else max(float(lo), cal_lo)
+    hi = cal_hi if hi is None else min(float(hi), cal_hi)
+    if not lo < hi:
+        raise ConfigError(f"survey.population_prior: the mass range [{lo}, {hi}] is empty "
+                          f"inside the calibrated range [{cal_lo:.3f}, {cal_hi:.3f}] of the "
+                          "joint PDF; widen log10_m_min/log10_m_max or set them to null")
+    return float(lo), float(hi)
+
+
+def _post_meta(path) -> dict:
+    from astropy.table import Table
+
+    try:
+        return dict(Table.read(path).meta)
+    except Exception:                                   # CSV/FITS without the ECSV header
+        return {}
 
 
 def _read_astropy_columns(path):
@@ -498,9 +529,9 @@ def _tinker_callable(meta, cosmo):
     return (lambda m: tinker08_dndlog10m(m, z, cosmo)), z, f"Tinker (2008) at z = {z:g}"
 
 
-def _pull_stats(est, lo, hi, ref, ref_err):
-    sig = 0.5 * (hi - lo)
-    tot = np.sqrt(sig ** 2 + np.where(np.isfinite(ref_err), ref_err, 0.0) ** 2)
+def _pull_stats(est, sigma, ref, ref_err, lo, hi):
+    """Pulls ``(est - ref) / sqrt(sigma^2 + ref_err^2)`` and their summary."""
+    tot = np.sqrt(sigma ** 2 + np.where(np.isfinite(ref_err), ref_err, 0.0) ** 2)
     ok = np.isfinite(est) & np.isfinite(ref) & (tot > 0)
     if not ok.any():
         return dict(n=0), np.full(est.shape, np.nan)
@@ -509,6 +540,8 @@ def _pull_stats(est, lo, hi, ref, ref_err):
     res = est[ok] - ref[ok]
     out = dict(n=int(ok.sum()), pull_mean=float(pull[ok].mean()),
                pull_sd=float(pull[ok].std(ddof=1)) if ok.sum() > 1 else None,
+               pull_mean_err=float(pull[ok].std(ddof=1) / np.sqrt(ok.sum()))
+               if ok.sum() > 1 else None,
                residual_mean_dex=float(res.mean()),
                residual_sd_dex=float(res.std(ddof=1)) if ok.sum() > 1 else None,
                median_sigma_dex=float(np.median(tot[ok])),
@@ -516,8 +549,20 @@ def _pull_stats(est, lo, hi, ref, ref_err):
     return out, pull
 
 
+#: The two pull definitions of pulls.json: the primary one has mean 0 and sd 1 over the
+#: population exactly when the posteriors are right (E[M - E(M|d)] = 0, E[(M - E)^2 / Var]
+#: = 1); the median/half-interval one is the paper's Fig. 9 style and is skewed by
+#: asymmetric posteriors (a truncated prior pulls the median below the mean).
+PULL_DEFINITIONS = {
+    "mean_sd": ("mean", "(posterior mean - reference) / sqrt(posterior sd^2 + reference "
+                "error^2)"),
+    "median_half68": ("median", "(posterior median - reference) / sqrt(((hi68 - lo68) / "
+                      "2)^2 + reference error^2)"),
+}
+
+
 def survey_mass_function(*, config, posteriors, meta, truth, out, pulls_out,
-                         mass_function_png, pulls_png):
+                         mass_function_png, pulls_png, joint_pdf=None):
     """Rule ``mass_function``: the survey's dn/dlog10M, Tinker (2008), pulls and figures.
 
     The estimator of :func:`cmpipe.massfunction.estimate_mass_function` (inverse-uncertainty
@@ -525,13 +570,18 @@ def survey_mass_function(*, config, posteriors, meta, truth, out, pulls_out,
     ``estimate`` with their standard deviations; Tinker (2008) as the survey should see it
     (snapshot redshift for the synthetic box, the comoving-shell average for a real
     catalogue), and forward-modelled through the measured scatter and the kernel
-    (:func:`cmpipe.massfunction.forward_model`). Pulls against true masses (synthetic) or
-    catalogue masses where they exist (docs/data-products.md for every definition).
+    (:func:`cmpipe.massfunction.forward_model`), and, given the calibration ``joint_pdf``,
+    forward-modelled through the calibrated likelihood P(d~ | M) and the same posteriors
+    and estimator (:func:`cmpipe.massfunction.forward_model_calibrated`; the comparison
+    uses this one). Pulls against true masses (synthetic) or catalogue masses where they
+    exist (docs/data-products.md for every definition).
     """
     import json
 
-    from . import plots
-    from ..massfunction import LN10, estimate_mass_function, forward_model, local_slope
+    from .. import plots
+    from ..calibration import JointPDF
+    from ..massfunction import (LN10, estimate_mass_function, forward_model,
+                                forward_model_calibrated, local_slope)
 
     s = _settings(config)
     cosmo = make_cosmology(s.cosmology)
@@ -592,9 +642,30 @@ def survey_mass_function(*, config, posteriors, meta, truth, out, pulls_out,
             "log10_m_min", 13.7)))
     else:
         m_true_min = 12.0
-    forward = np.asarray(forward_model(grid, z_th, cosmo, scatter_dex=scatter,
-                                       kernel_dex=kernel, log10_m_true_min=m_true_min,
-                                       dndlog10m=n_of_m), dtype=float)
+    forward_gauss = np.asarray(forward_model(grid, z_th, cosmo, scatter_dex=scatter,
+                                             kernel_dex=kernel, log10_m_true_min=m_true_min,
+                                             dndlog10m=n_of_m), dtype=float)
+    forward, forward_info = forward_gauss, dict(
+        method="gaussian", note=f"Tinker convolved with a Gaussian of {scatter_from} and "
+        "the estimator's kernel (no joint PDF given)")
+    if joint_pdf is not None:
+        pdf = JointPDF.load(joint_pdf)
+        cal_lo, cal_hi = pdf.calibrated_mass_range
+        t_range = (max(m_true_min, cal_lo), cal_hi)
+        fw = forward_model_calibrated(
+            pdf, grid, cosmo, volume_mpc_h3=volume, log10_m_true_range=t_range,
+            bandwidth_dex=kernel if bw == "scott" else bw, z_clusters=post["z"][use],
+            z_mass_function=z_th, prior=mf.get("prior", "flat"), estimate=est_key,
+            dndlog10m=n_of_m, scale=float(mf.get("forward_scale", 20.0)),
+            seed=stage_seed(s.seed, "mass_function_forward") % (2 ** 32))
+        forward = np.asarray(fw["dn_dlog10m"], dtype=float)
+        forward_info = dict(
+            method="calibrated", log10_m_true_range=list(t_range),
+            n_expected=fw["n_expected"], n_simulated=fw["n_simulated"],
+            note="Tinker masses in log10_m_true_range drawn at forward_scale x the survey "
+                 "volume; d~ drawn from the joint PDF's P(d~ | M); the same posteriors, "
+                 "point estimate, sd weights and kernel as the data")
+        m_true_min = t_range[0]
 
     m_c = mf.get("log10_m_complete")
     if m_c is None:
@@ -611,19 +682,25 @@ def survey_mass_function(*, config, posteriors, meta, truth, out, pulls_out,
     tinker_in = compared & (est.lo68 <= tinker) & (tinker <= est.hi68)
     n_cmp = int(compared.sum())
 
-    # pulls under both priors
+    # pulls under both priors, both definitions (PULL_DEFINITIONS; mean_sd is the primary)
     pulls = {}
     per_cluster = {}
     for name, q in (("flat", "flat"), ("population", "pop")):
-        stats, pull = _pull_stats(post[f"{q}_median"], post[f"{q}_lo68"], post[f"{q}_hi68"],
-                                  ref, ref_err)
-        sel = np.isfinite(post[f"{q}_median"]) & (post[f"{q}_median"] >= m_c)
-        stats_sel, _ = _pull_stats(np.where(sel, post[f"{q}_median"], np.nan),
-                                   post[f"{q}_lo68"], post[f"{q}_hi68"], ref, ref_err)
-        pulls[name] = dict(all=stats, selected_on_estimate=stats_sel)
-        per_cluster[name] = pull
+        lo, hi = post[f"{q}_lo68"], post[f"{q}_hi68"]
+        for defn, (key, _) in PULL_DEFINITIONS.items():
+            est_q = post[f"{q}_{key}"]
+            sig = post[f"{q}_sd"] if key == "mean" else 0.5 * (hi - lo)
+            stats, pull = _pull_stats(est_q, sig, ref, ref_err, lo, hi)
+            sel = np.isfinite(est_q) & (est_q >= m_c)
+            stats_sel, _ = _pull_stats(np.where(sel, est_q, np.nan), sig, ref, ref_err, lo,
+                                       hi)
+            if defn == "mean_sd":
+                pulls[name] = dict(all=stats, selected_on_estimate=stats_sel)
+                per_cluster[name] = pull
+            else:
+                pulls[name][defn] = dict(all=stats, selected_on_estimate=stats_sel)
     edd = None
-    fm = post["flat_median"]
+    fm = post["flat_mean"]
     sel = np.isfinite(fm) & np.isfinite(ref) & (fm >= m_c)
     if reference != "none" and np.sum(np.isfinite(fm) & np.isfinite(ref)) > 1:
         both = np.isfinite(fm) & np.isfinite(ref)
@@ -631,7 +708,7 @@ def survey_mass_function(*, config, posteriors, meta, truth, out, pulls_out,
         base = sel if sel.any() else both
         alpha = float(np.mean(local_slope(fm[base], z_th, cosmo)))
         shift = -alpha * sig_flat ** 2
-        med_sig = float(np.median(0.5 * (post["flat_hi68"] - post["flat_lo68"])[base]))
+        med_sig = float(np.median(post["flat_sd"][base]))
         edd = dict(
             scatter_dex=sig_flat, alpha_per_dex=alpha, beta=alpha / LN10,
             shift_dex=shift, shift_pull=shift / med_sig if med_sig > 0 else None,
@@ -639,7 +716,7 @@ def survey_mass_function(*, config, posteriors, meta, truth, out, pulls_out,
             flat_residual_mean_dex_selected=pulls["flat"]["selected_on_estimate"].get(
                 "residual_mean_dex"),
             flat_pull_mean_all=pulls["flat"]["all"].get("pull_mean"),
-            note="shift_dex = -alpha sigma^2: the mean (flat-prior median - reference) "
+            note="shift_dex = -alpha sigma^2: the mean (flat-prior mean - reference) "
                  "expected for clusters selected on their flat-prior estimate (>= "
                  "log10_m_complete), alpha = d ln n / d log10 M of Tinker (2008) at those "
                  "estimates, sigma the measured flat-prior scatter; for a sample selected on "
@@ -647,9 +724,12 @@ def survey_mass_function(*, config, posteriors, meta, truth, out, pulls_out,
                  "~ -shift_dex instead.")
     result = dict(
         run=s.run, source=info.get("source"), reference=reference,
-        estimate="posterior median", sigma="half the 68.27% interval (hi68 - lo68) / 2; "
-        "catalogue mass errors added in quadrature",
-        pull_definition="(log10 M_pred - log10 M_ref) / sigma",
+        estimate="posterior mean", sigma="posterior standard deviation; catalogue mass "
+        "errors added in quadrature",
+        pull_definition=PULL_DEFINITIONS["mean_sd"][1],
+        pull_definition_median_half68=PULL_DEFINITIONS["median_half68"][1] + " (keys "
+        "flat.median_half68, population.median_half68)",
+        population_log10_m_range=_post_meta(posteriors).get("population_log10_m_range"),
         n_clusters=int(len(post["cluster_id"])), n_with_posterior=int(
             np.isfinite(post["flat_median"]).sum()),
         n_matched=int(np.sum(np.isfinite(fm) & np.isfinite(ref))),
@@ -659,13 +739,15 @@ def survey_mass_function(*, config, posteriors, meta, truth, out, pulls_out,
             prior=mf.get("prior", "flat"), estimate=est_key, n_clusters=int(use.sum()),
             volume_mpc_h3=volume, kernel_dex=kernel, bandwidth=bw, n_boot=est.n_boot,
             theory=theory_label, forward_scatter_dex=scatter, forward_scatter_from=
-            scatter_from, forward_log10_m_true_min=m_true_min,
+            scatter_from, forward_log10_m_true_min=m_true_min, forward=forward_info,
+            forward_scale=float(mf.get("forward_scale", 20.0)),
             compared_log10_m_range=[m_c, m_top], n_bins_compared=n_cmp,
             n_bins_forward_in_band=int(in_band.sum()),
             fraction_forward_in_band=float(in_band.sum() / n_cmp) if n_cmp else None,
             fraction_tinker_in_band=float(tinker_in.sum() / n_cmp) if n_cmp else None))
     table = dict(log10_m=grid, dn_dlog10m=est.dn_dlog10m, lo68=est.lo68, hi68=est.hi68,
                  boot_sd=est.boot_sd, tinker08=tinker, tinker08_forward=forward,
+                 tinker08_forward_gaussian=forward_gauss,
                  compared=compared.astype(np.int8), forward_in_band=in_band.astype(np.int8))
     from astropy.table import Table
 

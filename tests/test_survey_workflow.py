@@ -17,6 +17,7 @@ import pytest
 from astropy.table import Table
 
 from cmpipe import stages
+from cmpipe.calibration import JointPDF
 from cmpipe.cosmology import make_cosmology
 from cmpipe.io.cubes import CubeReader
 from cmpipe.io.survey import (SURVEY_CLUSTER_SCHEMA, SURVEY_GALAXY_SCHEMA, read_survey_clusters,
@@ -125,9 +126,14 @@ def test_cubes_phase_space_and_posteriors_are_consistent(tiny):
         for a, b in zip(chain[:-1], chain[1:]):
             assert np.all(a <= b + 1e-12)
         assert np.all(post[f"{p}_sd"][ok] > 0)
-    # the population prior pulls masses down the steep mass function
+    # the population prior pulls masses down the steep mass function, but never below
+    # the sample's true-mass threshold (survey.synthetic.log10_m_min = 13.7)
     both = np.isfinite(post["flat_median"]) & np.isfinite(post["pop_median"])
     assert np.median(post["pop_median"][both] - post["flat_median"][both]) < 0
+    lo, hi = t.meta["population_log10_m_range"]
+    assert lo == pytest.approx(13.7) and hi > 14.5
+    assert np.all(post["pop_lo95"][both] >= lo - 1e-9)
+    assert np.all(post["pop_hi95"][both] <= hi + 1e-9)
     _, csv = _table(res / "survey/posteriors.csv")
     for k in post:
         np.testing.assert_allclose(np.asarray(csv[k], float), np.asarray(post[k], float),
@@ -138,14 +144,20 @@ def test_mass_function_and_pulls(tiny):
     _, res = tiny
     mf = Table.read(res / "survey/mass_function.csv", format="ascii.csv")
     for c in ("log10_m", "dn_dlog10m", "lo68", "hi68", "boot_sd", "tinker08",
-              "tinker08_forward", "compared", "forward_in_band"):
+              "tinker08_forward", "tinker08_forward_gaussian", "compared", "forward_in_band"):
         assert c in mf.colnames
     assert np.all(mf["lo68"] <= mf["hi68"]) and np.all(mf["tinker08"] > 0)
     pulls = json.loads((res / "survey/pulls.json").read_text())
     assert pulls["reference"] == "truth" and pulls["n_matched"] > 20
     for p in ("flat", "population"):
-        st = pulls[p]["all"]
-        assert np.isfinite(st["pull_mean"]) and st["pull_sd"] > 0
+        for st in (pulls[p]["all"], pulls[p]["median_half68"]["all"]):
+            assert np.isfinite(st["pull_mean"]) and st["pull_sd"] > 0
+    assert pulls["population_log10_m_range"][0] == pytest.approx(13.7)
+    # the forward model goes through the calibration: its expected count is the Tinker
+    # count of the survey volume above the threshold
+    fw = pulls["mass_function"]["forward"]
+    assert fw["method"] == "calibrated" and fw["log10_m_true_range"][0] == pytest.approx(13.7)
+    assert fw["n_simulated"] == pytest.approx(20 * fw["n_expected"], rel=0.01)
     e = pulls["eddington"]
     assert e["alpha_per_dex"] < 0 and e["shift_dex"] > 0
     m = pulls["mass_function"]
@@ -255,9 +267,15 @@ def test_catalogue_source_runs_the_same_code_path(tiny, cfg, tmp_path):
                                 meta=tmp_path / "meta.json", truth=out["truth"],
                                 out=tmp_path / "mf.csv", pulls_out=tmp_path / "pulls.json",
                                 mass_function_png=tmp_path / "mf.png",
-                                pulls_png=tmp_path / "pulls.png")
+                                pulls_png=tmp_path / "pulls.png",
+                                joint_pdf=res / "calibration/joint_pdf.h5")
     pulls = json.loads((tmp_path / "pulls.json").read_text())
     assert pulls["reference"] == "catalogue"
+    # a catalogue's population prior and forward model span the calibrated range
+    cal = JointPDF.load(res / "calibration/joint_pdf.h5").calibrated_mass_range
+    assert pulls["mass_function"]["forward"]["log10_m_true_range"] == pytest.approx(list(cal))
+    assert Table.read(tmp_path / "post.ecsv").meta["population_log10_m_range"] == \
+        pytest.approx(list(cal))
     z_ok = np.sum(np.isfinite(np.asarray(a["flat_median"], float)) & (a["z"] <= 0.06))
     assert pulls["mass_function"]["n_clusters"] == z_ok
     assert "Tinker (2008) averaged over the shell" in pulls["mass_function"]["theory"]

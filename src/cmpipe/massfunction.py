@@ -73,7 +73,7 @@ from .calibration import _normalise as _normalise_rows
 from .calibration import _rows as _pdf_rows
 from .calibration import _quantiles as _posterior_quantiles
 from .cosmology import Cosmology
-from .universe import tinker08_dndlnm
+from .universe import halo_bias, tinker08_dndlnm
 
 __all__ = [
     "LN10",
@@ -520,6 +520,55 @@ def population_prior_posterior(m_grid, flat_posterior, z, cosmology: Cosmology,
     return out[0] if one else out
 
 
+def observe_through_calibration(pdf: JointPDF, m_true, cosmology: Cosmology, *,
+                                rng: np.random.Generator, z=0.1, prior: str = "flat",
+                                estimate: str = "median", log10_m_range=None):
+    """Mock observations of clusters of known true mass through the calibration: a network
+    prediction ``d~`` drawn for each from the joint PDF's column at its mass
+    (``P(d~ | M)``, inverse CDF over ``pdf.d_grid``, nearest mass node), then its posterior
+    under ``prior`` ("flat" = the test-set prior, or "population" at redshift ``z``,
+    truncated to ``log10_m_range``) summarised by ``estimate`` and the posterior sd.
+
+    Returns
+    -------
+    (m_est, sd) : ndarray, ndarray
+        Shape of ``m_true``; NaN where the column or the posterior is empty.
+    """
+    if prior not in ("flat", "population"):
+        raise ValueError(f"prior must be 'flat' or 'population', got {prior!r}")
+    m_true = np.asarray(m_true, dtype=float)
+    n = m_true.size
+    table = np.asarray(pdf.table, dtype=float)
+    col = np.clip(np.rint((m_true - pdf.m_grid[0]) / pdf.m_step).astype(int), 0,
+                  pdf.m_grid.size - 1)
+    d = np.full(n, np.nan)
+    u = rng.random(n)
+    for j in np.unique(col):
+        c = np.concatenate([[0.0], np.cumsum(0.5 * (table[1:, j] + table[:-1, j]))])
+        if c[-1] <= 0:
+            continue
+        sel = col == j
+        d[sel] = np.interp(u[sel] * c[-1], c, pdf.d_grid)
+    zs = np.broadcast_to(np.asarray(z, dtype=float), (n,))
+    test_prior = prior_from_joint_pdf(pdf)
+    m_est = np.full(n, np.nan)
+    sd = np.full(n, np.nan)
+    key = "test_prior" if prior == "flat" else "population_prior"
+    idx = np.flatnonzero(np.isfinite(d))
+    level = log.level
+    log.setLevel(logging.ERROR)          # posterior mass cut at the range edges is expected
+    try:
+        for c0 in range(0, idx.size, 2048):
+            sel = idx[c0:c0 + 2048]
+            su = summaries_under_priors(pdf.m_grid, _pdf_rows(pdf, d[sel]), zs[sel],
+                                        cosmology, test_prior,
+                                        log10_m_range=log10_m_range)[key]
+            m_est[sel], sd[sel] = su[estimate], su["sd"]
+    finally:
+        log.setLevel(level)
+    return m_est, sd
+
+
 def forward_model_calibrated(pdf: JointPDF, log10_m_grid, cosmology: Cosmology, *,
                              volume_mpc_h3: float, log10_m_true_range, bandwidth_dex,
                              z_clusters, z_mass_function: float, prior: str = "flat",
@@ -531,13 +580,12 @@ def forward_model_calibrated(pdf: JointPDF, log10_m_grid, cosmology: Cosmology, 
 
     A Monte Carlo of the survey, ``scale`` times larger: true masses drawn from
     ``dndlog10m`` (Tinker 2008 at ``z_mass_function`` by default) in
-    ``log10_m_true_range``; for each, a network prediction ``d~`` drawn from the joint
-    PDF's column at that mass (``P(d~ | M)``: inverse CDF over ``pdf.d_grid``); then the
-    same posterior (``prior`` "flat" = the test-set prior, or "population" with a redshift
-    resampled from ``z_clusters``), the same point ``estimate`` and posterior sd, and the
-    same weighted-KDE estimator with the same kernel ``bandwidth_dex`` as the data. The
+    ``log10_m_true_range``, observed through :func:`observe_through_calibration` (with a
+    redshift resampled from ``z_clusters`` for the population prior), then the same
+    weighted-KDE estimator with the same kernel ``bandwidth_dex`` as the data. The
     network's mean reversion, its mass-dependent scatter and the posterior edges are all in
-    it; only the sample variance is reduced (by ``scale``).
+    it; only the sample variance is reduced (by ``scale``), and the sample variance of the
+    real survey (:func:`sample_variance_fraction`) is not in it.
 
     Returns
     -------
@@ -545,8 +593,6 @@ def forward_model_calibrated(pdf: JointPDF, log10_m_grid, cosmology: Cosmology, 
         ``dn_dlog10m`` (on ``log10_m_grid``, h^3 Mpc^-3 dex^-1), ``n_expected`` (clusters
         expected in the real volume), ``n_simulated``, ``m_true`` and ``m_est`` (the draws).
     """
-    if prior not in ("flat", "population"):
-        raise ValueError(f"prior must be 'flat' or 'population', got {prior!r}")
     lo, hi = (float(v) for v in log10_m_true_range)
     mt = np.arange(lo, hi + 0.5 * step_dex, step_dex)
     n = np.asarray(dndlog10m(mt) if dndlog10m is not None
@@ -558,43 +604,68 @@ def forward_model_calibrated(pdf: JointPDF, log10_m_grid, cosmology: Cosmology, 
     rng = np.random.default_rng(seed)
     cdf_m = np.concatenate([[0.0], np.cumsum(0.5 * (n[1:] + n[:-1]) * np.diff(mt))])
     m_true = np.interp(rng.random(n_sim) * cdf_m[-1], cdf_m, mt)
-
-    # d~ | M: inverse CDF of the joint PDF's column at the nearest mass node
-    table = np.asarray(pdf.table, dtype=float)
-    col = np.clip(np.rint((m_true - pdf.m_grid[0]) / pdf.m_step).astype(int), 0,
-                  pdf.m_grid.size - 1)
-    d = np.full(n_sim, np.nan)
-    u = rng.random(n_sim)
-    for j in np.unique(col):
-        c = np.concatenate([[0.0], np.cumsum(0.5 * (table[1:, j] + table[:-1, j]))])
-        if c[-1] <= 0:
-            continue
-        sel = col == j
-        d[sel] = np.interp(u[sel] * c[-1], c, pdf.d_grid)
-    keep = np.isfinite(d)
     z = np.asarray(z_clusters, dtype=float)
     z = z[np.isfinite(z)]
     zs = rng.choice(z, size=n_sim) if z.size else np.full(n_sim, z_mass_function)
-    test_prior = prior_from_joint_pdf(pdf)
-    m_est = np.full(n_sim, np.nan)
-    sd = np.full(n_sim, np.nan)
-    key = "test_prior" if prior == "flat" else "population_prior"
-    idx = np.flatnonzero(keep)
-    level = log.level
-    log.setLevel(logging.ERROR)          # posterior mass cut at the range edges is expected
-    try:
-        for c0 in range(0, idx.size, 2048):
-            sel = idx[c0:c0 + 2048]
-            su = summaries_under_priors(pdf.m_grid, _pdf_rows(pdf, d[sel]), zs[sel],
-                                        cosmology, test_prior, log10_m_range=(lo, hi))[key]
-            m_est[sel], sd[sel] = su[estimate], su["sd"]
-    finally:
-        log.setLevel(level)
+    m_est, sd = observe_through_calibration(pdf, m_true, cosmology, rng=rng, z=zs,
+                                            prior=prior, estimate=estimate,
+                                            log10_m_range=(lo, hi))
     ok = np.isfinite(m_est) & np.isfinite(sd) & (sd > 0)
     dn = kde_mass_function(m_est[ok], sd[ok], float(volume_mpc_h3) * ok.sum() / n_expected,
                            log10_m_grid, bandwidth_dex=bandwidth_dex)
     return dict(dn_dlog10m=dn, n_expected=n_expected, n_simulated=int(ok.sum()),
                 m_true=m_true[ok], m_est=m_est[ok])
+
+
+def forward_model_from_masses(pdf: JointPDF, m_true, log10_m_grid, cosmology: Cosmology, *,
+                              volume_mpc_h3: float, bandwidth_dex, z_clusters=0.1,
+                              prior: str = "flat", estimate: str = "median",
+                              log10_m_range=None, repeats: int = 20,
+                              seed: int = 0) -> np.ndarray:
+    """What the estimator should see for *these* true masses (e.g. the synthetic survey's
+    own clusters): each observed ``repeats`` times through
+    :func:`observe_through_calibration`, the same estimator and kernel, normalised to the
+    real number of clusters. Free of the sample variance that separates a survey from
+    Tinker, so it checks the calibration and the estimator alone.
+
+    Returns
+    -------
+    ndarray
+        dn/dlog10 M on ``log10_m_grid``, h^3 Mpc^-3 dex^-1.
+    """
+    m_true = np.asarray(m_true, dtype=float)
+    m_true = m_true[np.isfinite(m_true)]
+    if m_true.size == 0:
+        raise ValueError("forward_model_from_masses: no finite true mass")
+    rng = np.random.default_rng(seed)
+    m_rep = np.repeat(m_true, repeats)
+    z = np.broadcast_to(np.asarray(z_clusters, dtype=float), m_true.shape)
+    m_est, sd = observe_through_calibration(pdf, m_rep, cosmology, rng=rng,
+                                            z=np.repeat(z, repeats), prior=prior,
+                                            estimate=estimate, log10_m_range=log10_m_range)
+    ok = np.isfinite(m_est) & np.isfinite(sd) & (sd > 0)
+    vol = float(volume_mpc_h3) * ok.sum() / m_true.size
+    return kde_mass_function(m_est[ok], sd[ok], vol, log10_m_grid, bandwidth_dex=bandwidth_dex)
+
+
+def sample_variance_fraction(log10_m, z: float, cosmology: Cosmology,
+                             volume_mpc_h3: float) -> np.ndarray:
+    """Relative sample (cosmic) variance of the cluster density in a survey volume,
+    ``b(M) sigma_lin(R_V)``: the Tinker et al. (2010) bias (colossus, M200c) times the rms
+    linear density contrast in a top-hat sphere of the survey's volume (colossus
+    ``sigma(R)`` at ``z``; Hu & Kravtsov 2003 to first order). One fluctuation moves all
+    masses together (fully correlated across bins). A cap-shaped survey has somewhat less
+    variance than the sphere of equal volume; a finite simulation box misses modes larger
+    than itself.
+
+    Returns
+    -------
+    ndarray
+        Fractional standard deviation of dn/dlog10 M at each mass.
+    """
+    r = (3.0 * float(volume_mpc_h3) / (4.0 * np.pi)) ** (1.0 / 3.0)
+    b = halo_bias(log10_m, z, cosmology)
+    return np.asarray(b, dtype=float) * float(cosmology.colossus.sigma(r, z))
 
 
 def summarise_grid_posteriors(m_grid, posteriors) -> dict:

@@ -277,6 +277,14 @@ def survey_mass_function_figure(table, result, path, truth=None):
     else:
         ax.plot(m, fw, "C3-", lw=1.5, label=f"Tinker forward-modelled (scatter "
                 f"{info['forward_scatter_dex']:.2f} dex, kernel {info['kernel_dex']:.2f})")
+    if "sample_variance_sd" in table:
+        sv = np.asarray(table["sample_variance_sd"], float)
+        ax.fill_between(m, fw - sv, fw + sv, color="C3", alpha=0.12, lw=0,
+                        label="forward model +- sample variance of the survey volume")
+    if "truth_forward" in table and np.isfinite(np.asarray(table["truth_forward"],
+                                                           float)).any():
+        ax.plot(m, np.asarray(table["truth_forward"], float), "C2--", lw=1.2,
+                label="the survey's true masses through the same calibration")
     if truth is not None and len(truth.get("log10_m200c", [])):
         t = np.asarray(truth["log10_m200c"], dtype=float)
         edges = np.arange(np.floor(t.min() * 10) / 10, t.max() + 0.1, 0.1)
@@ -294,14 +302,21 @@ def survey_mass_function_figure(table, result, path, truth=None):
         ax.set_ylim(max(pos.max() * 1e-4, pos.min() * 0.5), pos.max() * 3)
     ax.set_ylabel(r"$dn/d\log_{10}M_{200c}$  [$h^3\,\mathrm{Mpc}^{-3}\,\mathrm{dex}^{-1}$]")
     frac = info.get("fraction_forward_in_band")
+    frac_sv = info.get("fraction_forward_in_band_with_sample_variance")
     ax.set_title(f"Survey mass function ({result.get('source')}); forward model in band in "
                  + (f"{frac:.0%}" if frac is not None else "n/a")
-                 + f" of {info['n_bins_compared']} bins (shaded)", fontsize=10)
+                 + (f" ({frac_sv:.0%} with sample variance)" if frac_sv is not None else "")
+                 + f" of {info['n_bins_compared']} bins (shaded)", fontsize=9)
     ax.legend(fontsize=7, loc="lower left")
     with np.errstate(divide="ignore", invalid="ignore"):
         rx.fill_between(m, lo / fw, hi / fw, color="C0", alpha=0.3, lw=0)
         rx.plot(m, est / fw, "C0-", lw=2)
         rx.plot(m, tk / fw, "k--", lw=1.2)
+        if "sample_variance_sd" in table:
+            sv = np.asarray(table["sample_variance_sd"], float)
+            rx.fill_between(m, 1 - sv / fw, 1 + sv / fw, color="C3", alpha=0.12, lw=0)
+        if "truth_forward" in table:
+            rx.plot(m, np.asarray(table["truth_forward"], float) / fw, "C2--", lw=1.2)
     rx.axhline(1, color="C3", lw=1)
     rx.set_ylim(0, 3)
     rx.set_ylabel("/ forward model")

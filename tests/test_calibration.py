@@ -352,3 +352,31 @@ def test_cross_validated_pit_is_uniform_for_gaussian_pairs():
         assert -3 * se < cov - nominal < 3 * se + 0.01, (nominal, cov)
     with pytest.raises(ValueError, match="folds"):
         cross_validated_pit(d[:6], m[:6], groups[:6], n_folds=5)
+
+
+def test_evaluation_leaves_out_a_cluster_in_a_gap_of_the_test_set():
+    """An eval prediction where the joint PDF vanishes (a gap between test-set masses wider
+    than the truncated kernels) gets NaN summaries, is counted out of every metric with a
+    warning, and does not stop the evaluation."""
+    from cmpipe.evaluation import BASELINES, evaluate
+
+    rng = np.random.default_rng(8)
+    m = np.concatenate([rng.uniform(13.7, 14.0, 300), rng.uniform(14.8, 15.1, 300)])
+    d = m + rng.normal(0, 0.02, m.size)
+    pdf = tabulate_joint_pdf(d, m, bandwidth=0.05, n_d=400, n_m=400)
+    m_e = np.array([13.8, 13.9, 14.4, 14.9, 15.0])
+    d_e = m_e + np.array([0.01, -0.01, 0.0, 0.01, -0.01])     # 14.4: in the gap
+    ids = np.arange(5)
+    ev = dict(cluster_id=ids, log10_m200c_true=m_e, log10_m200c_pred=d_e,
+              n_members=np.array([20, 40, 60, 80, 100]), n_gal=np.full(5, 120))
+    te = dict(cluster_id=np.arange(600), log10_m200c_true=m, log10_m200c_pred=d,
+              n_members=rng.integers(10, 200, 600), n_gal=np.full(600, 220))
+    cl = dict(cluster_id=ids, interloper_mass_ratio=np.zeros(5),
+              interloper_distance=np.full(5, np.nan))
+    base = lambda t: {c: t + 0.1 + rng.normal(0, 0.2, t.size)  # noqa: E731
+                      for c in BASELINES.values()}
+    metrics, post, _ = evaluate(pdf=pdf, test_pred=te, eval_pred=ev, eval_clusters=cl,
+                                test_baselines=base(m), eval_baselines=base(m_e))
+    assert metrics["n_eval"] == 4
+    assert np.isnan(post["point"][2]) and np.all(np.isfinite(np.delete(post["point"], 2)))
+    assert abs(metrics["mean_residual_dex"]) < 0.05

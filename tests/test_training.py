@@ -348,3 +348,23 @@ def test_settings_validation():
         TrainSettings(beta_2=1.0)
     with pytest.raises(ValueError, match="layers"):
         TrainSettings(layers=[{"conv": -1}])
+
+
+def test_log1p_input_is_recorded_and_used_by_predict(files, tmp_path):
+    """train.input_transform: log1p trains on log(1 + cube * scale), records it in
+    normalisation.json, and predict applies it (checked against the saved Keras model fed
+    numpy's log1p of the scaled cubes)."""
+    res = train(files["train"], files["val"], tmp_path, settings(epochs=2,
+                                                                  input_transform="log1p"))
+    norm = json.loads((tmp_path / NORMALISATION_FILE).read_text())
+    assert norm["input"]["function"] == "log1p" and "log(1 +" in norm["input"]["transform"]
+    with CubeReader(files["val"]) as r:
+        cubes = r.cubes(0, len(r))
+    model = keras.saving.load_model(res.model_path, compile=False)
+    x = np.log1p(cubes.astype(np.float64) * N ** 3).astype(np.float32)
+    ref = np.asarray(model(x, training=False))[:, 0] * norm["target"]["std"] + \
+        norm["target"]["mean"]
+    np.testing.assert_allclose(predict(tmp_path, files["val"])["log10_m200c_pred"], ref,
+                               rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="input_transform"):
+        CubeDataset(files["val"], 8, input_transform="sqrt")

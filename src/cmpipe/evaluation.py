@@ -163,7 +163,8 @@ def evaluate(*, pdf: JointPDF, test_pred: dict, eval_pred: dict, eval_clusters: 
         metrics[f"{name}_offset_dex"] = float(offset)
         metrics[f"{name}_raw_mean_residual_dex"] = rep["raw"]["mean"]
         post[f"log10_m_{name}"] = cal
-    eps = residuals(t, summ["point"])
+    eps = np.full(t.shape, np.nan)
+    eps[ok] = residuals(t[ok], summ["point"][ok])
     inter = interloper_diagnostic(eps[ok], post["interloper_mass_ratio"][ok],
                                   post["interloper_distance"][ok], log10_m_true=t[ok])
     metrics["network"] = net

@@ -9,6 +9,9 @@ training and prediction time, and both are stored in ``normalisation.json`` besi
 * input scaling: ``x = cube * scale`` with ``scale = n_voxels`` (e.g. 50^3). Every cube sums
   to 1, so after scaling the mean voxel is exactly 1 (dimensionless density contrast + 1),
   which keeps the first convolution in a well-conditioned range whatever the grid size;
+  with ``input_transform = "log1p"`` then ``x = log(1 + x)``: compact clusters of few
+  galaxies (the pure, members-only catalogue) reach ~1e4 in one voxel, a range the linear
+  input trains badly on (:func:`transform_inputs`);
 * target standardisation: ``z = (log10 M200c - mean) / std`` with ``mean`` and ``std``
   (ddof 0) of the TRAINING split; the network regresses ``z`` (MSE loss) and
   :func:`predict` returns ``z * std + mean`` in log10(h^-1 Msun).
@@ -74,6 +77,8 @@ __all__ = [
     "TrainResult",
     "CubeDataset",
     "d4_transform",
+    "INPUT_TRANSFORMS",
+    "transform_inputs",
     "train",
     "predict",
     "plot_history",
@@ -144,6 +149,7 @@ class TrainSettings:
     beta_2: float = 0.999
     patience: int = 5
     augment: bool = False
+    input_transform: str = "linear"
     seed: int = 0
     mixed_precision: bool = False
     xla: bool = False
@@ -238,6 +244,26 @@ def d4_transform(a: np.ndarray, t: int, axes=(0, 1)) -> np.ndarray:
     return np.rot90(a, k=t % 4, axes=axes)
 
 
+#: Input transforms after the scaling ``x = cube * scale`` (normalisation.json "function").
+INPUT_TRANSFORMS = {
+    "linear": "x = cube * scale; cubes sum to 1, so the mean voxel is 1",
+    "log1p": "x = log(1 + cube * scale): the scaled density, its dynamic range compressed",
+}
+
+
+def transform_inputs(x: np.ndarray, scale: float, function: str = "linear") -> np.ndarray:
+    """The network input of normalised KDE inputs ``x`` (float32, modified in place and
+    returned): ``x * scale`` and, for ``function == "log1p"``, ``log(1 + x * scale)``.
+    Training, :func:`predict` and the analyses all go through here."""
+    x *= np.float32(scale)
+    if function == "log1p":
+        np.log1p(x, out=x)
+    elif function != "linear":
+        raise ValueError(f"unknown input transform {function!r}; one of "
+                         f"{sorted(INPUT_TRANSFORMS)}")
+    return x
+
+
 class CubeDataset(keras.utils.PyDataset):
     """Batches ``(x, z)`` streamed from a cube file, for ``keras.Model.fit``.
 
@@ -256,6 +282,8 @@ class CubeDataset(keras.utils.PyDataset):
         Standardisation of log10 M200c (log10 h^-1 Msun); from the training split.
     input_scale : float, optional
         Multiplies every cube; default the number of voxels (mean voxel = 1).
+    input_transform : {"linear", "log1p"}
+        Applied after the scaling (:func:`transform_inputs`).
     shuffle : bool
         Draw a fresh permutation of the cubes each epoch from
         ``numpy.random.default_rng((seed, epoch))``; the indices of each batch are sorted
@@ -275,8 +303,8 @@ class CubeDataset(keras.utils.PyDataset):
 
     def __init__(self, path, batch_size: int = 100, *, target_mean: float = 0.0,
                  target_std: float = 1.0, input_scale: float | None = None,
-                 shuffle: bool = False, augment: bool = False, seed: int = 0, epoch: int = 0,
-                 **kwargs):
+                 input_transform: str = "linear", shuffle: bool = False,
+                 augment: bool = False, seed: int = 0, epoch: int = 0, **kwargs):
         super().__init__(**kwargs)
         self.path = Path(path)
         self.batch_size = int(batch_size)
@@ -294,6 +322,10 @@ class CubeDataset(keras.utils.PyDataset):
         self.grid = tuple(r.shape[1:])
         self.input_scale = float(math.prod(self.grid)) if input_scale is None \
             else float(input_scale)
+        if input_transform not in INPUT_TRANSFORMS:
+            raise ValueError(f"input_transform must be one of {sorted(INPUT_TRANSFORMS)}, "
+                             f"got {input_transform!r}")
+        self.input_transform = input_transform
         self.log10_m200c = r.column("log10_m200c").astype(np.float64)
         self._epoch = int(epoch)
         self._perm_cache = (None, None)
@@ -357,7 +389,7 @@ class CubeDataset(keras.utils.PyDataset):
             x = r.take(sel)
         else:
             x = np.ascontiguousarray(r.cubes(int(sel[0]), int(sel[-1]) + 1), dtype=np.float32)
-        x *= np.float32(self.input_scale)
+        transform_inputs(x, self.input_scale, self.input_transform)
         if self.augment:
             rng = np.random.default_rng([self.seed, int(epoch), int(idx), 0xD4])
             for j, t in enumerate(rng.integers(0, N_D4, size=len(x))):
@@ -518,7 +550,8 @@ def _gpu_available() -> bool:
 
 
 def train(train_path, val_path, out_dir, settings: TrainSettings | None = None, *,
-          callbacks=(), workers: int = 1, max_queue_size: int = 2) -> TrainResult:
+          callbacks=(), workers: int = 1, max_queue_size: int = 2,
+          model_file: str = MODEL_FILE) -> TrainResult:
     """Train the CNN on a cube file, early-stopping on a validation cube file; resumable.
 
     Parameters
@@ -539,6 +572,9 @@ def train(train_path, val_path, out_dir, settings: TrainSettings | None = None, 
     workers, max_queue_size : int
         Passed to :class:`CubeDataset` (threads reading batches ahead; the default reads in
         the tf.data pipeline, which already prefetches).
+    model_file : str
+        File name of the saved model in ``out_dir`` (default ``cnn3d.keras``; the
+        dimensionality ablation saves ``cnn1d.keras`` / ``cnn2d.keras``).
 
     Returns
     -------
@@ -594,13 +630,14 @@ def train(train_path, val_path, out_dir, settings: TrainSettings | None = None, 
         std = 1.0
     scale = float(math.prod(grid))
     normalisation = {
-        "input": {"scale": scale, "grid": list(grid),
-                  "transform": "x = cube * scale; cubes sum to 1, so the mean voxel is 1"},
+        "input": {"scale": scale, "grid": list(grid), "function": settings.input_transform,
+                  "transform": INPUT_TRANSFORMS[settings.input_transform]},
         "target": {"column": "log10_m200c", "unit": "log10(h^-1 Msun)", "mean": mean,
                    "std": std, "transform": "z = (log10_m200c - mean) / std",
                    "from": str(train_path), "n_train": n_train},
     }
-    ds_kw = dict(target_mean=mean, target_std=std, input_scale=scale, seed=settings.seed,
+    ds_kw = dict(target_mean=mean, target_std=std, input_scale=scale,
+                 input_transform=settings.input_transform, seed=settings.seed,
                  workers=workers, max_queue_size=max_queue_size)
     train_ds = CubeDataset(train_path, settings.batch_size, shuffle=True,
                            augment=settings.augment, **ds_kw)
@@ -661,7 +698,7 @@ def train(train_path, val_path, out_dir, settings: TrainSettings | None = None, 
         raise RuntimeError(f"validation loss was never finite in {state['epochs_done']} "
                            "epochs; lower the learning rate")
     _assign(model.variables, cb.best_weights, "best")
-    model_path = out_dir / MODEL_FILE
+    model_path = out_dir / model_file
     tmp = model_path.with_name(f".{model_path.stem}.tmp-{os.getpid()}.keras")
     try:
         model.save(tmp)
@@ -685,7 +722,8 @@ def train(train_path, val_path, out_dir, settings: TrainSettings | None = None, 
 # Prediction and plots
 # --------------------------------------------------------------------------------------------
 
-def predict(model_dir, cube_path, *, batch_size: int = 100) -> dict[str, np.ndarray]:
+def predict(model_dir, cube_path, *, batch_size: int = 100,
+            model_file: str = MODEL_FILE) -> dict[str, np.ndarray]:
     """Network point predictions (the summaries d~) for every cube of a cube file, in order.
 
     Parameters
@@ -697,6 +735,8 @@ def predict(model_dir, cube_path, *, batch_size: int = 100) -> dict[str, np.ndar
     batch_size : int
         Cubes per forward pass (memory only; results do not depend on it beyond float
         round-off).
+    model_file : str
+        File name of the model in ``model_dir`` (default ``cnn3d.keras``).
 
     Returns
     -------
@@ -707,13 +747,14 @@ def predict(model_dir, cube_path, *, batch_size: int = 100) -> dict[str, np.ndar
     """
     model_dir = Path(model_dir)
     norm_path = model_dir / NORMALISATION_FILE
-    if not norm_path.exists() or not (model_dir / MODEL_FILE).exists():
-        raise FileNotFoundError(f"{model_dir}: no trained model ({MODEL_FILE} and "
+    if not norm_path.exists() or not (model_dir / model_file).exists():
+        raise FileNotFoundError(f"{model_dir}: no trained model ({model_file} and "
                                 f"{NORMALISATION_FILE}); run the train rule first")
     norm = json.loads(norm_path.read_text())
     mean, std = norm["target"]["mean"], norm["target"]["std"]
     ds = CubeDataset(cube_path, batch_size, target_mean=mean, target_std=std,
-                     input_scale=norm["input"]["scale"])
+                     input_scale=norm["input"]["scale"],
+                     input_transform=norm["input"].get("function", "linear"))
     if list(ds.grid) != list(norm["input"]["grid"]) and ds.n_cubes:
         raise CatalogueError(cube_path, "cubes", f"grid {ds.grid} differs from the grid "
                              f"{tuple(norm['input']['grid'])} the model was trained on",
@@ -727,7 +768,7 @@ def predict(model_dir, cube_path, *, batch_size: int = 100) -> dict[str, np.ndar
     if ds.n_cubes == 0:
         logger.warning("%s holds no cubes; nothing to predict", cube_path)
         return out
-    model = keras.saving.load_model(model_dir / MODEL_FILE, compile=False)
+    model = keras.saving.load_model(model_dir / model_file, compile=False)
     for i in range(len(ds)):
         x, sel = ds.read_inputs(i)
         z = np.asarray(model.predict_on_batch(x), dtype=np.float64)[:, 0]

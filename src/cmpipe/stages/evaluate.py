@@ -118,10 +118,12 @@ def _coverage_checks(s, cl, test_pred, eval_pred, post) -> dict:
     eval_halos = np.array([halo[i] for i in eval_pred["cluster_id"].tolist()])
     test_halos = np.array([halo[i] for i in test_pred["cluster_id"].tolist()])
     seed = stage_seed(s.seed, "evaluate") % (2 ** 32)
-    m = post["log10_m200c_true"]
+    fin = np.isfinite(post["point"])                  # as the metrics: posterior rows > 0
+    m = post["log10_m200c_true"][fin]
+    eval_halos = eval_halos[fin]
     out = {"n_eval_halos": int(np.unique(eval_halos).size)}
     for lvl, lo, hi in (("68", "lo68", "hi68"), ("95", "lo95", "hi95")):
-        inside = (m >= post[lo]) & (m <= post[hi])
+        inside = (m >= post[lo][fin]) & (m <= post[hi][fin])
         out[f"coverage_{lvl}_err_halos"] = grouped_coverage_error(
             inside, eval_halos, seed=seed)["stderr_grouped"]
     pit = cross_validated_pit(test_pred["log10_m200c_pred"], test_pred["log10_m200c_true"],
@@ -139,7 +141,8 @@ def _coverage_checks(s, cl, test_pred, eval_pred, post) -> dict:
         "test_cv_coverage_*: the test set's out-of-sample coverage, each of 5 halo folds "
         "calibrated on the other four (cmpipe.calibration.cross_validated_pit)")
     log.info("coverage 68%%: eval %.3f +- %.3f (%d halos); test set cross-validated %.3f "
-             "+- %.3f (%d halos)", float(np.mean((m >= post["lo68"]) & (m <= post["hi68"]))),
+             "+- %.3f (%d halos)", float(np.mean((m >= post["lo68"][fin])
+                                                 & (m <= post["hi68"][fin]))),
              out["coverage_68_err_halos"], out["n_eval_halos"], out["test_cv_coverage_68"],
              out["test_cv_coverage_68_err_halos"], out["n_test_halos"])
     return out

@@ -17,6 +17,8 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/calibrate.smk"
 include: "workflow/rules/plots.smk"
 include: "workflow/rules/survey.smk"
+include: "workflow/rules/flow.smk"
+include: "workflow/rules/analyses.smk"
 
 
 rule all:

@@ -200,9 +200,152 @@ def test_paper_config_dry_run_job_graph(tmp_path):
                  "survey_catalogue", "survey_cubes", "survey_posteriors", "mass_function"):
         assert rule in counts, (rule, out[-2000:])
     assert counts["kde_gather"] == "4" and counts["summaries"] == "2"
+    for rule in ("ablation_inputs", "ablation_train", "ablation_evaluate", "ablation_summary",
+                 "perturbed_eval", "saliency_maps"):                  # the analyses (issue 8)
+        assert rule in counts, (rule, out[-2000:])
+    assert counts["ablation_train"] == "2"
     # without the MDPL2 files the run is refused up front, naming the missing input
     for p in ("data/mdpl2/hlist_0.90900.list",):
         (wd / p).unlink()
     proc = _snakemake(wd, "-n", "--configfile", "configs/paper.yaml")
     assert proc.returncode != 0
     assert "hlist_0.90900.list" in proc.stdout + proc.stderr
+
+
+def test_analyses_products(tiny_run):
+    """Ablation, robustness and saliency products of the tiny run (configs/tiny.yaml)."""
+    from cmpipe.kde import kde_1d, kde_2d
+
+    _, res = tiny_run
+    for p in ["ablation/summary.json", "ablation/scatter.png", "robustness/summary.json",
+              "robustness/predictions.h5", "robustness/robustness.png",
+              "saliency/saliency.h5", "saliency/summary.json", "saliency/mean.png",
+              "saliency/abs.png", *[f"ablation/{d}/{f}" for d in ("1d", "2d") for f in (
+                  "inputs/eval.h5", "model/normalisation.json", "metrics.json")]]:
+        assert (res / p).is_file(), p
+    m3 = json.loads((res / "evaluation/metrics.json").read_text())
+    ab = json.loads((res / "ablation/summary.json").read_text())
+    assert set(ab["methods"]) == {"cnn1d", "cnn2d", "cnn3d", "msigma_gapper",
+                                  "msigma_biweight", "virial"}
+    assert ab["methods"]["cnn3d"]["scatter_dex"] == pytest.approx(m3["scatter_dex"])
+    assert ab["methods"]["virial"]["scatter_dex"] == pytest.approx(m3["virial_scatter_dex"])
+    for name in ("cnn1d", "cnn2d", "cnn3d"):
+        m = ab["methods"][name]
+        assert m["n"] == m3["n_eval"] and 0 <= m["coverage_68"] <= m["coverage_95"] <= 1
+    # the 1D/2D inputs are the KDEs of the same clusters' galaxies, in the cube files' order
+    gal, _ = read_table(res / "mock/clusters.h5", group="galaxies")
+    n = 24                                              # configs/tiny.yaml kde.n_grid
+    with CubeReader(res / "cubes/eval.h5") as c3, \
+            CubeReader(res / "ablation/1d/inputs/eval.h5") as c1, \
+            CubeReader(res / "ablation/2d/inputs/eval.h5") as c2:
+        ids = c3.column("cluster_id")
+        np.testing.assert_array_equal(c1.column("cluster_id"), ids)
+        np.testing.assert_array_equal(c2.column("cluster_id"), ids)
+        assert c1.shape == (len(ids), n) and c2.shape == (len(ids), n, n)
+        s = gal["cluster_id"] == ids[0]
+        x, y, v = gal["x_proj_mpc_h"][s], gal["y_proj_mpc_h"][s], gal["v_los_kms"][s]
+        np.testing.assert_array_equal(c1.cubes(0, 1)[0], kde_1d(v, n=n))
+        np.testing.assert_array_equal(c2.cubes(0, 1)[0], kde_2d(x, y, v, n=n))
+        # v marginals of the 3D cubes against the 1D inputs: edge losses and voxel sums of
+        # narrow kernels only (median L1 0.014 measured on this run)
+        l1 = np.abs(c3.cubes(0, len(ids)).sum(axis=(1, 2)) - c1.cubes(0, len(ids))).sum(1)
+        assert np.median(l1) < 0.05 and l1.max() < 0.3
+    rb = json.loads((res / "robustness/summary.json").read_text())
+    assert rb["zero_perturbation_identical"] == {"incompleteness_0": True,
+                                                 "velocity_error_0": True}
+    assert rb["max_abs_diff_vs_stored_predictions_dex"] == 0.0
+    assert [(p["kind"], p["level"]) for p in rb["perturbations"]] == [
+        ("incompleteness", 0.3), ("velocity_error", 60.0)]
+    assert rb["retraining_needed"] == any(p["verdict"]["retraining_needed"]
+                                          for p in rb["perturbations"])
+    pr, _ = read_table(res / "robustness/predictions.h5", group="predictions")
+    assert len(pr["cluster_id"]) == sum(p["n_kept"] for p in rb["perturbations"])
+    sal = json.loads((res / "saliency/summary.json").read_text())
+    assert sum(b["n"] for b in sal["per_bin"]) + sal["n_outside_bins"] == m3["n_eval"]
+
+
+def test_flow_products_are_consistent(tiny_run):
+    """The neural flow's products (issue 9): images are the 2-D KDEs of the eval clusters,
+    metrics count the eval split and match the stored intervals, the survey table has the
+    CNN3D + SBI survey table's columns, and the comparison quotes both metrics files."""
+    from astropy.table import Table
+
+    from cmpipe.kde import kde_2d
+
+    _, res = tiny_run
+    for p in ["flow/images/train.h5", "flow/images/validation.h5", "flow/images/eval.h5",
+              "flow/images/survey.h5", "flow/model/flow.pt", "flow/model/flow.json",
+              "flow/model/history.csv", "flow/metrics.json", "flow/posteriors.h5",
+              "flow/survey_posteriors.ecsv", "flow/survey_posteriors.csv",
+              "figures/flow_loss.png", "figures/flow_predictions.png",
+              "figures/flow_calibration.png", "comparison/summary.json",
+              "comparison/summary.csv", "figures/comparison.png", "logs/flow/train.log"]:
+        assert (res / p).is_file(), p
+    cl, _ = read_table(res / "mock/clusters.h5", group="clusters")
+    gal, _ = read_table(res / "mock/clusters.h5", group="galaxies")
+    eval_ids = cl["cluster_id"][cl["split"] == SPLIT_CODES["eval"]]
+    with CubeReader(res / "flow/images/eval.h5") as r:
+        np.testing.assert_array_equal(r.column("cluster_id"), eval_ids)
+        assert r.shape == (len(eval_ids), 24, 24)          # flow.n_grid null -> kde.n_grid
+        for i in (0, len(eval_ids) - 1):
+            s = gal["cluster_id"] == eval_ids[i]
+            np.testing.assert_array_equal(r.cubes(i, i + 1)[0], kde_2d(
+                gal["x_proj_mpc_h"][s], gal["y_proj_mpc_h"][s], gal["v_los_kms"][s], n=24))
+    m = json.loads((res / "flow/metrics.json").read_text())
+    cnn = json.loads((res / "evaluation/metrics.json").read_text())
+    assert m["n_eval"] == len(eval_ids) == cnn["n_eval"]
+    assert m["members"] == "all" and m["input"] == "2d"
+    assert 0.0 <= m["coverage_68"] <= m["coverage_95"] <= 1.0
+    post, _ = read_table(res / "flow/posteriors.h5", group="posteriors")
+    np.testing.assert_array_equal(post["cluster_id"], eval_ids)
+    assert np.all(post["lo95"] <= post["lo68"]) and np.all(post["lo68"] <= post["median"])
+    assert np.all(post["median"] <= post["hi68"]) and np.all(post["hi68"] <= post["hi95"])
+    inside = (post["log10_m200c_true"] >= post["lo95"]) & \
+        (post["log10_m200c_true"] <= post["hi95"])
+    assert m["coverage_95"] == pytest.approx(inside.mean())
+    eps = post["log10_m200c_true"] - post["map"]
+    assert m["scatter_dex"] == pytest.approx(eps.std(ddof=1), rel=1e-9)
+    flow_sv = Table.read(res / "flow/survey_posteriors.ecsv")
+    cnn_sv = Table.read(res / "survey/posteriors.ecsv")
+    assert flow_sv.colnames == cnn_sv.colnames
+    np.testing.assert_array_equal(flow_sv["cluster_id"], cnn_sv["cluster_id"])
+    ok = flow_sv["skipped"] == 0
+    assert np.all(np.isfinite(flow_sv["flat_median"][ok]))
+    assert np.all(flow_sv["flat_lo68"][ok] <= flow_sv["flat_hi68"][ok])
+    comp = json.loads((res / "comparison/summary.json").read_text())
+    assert comp["runs"] == {"contaminated": "tiny"}        # tiny.yaml: compare.pure_run null
+    rows = {r["estimator"]: r for r in comp["rows"]}
+    assert set(rows) == {"cnn3d_sbi", "flow", "msigma_gapper", "virial"}
+    assert rows["flow"]["scatter_dex"] == pytest.approx(m["scatter_dex"])
+    assert rows["cnn3d_sbi"]["coverage_68"] == pytest.approx(cnn["coverage_68"])
+    assert rows["virial"]["scatter_dex"] == pytest.approx(cnn["virial_scatter_dex"])
+    assert comp["ratios"]["contaminated"]["msigma_over_flow_scatter"] == pytest.approx(
+        cnn["msigma_gapper_scatter_dex"] / m["scatter_dex"])
+
+
+def test_pure_catalogue_keeps_bound_members_only(tiny_run, tmp_path):
+    """mock.members: bound on the tiny run's projection: only is_member = 1 galaxies, the
+    same observers, so a cluster survives iff its visible members pass the richness cut and
+    its pure n_gal equals its contaminated n_members."""
+    wd, res = tiny_run
+    cfg = load_config(wd / "config.yaml", ROOT / "workflow/schemas/config.schema.yaml",
+                      overlays=[wd / "configs/tiny.yaml"])
+    cfg["mock"]["members"] = "bound"
+    stages.apply_flux_limit(config=cfg, projected=res / "mock/projected.h5",
+                            out=tmp_path / "pure.h5")
+    pc, pattrs = read_table(tmp_path / "pure.h5", group="clusters")
+    pg, _ = read_table(tmp_path / "pure.h5", group="galaxies")
+    cc, _ = read_table(res / "mock/fluxlimited.h5", group="clusters")
+    assert pattrs["members"] == "bound"
+    assert np.all(pg["is_member"] == 1) and len(pg["cluster_id"]) > 0
+    np.testing.assert_array_equal(pc["n_gal"], pc["n_members"])
+    counts = pattrs["flux_limit_counts"]
+    assert counts["n_interlopers_dropped"] > 0
+    # the pure clusters are those contaminated clusters with enough visible members
+    min_gal = cfg["mock"]["min_galaxies"]
+    want = cc["cluster_id"][cc["n_members"] >= min_gal]
+    np.testing.assert_array_equal(pc["cluster_id"], want)
+    row = np.searchsorted(cc["cluster_id"], pc["cluster_id"])
+    np.testing.assert_array_equal(pc["n_gal"], cc["n_members"][row])
+    np.testing.assert_allclose(pc["observer_distance_mpc_h"],
+                               cc["observer_distance_mpc_h"][row], rtol=0, atol=0)

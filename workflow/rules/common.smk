@@ -52,6 +52,66 @@ def kde_shard_files(wildcards):
     return [res(f"cubes/{wildcards.split}/shard-{i:04d}.h5") for i in range(k)]
 
 
+def flow_input(split):
+    """The neural flow's input file of a split (or "survey"): the 2-D (R_proj, v) images
+    (flow.input: 2d) or the CNN3D's cubes (3d)."""
+    if config["flow"]["input"] == "3d":
+        return res("survey/cubes.h5") if split == "survey" else res(f"cubes/{split}.h5")
+    return res(f"flow/images/{split}.h5")
+
+
+def compare_inputs(wildcards):
+    """This run's metrics and, with compare.pure_run, the finished pure run's; a missing
+    pure run stops the run with the command that makes it."""
+    from snakemake.exceptions import WorkflowError
+
+    inputs = {"metrics": res("evaluation/metrics.json"),
+              "flow_metrics": res("flow/metrics.json")}
+    pure = config["compare"]["pure_run"]
+    if pure:
+        other = {"pure_metrics": f"results/{pure}/evaluation/metrics.json",
+                 "pure_flow_metrics": f"results/{pure}/flow/metrics.json",
+                 "pure_config": f"results/{pure}/config.resolved.yaml"}
+        missing = [p for p in other.values() if not Path(p).exists()]
+        if missing:
+            raise WorkflowError(
+                f"compare.pure_run is '{pure}' but that run is not finished (missing: "
+                f"{', '.join(missing)}). Fix: run the pure catalogue first, e.g. "
+                f"`snakemake --cores 2 --configfile configs/pure.yaml` (run: {pure}, "
+                "mock.members: bound; `make run` does both), or set compare.pure_run: null in "
+                "the config (or an overlay) to compare this catalogue only.")
+        inputs.update(other)
+    return inputs
+
+
+def ablation_products():
+    """Dimensionality ablation: the table and the figure (paper Figs. 7, 8)."""
+    return [res("ablation/summary.json"), res("ablation/scatter.png")]
+
+
+def robustness_products():
+    """The unchanged CNN3D on perturbed eval clusters: summary, predictions, figure."""
+    return [res("robustness/summary.json"), res("robustness/predictions.h5"),
+            res("robustness/robustness.png")]
+
+
+def saliency_products():
+    """Saliency maps of the CNN3D in mass bins and their projections."""
+    return [res("saliency/saliency.h5"), res("saliency/summary.json"),
+            res("saliency/mean.png"), res("saliency/abs.png")]
+
+
+def analyses_targets():
+    """The analyses switched on in the config (ablation, robustness, saliency .enabled)."""
+    out = []
+    for name, products in (("ablation", ablation_products),
+                           ("robustness", robustness_products),
+                           ("saliency", saliency_products)):
+        if config[name]["enabled"]:
+            out += products()
+    return out
+
+
 def final_targets():
     """Everything `snakemake` builds by default."""
     return [
@@ -73,4 +133,16 @@ def final_targets():
         res("survey/pulls.json"),
         res("figures/mass_function.png"),
         res("figures/survey_pulls.png"),
+        res("flow/model/flow.pt"),
+        res("flow/metrics.json"),
+        res("flow/posteriors.h5"),
+        res("flow/survey_posteriors.ecsv"),
+        res("flow/survey_posteriors.csv"),
+        res("figures/flow_loss.png"),
+        res("figures/flow_predictions.png"),
+        res("figures/flow_calibration.png"),
+        res("comparison/summary.json"),
+        res("comparison/summary.csv"),
+        res("figures/comparison.png"),
+        *analyses_targets(),
     ]

@@ -36,19 +36,20 @@ class CubeWriter(AtomicH5File):
     path : path-like
     n_cubes : int
         Number of cubes the file will hold (known up front for shards).
-    n_grid : int
-        Voxels per axis.
+    n_grid : int or tuple of int
+        Voxels per axis of a 3-D cube, or the full grid shape of one input (e.g. ``(n,)``
+        or ``(n, n)`` for the 1-D/2-D inputs of the dimensionality ablation).
     attrs : dict
         File attributes (grid, bandwidth, split).
     """
 
-    def __init__(self, path, n_cubes: int, n_grid: int, attrs: dict):
+    def __init__(self, path, n_cubes: int, n_grid: int | tuple, attrs: dict):
         super().__init__(path)
-        shape = (n_cubes, n_grid, n_grid, n_grid)
+        grid = (int(n_grid),) * 3 if np.ndim(n_grid) == 0 else tuple(int(g) for g in n_grid)
+        shape = (n_cubes, *grid)
         self._cubes = self._f.create_dataset(
             "cubes", shape=shape, maxshape=(None,) + shape[1:], dtype="f4",
-            chunks=(1, n_grid, n_grid, n_grid), compression="gzip", compression_opts=1,
-            shuffle=True)
+            chunks=(1, *grid), compression="gzip", compression_opts=1, shuffle=True)
         for k, dt in CUBE_COLUMNS.items():
             self._f.create_dataset(k, shape=(n_cubes,), dtype=dt)
         for k, v in attrs.items():

@@ -9,11 +9,18 @@ module per group of rules:
 - :mod:`.cubes`: KDE cube shards and their gathering;
 - :mod:`.train`: CNN training, predictions, loss curves;
 - :mod:`.evaluate`: joint-PDF calibration, eval-set posteriors, metrics, figures;
-- :mod:`.survey`: survey catalogue, cubes, posteriors, mass function, ``cmpipe infer``.
+- :mod:`.survey`: survey catalogue, cubes, posteriors, mass function, ``cmpipe infer``;
+- :mod:`.analyses`: dimensionality ablation, robustness to survey perturbations, saliency;
+- :mod:`.flow`: the neural-flow estimator (images, training, posteriors, figures) and the
+  estimator comparison.
 """
 from ._common import run_rule
+from .analyses import (ablation_evaluate, ablation_inputs, ablation_plots, ablation_summary,
+                       ablation_train, robustness, robustness_plots, saliency, saliency_plots)
 from .cubes import SPLIT_NAMES, kde_gather, kde_shard, n_shards, split_counts
 from .evaluate import calibrate, evaluate, evaluation_plots
+from .flow import (compare_estimators, flow_evaluate, flow_images, flow_plots,
+                   flow_survey_images, flow_survey_posteriors, flow_train)
 from .mock import (apply_flux_limit, build_catalogue, make_sightlines, mock_plots, mock_summary,
                    project, select_halos, split)
 from .survey import (infer, load_run_config, survey_catalogue, survey_cubes,
@@ -29,4 +36,8 @@ __all__ = [
     "calibrate", "evaluate", "evaluation_plots",
     "write_resolved_config", "survey_catalogue", "survey_cubes", "survey_posteriors",
     "survey_mass_function", "load_run_config", "infer",
+    "ablation_inputs", "ablation_train", "ablation_evaluate", "ablation_summary",
+    "ablation_plots", "robustness", "robustness_plots", "saliency", "saliency_plots",
+    "flow_images", "flow_survey_images", "flow_train", "flow_evaluate",
+    "flow_survey_posteriors", "flow_plots", "compare_estimators",
 ]

@@ -28,6 +28,7 @@ def calibrate(*, config, test_predictions, out):
     pdf = tabulate_joint_pdf(pred["log10_m200c_pred"], pred["log10_m200c_true"],
                              bandwidth=c.get("bandwidth", 0.2),
                              n_d=c.get("n_grid_pred", 1000), n_m=c.get("n_grid_mass", 1000),
+                             shrink=bool(c.get("shrink", False)),
                              meta=dict(source=str(test_predictions)))
     pdf.save(out)
     log.info("calibration: joint PDF of %d test pairs on %dx%d nodes", pdf.n_pairs,
@@ -128,6 +129,7 @@ def _coverage_checks(s, cl, test_pred, eval_pred, post) -> dict:
             inside, eval_halos, seed=seed)["stderr_grouped"]
     pit = cross_validated_pit(test_pred["log10_m200c_pred"], test_pred["log10_m200c_true"],
                               test_halos, seed=seed, bandwidth=c.get("bandwidth", 0.2),
+                              shrink=bool(c.get("shrink", False)),
                               n_d=c.get("n_grid_pred", 1000), n_m=c.get("n_grid_mass", 1000))
     ok = np.isfinite(pit)
     for lvl, half in (("68", 0.5 * NOMINAL_68), ("95", 0.475)):

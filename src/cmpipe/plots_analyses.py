@@ -1,0 +1,160 @@
+"""Figures of the analyses (ablation, robustness, saliency), drawn from their products."""
+from __future__ import annotations
+
+import numpy as np
+
+from .plots import _MLABEL, plt, save
+
+__all__ = ["ablation_figure", "robustness_figure", "saliency_figure"]
+
+_NETWORK_STYLE = {"cnn1d": ("C2", "s"), "cnn2d": ("C1", "^"), "cnn3d": ("C0", "o")}
+
+
+def _arr(values):
+    return np.asarray([np.nan if v is None else v for v in values], dtype=float)
+
+
+def ablation_figure(summary: dict, path) -> None:
+    """Paper Figs. 7 and 8: residual bias and scatter per true-mass bin of CNN1D/2D/3D
+    (+ SBI) and the classical baselines, and the eq. (7) fit sigma_N against sigma_0."""
+    fig, (ax, sx, px) = plt.subplots(1, 3, figsize=(15, 4.4),
+                                     gridspec_kw=dict(width_ratios=[1, 1, 0.8]))
+    methods = summary["methods"]
+    k = 3
+    lim = [0.0, 0.0]
+    for name, m in methods.items():
+        if m["kind"] == "network":
+            colour, marker = _NETWORK_STYLE.get(name, ("k", "o"))
+            style = dict(color=colour, marker=marker, ls="-", lw=2)
+        else:
+            colour, marker = f"C{k}", "x"
+            k += 1
+            style = dict(color=colour, marker=marker, ls="--", lw=1)
+        pb = m["per_bin"]
+        c = _arr(pb["bin_centres"])
+        n = _arr(pb["n"])
+        ok = n >= 5
+        lab = f"{m['label']} ({m['scatter_dex']:.3f} dex)"
+        ax.plot(c[ok], _arr(pb["mean"])[ok], label=lab, **style)
+        sx.plot(c[ok], _arr(pb["std"])[ok], label=lab, **style)
+        if m.get("sigma_N_dex") is not None and m.get("sigma_0_dex") is not None:
+            s0, sn = m["sigma_0_dex"], m["sigma_N_dex"]
+            # a fit pinned at sigma_0 ~ 0 has an unbounded error: draw at most 0.1 dex
+            e0 = min(m.get("sigma_0_err_dex") or 0.0, 0.1)
+            en = min(m.get("sigma_N_err_dex") or 0.0, 0.1)
+            px.errorbar(s0, sn, xerr=e0, yerr=en, color=colour, marker=marker, ms=8,
+                        ls="none", capsize=3, label=m["label"])
+            lim[0] = max(lim[0], s0 + e0)
+            lim[1] = max(lim[1], sn + en)
+    ax.axhline(0, color="k", lw=1)
+    ax.set_ylabel(r"mean residual $\log_{10}(M_\mathrm{true}/M_\mathrm{pred})$ [dex]")
+    sx.set_ylabel("residual scatter (sd) [dex]")
+    for a in (ax, sx):
+        a.set_xlabel("true " + _MLABEL)
+    sx.legend(fontsize=7)
+    ax.set_title(f"Bias per mass bin (eval set, n = {summary['n_eval']})")
+    po = summary.get("precision_order", {})
+    sx.set_title("Scatter per mass bin; falls with dimensionality: "
+                 f"{'yes' if po.get('monotonic') else 'no'}")
+    px.set_xlabel(r"$\sigma_0$ [dex] (richness-independent)")
+    px.set_ylabel(r"$\sigma_N$ [dex] (at $N_\mathrm{mem}$ = 100)")
+    px.set_title(r"Precision model $\sigma^2 = \sigma_N^2 (N_\mathrm{mem}/100)^{-1}"
+                 r" + \sigma_0^2$", fontsize=9)
+    px.set_xlim(0, 1.15 * lim[0] + 0.01)
+    px.set_ylim(0, 1.15 * lim[1] + 0.01)
+    px.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    save(fig, path)
+
+
+def robustness_figure(summary: dict, path) -> None:
+    """Bias shift, scatter and interval coverage of the unchanged network + calibration
+    against the incompleteness fraction and the velocity error."""
+    kinds = [("incompleteness", "fraction of galaxies lost", 100.0, "%"),
+             ("velocity_error", "velocity error sd", 1.0, "km/s")]
+    fig, axes = plt.subplots(3, 2, figsize=(10, 9), sharex="col")
+    ref = summary["reference"]
+    for j, (kind, xlabel, scale, unit) in enumerate(kinds):
+        rows = [p for p in summary["perturbations"] if p["kind"] == kind]
+        lv = np.array([0.0] + [p["level"] * scale for p in rows])
+        shift = np.array([0.0] + [p["bias_shift_dex"] for p in rows])
+        err = np.array([0.0] + [p["bias_shift_err_dex"] or 0.0 for p in rows])
+        a = axes[0, j]
+        a.errorbar(lv, shift, yerr=err, fmt="o-", color="C0", capsize=3)
+        a.axhline(0, color="k", lw=1)
+        tol = summary["max_bias_shift_dex"]
+        a.axhspan(-tol, tol, color="0.9", zorder=0, label=f"tolerance +-{tol} dex")
+        for p, x, y in zip(rows, lv[1:], shift[1:]):
+            if p["verdict"]["retraining_needed"]:
+                a.plot(x, y, "rx", ms=12, mew=2)
+        a.set_ylabel("bias shift [dex]\n(perturbed - unperturbed)")
+        a.legend(fontsize=7, loc="best")
+        a.set_title(kind.replace("_", " "))
+        a = axes[1, j]
+        a.plot(lv, [ref["scatter_dex"]] + [p["perturbed"]["scatter_dex"] for p in rows],
+               "o-", color="C1", label="perturbed")
+        a.plot(lv, [ref["scatter_dex"]] + [p["reference"]["scatter_dex"] for p in rows],
+               "s--", color="0.4", label="unperturbed, same clusters")
+        a.set_ylabel("residual scatter [dex]")
+        a.legend(fontsize=7)
+        a = axes[2, j]
+        for lvl, colour in (("68", "C0"), ("95", "C3")):
+            cov = [ref[f"coverage_{lvl}"]] + [p["perturbed"][f"coverage_{lvl}"] for p in rows]
+            a.plot(lv, cov, "o-", color=colour, label=f"{lvl}% interval")
+            band = (rows[0]["verdict"][f"coverage_band_{lvl}"] if rows
+                    else ref["verdict"][f"coverage_band_{lvl}"])
+            a.axhspan(band[0], band[1], color=colour, alpha=0.12, lw=0)
+        a.set_ylabel("coverage")
+        a.set_xlabel(f"{xlabel} [{unit}]")
+        a.legend(fontsize=7, loc="lower left")
+    retrain = summary.get("retraining_needed_for") or []
+    fig.suptitle("Unchanged CNN3D + SBI on perturbed eval clusters (n = "
+                 f"{summary['n_eval']}); retraining needed for: "
+                 f"{', '.join(retrain) if retrain else 'none'}", fontsize=10)
+    fig.tight_layout()
+    save(fig, path)
+
+
+def saliency_figure(saliency_h5, path, *, which: str = "mean") -> None:
+    """Projections of the mean saliency (``which``: ``mean`` signed, ``mean_abs``) onto
+    the (x, y), (x, v) and (y, v) planes, one row per mass bin."""
+    import h5py
+
+    with h5py.File(saliency_h5, "r") as f:
+        edges = f["bin_edges"][()]
+        n = f["n"][()]
+        L = float(np.max(np.abs(f["x_centres_mpc_h"][()]))
+                  + 0.5 * np.diff(f["x_centres_mpc_h"][()])[0])
+        V = float(np.max(np.abs(f["v_centres_kms"][()]))
+                  + 0.5 * np.diff(f["v_centres_kms"][()])[0])
+        rows = [b for b in range(len(n)) if n[b] > 0]
+        proj = {b: {p: f[f"projections/{which}/{p}/{b}"][()] for p in ("xy", "xv", "yv")}
+                for b in rows}
+    planes = [("xy", r"$x_\mathrm{proj}$ [$h^{-1}$ Mpc]", r"$y_\mathrm{proj}$ [$h^{-1}$ Mpc]",
+               (-L, L, -L, L)),
+              ("xv", r"$x_\mathrm{proj}$ [$h^{-1}$ Mpc]", r"$v_\mathrm{los}$ [km/s]",
+               (-L, L, -V, V)),
+              ("yv", r"$y_\mathrm{proj}$ [$h^{-1}$ Mpc]", r"$v_\mathrm{los}$ [km/s]",
+               (-L, L, -V, V))]
+    fig, axes = plt.subplots(len(rows), 3, figsize=(12, 3.4 * len(rows)), squeeze=False)
+    signed = which == "mean"
+    for i, b in enumerate(rows):
+        vmax = max(np.max(np.abs(proj[b][p])) for p, *_ in planes) or 1.0
+        for j, (p, xl, yl, ext) in enumerate(planes):
+            a = axes[i, j]
+            img = proj[b][p].T                       # first axis horizontal
+            im = a.imshow(img, origin="lower", extent=ext, aspect="auto",
+                          cmap="RdBu_r" if signed else "viridis",
+                          vmin=-vmax if signed else 0, vmax=vmax)
+            a.set_xlabel(xl)
+            a.set_ylabel(yl)
+            if j == 0:
+                a.set_title(f"log M {edges[b]:.1f}-{edges[b + 1]:.1f} (n = {n[b]})",
+                            fontsize=9, loc="left")
+            fig.colorbar(im, ax=a, fraction=0.046, pad=0.03)
+    what = ("mean signed saliency (red: more galaxies here raise the mass)" if signed
+            else "mean |saliency| (where the network is sensitive)")
+    fig.suptitle(f"CNN3D {what}: d log10 M_pred / d cube, summed along the third axis "
+                 "[dex per unit probability]", fontsize=10)
+    fig.tight_layout()
+    save(fig, path)

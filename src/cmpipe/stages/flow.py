@@ -1,0 +1,463 @@
+"""Neural-flow rules (issue 9) and the estimator comparison.
+
+Products under ``results/{run}/`` (docs/data-products.md, "Neural flow"):
+
+- ``flow_images``           -> flow/images/{split}.h5 (2-D (R_proj, v) KDE images)
+- ``flow_survey_images``    -> flow/images/survey.h5
+- ``flow_train``            -> flow/model/flow.pt, flow.json, history.csv
+- ``flow_evaluate``         -> flow/metrics.json, flow/posteriors.h5
+- ``flow_survey_posteriors``-> flow/survey_posteriors.ecsv, .csv
+- ``flow_plots``            -> figures/flow_loss.png, flow_predictions.png, flow_calibration.png
+- ``compare_estimators``    -> comparison/summary.json, summary.csv, figures/comparison.png
+
+torch is imported only inside the flow functions (never by ``cmpipe.stages`` itself), so the
+other rules' processes do not load it.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .. import io
+from ..cosmology import make_cosmology
+from ..io.mock import galaxy_offsets
+from ..io.tables import CatalogueError, TableWriter, read_table
+from ..settings import SPLIT_CODES, ConfigError, stage_seed
+from ._common import _jsonable, _settings, log
+from .cubes import _split_galaxies
+
+#: Clusters per batch of KDE images (bounds memory; one write per batch).
+_IMAGE_BATCH = 256
+
+
+def _flow_settings(s):
+    from ..flow import FlowSettings
+
+    d = {k: v for k, v in s.flow.items() if k != "n_grid" and v is not None}
+    d["seed"] = stage_seed(s.seed, "flow") % (2 ** 31)
+    try:
+        return FlowSettings.from_dict(d)
+    except ValueError as err:
+        raise ConfigError(f"flow: {err}. Fix: correct the flow section of the config") \
+            from err
+
+
+def _image_n(s) -> int:
+    return int(s.flow.get("n_grid") or s.kde.n_grid)
+
+
+def _set_threads(threads):
+    import torch
+
+    torch.set_num_threads(max(1, int(threads)))
+
+
+# -- inputs ---------------------------------------------------------------------------------
+
+def _write_images(out, ids, gal, rows, s, split_name, source, progress):
+    """2-D KDE images of clusters ``ids`` (sorted) from their window galaxies ``gal``."""
+    from tqdm.auto import tqdm
+
+    from ..io.cubes import CubeWriter
+    from ..kde import KDEInputError, kde_2d
+
+    n = _image_n(s)
+    k = s.kde
+    W, V = s.window.half_width_mpc_h, s.window.v_max_kms
+    attrs = dict(n_grid=n, half_width_mpc_h=W, v_max_kms=V, h0=k.h0, truncation=k.truncation,
+                 normalisation="each image sums to 1", split=split_name,
+                 axes="R_proj_mpc_h, v_los_kms",
+                 r_axis=f"voxel centres over [0, sqrt(2) x {W}] h^-1 Mpc",
+                 v_axis=f"voxel centres over [-{V}, {V}] km/s")
+    offsets = galaxy_offsets(ids, gal["cluster_id"]) if len(ids) else np.zeros(1, np.int64)
+    with CubeWriter(out, len(ids), (n, n), attrs) as w:
+        bar = tqdm(total=len(ids), desc=f"flow images {split_name}", unit="image",
+                   disable=not progress)
+        for b0 in range(0, len(ids), _IMAGE_BATCH):
+            b1 = min(b0 + _IMAGE_BATCH, len(ids))
+            batch = np.empty((b1 - b0, n, n), dtype=np.float32)
+            for j, i in enumerate(range(b0, b1)):
+                r = slice(int(offsets[i]), int(offsets[i + 1]))
+                try:
+                    batch[j] = kde_2d(gal["x_proj_mpc_h"][r], gal["y_proj_mpc_h"][r],
+                                      gal["v_los_kms"][r], n=n, half_width_mpc_h=W,
+                                      v_max_kms=V, h0=k.h0, truncation=k.truncation,
+                                      min_galaxies=3, cluster_id=int(ids[i]))
+                except KDEInputError as err:
+                    raise CatalogueError(source, "galaxies", str(err),
+                                         "rebuild it with min_galaxies >= 3 or drop the "
+                                         "cluster") from err
+            w.write(batch, {c: v[b0:b1] for c, v in rows.items()})
+            bar.update(b1 - b0)
+        bar.close()
+    log.info("flow images %s: %d images of %dx%d (R_proj, v)", split_name, len(ids), n, n)
+
+
+def flow_images(*, config, clusters, split_name, out, progress=False):
+    """Rule ``flow_images``: the normalised 2-D KDE of (R_proj, v_los) of every cluster of
+    one split (:func:`cmpipe.kde.kde_2d`, the cubes' bandwidth factor and window)."""
+    s = _settings(config)
+    cl, _ = read_table(clusters, group="clusters",
+                       columns=["cluster_id", "split", "log10_m200c", "n_gal", "n_members"])
+    sel = cl["split"] == SPLIT_CODES[split_name]
+    rows = {c: cl[c][sel] for c in ("cluster_id", "log10_m200c", "n_gal", "n_members")}
+    ids = rows["cluster_id"]
+    gal = _split_galaxies(clusters, ids) if len(ids) else {}
+    _write_images(out, ids, gal, rows, s, split_name, clusters, progress)
+
+
+def flow_survey_images(*, config, phase_space, out, progress=False):
+    """Rule ``flow_survey_images``: 2-D KDE images of the survey clusters that have a cube
+    (``skipped == 0`` in ``survey/phase_space.h5``); true masses NaN."""
+    s = _settings(config)
+    cl, _ = read_table(phase_space, group="clusters",
+                       columns=["cluster_id", "n_gal", "n_members", "skipped"])
+    kept = cl["skipped"] == 0
+    ids = cl["cluster_id"][kept]
+    order = np.argsort(ids, kind="stable")
+    ids = ids[order]
+    rows = dict(cluster_id=ids, log10_m200c=np.full(ids.size, np.nan),
+                n_gal=cl["n_gal"][kept][order], n_members=cl["n_members"][kept][order])
+    g, _ = read_table(phase_space, group="galaxies",
+                      columns=["cluster_id", "x_proj_mpc_h", "y_proj_mpc_h", "v_los_kms"],
+                      finite=["x_proj_mpc_h", "y_proj_mpc_h", "v_los_kms"])
+    keep = np.isin(g["cluster_id"], ids)
+    g = {c: v[keep] for c, v in g.items()}
+    o = np.argsort(g["cluster_id"], kind="stable")
+    g = {c: v[o] for c, v in g.items()}
+    _write_images(out, ids, g, rows, s, "survey", phase_space, progress)
+
+
+# -- training ---------------------------------------------------------------------------
+
+def flow_train(*, config, train, validation, model_out, threads=1, progress=False):
+    """Rule ``flow_train``: the flow on the training split, early-stopped on validation."""
+    from ..flow import train_flow
+
+    s = _settings(config)
+    fs = _flow_settings(s)
+    _set_threads(threads)
+    r = train_flow(train, validation, Path(model_out).parent, fs, progress=progress)
+    log.info("flow_train: %d parameters, best epoch %d of %d (validation NLL %.4f nats per "
+             "cluster), stopped early: %s", r.n_params, r.best_epoch, r.epochs_run,
+             r.best_val_nll, r.stopped_early)
+
+
+# -- posteriors ---------------------------------------------------------------------------
+
+def _load(model):
+    from ..flow import FlowModel, grid_of
+
+    fm, meta = FlowModel.load(Path(model).parent)
+    return fm, meta, grid_of(meta)
+
+
+def _curves(fm, grid, images, chunk=1024):
+    """Posterior curves and in-grid probability of every image/cube of a file."""
+    from ..io.cubes import CubeReader
+
+    with CubeReader(images) as r:
+        cols = {c: r.column(c) for c in ("cluster_id", "log10_m200c", "n_gal", "n_members")}
+        if len(r) and tuple(r.shape[1:]) != fm.shape:
+            raise CatalogueError(images, "cubes", f"inputs of shape {tuple(r.shape[1:])}, the "
+                                 f"flow was trained on {fm.shape}",
+                                 "rebuild the inputs and the flow from one config")
+        curves = np.empty((len(r), grid.size))
+        mass = np.empty(len(r))
+        for i0 in range(0, len(r), chunk):
+            i1 = min(i0 + chunk, len(r))
+            curves[i0:i1], mass[i0:i1] = fm.posterior_curves(r.cubes(i0, i1), grid)
+    return cols, curves, mass
+
+
+#: A posterior is flagged ``extrapolated`` when more than this much of the flow's
+#: probability lies outside the tabulated mass grid.
+OUTSIDE_GRID_TOLERANCE = 0.01
+
+FLOW_PRIOR = ("training-set prior (flat in log M by construction): the neural flow's "
+              "posterior P(log M | image)")
+
+
+def flow_evaluate(*, config, model, images, clusters, metrics_out, posteriors_out, threads=1):
+    """Rule ``flow_evaluate``: eval-set posteriors of the flow and their metrics.
+
+    The same summaries (:func:`cmpipe.massfunction.summarise_grid_posteriors`), point
+    estimate (``calibration.point_estimate``) and metrics (:func:`cmpipe.metrics.
+    evaluation_report`: residuals, coverage, PIT, sigma_N / sigma_0) as the CNN3D + SBI
+    evaluation, on the same eval clusters; products in the same layout.
+    """
+    from ..evaluation import _flat_keys
+    from ..flow import pit_from_curves
+    from ..massfunction import summarise_grid_posteriors
+    from ..metrics import (evaluation_report, grouped_coverage_error, interloper_diagnostic,
+                           residuals)
+    from .evaluate import POSTERIOR_SCHEMA_UNITS
+
+    s = _settings(config)
+    _set_threads(threads)
+    point = s.calibration.get("point_estimate", "map")
+    fm, meta, grid = _load(model)
+    cols, curves, mass = _curves(fm, grid, images)
+    n = len(cols["cluster_id"])
+    if n == 0:
+        raise CatalogueError(images, "cluster_id", "the eval split is empty",
+                             "raise splits.fractions.eval")
+    t = cols["log10_m200c"].astype(np.float64)
+    summ = summarise_grid_posteriors(grid, curves)
+    summ["extrapolated"] = ~(mass >= 1.0 - OUTSIDE_GRID_TOLERANCE)
+    summ["pit"] = pit_from_curves(grid, curves, t)
+    summ["point"] = summ[point]
+    ok = np.isfinite(summ["point"])
+    if not ok.all():
+        log.warning("%d eval clusters have a vanishing flow density on the grid and are "
+                    "left out", int((~ok).sum()))
+    n_mem = np.maximum(cols["n_members"], 1)
+    rep = evaluation_report(t[ok], {k: v[ok] for k, v in summ.items()}, pit=summ["pit"][ok],
+                            n_mem=n_mem[ok], point="point")
+    cl, _ = read_table(clusters, group="clusters", columns=[
+        "cluster_id", "halo_id", "interloper_mass_ratio", "interloper_distance"])
+    row = np.searchsorted(cl["cluster_id"], cols["cluster_id"])
+    if np.any(row >= len(cl["cluster_id"])) or np.any(
+            cl["cluster_id"][np.minimum(row, len(cl["cluster_id"]) - 1)] != cols["cluster_id"]):
+        raise CatalogueError(images, "cluster_id", "image ids missing from the cluster table",
+                             "rebuild the flow images from this run's mock")
+    eps = residuals(t, summ["point"])
+    inter = interloper_diagnostic(eps[ok], cl["interloper_mass_ratio"][row][ok],
+                                  cl["interloper_distance"][row][ok], log10_m_true=t[ok])
+    # sightlines of one halo are correlated: coverage errors from resampling whole halos
+    halos = cl["halo_id"][row][ok]
+    seed = stage_seed(s.seed, "flow_evaluate") % (2 ** 32)
+    cov_err = {}
+    for lvl, lo, hi in (("68", "lo68", "hi68"), ("95", "lo95", "hi95")):
+        inside = (t[ok] >= summ[lo][ok]) & (t[ok] <= summ[hi][ok])
+        cov_err[f"coverage_{lvl}_err_halos"] = grouped_coverage_error(
+            inside, halos, seed=seed)["stderr_grouped"]
+    training = meta.get("training", {})
+    metrics = dict(
+        run=s.run, estimator="neural flow", members=s.mock.members, input=fm.settings.input,
+        flow=fm.settings.model, prior=FLOW_PRIOR, n_eval=int(ok.sum()),
+        n_train=training.get("n_train"), n_validation=training.get("n_validation"),
+        n_params=training.get("n_params"), best_epoch=training.get("best_epoch"),
+        point_estimate=point, **_flat_keys("", rep),
+        coverage_68=rep["coverage"]["68"]["fraction"],
+        coverage_95=rep["coverage"]["95"]["fraction"], **cov_err,
+        n_eval_halos=int(np.unique(halos).size),
+        n_extrapolated=int(np.count_nonzero(summ["extrapolated"])),
+        mean_predictor_scatter_dex=float(np.std(t, ddof=1)) if t.size > 1 else np.nan,
+        network=rep,
+        interlopers={k: v for k, v in inter.items()
+                     if not (isinstance(v, np.ndarray) and v.size == ok.sum())})
+    io.write_json(metrics_out, _jsonable(metrics))
+    post = dict(cluster_id=cols["cluster_id"], log10_m200c_true=t,
+                log10_m200c_pred=np.asarray(summ["point"], dtype=np.float64),
+                n_members=cols["n_members"], n_gal=cols["n_gal"],
+                interloper_mass_ratio=cl["interloper_mass_ratio"][row],
+                interloper_distance=cl["interloper_distance"][row],
+                grid_probability=mass,
+                **{k: np.asarray(v) for k, v in summ.items()})
+    post["extrapolated"] = post["extrapolated"].astype(np.int8)
+    units = dict(POSTERIOR_SCHEMA_UNITS, grid_probability="")
+    schema = io.Schema({k: (np.asarray(v).dtype.str, units.get(k, ""), k)
+                        for k, v in post.items()})
+    with TableWriter(posteriors_out) as w:
+        w.add_group("posteriors", schema, dict(
+            prior=FLOW_PRIOR, point_estimate=point, estimator="neural flow",
+            log10_m200c_pred="the flow has no separate summary d~: its point estimate",
+            grid_probability="flow probability inside the grid before renormalisation",
+            extrapolated=f"1: more than {OUTSIDE_GRID_TOLERANCE:g} of the flow's "
+                         "probability outside the grid"))
+        w.append("posteriors", post)
+        w.add_group("grid", io.Schema({"log10_m200c": ("f8", "log10(h^-1 Msun)",
+                                                        "mass grid of the curves")}))
+        w.append("grid", {"log10_m200c": grid})
+        w.add_array("curves", curves.astype(np.float32), unit="dex^-1", description=(
+            "posterior density per eval cluster on grid/log10_m200c; rows as posteriors/"))
+    log.info("flow eval: n=%d, mean residual %.3f dex, scatter %.3f dex, coverage 68%% %.3f "
+             "+- %.3f, 95%% %.3f +- %.3f (halo resampling, %d halos), sigma_N %.3f, "
+             "sigma_0 %.3f", metrics["n_eval"], metrics["mean_residual_dex"],
+             metrics["scatter_dex"], metrics["coverage_68"], cov_err["coverage_68_err_halos"],
+             metrics["coverage_95"], cov_err["coverage_95_err_halos"],
+             metrics["n_eval_halos"], metrics["sigma_N_dex"], metrics["sigma_0_dex"])
+
+
+def _population_range(s, meta) -> tuple[float, float]:
+    """True-mass range of the population prior: the survey sample's (as for the CNN3D +
+    SBI survey posteriors) clipped to the flow's training masses."""
+    sv = s.survey or {}
+    pp = dict(sv.get("population_prior") or {})
+    t_lo, t_hi = (float(v) for v in meta["training_mass_range"])
+    lo = pp.get("log10_m_min")
+    if lo is None and sv.get("source", "synthetic") == "synthetic":
+        lo = (sv.get("synthetic") or {}).get("log10_m_min")
+    hi = pp.get("log10_m_max")
+    lo = t_lo if lo is None else max(float(lo), t_lo)
+    hi = t_hi if hi is None else min(float(hi), t_hi)
+    if not lo < hi:
+        raise ConfigError(f"survey.population_prior: the mass range [{lo}, {hi}] is empty "
+                          f"inside the flow's training masses [{t_lo:.3f}, {t_hi:.3f}]; "
+                          "widen log10_m_min/log10_m_max or set them to null")
+    return lo, hi
+
+
+def flow_survey_posteriors(*, config, model, images, phase_space, out, csv_out=None,
+                           threads=1):
+    """Rule ``flow_survey_posteriors``: the flow's posteriors of the survey clusters.
+
+    Same table as ``survey/posteriors.ecsv`` (one row per survey cluster, sorted by id;
+    ``flat_*`` under the training-set prior the flow carries, ``pop_*`` re-weighted by
+    Tinker 2008 at the cluster redshift over that prior, truncated to the sample's mass
+    range inside the training masses). ``log10_m_pred`` holds the flow's point estimate
+    (``calibration.point_estimate`` of the flat posterior); ``extrapolated`` flags
+    posteriors with more than 1% of their probability outside the mass grid.
+    """
+    from ..io.survey import _write
+    from ..massfunction import summaries_under_priors
+    from .survey import SURVEY_POSTERIOR_KEYS, _survey_posterior_schema
+
+    s = _settings(config)
+    _set_threads(threads)
+    cosmo = make_cosmology(s.cosmology)
+    point = s.calibration.get("point_estimate", "map")
+    cl, _ = read_table(phase_space, group="clusters")
+    n = len(cl["cluster_id"])
+    fm, meta, grid = _load(model)
+    cols, curves, mass = _curves(fm, grid, images)
+    row = np.searchsorted(cl["cluster_id"], cols["cluster_id"])
+    if np.any(row >= n) or np.any(cl["cluster_id"][np.minimum(row, n - 1)]
+                                  != cols["cluster_id"]):
+        raise CatalogueError(images, "cluster_id", "image ids differ from the phase-space "
+                             "cluster table", "rerun flow_survey_images")
+    m_range = _population_range(s, meta)
+    prior = np.asarray(meta["training_prior"], dtype=np.float64)
+    if prior.shape != grid.shape:
+        raise CatalogueError(Path(model).parent / "flow.json", "training_prior",
+                             "prior and mass grid differ in length", "rerun flow_train")
+    table = {c: cl[c] for c in ("cluster_id", "ra_deg", "dec_deg", "z", "n_gal", "n_members",
+                                "n_mem", "log10_m_cat", "log10_m_cat_err", "skipped")}
+    for p in ("flat", "pop"):
+        for key in SURVEY_POSTERIOR_KEYS:
+            table[f"{p}_{key}"] = np.full(n, np.nan)
+    table["extrapolated"] = np.zeros(n, dtype=np.int8)
+    table["extrapolated"][row] = ~(mass >= 1.0 - OUTSIDE_GRID_TOLERANCE)
+    inside = ((grid >= m_range[0]) & (grid <= m_range[1])).astype(np.float64)
+    for c0 in range(0, row.size, 2048):
+        sl = slice(c0, c0 + 2048)
+        su = summaries_under_priors(grid, curves[sl], cl["z"][row[sl]], cosmo, prior * inside)
+        for p, name in (("flat", "test_prior"), ("pop", "population_prior")):
+            for key in SURVEY_POSTERIOR_KEYS:
+                table[f"{p}_{key}"][row[sl]] = su[name][key]
+    table["log10_m_pred"] = table[f"flat_{point}"]
+    schema = dict(_survey_posterior_schema())
+    schema["log10_m_pred"] = ("f8", "log10(h^-1 Msun)",
+                              f"flow point estimate (posterior {point}, training-set prior)")
+    schema["extrapolated"] = ("i1", "", "1: more than 1% of the flow's probability outside "
+                                        "the mass grid")
+    for key in SURVEY_POSTERIOR_KEYS:
+        unit, desc = schema[f"flat_{key}"][1:]
+        schema[f"flat_{key}"] = ("f8", unit, desc.replace("test-set (flat) prior",
+                                                          "training-set (flat) prior"))
+    meta_out = dict(
+        run=s.run, estimator="neural flow", model=str(model), images=str(images),
+        prior_flat=FLOW_PRIOR,
+        prior_pop="population prior: the flat posterior re-weighted by the Tinker et al. "
+                  "(2008) mass function at the cluster redshift over the training-set prior",
+        population_log10_m_range=list(m_range),
+        n_clusters=int(n), n_with_posterior=int(np.isfinite(table["flat_median"]).sum()),
+        n_skipped=int(cl["skipped"].sum()), n_extrapolated=int(table["extrapolated"].sum()),
+        comments=["flat_*: the flow's posterior (training-set prior, flat in log M)",
+                  "pop_*: posterior under the Tinker (2008) mass function at the cluster "
+                  f"redshift, truncated to log10 M in [{m_range[0]:.3f}, {m_range[1]:.3f}]",
+                  "masses log10(M200c / h^-1 Msun); *_sd in dex; lo68/hi68 = 15.87/84.13%, "
+                  "lo95/hi95 = 2.5/97.5% quantiles",
+                  "skipped = 1: fewer than survey.min_galaxies galaxies in the window (NaN)"])
+    schema = io.Schema(schema)
+    _write(out, table, schema, meta_out)
+    if csv_out is not None:
+        _write(csv_out, table, schema, meta_out)
+    good = np.isfinite(table["flat_median"])
+    if good.any():
+        log.info("flow survey posteriors: %d of %d clusters (%d skipped); median log M "
+                 "(flat prior) %.3f, median population - flat shift %.3f dex", good.sum(), n,
+                 int(cl["skipped"].sum()), float(np.median(table["flat_median"][good])),
+                 float(np.nanmedian(table["pop_median"] - table["flat_median"])))
+    else:
+        log.warning("flow survey posteriors: no cluster has an image; every posterior is NaN")
+
+
+# -- figures and the comparison ---------------------------------------------------------------
+
+def flow_plots(*, history, metrics, posteriors, loss_png, predictions_png, calibration_png):
+    """Rule ``flow_plots``: the flow's NLL curves, predictions and calibration curve."""
+    from .. import plots
+    from ..flow import plot_flow_history
+
+    m = json.loads(Path(metrics).read_text())
+    post, _ = read_table(posteriors, group="posteriors")
+    plot_flow_history(history, loss_png)
+    plots.predictions_figure(post, m, predictions_png)
+    plots.calibration_figure(m, calibration_png)
+
+
+def _read_json(path, what):
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise CatalogueError(path, what, f"unreadable ({err})",
+                             "rerun the run that makes it") from err
+
+
+def compare_estimators(*, config, metrics, flow_metrics, summary_out, csv_out, png,
+                       pure_metrics=None, pure_flow_metrics=None, pure_config=None):
+    """Rule ``compare``: CNN3D + SBI, neural flow, M-sigma and virial side by side on this
+    run's eval set and, with ``compare.pure_run``, on the pure run's.
+
+    The pure run must be a finished run with ``mock.members: bound`` (its
+    ``config.resolved.yaml`` is checked); settings that make the two runs' eval sets differ
+    in more than their interlopers (seed, simulation, sightlines, window, splits) are
+    reported as warnings.
+    """
+    import yaml
+
+    from ..comparison import comparison_figure, comparison_summary, write_comparison_csv
+
+    s = _settings(config)
+    label = {"all": "contaminated", "bound": "pure"}
+    cats = {label[s.mock.members]: dict(run=s.run, metrics=_read_json(metrics, "metrics"),
+                                        flow=_read_json(flow_metrics, "flow metrics"))}
+    pure_run = (s.compare or {}).get("pure_run")
+    if pure_run:
+        if s.mock.members == "bound":
+            raise ConfigError("compare.pure_run is set in a pure run (mock.members: bound). "
+                              "Fix: set compare.pure_run: null in the pure overlay")
+        if pure_run == s.run:
+            raise ConfigError(f"compare.pure_run names this run itself ({s.run}). Fix: name "
+                              "the run of configs/pure.yaml (e.g. demo-pure)")
+        if None in (pure_metrics, pure_flow_metrics, pure_config):
+            raise ConfigError("compare: the pure run's metrics, flow metrics and "
+                              "config.resolved.yaml are all needed")
+        other = yaml.safe_load(Path(pure_config).read_text()) or {}
+        members = (other.get("mock") or {}).get("members", "all")
+        if members != "bound":
+            raise CatalogueError(pure_config, "mock.members", f"run {pure_run} has members: "
+                                 f"{members}, not a pure catalogue",
+                                 "rerun it with --configfile configs/pure.yaml")
+        mine = dict(config)
+        for key in ("seed", "simulation", "selection", "sightlines", "window", "splits",
+                    "kde", "flow", "train"):
+            if mine.get(key) != other.get(key):
+                log.warning("compare: '%s' differs between run %s and the pure run %s: the "
+                            "two eval sets differ in more than their interlopers", key, s.run,
+                            pure_run)
+        cats["pure"] = dict(run=pure_run, metrics=_read_json(pure_metrics, "metrics"),
+                            flow=_read_json(pure_flow_metrics, "flow metrics"))
+    summary = comparison_summary(cats)
+    io.write_json(summary_out, _jsonable(summary))
+    write_comparison_csv(csv_out, summary)
+    comparison_figure(summary, png)
+    for cat, r in summary["ratios"].items():
+        log.info("compare (%s, run %s): scatter CNN3D+SBI %.3f, flow %.3f, M-sigma %.3f dex; "
+                 "M-sigma / flow scatter %.2f", cat, summary["runs"][cat],
+                 r["cnn3d_sbi_scatter_dex"], r["flow_scatter_dex"], r["msigma_scatter_dex"],
+                 r["msigma_over_flow_scatter"])

@@ -1,0 +1,320 @@
+"""The neural-flow estimator (cmpipe.flow) on a toy problem with a known posterior, its
+posterior gridding, reproducibility, and the estimator comparison (cmpipe.comparison).
+
+The toy problem: a scalar feature s ~ U(0, 1) is drawn as the row position of a Gaussian
+blob in a 16 x 16 image (the flow must read it through its convolutional embedding), and
+log M | s ~ N(13.8 + 1.2 s, (0.08 + 0.12 s)^2). The image determines s exactly, so the
+true posterior P(log M | image) is that Gaussian: its mean, its width (which grows with s)
+and calibrated intervals are the independent reference.
+"""
+import csv
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from cmpipe import stages
+from cmpipe.comparison import comparison_summary, write_comparison_csv
+from cmpipe.flow import (FlowModel, FlowSettings, grid_of, pit_from_curves, train_flow,
+                         training_prior)
+from cmpipe.io.cubes import CubeWriter
+from cmpipe.io.tables import CatalogueError
+from cmpipe.massfunction import summarise_grid_posteriors
+from cmpipe.metrics import pit_curve
+from cmpipe.settings import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = ROOT / "workflow/schemas/config.schema.yaml"
+N_PIX = 16
+TOY_SETTINGS = FlowSettings(embedding_channels=(4, 8), embedding_units=32,
+                            embedding_features=8, transforms=2, hidden_features=32,
+                            epochs=200, patience=15, batch_size=64, learning_rate=2e-3,
+                            seed=3)
+
+
+def toy(n, rng):
+    """Images, true masses, and the true posterior mean and sd of each (log10 h^-1 Msun)."""
+    s = rng.random(n)
+    mu, sig = 13.8 + 1.2 * s, 0.08 + 0.12 * s
+    m = mu + sig * rng.standard_normal(n)
+    r = np.arange(N_PIX)[:, None] + 0.5
+    c = np.arange(N_PIX)[None, :] + 0.5
+    row = 2.0 + 12.0 * s
+    img = np.exp(-0.5 * (((r[None] - row[:, None, None]) / 1.5) ** 2
+                         + ((c[None] - 8.0) / 3.0) ** 2))
+    img /= img.sum(axis=(1, 2), keepdims=True)
+    return img.astype(np.float32), m, mu, sig
+
+
+def write_images(path, img, m):
+    n = len(m)
+    with CubeWriter(path, n, (N_PIX, N_PIX), {"split": "toy"}) as w:
+        w.write(img, dict(cluster_id=np.arange(n), log10_m200c=m, n_gal=np.full(n, 50),
+                          n_members=np.full(n, 50)))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)       # robust timing on a shared 2-core machine
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def toy_flow(tmp_path_factory, one_thread):
+    d = tmp_path_factory.mktemp("toy")
+    rng = np.random.default_rng(1)
+    tr, va, ev = toy(2000, rng), toy(400, rng), toy(600, rng)
+    write_images(d / "train.h5", tr[0], tr[1])
+    write_images(d / "validation.h5", va[0], va[1])
+    result = train_flow(d / "train.h5", d / "validation.h5", d / "model", TOY_SETTINGS)
+    model, meta = FlowModel.load(d / "model")
+    return dict(dir=d, result=result, model=model, meta=meta, grid=grid_of(meta), eval=ev,
+                train=tr)
+
+
+def test_toy_posteriors_have_the_right_mean_width_and_coverage(toy_flow):
+    """Posterior mean within 0.04 dex RMS of the truth's (a quarter of its mean width
+    0.14 dex), widths within 15%, the width growing with s as it should (true ratio of
+    the upper to the lower third: 1.86), and 68%/95% coverage within 3-sigma binomial
+    bands of the nominal levels over 600 fresh clusters."""
+    img, m, mu, sig = toy_flow["eval"]
+    g = toy_flow["grid"]
+    curves, mass = toy_flow["model"].posterior_curves(img, g)
+    su = summarise_grid_posteriors(g, curves)
+    assert np.sqrt(np.mean((su["mean"] - mu) ** 2)) < 0.04
+    assert abs(np.mean(su["mean"] - mu)) < 0.02
+    assert 0.85 < np.median(su["sd"] / sig) < 1.15
+    upper, lower = mu > 13.8 + 1.2 * 2 / 3, mu < 13.8 + 1.2 / 3
+    assert 1.4 < np.median(su["sd"][upper]) / np.median(su["sd"][lower]) < 2.4
+    n = m.size
+    for lev, lo, hi in ((0.6827, "lo68", "hi68"), (0.95, "lo95", "hi95")):
+        cov = np.mean((m >= su[lo]) & (m <= su[hi]))
+        band = 3.0 * math.sqrt(lev * (1 - lev) / n)
+        assert abs(cov - lev) < band, (lev, cov, band)
+    # PIT values uniform (Kolmogorov-Smirnov p > 0.001)
+    assert pit_curve(pit_from_curves(g, curves, m))["ks_pvalue"] > 1e-3
+    # the flow density is per dex (the standardisation's Jacobian included): it
+    # integrates to ~1 on a grid that holds the posterior
+    assert np.median(mass) == pytest.approx(1.0, abs=0.01)
+    assert toy_flow["result"].stopped_early
+    assert toy_flow["result"].best_epoch < toy_flow["result"].epochs_run
+
+
+def test_grid_summaries_agree_with_posterior_samples(toy_flow):
+    """The gridded posterior and the flow's own samples describe the same distribution:
+    mean and median within 5 standard errors, sd within 6% (4000 draws each)."""
+    img = toy_flow["eval"][0][:12]
+    g = toy_flow["grid"]
+    curves, _ = toy_flow["model"].posterior_curves(img, g)
+    su = summarise_grid_posteriors(g, curves)
+    draws = toy_flow["model"].sample(img, 4000, seed=5)
+    se = draws.std(axis=1) / math.sqrt(draws.shape[1])
+    assert np.all(np.abs(draws.mean(axis=1) - su["mean"]) < 5 * se)
+    assert np.all(np.abs(np.median(draws, axis=1) - su["median"]) < 5 * 1.26 * se)
+    np.testing.assert_allclose(draws.std(axis=1), su["sd"], rtol=0.06)
+
+
+def test_training_is_reproducible_and_the_saved_flow_reloads(toy_flow, tmp_path):
+    """Same seed, same data: identical weights and losses; another seed differs. A
+    reloaded flow gives bit-identical densities."""
+    d = toy_flow["dir"]
+    runs = []
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        r = train_flow(d / "train.h5", d / "validation.h5", tmp_path / name,
+                       replace(TOY_SETTINGS, epochs=2, patience=2, seed=seed))
+        runs.append((r, torch.load(tmp_path / name / "flow.pt", weights_only=True)))
+    (ra, wa), (rb, wb), (rc, wc) = runs
+    assert [h["loss"] for h in ra.history] == [h["loss"] for h in rb.history]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert not all(torch.equal(wa[k], wc[k]) for k in wa)
+    m1, _ = FlowModel.load(tmp_path / "a")
+    m2, _ = FlowModel.load(tmp_path / "a")
+    img = toy_flow["eval"][0][:5]
+    np.testing.assert_array_equal(m1.log_density(img, toy_flow["grid"]),
+                                  m2.log_density(img, toy_flow["grid"]))
+
+
+def test_stored_prior_is_the_training_mass_kde(toy_flow):
+    """flow.json carries the training-set prior: scipy's gaussian_kde of the training
+    masses (bandwidth 0.2) on the posterior grid, normalised there."""
+    from scipy.stats import gaussian_kde
+
+    g = toy_flow["grid"]
+    m_train = toy_flow["train"][1]
+    ref = gaussian_kde(m_train, bw_method=0.2)(g)
+    ref /= np.trapezoid(ref, g)
+    np.testing.assert_allclose(toy_flow["meta"]["training_prior"], ref, rtol=1e-9,
+                               atol=1e-12)
+    assert toy_flow["meta"]["training_mass_range"] == [pytest.approx(m_train.min()),
+                                                       pytest.approx(m_train.max())]
+    assert g[0] == pytest.approx(m_train.min() - 0.5) and g[-1] == pytest.approx(
+        m_train.max() + 0.5)
+    np.testing.assert_allclose(training_prior(m_train, g), ref, rtol=1e-12)
+
+
+def test_3d_cubes_train_with_sky_symmetries_and_give_normalised_posteriors(tmp_path,
+                                                                           one_thread):
+    """flow.input 3d: a Conv3d embedding over (x, y, v) cubes, D4 augmentation; the
+    augmentation maps are exact symmetries of the cube's sky axes."""
+    from cmpipe.flow import _d4
+
+    rng = np.random.default_rng(2)
+    n = 8
+    for name, size in (("train", 48), ("validation", 16)):
+        cubes = rng.random((size, n, n, n)).astype(np.float32)
+        cubes /= cubes.sum(axis=(1, 2, 3), keepdims=True)
+        with CubeWriter(tmp_path / f"{name}.h5", size, n, {}) as w:
+            w.write(cubes, dict(cluster_id=np.arange(size), log10_m200c=14 + rng.random(size),
+                                n_gal=np.full(size, 30), n_members=np.full(size, 30)))
+    s = replace(TOY_SETTINGS, input="3d", augment=True, epochs=2, embedding_channels=(2, 2))
+    r = train_flow(tmp_path / "train.h5", tmp_path / "validation.h5", tmp_path / "m", s)
+    assert r.epochs_run == 2
+    model, meta = FlowModel.load(tmp_path / "m")
+    assert model.shape == (n, n, n)
+    curves, mass = model.posterior_curves(cubes[:3], grid_of(meta))
+    np.testing.assert_allclose(np.trapezoid(curves, grid_of(meta), axis=1), 1.0, rtol=1e-9)
+    x = torch.as_tensor(cubes[:2])
+    seen = {_d4(x, k)[0].numpy().tobytes() for k in range(8)}
+    assert len(seen) == 8
+    for k in range(8):
+        torch.testing.assert_close(_d4(x, k).sum(dim=(1, 2)), x.sum(dim=(1, 2)))  # v intact
+    with pytest.raises(ValueError, match="shrink"):
+        FlowModel(replace(s, embedding_channels=(2, 2, 2, 2)), (n, n, n),
+                  dict(mass_mean=14, mass_sd=0.3, image_mean=1, image_sd=1))
+
+
+def test_pit_from_curves_is_the_gaussian_cdf():
+    """Gaussian curves on a grid: the PIT equals the normal CDF (to the trapezoid error)."""
+    from scipy.stats import norm
+
+    g = np.linspace(12.0, 16.0, 2001)
+    mu = np.array([13.5, 14.0, 14.7])
+    sd = np.array([0.1, 0.2, 0.15])
+    curves = norm.pdf(g[None, :], mu[:, None], sd[:, None])
+    m = np.array([13.4, 14.3, 14.7])
+    np.testing.assert_allclose(pit_from_curves(g, curves, m), norm.cdf(m, mu, sd), atol=2e-5)
+    assert pit_from_curves(g, curves[:1], [11.0])[0] == 0.0
+    assert pit_from_curves(g, curves[:1], [17.0])[0] == pytest.approx(1.0)
+
+
+def test_flow_settings_reject_bad_values():
+    with pytest.raises(ValueError, match="augment applies to input '3d'"):
+        FlowSettings(augment=True)
+    with pytest.raises(ValueError, match="model"):
+        FlowSettings(model="realnvp")
+    with pytest.raises(ValueError, match="unknown flow settings"):
+        FlowSettings.from_dict({"epoch": 3})
+
+
+def test_bad_flow_config_is_a_config_error(tmp_path):
+    cfg = load_config(ROOT / "config.yaml", SCHEMA)
+    cfg["flow"]["augment"] = True
+    with pytest.raises(ConfigError, match="flow: .*augment"):
+        stages.flow_train(config=cfg, train=tmp_path / "t.h5", validation=tmp_path / "v.h5",
+                          model_out=tmp_path / "m/flow.pt")
+
+
+def test_missing_images_name_the_file(tmp_path):
+    cfg = load_config(ROOT / "config.yaml", SCHEMA)
+    with pytest.raises(CatalogueError, match="t.h5"):
+        stages.flow_train(config=cfg, train=tmp_path / "t.h5", validation=tmp_path / "v.h5",
+                          model_out=tmp_path / "m/flow.pt")
+
+
+# -- the comparison -----------------------------------------------------------------------
+
+def _metrics(scatter, prefix_scatter):
+    m = dict(n_eval=100, n=100, mean_residual_dex=0.01, scatter_dex=scatter,
+             half_width_68_dex=scatter, coverage_68=0.7, coverage_95=0.96, sigma_N_dex=0.05,
+             sigma_N_err_dex=0.01, sigma_0_dex=0.1, sigma_0_err_dex=0.01)
+    for p, sc in prefix_scatter.items():
+        m.update({f"{p}_n": 100, f"{p}_mean_residual_dex": -0.02, f"{p}_scatter_dex": sc,
+                  f"{p}_half_width_68_dex": sc, f"{p}_sigma_N_dex": 0.2,
+                  f"{p}_sigma_N_err_dex": 0.01, f"{p}_sigma_0_dex": float("nan"),
+                  f"{p}_sigma_0_err_dex": 0.01})
+    return m
+
+
+def test_comparison_table_rows_and_ratios(tmp_path):
+    cats = {
+        "pure": dict(run="p", metrics=_metrics(0.12, {"msigma_gapper": 0.2, "virial": 0.25}),
+                     flow=_metrics(0.08, {})),
+        "contaminated": dict(run="c", flow=_metrics(0.1, {}),
+                             metrics=_metrics(0.2, {"msigma_gapper": 0.4, "virial": 0.35})),
+    }
+    s = comparison_summary(cats)
+    assert s["runs"] == {"contaminated": "c", "pure": "p"}
+    assert [r["catalogue"] for r in s["rows"]] == ["contaminated"] * 4 + ["pure"] * 4
+    assert s["ratios"]["contaminated"]["msigma_over_flow_scatter"] == pytest.approx(4.0)
+    assert s["ratios"]["pure"]["flow_over_cnn3d_sbi_scatter"] == pytest.approx(0.08 / 0.12)
+    rows = {(r["catalogue"], r["estimator"]): r for r in s["rows"]}
+    assert rows[("contaminated", "msigma_gapper")]["coverage_68"] is None
+    assert rows[("contaminated", "msigma_gapper")]["sigma_0_dex"] is None    # NaN -> None
+    assert rows[("pure", "flow")]["coverage_95"] == 0.96
+    write_comparison_csv(tmp_path / "s.csv", s)
+    with open(tmp_path / "s.csv") as fh:
+        got = list(csv.DictReader(fh))
+    assert len(got) == 8 and float(got[1]["scatter_dex"]) == pytest.approx(0.1)
+    assert got[2]["coverage_68"] == ""
+
+
+def test_compare_stage_reads_a_pure_run_and_checks_it(tmp_path):
+    cfg = load_config(ROOT / "config.yaml", SCHEMA)
+    cfg["compare"]["pure_run"] = "demo-pure"
+    files = {}
+    for name, m in (("metrics", _metrics(0.2, {"msigma_gapper": 0.4, "virial": 0.35})),
+                    ("flow", _metrics(0.1, {})),
+                    ("pmetrics", _metrics(0.1, {"msigma_gapper": 0.2, "virial": 0.2})),
+                    ("pflow", _metrics(0.05, {}))):
+        files[name] = tmp_path / f"{name}.json"
+        files[name].write_text(json.dumps(m))
+    pure_cfg = dict(cfg, run="demo-pure", mock=dict(cfg["mock"], members="bound"),
+                    compare={"pure_run": None})
+    (tmp_path / "pure.yaml").write_text(yaml.safe_dump(pure_cfg))
+    kw = dict(config=cfg, metrics=files["metrics"], flow_metrics=files["flow"],
+              pure_metrics=files["pmetrics"], pure_flow_metrics=files["pflow"],
+              pure_config=tmp_path / "pure.yaml", summary_out=tmp_path / "out/s.json",
+              csv_out=tmp_path / "out/s.csv", png=tmp_path / "out/c.png")
+    stages.compare_estimators(**kw)
+    s = json.loads((tmp_path / "out/s.json").read_text())
+    assert s["runs"] == {"contaminated": "demo", "pure": "demo-pure"}
+    assert s["ratios"]["pure"]["msigma_over_flow_scatter"] == pytest.approx(4.0)
+    assert (tmp_path / "out/c.png").stat().st_size > 0
+    # a "pure" run that is not one
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(dict(pure_cfg, mock=cfg["mock"])))
+    with pytest.raises(CatalogueError, match="mock.members"):
+        stages.compare_estimators(**dict(kw, pure_config=tmp_path / "bad.yaml"))
+    with pytest.raises(ConfigError, match="itself"):
+        stages.compare_estimators(**dict(kw, config=dict(cfg, compare={"pure_run": "demo"})))
+
+
+def test_default_run_names_the_command_for_a_missing_pure_run(tmp_path):
+    """config.yaml compares with the pure run demo-pure: without it the run stops before
+    any job with the command that makes it; once it exists, compare is planned."""
+    import shutil
+    import subprocess
+    import sys
+
+    shutil.copy(ROOT / "config.yaml", tmp_path / "config.yaml")
+    shutil.copytree(ROOT / "configs", tmp_path / "configs")
+    cmd = [str(Path(sys.executable).parent / "snakemake"), "--snakefile",
+           str(ROOT / "Snakefile"), "--directory", str(tmp_path), "--cores", "1", "-n",
+           "--quiet", "rules"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "configs/pure.yaml" in out and "results/demo-pure/flow/metrics.json" in out
+    for p in ("evaluation/metrics.json", "flow/metrics.json", "config.resolved.yaml"):
+        (tmp_path / "results/demo-pure" / p).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "results/demo-pure" / p).write_text("{}\n")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "compare" in out and "flow_train" in out

@@ -1,0 +1,218 @@
+# The paper's remaining analyses (issue 8): dimensionality ablation (paper Figs. 7, 8),
+# robustness to survey perturbations and saliency maps (talk slides). Named targets:
+#   snakemake ablation | robustness | saliency | analyses
+
+
+rule ablation_inputs:
+    input:
+        clusters=res("mock/clusters.h5"),
+    output:
+        **{s: res(f"ablation/{{dim}}/inputs/{s}.h5") for s in SPLITS},
+    params:
+        ablation=config["ablation"],
+        kde=config["kde"],
+        window=config["window"],
+    wildcard_constraints:
+        dim="1d|2d",
+    log:
+        res("logs/ablation/{dim}-inputs.log"),
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    conda:
+        "../../envs/kde.yaml"
+    script:
+        "../scripts/ablation_inputs.py"
+
+
+rule ablation_train:
+    input:
+        train=res("ablation/{dim}/inputs/train.h5"),
+        validation=res("ablation/{dim}/inputs/validation.h5"),
+    output:
+        model=res("ablation/{dim}/model/cnn{dim}.keras"),
+        history=res("ablation/{dim}/model/history.csv"),
+        normalisation=res("ablation/{dim}/model/normalisation.json"),
+    params:
+        train=config["train"],
+        ablation=config["ablation"],
+        seed=config["seed"],
+    wildcard_constraints:
+        dim="1d|2d",
+    log:
+        res("logs/ablation/{dim}-train.log"),
+    benchmark:
+        res("benchmarks/ablation/{dim}-train.tsv")
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    conda:
+        "../../envs/train.yaml"
+    script:
+        "../scripts/ablation_train.py"
+
+
+rule ablation_evaluate:
+    input:
+        model=res("ablation/{dim}/model/cnn{dim}.keras"),
+        test=res("ablation/{dim}/inputs/test.h5"),
+        eval=res("ablation/{dim}/inputs/eval.h5"),
+    output:
+        test=res("ablation/{dim}/summaries/test.h5"),
+        eval=res("ablation/{dim}/summaries/eval.h5"),
+        joint_pdf=res("ablation/{dim}/joint_pdf.h5"),
+        metrics=res("ablation/{dim}/metrics.json"),
+    params:
+        calibration=config["calibration"],
+    wildcard_constraints:
+        dim="1d|2d",
+    log:
+        res("logs/ablation/{dim}-evaluate.log"),
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../../envs/train.yaml"
+    script:
+        "../scripts/ablation_evaluate.py"
+
+
+rule ablation_summary:
+    input:
+        metrics_1d=res("ablation/1d/metrics.json"),
+        metrics_2d=res("ablation/2d/metrics.json"),
+        metrics_3d=res("evaluation/metrics.json"),
+    output:
+        summary=res("ablation/summary.json"),
+    log:
+        res("logs/ablation/summary.log"),
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        "../../envs/calibrate.yaml"
+    script:
+        "../scripts/ablation_summary.py"
+
+
+rule ablation_plots:
+    input:
+        summary=res("ablation/summary.json"),
+    output:
+        figure=res("ablation/scatter.png"),
+    log:
+        res("logs/ablation/plots.log"),
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        "../../envs/plots.yaml"
+    script:
+        "../scripts/ablation_plots.py"
+
+
+rule perturbed_eval:
+    input:
+        model=res("model/cnn3d.keras"),
+        normalisation=res("model/normalisation.json"),
+        joint_pdf=res("calibration/joint_pdf.h5"),
+        clusters=res("mock/clusters.h5"),
+        eval=res("summaries/eval.h5"),
+    output:
+        summary=res("robustness/summary.json"),
+        predictions=res("robustness/predictions.h5"),
+    params:
+        robustness=config["robustness"],
+        kde=config["kde"],
+        calibration=config["calibration"],
+    log:
+        res("logs/robustness/perturbed_eval.log"),
+    benchmark:
+        res("benchmarks/robustness.tsv")
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        "../../envs/train.yaml"
+    script:
+        "../scripts/robustness.py"
+
+
+rule robustness_plots:
+    input:
+        summary=res("robustness/summary.json"),
+    output:
+        figure=res("robustness/robustness.png"),
+    log:
+        res("logs/robustness/plots.log"),
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        "../../envs/plots.yaml"
+    script:
+        "../scripts/robustness_plots.py"
+
+
+rule saliency_maps:
+    input:
+        model=res("model/cnn3d.keras"),
+        normalisation=res("model/normalisation.json"),
+        cubes=res("cubes/eval.h5"),
+    output:
+        saliency=res("saliency/saliency.h5"),
+        summary=res("saliency/summary.json"),
+    params:
+        saliency=config["saliency"],
+    log:
+        res("logs/saliency/maps.log"),
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../../envs/train.yaml"
+    script:
+        "../scripts/saliency.py"
+
+
+rule saliency_plots:
+    input:
+        saliency=res("saliency/saliency.h5"),
+    output:
+        mean=res("saliency/mean.png"),
+        abs=res("saliency/abs.png"),
+    log:
+        res("logs/saliency/plots.log"),
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        "../../envs/plots.yaml"
+    script:
+        "../scripts/saliency_plots.py"
+
+
+rule ablation:
+    input:
+        ablation_products(),
+
+
+rule robustness:
+    input:
+        robustness_products(),
+
+
+rule saliency:
+    input:
+        saliency_products(),
+
+
+rule analyses:
+    input:
+        ablation_products(),
+        robustness_products(),
+        saliency_products(),

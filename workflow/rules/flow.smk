@@ -1,0 +1,158 @@
+# The neural-flow estimator (Kodi Ramanah et al. 2020, arXiv:2003.05951): 2-D (R_proj, v)
+# KDE images -> a conditional normalizing flow P(log M | image) trained on the training
+# split (early stopping on validation) -> eval-set and survey posteriors; and the comparison
+# of CNN3D + SBI, the flow, M-sigma and virial on contaminated and pure catalogues.
+
+
+rule flow_images:
+    input:
+        clusters=res("mock/clusters.h5"),
+    output:
+        images=res("flow/images/{split}.h5"),
+    params:
+        n_grid=config["flow"]["n_grid"],
+        kde=config["kde"],
+        window=config["window"],
+    log:
+        res("logs/flow/images-{split}.log"),
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    conda:
+        "../../envs/kde.yaml"
+    script:
+        "../scripts/flow_images.py"
+
+
+rule flow_survey_images:
+    input:
+        phase_space=res("survey/phase_space.h5"),
+    output:
+        images=res("flow/images/survey.h5"),
+    params:
+        n_grid=config["flow"]["n_grid"],
+        kde=config["kde"],
+        window=config["window"],
+    log:
+        res("logs/flow/images-survey.log"),
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    conda:
+        "../../envs/kde.yaml"
+    script:
+        "../scripts/flow_survey_images.py"
+
+
+rule flow_train:
+    input:
+        train=flow_input("train"),
+        validation=flow_input("validation"),
+    output:
+        model=res("flow/model/flow.pt"),
+        meta=res("flow/model/flow.json"),
+        history=res("flow/model/history.csv"),
+    params:
+        flow=config["flow"],
+        seed=config["seed"],
+    log:
+        res("logs/flow/train.log"),
+    benchmark:
+        res("benchmarks/flow_train.tsv")
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    conda:
+        "../../envs/flow.yaml"
+    script:
+        "../scripts/flow_train.py"
+
+
+rule flow_evaluate:
+    input:
+        model=res("flow/model/flow.pt"),
+        meta=res("flow/model/flow.json"),
+        images=flow_input("eval"),
+        clusters=res("mock/clusters.h5"),
+    output:
+        metrics=res("flow/metrics.json"),
+        posteriors=res("flow/posteriors.h5"),
+    params:
+        calibration=config["calibration"],
+    log:
+        res("logs/flow/evaluate.log"),
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../../envs/flow.yaml"
+    script:
+        "../scripts/flow_evaluate.py"
+
+
+rule flow_survey_posteriors:
+    input:
+        model=res("flow/model/flow.pt"),
+        meta=res("flow/model/flow.json"),
+        images=flow_input("survey"),
+        phase_space=res("survey/phase_space.h5"),
+    output:
+        posteriors=res("flow/survey_posteriors.ecsv"),
+        csv=res("flow/survey_posteriors.csv"),
+    params:
+        calibration=config["calibration"],
+        survey=config["survey"],
+        cosmology=config["cosmology"],
+    log:
+        res("logs/flow/survey_posteriors.log"),
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../../envs/flow.yaml"
+    script:
+        "../scripts/flow_survey_posteriors.py"
+
+
+rule flow_plots:
+    input:
+        history=res("flow/model/history.csv"),
+        metrics=res("flow/metrics.json"),
+        posteriors=res("flow/posteriors.h5"),
+    output:
+        loss=res("figures/flow_loss.png"),
+        predictions=res("figures/flow_predictions.png"),
+        calibration=res("figures/flow_calibration.png"),
+    log:
+        res("logs/flow/plots.log"),
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        "../../envs/flow.yaml"
+    script:
+        "../scripts/flow_plots.py"
+
+
+rule compare:
+    input:
+        unpack(compare_inputs),
+    output:
+        summary=res("comparison/summary.json"),
+        csv=res("comparison/summary.csv"),
+        figure=res("figures/comparison.png"),
+    params:
+        compare=config["compare"],
+        members=config["mock"]["members"],
+    log:
+        res("logs/compare.log"),
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        "../../envs/plots.yaml"
+    script:
+        "../scripts/compare.py"

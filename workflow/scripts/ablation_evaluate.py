@@ -1,0 +1,8 @@
+"""Rule ablation_evaluate: predictions, own SBI calibration and eval metrics of CNN1D/2D."""
+from cmpipe.stages import ablation_evaluate, run_rule
+
+run_rule(ablation_evaluate, snakemake.log[0], config=snakemake.config,
+         dim=snakemake.wildcards.dim, model=snakemake.input.model,
+         test_inputs=snakemake.input.test, eval_inputs=snakemake.input.eval,
+         test_out=snakemake.output.test, eval_out=snakemake.output.eval,
+         joint_pdf_out=snakemake.output.joint_pdf, metrics_out=snakemake.output.metrics)

@@ -285,20 +285,10 @@ def flow_evaluate(*, config, model, images, clusters, metrics_out, posteriors_ou
 def _population_range(s, meta) -> tuple[float, float]:
     """True-mass range of the population prior: the survey sample's (as for the CNN3D +
     SBI survey posteriors) clipped to the flow's training masses."""
-    sv = s.survey or {}
-    pp = dict(sv.get("population_prior") or {})
-    t_lo, t_hi = (float(v) for v in meta["training_mass_range"])
-    lo = pp.get("log10_m_min")
-    if lo is None and sv.get("source", "synthetic") == "synthetic":
-        lo = (sv.get("synthetic") or {}).get("log10_m_min")
-    hi = pp.get("log10_m_max")
-    lo = t_lo if lo is None else max(float(lo), t_lo)
-    hi = t_hi if hi is None else min(float(hi), t_hi)
-    if not lo < hi:
-        raise ConfigError(f"survey.population_prior: the mass range [{lo}, {hi}] is empty "
-                          f"inside the flow's training masses [{t_lo:.3f}, {t_hi:.3f}]; "
-                          "widen log10_m_min/log10_m_max or set them to null")
-    return lo, hi
+    from .survey import _population_mass_range
+
+    return _population_mass_range(s, meta["training_mass_range"],
+                                  "the flow's training masses")
 
 
 def flow_survey_posteriors(*, config, model, images, phase_space, out, csv_out=None,

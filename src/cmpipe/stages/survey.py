@@ -429,7 +429,7 @@ def survey_posteriors(*, config, model, joint_pdf, cubes, phase_space, out, csv_
         for key in SURVEY_POSTERIOR_KEYS:
             table[f"{p}_{key}"] = np.full(n, np.nan)
     prior = prior_from_joint_pdf(pdf)
-    m_range = _population_mass_range(s, pdf)
+    m_range = _population_mass_range(s, pdf.calibrated_mass_range)
     idx = np.flatnonzero(ok)
     for c0 in range(0, idx.size, 2048):
         sel = idx[c0:c0 + 2048]
@@ -472,22 +472,25 @@ def survey_posteriors(*, config, model, joint_pdf, cubes, phase_space, out, csv_
         log.warning("survey posteriors: no cluster has a cube; every posterior is NaN")
 
 
-def _population_mass_range(s, pdf) -> tuple[float, float]:
+def _population_mass_range(s, measured_range, measured_what: str = "the calibrated range "
+                           "of the joint PDF") -> tuple[float, float]:
     """True-mass range of the population prior: the sample's (config, or the synthetic
-    survey's mass threshold) clipped to the calibrated range of the joint PDF."""
+    survey's mass threshold) clipped to ``measured_range``, the masses the estimator's
+    likelihood was measured on (:attr:`JointPDF.calibrated_mass_range`, or the neural
+    flow's training masses)."""
     sv = _survey_cfg(s)
     pp = dict(sv.get("population_prior") or {})
-    cal_lo, cal_hi = pdf.calibrated_mass_range
+    cal_lo, cal_hi = (float(v) for v in measured_range)
     lo = pp.get("log10_m_min")
     if lo is None and sv.get("source", "synthetic") == "synthetic":
-        lo = sv.get("synthetic", {}).get("log10_m_min", cal_lo)
+        lo = (sv.get("synthetic") or {}).get("log10_m_min")
     hi = pp.get("log10_m_max")
     lo = cal_lo if lo is None else max(float(lo), cal_lo)
     hi = cal_hi if hi is None else min(float(hi), cal_hi)
     if not lo < hi:
         raise ConfigError(f"survey.population_prior: the mass range [{lo}, {hi}] is empty "
-                          f"inside the calibrated range [{cal_lo:.3f}, {cal_hi:.3f}] of the "
-                          "joint PDF; widen log10_m_min/log10_m_max or set them to null")
+                          f"inside {measured_what} [{cal_lo:.3f}, {cal_hi:.3f}]; widen "
+                          "log10_m_min/log10_m_max or set them to null")
     return float(lo), float(hi)
 
 

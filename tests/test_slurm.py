@@ -305,6 +305,14 @@ def _h5_items(path):
     return items
 
 
+def _is_json(s):
+    try:
+        json.loads(s)
+    except ValueError:
+        return False                               # e.g. "[0, sqrt(2) half_width]"
+    return True
+
+
 def _assert_same_value(a, b, where):
     if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
         a, b = np.asarray(a), np.asarray(b)
@@ -315,8 +323,8 @@ def _assert_same_value(a, b, where):
             np.testing.assert_allclose(b, a, rtol=rtol, atol=atol, equal_nan=True, err_msg=where)
         else:
             np.testing.assert_array_equal(b, a, err_msg=where)
-    elif isinstance(a, str) and a.startswith(("{", "[")):  # JSON, e.g. a checkpoint's state
-        _assert_same_json(json.loads(a), json.loads(b), where)
+    elif isinstance(a, str) and a.startswith(("{", "[")) and _is_json(a):
+        _assert_same_json(json.loads(a), json.loads(b), where)   # e.g. a checkpoint's state
     elif isinstance(a, (float, np.floating)):
         assert math.isclose(a, b, rel_tol=1e-10, abs_tol=1e-300) or (math.isnan(a) and math.isnan(b)), where
     else:

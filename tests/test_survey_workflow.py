@@ -131,7 +131,7 @@ def test_cubes_phase_space_and_posteriors_are_consistent(tiny):
     both = np.isfinite(post["flat_median"]) & np.isfinite(post["pop_median"])
     assert np.median(post["pop_median"][both] - post["flat_median"][both]) < 0
     lo, hi = t.meta["population_log10_m_range"]
-    assert lo == pytest.approx(13.7) and hi > 14.5
+    assert 13.7 <= lo < 13.72 and hi > 14.5      # the threshold, or the lowest test mass
     assert np.all(post["pop_lo95"][both] >= lo - 1e-9)
     assert np.all(post["pop_hi95"][both] <= hi + 1e-9)
     _, csv = _table(res / "survey/posteriors.csv")
@@ -152,11 +152,11 @@ def test_mass_function_and_pulls(tiny):
     for p in ("flat", "population"):
         for st in (pulls[p]["all"], pulls[p]["median_half68"]["all"]):
             assert np.isfinite(st["pull_mean"]) and st["pull_sd"] > 0
-    assert pulls["population_log10_m_range"][0] == pytest.approx(13.7)
+    assert 13.7 <= pulls["population_log10_m_range"][0] < 13.72
     # the forward model goes through the calibration: its expected count is the Tinker
     # count of the survey volume above the threshold
     fw = pulls["mass_function"]["forward"]
-    assert fw["method"] == "calibrated" and fw["log10_m_true_range"][0] == pytest.approx(13.7)
+    assert fw["method"] == "calibrated" and 13.7 <= fw["log10_m_true_range"][0] < 13.72
     assert fw["n_simulated"] == pytest.approx(20 * fw["n_expected"], rel=0.01)
     e = pulls["eddington"]
     assert e["alpha_per_dex"] < 0 and e["shift_dex"] > 0

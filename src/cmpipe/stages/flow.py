@@ -60,8 +60,9 @@ def _write_images(out, ids, gal, rows, s, split_name, source, progress):
     """2-D KDE images of clusters ``ids`` (sorted) from their window galaxies ``gal``."""
     from tqdm.auto import tqdm
 
+    from ..ablation import ablation_inputs
     from ..io.cubes import CubeWriter
-    from ..kde import KDEInputError, kde_2d
+    from ..kde import KDEInputError
 
     n = _image_n(s)
     k = s.kde
@@ -77,18 +78,18 @@ def _write_images(out, ids, gal, rows, s, split_name, source, progress):
                    disable=not progress)
         for b0 in range(0, len(ids), _IMAGE_BATCH):
             b1 = min(b0 + _IMAGE_BATCH, len(ids))
-            batch = np.empty((b1 - b0, n, n), dtype=np.float32)
-            for j, i in enumerate(range(b0, b1)):
-                r = slice(int(offsets[i]), int(offsets[i + 1]))
-                try:
-                    batch[j] = kde_2d(gal["x_proj_mpc_h"][r], gal["y_proj_mpc_h"][r],
-                                      gal["v_los_kms"][r], n=n, half_width_mpc_h=W,
-                                      v_max_kms=V, h0=k.h0, truncation=k.truncation,
-                                      min_galaxies=3, cluster_id=int(ids[i]))
-                except KDEInputError as err:
-                    raise CatalogueError(source, "galaxies", str(err),
-                                         "rebuild it with min_galaxies >= 3 or drop the "
-                                         "cluster") from err
+            o = offsets[b0:b1 + 1]
+            r = slice(int(o[0]), int(o[-1]))
+            try:                                # the ablation's 2-D inputs, same code path
+                batch = ablation_inputs(gal["x_proj_mpc_h"][r], gal["y_proj_mpc_h"][r],
+                                        gal["v_los_kms"][r], o - o[0], "2d", n=n,
+                                        half_width_mpc_h=W, v_max_kms=V, h0=k.h0,
+                                        truncation=k.truncation, min_galaxies=3,
+                                        ids=ids[b0:b1].tolist())
+            except KDEInputError as err:
+                raise CatalogueError(source, "galaxies", str(err),
+                                     "rebuild it with min_galaxies >= 3 or drop the "
+                                     "cluster") from err
             w.write(batch, {c: v[b0:b1] for c, v in rows.items()})
             bar.update(b1 - b0)
         bar.close()

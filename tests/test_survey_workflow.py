@@ -164,6 +164,24 @@ def test_mass_function_and_pulls(tiny):
     assert m["n_bins_compared"] == int(np.sum(mf["compared"]))
     assert m["fraction_forward_in_band"] == pytest.approx(
         np.sum(mf["forward_in_band"]) / m["n_bins_compared"])
+    # the band: Poisson bootstrap; its null distribution from mock surveys measured alike
+    assert m["bootstrap"] == "poisson"
+    null = m["band_count_null"]
+    assert null["n_surveys"] == 200
+    assert null["fraction_in_band"]["observed"] == pytest.approx(m["fraction_forward_in_band"])
+    for key in ("fraction_in_band", "fraction_in_band_with_sample_variance"):
+        st = null[key]
+        assert 0 <= st["null_lo68"] <= st["null_median"] <= st["null_hi68"] <= 1
+        assert 0 <= st["p_value"] <= 1 and 0 <= st["null_prob_at_least_two_thirds"] <= 1
+    assert m["chi2"]["dof"] >= 1 and 0 <= m["chi2"]["p_value"] <= 1
+    # the sample variance of the survey's own window in the periodic box
+    assert "periodic" in m["sample_variance_window"] and 0 < m["sample_variance_sigma_lin"] < 0.2
+    assert np.all(mf["sample_variance_sd"][mf["compared"] == 1] > 0)
+    # the survey's predictions against the test set's likelihood at the true masses
+    lc = pulls["likelihood_check"]
+    assert lc["all"]["n"] == m["n_clusters"] and 0 < lc["all"]["mean"] < 1
+    matched = lc["matched_to_test_set"]["all"]
+    assert matched["n"] > 0.9 * lc["all"]["n"] and np.isfinite(matched["difference"])
     # the estimator integrates to N / V (weights only redistribute)
     dm = mf["log10_m"][1] - mf["log10_m"][0]
     assert np.trapezoid(mf["dn_dlog10m"], dx=dm) == pytest.approx(

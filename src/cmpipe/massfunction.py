@@ -22,10 +22,16 @@ Estimator
     ``"posterior"`` gives each cluster a Gaussian of its own ``sigma_i`` (the sum of the
     clusters' Gaussian posteriors).
 Bootstrap
-    ``n_boot`` resamplings of the N clusters with replacement (fixed seed), the estimator
-    recomputed with the full-sample bandwidth; the 1 sigma band is the 15.87 / 84.13
-    percentile range at each mass (and the standard deviation is reported too). N is fixed,
-    so the overall Poisson uncertainty of the count is not in the band.
+    ``n_boot`` resamplings of the clusters (fixed seed), the estimator recomputed with the
+    full-sample bandwidth; the 1 sigma band is the 15.87 / 84.13 percentile range at each
+    mass (and the standard deviation is reported too). ``bootstrap="poisson"`` (default)
+    gives every cluster an independent Poisson(1) multiplicity (Hanley & MacGibbon 2006),
+    so the number of clusters varies between resamplings as a Poisson count does: the
+    band of a number density then holds the uncertainty of the overall count, which the
+    classical resampling of exactly N clusters (``"multinomial"``) leaves out (its
+    variance of the count in a mass range holding a fraction p of the clusters is
+    ``N p (1 - p)`` instead of ``N p``: 0.4 of the Poisson variance where p = 0.6).
+    Neither holds the survey's sample variance (:func:`sample_variance_fraction`).
 Theory
     Tinker et al. (2008) via colossus (``mdef='200c'``, ``dndlnM``) times ln 10 -> per
     dex. :func:`forward_model` gives what the estimator should see if the universe is
@@ -91,6 +97,11 @@ __all__ = [
     "population_prior_posterior",
     "summarise_grid_posteriors",
     "summaries_under_priors",
+    "sample_variance_fraction",
+    "window_sigma_lin",
+    "likelihood_pit",
+    "null_band_fractions",
+    "survey_window_weights",
 ]
 
 log = logging.getLogger(__name__)
@@ -265,6 +276,10 @@ class MassFunctionEstimate:
         Survey volume, (h^-1 Mpc)^3.
     n_boot : int
     seed : int
+    bootstrap : str
+        ``"poisson"`` or ``"multinomial"`` (:func:`estimate_mass_function`).
+    draws : ndarray or None
+        The ``(n_boot, G)`` resampled estimates, when asked for.
     """
 
     log10_m: np.ndarray
@@ -278,6 +293,8 @@ class MassFunctionEstimate:
     volume_mpc_h3: float
     n_boot: int
     seed: int
+    bootstrap: str = "poisson"
+    draws: np.ndarray | None = None
 
     def as_dict(self) -> dict:
         """Columns on the grid (for a table product)."""
@@ -369,9 +386,13 @@ def kde_mass_function(log10_m_est, sigma_dex, volume_mpc_h3: float, log10_m_grid
     return (m.size / float(volume_mpc_h3)) * (w @ k) / w.sum()
 
 
+BOOTSTRAPS = ("poisson", "multinomial")
+
+
 def estimate_mass_function(log10_m_est, sigma_dex, volume_mpc_h3: float, log10_m_grid, *,
-                           bandwidth_dex="scott", n_boot: int = 500,
-                           seed: int = 0) -> MassFunctionEstimate:
+                           bandwidth_dex="scott", n_boot: int = 500, seed: int = 0,
+                           bootstrap: str = "poisson",
+                           return_draws: bool = False) -> MassFunctionEstimate:
     """The estimator with its bootstrap 1 sigma band.
 
     Parameters
@@ -382,6 +403,11 @@ def estimate_mass_function(log10_m_est, sigma_dex, volume_mpc_h3: float, log10_m
         Bootstrap resamplings (0: no band).
     seed : int
         Seed of the resampling.
+    bootstrap : {"poisson", "multinomial"}
+        Poisson(1) multiplicities (the count varies; default) or N clusters drawn with
+        replacement (module docstring).
+    return_draws : bool
+        Keep the ``(n_boot, G)`` resampled estimates in ``draws`` (for a covariance).
 
     Returns
     -------
@@ -390,6 +416,8 @@ def estimate_mass_function(log10_m_est, sigma_dex, volume_mpc_h3: float, log10_m
     m, s = _check_estimates(log10_m_est, sigma_dex)
     if not volume_mpc_h3 > 0:
         raise ValueError(f"volume_mpc_h3 must be > 0, got {volume_mpc_h3}")
+    if bootstrap not in BOOTSTRAPS:
+        raise ValueError(f"bootstrap must be one of {BOOTSTRAPS}, got {bootstrap!r}")
     w = kde_weights(s)
     h = kde_bandwidth(m, w, bandwidth_dex, s)
     g = np.asarray(log10_m_grid, dtype=float)
@@ -397,22 +425,33 @@ def estimate_mass_function(log10_m_est, sigma_dex, volume_mpc_h3: float, log10_m
     scale = m.size / float(volume_mpc_h3)
     est = scale * k.sum(axis=0) / w.sum()
     lo = hi = sd = np.full(g.shape, np.nan)
+    draws = None
     if n_boot > 0:
         rng = np.random.default_rng(seed)
         draws = np.empty((n_boot, g.size))
         chunk = max(1, int(2e7 // max(m.size, 1)))
         for b0 in range(0, n_boot, chunk):
             nb = min(chunk, n_boot - b0)
-            c = rng.multinomial(m.size, np.full(m.size, 1.0 / m.size), size=nb).astype(float)
-            draws[b0:b0 + nb] = scale * (c @ k) / (c @ w)[:, None]
+            if bootstrap == "poisson":
+                c = rng.poisson(1.0, size=(nb, m.size)).astype(float)
+            else:
+                c = rng.multinomial(m.size, np.full(m.size, 1.0 / m.size),
+                                    size=nb).astype(float)
+            cw = c @ w
+            with np.errstate(invalid="ignore", divide="ignore"):
+                d = (c.sum(axis=1) / float(volume_mpc_h3))[:, None] * (c @ k) / cw[:, None]
+            d[cw <= 0] = 0.0                            # a resampling without clusters
+            draws[b0:b0 + nb] = d
         lo, hi = np.percentile(draws, [100 * _LO68, 100 * _HI68], axis=0)
         sd = draws.std(axis=0, ddof=1)
     log.info("mass function: %d clusters in %.4g (h^-1 Mpc)^3, kernel %.3g..%.3g dex, "
-             "%d bootstrap draws", m.size, volume_mpc_h3, h.min(), h.max(), n_boot)
+             "%d %s bootstrap draws", m.size, volume_mpc_h3, h.min(), h.max(), n_boot,
+             bootstrap)
     return MassFunctionEstimate(log10_m=g, dn_dlog10m=est, lo68=lo, hi68=hi, boot_sd=sd,
                                 bandwidth_dex=h, weights=w, n_clusters=int(m.size),
                                 volume_mpc_h3=float(volume_mpc_h3), n_boot=int(n_boot),
-                                seed=int(seed))
+                                seed=int(seed), bootstrap=bootstrap,
+                                draws=draws if return_draws else None)
 
 
 # ---------------------------------------------------------------------------- priors
@@ -520,6 +559,45 @@ def population_prior_posterior(m_grid, flat_posterior, z, cosmology: Cosmology,
     return out[0] if one else out
 
 
+def _likelihood_columns(pdf: JointPDF, m_true):
+    """Yield ``(selection, cumulative)`` for the joint PDF's column nearest to each true
+    mass: the clusters ``m_true[selection]`` share the column, whose running trapezoidal
+    integral over ``pdf.d_grid`` is ``cumulative`` (unnormalised; empty columns skipped)."""
+    table = np.asarray(pdf.table, dtype=float)
+    col = np.clip(np.rint((np.asarray(m_true, dtype=float) - pdf.m_grid[0]) / pdf.m_step)
+                  .astype(int), 0, pdf.m_grid.size - 1)
+    for j in np.unique(col):
+        c = np.concatenate([[0.0], np.cumsum(0.5 * (table[1:, j] + table[:-1, j]))])
+        if c[-1] > 0:
+            yield col == j, c
+
+
+def likelihood_pit(pdf: JointPDF, d_pred, m_true) -> np.ndarray:
+    """Probability integral transform of predictions in the calibrated likelihood:
+    ``u = P(d~' <= d~ | M)`` from the joint PDF's column at each true mass (nearest node).
+
+    If a sample's network predictions follow the test set's ``P(d~ | M)`` (the assumption
+    behind every calibrated posterior of that sample), ``u`` is uniform on [0, 1]
+    whatever the sample's mass distribution. A survey whose clusters are observed
+    differently from the mock's (centres, redshifts, windows, selection) shows up as a
+    non-uniform ``u``: a mean above 1/2 means predictions high for the true mass.
+
+    Returns
+    -------
+    ndarray
+        ``u`` in [0, 1], NaN where the prediction or the mass is not finite or the column
+        is empty.
+    """
+    d = np.asarray(d_pred, dtype=float)
+    m = np.asarray(m_true, dtype=float)
+    u = np.full(d.shape, np.nan)
+    ok = np.isfinite(d) & np.isfinite(m)
+    idx = np.flatnonzero(ok)
+    for sel, c in _likelihood_columns(pdf, m[ok]):
+        u[idx[sel]] = np.interp(d[idx[sel]], pdf.d_grid, c) / c[-1]
+    return u
+
+
 def observe_through_calibration(pdf: JointPDF, m_true, cosmology: Cosmology, *,
                                 rng: np.random.Generator, z=0.1, prior: str = "flat",
                                 estimate: str = "median", log10_m_range=None):
@@ -538,16 +616,9 @@ def observe_through_calibration(pdf: JointPDF, m_true, cosmology: Cosmology, *,
         raise ValueError(f"prior must be 'flat' or 'population', got {prior!r}")
     m_true = np.asarray(m_true, dtype=float)
     n = m_true.size
-    table = np.asarray(pdf.table, dtype=float)
-    col = np.clip(np.rint((m_true - pdf.m_grid[0]) / pdf.m_step).astype(int), 0,
-                  pdf.m_grid.size - 1)
     d = np.full(n, np.nan)
     u = rng.random(n)
-    for j in np.unique(col):
-        c = np.concatenate([[0.0], np.cumsum(0.5 * (table[1:, j] + table[:-1, j]))])
-        if c[-1] <= 0:
-            continue
-        sel = col == j
+    for sel, c in _likelihood_columns(pdf, m_true):
         d[sel] = np.interp(u[sel] * c[-1], c, pdf.d_grid)
     zs = np.broadcast_to(np.asarray(z, dtype=float), (n,))
     test_prior = prior_from_joint_pdf(pdf)
@@ -617,6 +688,94 @@ def forward_model_calibrated(pdf: JointPDF, log10_m_grid, cosmology: Cosmology, 
                 m_true=m_true[ok], m_est=m_est[ok])
 
 
+def null_band_fractions(pdf: JointPDF, log10_m_grid, cosmology: Cosmology, *,
+                        forward, volume_mpc_h3: float, log10_m_true_range, bandwidth_dex,
+                        log10_m_complete: float, z_clusters, z_mass_function: float,
+                        sigma_lin: float | None = None, prior: str = "flat",
+                        estimate: str = "median", dndlog10m: Callable | None = None,
+                        n_surveys: int = 200, n_boot: int = 200, bootstrap: str = "poisson",
+                        seed: int = 0, step_dex: float = 0.002) -> dict:
+    """How often a survey of a Tinker universe, measured by this pipeline, puts the
+    forward model inside its own band: the null distribution of the band-count statistic.
+
+    Each of ``n_surveys`` mock surveys: a sample-variance fluctuation ``delta(M) = b(M)
+    sigma_lin g`` (``g ~ N(0, 1)``, one per survey, :func:`sample_variance_fraction`; none
+    when ``sigma_lin`` is None), a Poisson number of true masses from ``n(M) (1 +
+    delta(M))`` in ``log10_m_true_range`` over the survey volume, each observed through the
+    calibration (:func:`observe_through_calibration`), the estimator with its ``bootstrap``
+    band and the data's kernel, and the fraction of grid nodes from ``log10_m_complete``
+    to the survey's largest estimate where ``forward`` lies inside the band (and inside
+    the band widened by the sample variance, as the data are compared).
+
+    Returns
+    -------
+    dict
+        ``fraction_in_band`` and ``fraction_in_band_with_sample_variance`` (arrays, one
+        per survey) and ``n_bins`` (nodes compared in each survey).
+    """
+    lo, hi = (float(v) for v in log10_m_true_range)
+    mt = np.arange(lo, hi + 0.5 * step_dex, step_dex)
+    n = np.asarray(dndlog10m(mt) if dndlog10m is not None
+                   else tinker08_dndlog10m(mt, z_mass_function, cosmology), dtype=float)
+    grid = np.asarray(log10_m_grid, dtype=float)
+    forward = np.asarray(forward, dtype=float)
+    b_t = np.asarray(halo_bias(mt, z_mass_function, cosmology), dtype=float)
+    sv_grid = (sample_variance_fraction(grid, z_mass_function, cosmology, volume_mpc_h3,
+                                        sigma_lin=sigma_lin) * forward
+               if sigma_lin is not None else np.zeros(grid.size))
+    z = np.asarray(z_clusters, dtype=float)
+    z = z[np.isfinite(z)]
+    rng = np.random.default_rng(seed)
+    level = log.level
+    log.setLevel(logging.WARNING)        # one estimator log line per mock survey otherwise
+    try:
+        return _null_band_loop(pdf, grid, cosmology, rng, mt, n, b_t, sv_grid, z, forward,
+                               volume_mpc_h3, lo, hi, bandwidth_dex, log10_m_complete,
+                               z_mass_function, sigma_lin, prior, estimate, int(n_surveys),
+                               int(n_boot), bootstrap)
+    finally:
+        log.setLevel(level)
+
+
+def _null_band_loop(pdf, grid, cosmology, rng, mt, n, b_t, sv_grid, z, forward,
+                    volume_mpc_h3, lo, hi, bandwidth_dex, log10_m_complete,
+                    z_mass_function, sigma_lin, prior, estimate, n_surveys, n_boot,
+                    bootstrap):
+    frac = np.full(int(n_surveys), np.nan)
+    frac_sv = np.full(int(n_surveys), np.nan)
+    n_bins = np.zeros(int(n_surveys), dtype=int)
+    for k in range(int(n_surveys)):
+        g = rng.standard_normal() if sigma_lin is not None else 0.0
+        nk = n * np.clip(1.0 + b_t * float(sigma_lin or 0.0) * g, 0.0, None)
+        cdf = np.concatenate([[0.0], np.cumsum(0.5 * (nk[1:] + nk[:-1]) * np.diff(mt))])
+        count = rng.poisson(float(volume_mpc_h3) * cdf[-1])
+        if count < 2:
+            continue
+        m_true = np.interp(rng.random(count) * cdf[-1], cdf, mt)
+        zs = rng.choice(z, size=count) if z.size else np.full(count, z_mass_function)
+        m_est, sd = observe_through_calibration(pdf, m_true, cosmology, rng=rng, z=zs,
+                                                prior=prior, estimate=estimate,
+                                                log10_m_range=(lo, hi))
+        ok = np.isfinite(m_est) & np.isfinite(sd) & (sd > 0)
+        if ok.sum() < 2:
+            continue
+        est = estimate_mass_function(m_est[ok], sd[ok], volume_mpc_h3, grid,
+                                     bandwidth_dex=bandwidth_dex, n_boot=int(n_boot),
+                                     bootstrap=bootstrap,
+                                     seed=int(rng.integers(2 ** 32)))
+        cmp = (grid >= log10_m_complete) & (grid <= m_est[ok].max())
+        if not cmp.any():
+            continue
+        half = 0.5 * (est.hi68 - est.lo68)
+        inside = cmp & (est.lo68 <= forward) & (forward <= est.hi68)
+        inside_sv = cmp & (np.abs(est.dn_dlog10m - forward) <= np.hypot(half, sv_grid))
+        n_bins[k] = int(cmp.sum())
+        frac[k] = inside.sum() / cmp.sum()
+        frac_sv[k] = inside_sv.sum() / cmp.sum()
+    return dict(fraction_in_band=frac, fraction_in_band_with_sample_variance=frac_sv,
+                n_bins=n_bins)
+
+
 def forward_model_from_masses(pdf: JointPDF, m_true, log10_m_grid, cosmology: Cosmology, *,
                               volume_mpc_h3: float, bandwidth_dex, z_clusters=0.1,
                               prior: str = "flat", estimate: str = "median",
@@ -649,23 +808,109 @@ def forward_model_from_masses(pdf: JointPDF, m_true, log10_m_grid, cosmology: Co
 
 
 def sample_variance_fraction(log10_m, z: float, cosmology: Cosmology,
-                             volume_mpc_h3: float) -> np.ndarray:
+                             volume_mpc_h3: float, *,
+                             sigma_lin: float | None = None) -> np.ndarray:
     """Relative sample (cosmic) variance of the cluster density in a survey volume,
-    ``b(M) sigma_lin(R_V)``: the Tinker et al. (2010) bias (colossus, M200c) times the rms
-    linear density contrast in a top-hat sphere of the survey's volume (colossus
-    ``sigma(R)`` at ``z``; Hu & Kravtsov 2003 to first order). One fluctuation moves all
-    masses together (fully correlated across bins). A cap-shaped survey has somewhat less
-    variance than the sphere of equal volume; a finite simulation box misses modes larger
-    than itself.
+    ``b(M) sigma_lin``: the Tinker et al. (2010) bias (colossus, M200c) times the rms
+    linear density contrast of the survey volume (Hu & Kravtsov 2003 to first order). One
+    fluctuation moves all masses together (fully correlated across bins).
+
+    ``sigma_lin`` is that of the survey's own window when given
+    (:func:`window_sigma_lin`: the synthetic survey's cap inside its periodic box, whose
+    modes stop at the box size); by default the top-hat sphere of the survey's volume
+    (colossus ``sigma(R)`` at ``z``), which over-estimates a cap-shaped survey somewhat.
 
     Returns
     -------
     ndarray
         Fractional standard deviation of dn/dlog10 M at each mass.
     """
-    r = (3.0 * float(volume_mpc_h3) / (4.0 * np.pi)) ** (1.0 / 3.0)
+    if sigma_lin is None:
+        r = (3.0 * float(volume_mpc_h3) / (4.0 * np.pi)) ** (1.0 / 3.0)
+        sigma_lin = float(cosmology.colossus.sigma(r, z))
     b = halo_bias(log10_m, z, cosmology)
-    return np.asarray(b, dtype=float) * float(cosmology.colossus.sigma(r, z))
+    return np.asarray(b, dtype=float) * float(sigma_lin)
+
+
+def window_sigma_lin(weights, box_size_mpc_h: float, z: float,
+                     cosmology: Cosmology) -> float:
+    """rms linear density contrast averaged over a survey window in a periodic box.
+
+    ``sigma^2 = (1 / V_box) sum_{k != 0} P_lin(k, z) |W(k)|^2`` over the box's lattice of
+    modes, with ``W(k) = sum_x w(x) exp(-i k.x)`` the transform of the window's cell weights
+    normalised to unit sum: the variance of the window-averaged contrast of a Gaussian
+    field of power ``P_lin`` (colossus) that lives on this periodic box. For the synthetic
+    universe (a lognormal field with exactly these modes and no mode larger than the box)
+    this is the sample variance of its survey; for a real survey, a box several times the
+    window's size (zero-padded) gives the continuum integral
+    ``int d^3k / (2 pi)^3 P |W|^2`` up to the modes larger than that box.
+
+    Parameters
+    ----------
+    weights : ndarray, shape (n, n, n)
+        Window weight of every cell (e.g. the number of survey images of the cell); any
+        normalisation.
+    box_size_mpc_h : float
+        Comoving side of the box, h^-1 Mpc.
+    z : float
+    cosmology : Cosmology
+
+    Returns
+    -------
+    float
+        sigma_lin of the window-averaged density contrast (dimensionless).
+    """
+    w = np.asarray(weights, dtype=float)
+    if w.ndim != 3 or len(set(w.shape)) != 1:
+        raise ValueError("weights must be a cubic (n, n, n) grid of cell weights")
+    if not np.isfinite(w).all() or np.any(w < 0) or w.sum() <= 0:
+        raise ValueError("window weights must be finite, >= 0 and not all zero")
+    n = w.shape[0]
+    f = np.fft.rfftn(w / w.sum())
+    k1 = 2.0 * np.pi * np.fft.fftfreq(n, d=box_size_mpc_h / n)
+    kz = 2.0 * np.pi * np.fft.rfftfreq(n, d=box_size_mpc_h / n)
+    k = np.sqrt(k1[:, None, None] ** 2 + k1[None, :, None] ** 2 + kz[None, None, :] ** 2)
+    mult = np.full(kz.size, 2.0)                     # the half of k-space rfftn leaves out
+    mult[0] = 1.0
+    if n % 2 == 0:
+        mult[-1] = 1.0
+    p = np.zeros_like(k)
+    nz = k > 0
+    p[nz] = cosmology.colossus.matterPowerSpectrum(k[nz], z)
+    var = np.sum(p * (f.real ** 2 + f.imag ** 2) * mult[None, None, :]) / box_size_mpc_h ** 3
+    return float(np.sqrt(var))
+
+
+def survey_window_weights(*, box_size_mpc_h: float, cells: int, observer_mpc_h,
+                          radius_mpc_h: float, area_deg2: float, pole_ra_deg: float,
+                          pole_dec_deg: float, inner_radius_mpc_h: float = 0.0,
+                          periodic: bool = True) -> np.ndarray:
+    """Cell weights of a cap-shaped survey volume (``inner_radius <= r <= radius``, within
+    the cap of ``area_deg2`` around the pole, as :func:`cmpipe.survey.in_footprint`)
+    around ``observer_mpc_h`` in a box of ``cells^3`` cells: the number of the volume's
+    images (``periodic``: the box repeats, as the synthetic survey tiles it) or 0/1 (an
+    isolated, zero-padded box) at every cell centre."""
+    from .survey import cap_cos_half_angle
+    from .sky import radec_to_unit
+
+    L = float(box_size_mpc_h)
+    cell = L / int(cells)
+    x = (np.arange(int(cells)) + 0.5) * cell
+    o = np.asarray(observer_mpc_h, dtype=float)
+    pole = radec_to_unit(pole_ra_deg, pole_dec_deg)
+    cos_cap = cap_cos_half_angle(area_deg2)
+    reach = int(np.ceil(radius_mpc_h / L)) if periodic else 0
+    out = np.zeros((cells,) * 3)
+    for sx in range(-reach, reach + 1):
+        dx = (x + sx * L - o[0])[:, None, None]
+        for sy in range(-reach, reach + 1):
+            dy = (x + sy * L - o[1])[None, :, None]
+            for sz in range(-reach, reach + 1):
+                dz = (x + sz * L - o[2])[None, None, :]
+                r = np.sqrt(dx * dx + dy * dy + dz * dz)
+                mu = (dx * pole[0] + dy * pole[1] + dz * pole[2]) / np.maximum(r, 1e-12)
+                out += (r <= radius_mpc_h) & (r >= inner_radius_mpc_h) & (mu >= cos_cap)
+    return out
 
 
 def summarise_grid_posteriors(m_grid, posteriors) -> dict:

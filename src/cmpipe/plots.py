@@ -263,7 +263,8 @@ def survey_mass_function_figure(table, result, path, truth=None):
     m_c, m_top = info["compared_log10_m_range"]
     fig, (ax, rx) = plt.subplots(2, 1, figsize=(6.5, 6.5), sharex=True,
                                  gridspec_kw=dict(height_ratios=[3, 1.3], hspace=0.05))
-    ax.fill_between(m, lo, hi, color="C0", alpha=0.3, lw=0, label="bootstrap 68%")
+    ax.fill_between(m, lo, hi, color="C0", alpha=0.3, lw=0,
+                    label=f"{info.get('bootstrap', '')} bootstrap 68%".strip())
     ax.plot(m, est, "C0-", lw=2, label=f"estimate ({info['prior']} prior "
             f"{info['estimate']}, N = {info['n_clusters']})")
     ax.plot(m, tk, "k--", lw=1.2, label=info["theory"])
@@ -320,6 +321,19 @@ def survey_mass_function_figure(table, result, path, truth=None):
     rx.axhline(1, color="C3", lw=1)
     rx.set_ylim(0, 3)
     rx.set_ylabel("/ forward model")
+    notes = []
+    chi2 = info.get("chi2")
+    if chi2:
+        notes.append(f"$\\chi^2$ = {chi2['chi2']:.1f} / {chi2['dof']} nodes (p = "
+                     f"{chi2['p_value']:.2f})")
+    null = info.get("band_count_null")
+    if null:
+        a, b = null["fraction_in_band"], null["fraction_in_band_with_sample_variance"]
+        notes.append(f"band count vs {null['n_surveys']} null surveys: p = {a['p_value']:.2f}"
+                     f" (median {a['null_median']:.0%}), with sample variance p = "
+                     f"{b['p_value']:.2f} (median {b['null_median']:.0%})")
+    if notes:
+        rx.text(0.01, 0.96, "\n".join(notes), transform=rx.transAxes, va="top", fontsize=6.5)
     rx.set_xlabel(_MLABEL)
     save(fig, path)
 

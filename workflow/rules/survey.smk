@@ -104,6 +104,8 @@ rule mass_function:
         meta=res("survey/meta.json"),
         truth=res("survey/truth.ecsv"),
         joint_pdf=res("calibration/joint_pdf.h5"),
+        test_predictions=res("summaries/test.h5"),
+        mock_clusters=res("mock/clusters.h5"),
     output:
         mass_function=res("survey/mass_function.csv"),
         pulls=res("survey/pulls.json"),

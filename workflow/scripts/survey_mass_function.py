@@ -5,4 +5,6 @@ run_rule(survey_mass_function, snakemake.log[0], config=snakemake.config,
          posteriors=snakemake.input.posteriors, meta=snakemake.input.meta,
          truth=snakemake.input.truth, out=snakemake.output.mass_function,
          pulls_out=snakemake.output.pulls, mass_function_png=snakemake.output.mass_function_png,
-         pulls_png=snakemake.output.pulls_png, joint_pdf=snakemake.input.joint_pdf)
+         pulls_png=snakemake.output.pulls_png, joint_pdf=snakemake.input.joint_pdf,
+         test_predictions=snakemake.input.test_predictions,
+         mock_clusters=snakemake.input.mock_clusters)

@@ -552,6 +552,169 @@ def _pull_stats(est, sigma, ref, ref_err, lo, hi):
     return out, pull
 
 
+def _survey_sigma_lin(info, z, cosmo, cells: int = 128):
+    """rms linear contrast of the survey's window and how it was computed: the synthetic
+    survey's cap inside its periodic box (the modes the synthetic universe has), or for a
+    catalogue the cap-shaped shell of ``catalogue_volume`` in a zero-padded box."""
+    from ..massfunction import survey_window_weights, window_sigma_lin
+
+    if info.get("source") == "synthetic" and info.get("observer_mpc_h") is not None:
+        L = float(info["box_size_mpc_h"])
+        w = survey_window_weights(
+            box_size_mpc_h=L, cells=cells, observer_mpc_h=info["observer_mpc_h"],
+            radius_mpc_h=float(info["radius_mpc_h"]), area_deg2=float(info["area_deg2"]),
+            pole_ra_deg=float(info["pole_ra_deg"]), pole_dec_deg=float(info["pole_dec_deg"]),
+            periodic=True)
+        what = (f"the survey cap ({info['area_deg2']:g} deg^2, R = {info['radius_mpc_h']:g} "
+                f"h^-1 Mpc) in the periodic {L:g} h^-1 Mpc box, {cells}^3 cells: the modes "
+                "of the synthetic universe")
+    elif info.get("comoving_distance_range_mpc_h"):
+        r1, r2 = (float(v) for v in info["comoving_distance_range_mpc_h"])
+        L = 2.6 * r2                                  # the whole sphere, zero-padded
+        w = survey_window_weights(
+            box_size_mpc_h=L, cells=cells, observer_mpc_h=[L / 2] * 3, radius_mpc_h=r2,
+            inner_radius_mpc_h=r1, area_deg2=float(info.get("area_deg2", 8250.0)),
+            pole_ra_deg=0.0, pole_dec_deg=90.0, periodic=False)
+        what = (f"a cap of {info.get('area_deg2', 8250.0):g} deg^2 between {r1:.0f} and "
+                f"{r2:.0f} h^-1 Mpc (the catalogue_volume; the real footprint's shape is "
+                f"not modelled) in a zero-padded {L:.0f} h^-1 Mpc box, {cells}^3 cells")
+    else:
+        w, what = None, "top-hat sphere of the survey volume (colossus sigma(R))"
+    if w is not None and w.sum() == 0:
+        w, what = None, "top-hat sphere of the survey volume (colossus sigma(R)): the " \
+                        "window holds no cell centre"
+    if w is None:
+        r = (3.0 * float(info["volume_mpc_h3"]) / (4.0 * np.pi)) ** (1.0 / 3.0)
+        return float(cosmo.colossus.sigma(r, z)), what
+    return window_sigma_lin(w, L, z, cosmo), what
+
+
+def _band_chi2(est, forward, sv, compared, kernel_dex, forward_scale):
+    """chi^2 of the estimate against the forward model over compared nodes spaced two
+    kernel widths apart (nearly independent), with the bootstrap covariance of those nodes,
+    the forward model's own Monte Carlo noise (its bootstrap variance / forward_scale) and
+    the sample variance (one fully correlated fluctuation) -- the test the band count
+    approximates; None without bootstrap draws."""
+    from scipy import stats
+
+    if est.draws is None or not compared.any():
+        return None
+    idx = np.flatnonzero(compared)
+    step = max(1, int(round(2.0 * kernel_dex / float(np.diff(est.log10_m)[0]))))
+    idx = idx[::step]
+    cov = np.atleast_2d(np.cov(est.draws[:, idx], rowvar=False))
+    cov = cov * (1.0 + 1.0 / forward_scale) + np.outer(sv[idx], sv[idx])
+    r = est.dn_dlog10m[idx] - forward[idx]
+    try:
+        val = float(r @ np.linalg.solve(cov, r))
+    except np.linalg.LinAlgError:
+        return None
+    return dict(chi2=val, dof=int(idx.size), p_value=float(stats.chi2.sf(val, idx.size)),
+                log10_m=est.log10_m[idx].tolist(), node_step=step,
+                note="nodes spaced ~2 kernel widths; covariance = bootstrap x (1 + 1 / "
+                     "forward_scale) + sample variance (rank one)")
+
+
+def _test_set_pit(pdf, test_predictions, mock_clusters):
+    """PIT of the test set's own predictions in its joint PDF, their true masses and the
+    mock's observer distances (comoving h^-1 Mpc): the reference for the survey's."""
+    pred, _ = read_table(test_predictions, group="predictions",
+                         columns=["cluster_id", "log10_m200c_pred", "log10_m200c_true"])
+    cl, _ = read_table(mock_clusters, group="clusters",
+                       columns=["cluster_id", "observer_distance_mpc_h"])
+    from ..massfunction import likelihood_pit
+
+    order = np.argsort(cl["cluster_id"])
+    row = order[np.searchsorted(cl["cluster_id"], pred["cluster_id"], sorter=order)]
+    if np.any(cl["cluster_id"][row] != pred["cluster_id"]):
+        raise CatalogueError(test_predictions, "cluster_id", "test predictions name clusters "
+                             f"that {mock_clusters} does not hold",
+                             "rerun the summaries rule on this run's mock")
+    u = likelihood_pit(pdf, pred["log10_m200c_pred"], pred["log10_m200c_true"])
+    return (u, np.asarray(pred["log10_m200c_true"], dtype=float),
+            np.asarray(cl["observer_distance_mpc_h"], dtype=float)[row])
+
+
+def _likelihood_check(pdf, post, ref, use, cosmo, test_predictions=None, mock_clusters=None):
+    """PIT of the survey's predictions in the test set's P(d~ | M) at the true masses
+    (:func:`cmpipe.massfunction.likelihood_pit`): uniform overall and in true-mass bins if
+    the survey is observed as the mock is. In distance bins neither is uniform (the flux
+    limit makes nearby clusters richer, and the network reads richness), so there the
+    survey is compared with the test set's own PIT at the same mass and distance."""
+    from scipy import stats
+
+    from ..massfunction import likelihood_pit
+
+    u = likelihood_pit(pdf, post["log10_m_pred"], ref)
+    ok = use & np.isfinite(u)
+    if ok.sum() < 2:
+        return None
+
+    def summary(x):
+        n = int(x.size)
+        if n < 2:
+            return dict(n=n)
+        return dict(n=n, mean=float(x.mean()), mean_err=float(np.sqrt(1 / 12 / n)),
+                    frac_below_16=float(np.mean(x < 0.1587)),
+                    frac_above_84=float(np.mean(x > 0.8413)),
+                    ks_p_value=float(stats.kstest(x, "uniform").pvalue))
+
+    edges = [-np.inf, 14.0, 14.3, 14.6, np.inf]
+    by_mass = {f"{max(a, 13.0):.1f}-{min(b, 16.0):.1f}":
+               summary(u[ok & (ref >= a) & (ref < b)]) for a, b in zip(edges[:-1], edges[1:])}
+    out = dict(all=summary(u[ok]), by_true_mass=by_mass,
+               note="u = P(d~' <= d~ | M_true) in the calibration joint PDF: uniform (mean "
+                    "0.5 +- mean_err, 15.9% below 0.159 and above 0.841) if the survey's "
+                    "predictions follow the test set's likelihood")
+    r = np.asarray(cosmo.comoving_distance_mpc_h(post["z"]), dtype=float)
+    if test_predictions is not None and mock_clusters is not None:
+        u_t, m_t, r_t = _test_set_pit(pdf, test_predictions, mock_clusters)
+        good = np.isfinite(u_t)
+        # the test set's PIT at each survey cluster's (true mass, distance): a Gaussian
+        # kernel regression over the test clusters (0.1 dex, 20 h^-1 Mpc)
+        expect = np.full(u.shape, np.nan)
+        idx = np.flatnonzero(ok)
+        for c0 in range(0, idx.size, 512):
+            i = idx[c0:c0 + 512]
+            k = np.exp(-0.5 * (((ref[i, None] - m_t[None, good]) / 0.1) ** 2
+                               + ((r[i, None] - r_t[None, good]) / 20.0) ** 2))
+            ksum = k.sum(axis=1)
+            expect[i] = np.where(ksum > 1e-3, (k @ u_t[good]) / np.maximum(ksum, 1e-300),
+                                 np.nan)
+        diff = u - expect
+
+        def matched(sel):
+            sel = sel & np.isfinite(diff)
+            n = int(sel.sum())
+            if n < 2:
+                return dict(n=n)
+            return dict(n=n, survey_mean=float(u[sel].mean()),
+                        test_set_mean=float(expect[sel].mean()),
+                        difference=float(diff[sel].mean()),
+                        difference_err=float(diff[sel].std(ddof=1) / np.sqrt(n)))
+
+        q = np.quantile(r[ok], [0.0, 1 / 3, 2 / 3, 1.0])
+        rows = {f"{q[j]:.0f}-{q[j + 1]:.0f}": matched(ok & (r >= q[j]) & (
+            (r < q[j + 1]) if j < 2 else (r <= q[j + 1]))) for j in range(3)}
+        out["matched_to_test_set"] = dict(
+            all=matched(ok), by_distance=rows,
+            note="the test set's own PIT at the survey cluster's true mass and comoving "
+                 "distance (Gaussian kernel regression, 0.1 dex x 20 h^-1 Mpc, over the "
+                 "test clusters at their mock observer distances): the PIT depends on "
+                 "distance (the flux limit makes nearby clusters richer, and the network "
+                 "reads richness), so by distance the survey is compared with the test set "
+                 "at the same mass and distance; difference ~ 0 within difference_err if "
+                 "the survey is observed as the mock is")
+    return out
+
+
+NULL_NOTE = ("null_surveys mock surveys of a Tinker universe (Poisson counts, one "
+             "sample-variance fluctuation b(M) sigma_lin g each) observed through the "
+             "calibration and measured like the data: the distribution of the band-count "
+             "fraction a correct pipeline gives. p_value = P(null fraction <= observed); "
+             "null_prob_at_least_two_thirds = how often a correct pipeline reaches 2/3")
+
+
 #: The two pull definitions of pulls.json: the primary one has mean 0 and sd 1 over the
 #: population exactly when the posteriors are right (E[M - E(M|d)] = 0, E[(M - E)^2 / Var]
 #: = 1); the median/half-interval one is the paper's Fig. 9 style and is skewed by
@@ -565,7 +728,8 @@ PULL_DEFINITIONS = {
 
 
 def survey_mass_function(*, config, posteriors, meta, truth, out, pulls_out,
-                         mass_function_png, pulls_png, joint_pdf=None):
+                         mass_function_png, pulls_png, joint_pdf=None, test_predictions=None,
+                         mock_clusters=None):
     """Rule ``mass_function``: the survey's dn/dlog10M, Tinker (2008), pulls and figures.
 
     The estimator of :func:`cmpipe.massfunction.estimate_mass_function` (inverse-uncertainty
@@ -610,9 +774,11 @@ def survey_mass_function(*, config, posteriors, meta, truth, out, pulls_out,
                        int(mf.get("n_grid", 57)))
     volume = float(info["volume_mpc_h3"])
     bw = mf.get("bandwidth_dex", "scott")
+    boot = mf.get("bootstrap", "poisson")
     est = estimate_mass_function(m_est[use], sd[use], volume, grid, bandwidth_dex=bw,
-                                 n_boot=int(mf.get("n_boot", 500)),
-                                 seed=stage_seed(s.seed, "mass_function") % (2 ** 32))
+                                 n_boot=int(mf.get("n_boot", 500)), bootstrap=boot,
+                                 seed=stage_seed(s.seed, "mass_function") % (2 ** 32),
+                                 return_draws=True)
     n_of_m, z_th, theory_label = _tinker_callable(info, cosmo)
     tinker = np.asarray(n_of_m(grid), dtype=float)
 
@@ -688,9 +854,35 @@ def survey_mass_function(*, config, posteriors, meta, truth, out, pulls_out,
     n_cmp = int(compared.sum())
     # the survey's sample variance (one fluctuation, all masses): added to the band when
     # comparing with Tinker, which a single survey volume need not follow
-    sv = sample_variance_fraction(grid, z_th, cosmo, volume) * forward
+    sigma_lin, sv_window = _survey_sigma_lin(info, z_th, cosmo)
+    sv = sample_variance_fraction(grid, z_th, cosmo, volume, sigma_lin=sigma_lin) * forward
     half = 0.5 * (est.hi68 - est.lo68)
     in_band_sv = compared & (np.abs(est.dn_dlog10m - forward) <= np.hypot(half, sv))
+    chi2 = _band_chi2(est, forward, sv, compared, kernel,
+                      float(mf.get("forward_scale", 20.0)))
+    # how often a correct pipeline on a Tinker universe passes the band count
+    null = None
+    n_null = int(mf.get("null_surveys", 200))
+    if pdf is not None and n_null > 0 and n_cmp:
+        from ..calibration import QUANTILE_LEVELS
+        from ..massfunction import null_band_fractions
+
+        nb = null_band_fractions(
+            pdf, grid, cosmo, forward=forward, volume_mpc_h3=volume,
+            log10_m_true_range=t_range, bandwidth_dex=kernel if bw == "scott" else bw,
+            log10_m_complete=m_c, z_clusters=post["z"][use], z_mass_function=z_th,
+            sigma_lin=sigma_lin, prior=mf.get("prior", "flat"), estimate=est_key,
+            dndlog10m=n_of_m, n_surveys=n_null, n_boot=min(int(mf.get("n_boot", 500)), 200),
+            bootstrap=boot, seed=stage_seed(s.seed, "mass_function_null") % (2 ** 32))
+        null = dict(n_surveys=n_null, note=NULL_NOTE)
+        for key, obs in (("fraction_in_band", in_band.sum() / n_cmp),
+                         ("fraction_in_band_with_sample_variance", in_band_sv.sum() / n_cmp)):
+            f = nb[key][np.isfinite(nb[key])]
+            null[key] = dict(observed=float(obs), null_median=float(np.median(f)),
+                             null_lo68=float(np.quantile(f, QUANTILE_LEVELS["lo68"])),
+                             null_hi68=float(np.quantile(f, QUANTILE_LEVELS["hi68"])),
+                             null_prob_at_least_two_thirds=float(np.mean(f >= 2 / 3 - 1e-9)),
+                             p_value=float(np.mean(f <= obs + 1e-9)))
     # the survey's own true masses through the same calibration: no sample variance
     truth_forward = np.full(grid.shape, np.nan)
     truth_in = np.zeros(grid.shape, dtype=bool)
@@ -703,6 +895,12 @@ def survey_mass_function(*, config, posteriors, meta, truth, out, pulls_out,
             seed=stage_seed(s.seed, "mass_function_truth") % (2 ** 32))
         truth_forward *= use.sum() / max(int((use & np.isfinite(ref)).sum()), 1)
         truth_in = compared & (est.lo68 <= truth_forward) & (truth_forward <= est.hi68)
+
+    # do the survey's predictions follow the test set's P(d~ | M)? (truth only)
+    likelihood = None
+    if pdf is not None and reference == "truth":
+        likelihood = _likelihood_check(pdf, post, ref, use, cosmo, test_predictions,
+                                       mock_clusters)
 
     # pulls under both priors, both definitions (PULL_DEFINITIONS; mean_sd is the primary)
     pulls = {}
@@ -757,6 +955,7 @@ def survey_mass_function(*, config, posteriors, meta, truth, out, pulls_out,
         n_matched=int(np.sum(np.isfinite(fm) & np.isfinite(ref))),
         log10_m_complete=m_c, log10_m_complete_from=m_c_from,
         flat=pulls["flat"], population=pulls["population"], eddington=edd,
+        likelihood_check=likelihood,
         mass_function=dict(
             prior=mf.get("prior", "flat"), estimate=est_key, n_clusters=int(use.sum()),
             volume_mpc_h3=volume, kernel_dex=kernel, bandwidth=bw, n_boot=est.n_boot,
@@ -770,9 +969,13 @@ def survey_mass_function(*, config, posteriors, meta, truth, out, pulls_out,
             n_bins_forward_in_band_with_sample_variance=int(in_band_sv.sum()),
             fraction_forward_in_band_with_sample_variance=float(in_band_sv.sum() / n_cmp)
             if n_cmp else None,
-            sample_variance_note="relative sd b(M) sigma_lin(R_V): Tinker (2010) bias times "
-            "the rms linear density in a sphere of the survey volume (colossus), added in "
-            "quadrature to half the bootstrap band; fully correlated across masses",
+            bootstrap=boot,
+            sample_variance_sigma_lin=sigma_lin, sample_variance_window=sv_window,
+            sample_variance_note="relative sd b(M) sigma_lin: Tinker (2010) bias times the "
+            "rms linear density contrast of the survey window (sample_variance_window), "
+            "added in quadrature to half the bootstrap band; fully correlated across "
+            "masses",
+            chi2=chi2, band_count_null=null,
             n_clusters_expected_tinker=forward_info.get("n_expected"),
             n_bins_truth_forward_in_band=int(truth_in.sum()) if reference == "truth"
             else None,

@@ -15,6 +15,8 @@ from cmpipe.settings import SPLIT_CODES, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_survey_workflow import tiny_survey_run  # noqa: E402
 
 
 def _workdir(tmp):
@@ -32,10 +34,9 @@ def _snakemake(workdir, *args, timeout=1500):
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    wd = _workdir(tmp_path_factory.mktemp("tiny"))
-    proc = _snakemake(wd, "--configfile", "configs/tiny.yaml")
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    return wd, wd / "results" / "tiny"
+    """The whole default target of configs/tiny.yaml, in the session's shared tiny run
+    (tests/test_survey_workflow.py), which these tests only read."""
+    return tiny_survey_run(tmp_path_factory, everything=True)
 
 
 def test_every_product_is_made(tiny_run):
@@ -179,6 +180,13 @@ def test_evaluation_products_are_consistent(tiny_run):
     inside = (post["log10_m200c_true"] >= post["lo68"]) & \
         (post["log10_m200c_true"] <= post["hi68"])
     assert m["coverage_68"] == pytest.approx(inside.mean())
+    # the distance thirds partition the eval clusters with a posterior
+    rows = {k: v for k, v in m["by_observer_distance"].items() if k != "note"}
+    assert len(rows) == 3
+    assert sum(r["n"] for r in rows.values()) == int(np.isfinite(post["point"]).sum())
+    mean = sum(r["n"] * r["mean_residual_dex"] for r in rows.values()) / sum(
+        r["n"] for r in rows.values())
+    assert mean == pytest.approx(m["mean_residual_dex"], abs=1e-9)
 
 
 def test_paper_config_dry_run_job_graph(tmp_path):

@@ -17,6 +17,11 @@ def res(path):
     return f"{RESULTS}/{path}"
 
 
+def survey_params(*keys):
+    """The named keys of the survey config section (a rule's params: its rerun triggers)."""
+    return {k: config["survey"][k] for k in keys}
+
+
 def catalogue_inputs(wildcards):
     """The user's catalogue files when the source is mdpl2 (none for the synthetic box)."""
     sim = config["simulation"]

@@ -28,7 +28,11 @@ rule survey_catalogue:
         truth=res("survey/truth.ecsv"),
         meta=res("survey/meta.json"),
     params:
-        survey=config["survey"],
+        # the keys this rule reads (params are rerun triggers: a mass-function setting
+        # must not rebuild the survey)
+        survey=survey_params("source", "synthetic", "clusters", "galaxies",
+                             "cluster_columns", "galaxy_columns", "angle_unit",
+                             "catalogue_volume"),
         cosmology=config["cosmology"],
         seed=config["seed"],
     log:
@@ -52,7 +56,7 @@ rule survey_cubes:
         cubes=res("survey/cubes.h5"),
         phase_space=res("survey/phase_space.h5"),
     params:
-        survey=config["survey"],
+        survey=survey_params("min_galaxies", "pair_by_cluster_id", "angle_unit"),
         window=config["window"],
         kde=config["kde"],
         cosmology=config["cosmology"],

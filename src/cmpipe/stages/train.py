@@ -13,7 +13,9 @@ def _train_settings(s):
     from ..training import TrainSettings
 
     t = {k: v for k, v in s.train.items() if v is not None}
-    return TrainSettings.from_dict(dict(t, seed=stage_seed(s.seed, "train") % (2 ** 31)))
+    # verbose 0: the rule log gets cmpipe's one line per epoch, not Keras' progress bars
+    return TrainSettings.from_dict(dict(t, seed=stage_seed(s.seed, "train") % (2 ** 31),
+                                        verbose=0))
 
 
 def train_network(*, config, train_cubes, validation_cubes, model_out):

@@ -589,32 +589,6 @@ def _survey_sigma_lin(info, z, cosmo, cells: int = 128):
     return window_sigma_lin(w, L, z, cosmo), what
 
 
-def _band_chi2(est, forward, sv, compared, kernel_dex, forward_scale):
-    """chi^2 of the estimate against the forward model over compared nodes spaced two
-    kernel widths apart (nearly independent), with the bootstrap covariance of those nodes,
-    the forward model's own Monte Carlo noise (its bootstrap variance / forward_scale) and
-    the sample variance (one fully correlated fluctuation) -- the test the band count
-    approximates; None without bootstrap draws."""
-    from scipy import stats
-
-    if est.draws is None or not compared.any():
-        return None
-    idx = np.flatnonzero(compared)
-    step = max(1, int(round(2.0 * kernel_dex / float(np.diff(est.log10_m)[0]))))
-    idx = idx[::step]
-    cov = np.atleast_2d(np.cov(est.draws[:, idx], rowvar=False))
-    cov = cov * (1.0 + 1.0 / forward_scale) + np.outer(sv[idx], sv[idx])
-    r = est.dn_dlog10m[idx] - forward[idx]
-    try:
-        val = float(r @ np.linalg.solve(cov, r))
-    except np.linalg.LinAlgError:
-        return None
-    return dict(chi2=val, dof=int(idx.size), p_value=float(stats.chi2.sf(val, idx.size)),
-                log10_m=est.log10_m[idx].tolist(), node_step=step,
-                note="nodes spaced ~2 kernel widths; covariance = bootstrap x (1 + 1 / "
-                     "forward_scale) + sample variance (rank one)")
-
-
 def _test_set_pit(pdf, test_predictions, mock_clusters):
     """PIT of the test set's own predictions in its joint PDF, their true masses and the
     mock's observer distances (comoving h^-1 Mpc): the reference for the survey's."""
@@ -747,7 +721,7 @@ def survey_mass_function(*, config, posteriors, meta, truth, out, pulls_out,
 
     from .. import plots
     from ..calibration import JointPDF
-    from ..massfunction import (LN10, estimate_mass_function, forward_model,
+    from ..massfunction import (LN10, band_chi2, estimate_mass_function, forward_model,
                                 forward_model_calibrated, forward_model_from_masses,
                                 local_slope, sample_variance_fraction)
 
@@ -858,8 +832,7 @@ def survey_mass_function(*, config, posteriors, meta, truth, out, pulls_out,
     sv = sample_variance_fraction(grid, z_th, cosmo, volume, sigma_lin=sigma_lin) * forward
     half = 0.5 * (est.hi68 - est.lo68)
     in_band_sv = compared & (np.abs(est.dn_dlog10m - forward) <= np.hypot(half, sv))
-    chi2 = _band_chi2(est, forward, sv, compared, kernel,
-                      float(mf.get("forward_scale", 20.0)))
+    chi2 = band_chi2(est, forward, sv, compared, kernel, float(mf.get("forward_scale", 20.0)))
     # how often a correct pipeline on a Tinker universe passes the band count
     null = None
     n_null = int(mf.get("null_surveys", 200))

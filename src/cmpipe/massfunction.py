@@ -731,7 +731,8 @@ def null_band_fractions(pdf: JointPDF, log10_m_grid, cosmology: Cosmology, *,
                         sigma_lin: float | None = None, prior: str = "flat",
                         estimate: str = "median", dndlog10m: Callable | None = None,
                         n_surveys: int = 200, n_boot: int = 200, bootstrap: str = "poisson",
-                        seed: int = 0, step_dex: float = 0.002) -> dict:
+                        seed: int = 0, step_dex: float = 0.002,
+                        progress: bool = True) -> dict:
     """How often a survey of a Tinker universe, measured by this pipeline, puts the
     forward model inside its own band: the null distribution of the band-count statistic.
 
@@ -742,7 +743,8 @@ def null_band_fractions(pdf: JointPDF, log10_m_grid, cosmology: Cosmology, *,
     calibration (:func:`observe_through_calibration`), the estimator with its ``bootstrap``
     band and the data's kernel, and the fraction of grid nodes from ``log10_m_complete``
     to the survey's largest estimate where ``forward`` lies inside the band (and inside
-    the band widened by the sample variance, as the data are compared).
+    the band widened by the sample variance, as the data are compared). ``progress``: a
+    tqdm bar over the surveys.
 
     Returns
     -------
@@ -769,7 +771,7 @@ def null_band_fractions(pdf: JointPDF, log10_m_grid, cosmology: Cosmology, *,
         return _null_band_loop(pdf, grid, cosmology, rng, mt, n, b_t, sv_grid, z, forward,
                                volume_mpc_h3, lo, hi, bandwidth_dex, log10_m_complete,
                                z_mass_function, sigma_lin, prior, estimate, int(n_surveys),
-                               int(n_boot), bootstrap)
+                               int(n_boot), bootstrap, progress)
     finally:
         log.setLevel(level)
 
@@ -777,11 +779,14 @@ def null_band_fractions(pdf: JointPDF, log10_m_grid, cosmology: Cosmology, *,
 def _null_band_loop(pdf, grid, cosmology, rng, mt, n, b_t, sv_grid, z, forward,
                     volume_mpc_h3, lo, hi, bandwidth_dex, log10_m_complete,
                     z_mass_function, sigma_lin, prior, estimate, n_surveys, n_boot,
-                    bootstrap):
+                    bootstrap, progress):
+    from tqdm.auto import tqdm
+
     frac = np.full(int(n_surveys), np.nan)
     frac_sv = np.full(int(n_surveys), np.nan)
     n_bins = np.zeros(int(n_surveys), dtype=int)
-    for k in range(int(n_surveys)):
+    for k in tqdm(range(int(n_surveys)), desc="null surveys", unit="survey",
+                  disable=not progress):
         g = rng.standard_normal() if sigma_lin is not None else 0.0
         nk = n * np.clip(1.0 + b_t * float(sigma_lin or 0.0) * g, 0.0, None)
         cdf = np.concatenate([[0.0], np.cumsum(0.5 * (nk[1:] + nk[:-1]) * np.diff(mt))])

@@ -670,8 +670,10 @@ def _likelihood_check(pdf, post, ref, use, cosmo, test_predictions=None, mock_cl
         q = np.quantile(r[ok], [0.0, 1 / 3, 2 / 3, 1.0])
         rows = {f"{q[j]:.0f}-{q[j + 1]:.0f}": matched(ok & (r >= q[j]) & (
             (r < q[j + 1]) if j < 2 else (r <= q[j + 1]))) for j in range(3)}
+        by_mass_m = {f"{max(a, 13.0):.1f}-{min(b, 16.0):.1f}":
+                     matched(ok & (ref >= a) & (ref < b)) for a, b in zip(edges[:-1], edges[1:])}
         out["matched_to_test_set"] = dict(
-            all=matched(ok), by_distance=rows,
+            all=matched(ok), by_distance=rows, by_true_mass=by_mass_m,
             note="the test set's own PIT at the survey cluster's true mass and comoving "
                  "distance (Gaussian kernel regression, 0.1 dex x 20 h^-1 Mpc, over the "
                  "test clusters at their mock observer distances): the PIT depends on "

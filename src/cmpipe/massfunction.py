@@ -99,6 +99,7 @@ __all__ = [
     "summaries_under_priors",
     "sample_variance_fraction",
     "window_sigma_lin",
+    "sphere_sigma_lin",
     "likelihood_pit",
     "null_band_fractions",
     "band_chi2",
@@ -868,10 +869,16 @@ def sample_variance_fraction(log10_m, z: float, cosmology: Cosmology,
         Fractional standard deviation of dn/dlog10 M at each mass.
     """
     if sigma_lin is None:
-        r = (3.0 * float(volume_mpc_h3) / (4.0 * np.pi)) ** (1.0 / 3.0)
-        sigma_lin = float(cosmology.colossus.sigma(r, z))
+        sigma_lin = sphere_sigma_lin(volume_mpc_h3, z, cosmology)
     b = halo_bias(log10_m, z, cosmology)
     return np.asarray(b, dtype=float) * float(sigma_lin)
+
+
+def sphere_sigma_lin(volume_mpc_h3: float, z: float, cosmology: Cosmology) -> float:
+    """rms linear density contrast in the top-hat sphere of ``volume_mpc_h3`` (h^-1 Mpc)^3
+    at ``z`` (colossus ``sigma(R)``)."""
+    r = (3.0 * float(volume_mpc_h3) / (4.0 * np.pi)) ** (1.0 / 3.0)
+    return float(cosmology.colossus.sigma(r, z))
 
 
 def window_sigma_lin(weights, box_size_mpc_h: float, z: float,

@@ -556,7 +556,7 @@ def _survey_sigma_lin(info, z, cosmo, cells: int = 128):
     """rms linear contrast of the survey's window and how it was computed: the synthetic
     survey's cap inside its periodic box (the modes the synthetic universe has), or for a
     catalogue the cap-shaped shell of ``catalogue_volume`` in a zero-padded box."""
-    from ..massfunction import survey_window_weights, window_sigma_lin
+    from ..massfunction import sphere_sigma_lin, survey_window_weights, window_sigma_lin
 
     if info.get("source") == "synthetic" and info.get("observer_mpc_h") is not None:
         L = float(info["box_size_mpc_h"])
@@ -584,8 +584,7 @@ def _survey_sigma_lin(info, z, cosmo, cells: int = 128):
         w, what = None, "top-hat sphere of the survey volume (colossus sigma(R)): the " \
                         "window holds no cell centre"
     if w is None:
-        r = (3.0 * float(info["volume_mpc_h3"]) / (4.0 * np.pi)) ** (1.0 / 3.0)
-        return float(cosmo.colossus.sigma(r, z)), what
+        return sphere_sigma_lin(float(info["volume_mpc_h3"]), z, cosmo), what
     return window_sigma_lin(w, L, z, cosmo), what
 
 

@@ -305,7 +305,7 @@ def flow_survey_posteriors(*, config, model, images, phase_space, out, csv_out=N
     """
     from ..io.survey import _write
     from ..massfunction import summaries_under_priors
-    from .survey import SURVEY_POSTERIOR_KEYS, _survey_posterior_schema
+    from .survey import SURVEY_POSTERIOR_KEYS, _survey_posterior_schema, posterior_table_base
 
     s = _settings(config)
     _set_threads(threads)
@@ -325,8 +325,7 @@ def flow_survey_posteriors(*, config, model, images, phase_space, out, csv_out=N
     if prior.shape != grid.shape:
         raise CatalogueError(Path(model).parent / "flow.json", "training_prior",
                              "prior and mass grid differ in length", "rerun flow_train")
-    table = {c: cl[c] for c in ("cluster_id", "ra_deg", "dec_deg", "z", "n_gal", "n_members",
-                                "n_mem", "log10_m_cat", "log10_m_cat_err", "skipped")}
+    table = posterior_table_base(s, cosmo, cl)
     for p in ("flat", "pop"):
         for key in SURVEY_POSTERIOR_KEYS:
             table[f"{p}_{key}"] = np.full(n, np.nan)
@@ -357,6 +356,7 @@ def flow_survey_posteriors(*, config, model, images, phase_space, out, csv_out=N
         population_log10_m_range=list(m_range),
         n_clusters=int(n), n_with_posterior=int(np.isfinite(table["flat_median"]).sum()),
         n_skipped=int(cl["skipped"].sum()), n_extrapolated=int(table["extrapolated"].sum()),
+        n_beyond_mock_depth=int(table["beyond_mock_depth"].sum()),
         comments=["flat_*: the flow's posterior (training-set prior, flat in log M)",
                   "pop_*: posterior under the Tinker (2008) mass function at the cluster "
                   f"redshift, truncated to log10 M in [{m_range[0]:.3f}, {m_range[1]:.3f}]",

@@ -372,6 +372,11 @@ def survey_cubes(*, config, clusters, cubes_out, phase_space_out, galaxies=None,
 def _survey_posterior_schema():
     # the cluster columns of the phase-space product (less D_A), then the network outputs
     cols = {k: v for k, v in SURVEY_PHASE_SPACE_CLUSTER_SCHEMA.items() if k != "d_a_mpc_h"}
+    cols["comoving_distance_mpc_h"] = ("f8", "h^-1 Mpc (comoving)",
+                                       "comoving distance of the cluster redshift")
+    cols["beyond_mock_depth"] = ("i1", "", "1: farther than the mock's observers "
+                                 "(mock.observer_radius_mpc_h): the flux limit leaves it "
+                                 "fewer galaxies than the training windows of its mass had")
     cols["log10_m_pred"] = ("f8", "log10(h^-1 Msun)", "network point prediction d~")
     cols["extrapolated"] = ("i1", "", "1: d~ outside the calibrated range (edge row used)")
     what = {"map": "posterior peak (MAP)", "median": "posterior median",
@@ -384,6 +389,28 @@ def _survey_posterior_schema():
             unit = "dex" if key == "sd" else "log10(h^-1 Msun)"
             cols[f"{p}_{key}"] = ("f8", unit, f"log10 M200c {what[key]}, {name}")
     return io.Schema(cols)
+
+
+def posterior_table_base(s, cosmo, cl) -> dict:
+    """The cluster columns of a survey posterior table (``survey/posteriors.ecsv`` and the
+    flow's), with each cluster's comoving distance and whether it lies beyond the mock's
+    observers (logged: the calibration has no training window that faint-sampled)."""
+    table = {c: cl[c] for c in ("cluster_id", "ra_deg", "dec_deg", "z", "n_gal", "n_members",
+                                "n_mem", "log10_m_cat", "log10_m_cat_err", "skipped")}
+    r = np.asarray(cosmo.comoving_distance_mpc_h(np.asarray(cl["z"], dtype=float)),
+                   dtype=float).reshape(-1)
+    depth = float(s.mock.observer_radius_mpc_h)
+    table["comoving_distance_mpc_h"] = r
+    table["beyond_mock_depth"] = (r > depth).astype(np.int8)
+    n_far = int(table["beyond_mock_depth"].sum())
+    if n_far:
+        log.warning("%d of %d survey cluster(s) lie beyond the mock's observers (comoving "
+                    "distance > mock.observer_radius_mpc_h = %g h^-1 Mpc, z up to %.3f): the "
+                    "network and its calibration never saw clusters that far, so their "
+                    "posteriors are extrapolated (column beyond_mock_depth); raise "
+                    "mock.observer_radius_mpc_h to the survey's depth and rerun", n_far,
+                    r.size, depth, float(np.nanmax(np.asarray(cl["z"], dtype=float))))
+    return table
 
 
 def survey_posteriors(*, config, model, joint_pdf, cubes, phase_space, out, csv_out=None):
@@ -420,8 +447,7 @@ def survey_posteriors(*, config, model, joint_pdf, cubes, phase_space, out, csv_
                                  "cluster table", "rerun survey_cubes")
         d[row] = pred["log10_m200c_pred"]
     ok = np.isfinite(d)
-    table = {c: cl[c] for c in ("cluster_id", "ra_deg", "dec_deg", "z", "n_gal", "n_members",
-                                "n_mem", "log10_m_cat", "log10_m_cat_err", "skipped")}
+    table = posterior_table_base(s, cosmo, cl)
     table["log10_m_pred"] = d
     table["extrapolated"] = (is_extrapolated(pdf, np.where(ok, d, pdf.d_grid[0]))
                              & ok).astype(np.int8)
@@ -444,6 +470,7 @@ def survey_posteriors(*, config, model, joint_pdf, cubes, phase_space, out, csv_
         population_log10_m_range=list(m_range),
         n_clusters=int(n), n_with_posterior=int(np.isfinite(table["flat_median"]).sum()),
         n_skipped=int(cl["skipped"].sum()), n_extrapolated=int(table["extrapolated"].sum()),
+        n_beyond_mock_depth=int(table["beyond_mock_depth"].sum()),
         comments=["flat_*: posterior under the test-set prior (flat in log M): "
                   "the paper's calibrated posterior",
                   "pop_*: posterior under the Tinker (2008) mass function at the cluster "

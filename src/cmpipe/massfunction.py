@@ -103,6 +103,7 @@ __all__ = [
     "likelihood_pit",
     "null_band_fractions",
     "band_chi2",
+    "forward_in_band",
     "survey_window_weights",
 ]
 
@@ -456,6 +457,32 @@ def estimate_mass_function(log10_m_est, sigma_dex, volume_mpc_h3: float, log10_m
                                 draws=draws if return_draws else None)
 
 
+def forward_in_band(est: MassFunctionEstimate, forward, sv, compared):
+    """Where ``forward`` lies inside the estimate's bootstrap band (``lo68 <= forward <=
+    hi68``), and inside the band widened by the sample variance (``|estimate - forward|
+    <= sqrt(((hi68 - lo68) / 2)^2 + sv^2)``), on the ``compared`` nodes only: the band
+    counts of the data and of :func:`null_band_fractions`.
+
+    Returns
+    -------
+    (ndarray, ndarray)
+        Boolean masks on the grid.
+    """
+    forward = np.asarray(forward, dtype=float)
+    compared = np.asarray(compared, dtype=bool)
+    half = 0.5 * (est.hi68 - est.lo68)
+    inside = compared & (est.lo68 <= forward) & (forward <= est.hi68)
+    inside_sv = compared & (np.abs(est.dn_dlog10m - forward) <= np.hypot(half, sv))
+    return inside, inside_sv
+
+
+def _sample_masses(mt, n, rng: np.random.Generator, size: int) -> np.ndarray:
+    """``size`` masses drawn from the density ``n`` tabulated on the grid ``mt`` (inverse
+    CDF of its trapezoidal integral)."""
+    cdf = np.concatenate([[0.0], np.cumsum(0.5 * (n[1:] + n[:-1]) * np.diff(mt))])
+    return np.interp(rng.random(size) * cdf[-1], cdf, mt)
+
+
 def band_chi2(est: MassFunctionEstimate, forward, sv, compared, kernel_dex: float,
               forward_scale: float) -> dict | None:
     """chi^2 of the estimate against the forward model over compared nodes spaced two
@@ -711,8 +738,7 @@ def forward_model_calibrated(pdf: JointPDF, log10_m_grid, cosmology: Cosmology, 
     n_expected = float(volume_mpc_h3) * float(np.sum(n * tw))
     n_sim = max(2, int(round(scale * n_expected)))
     rng = np.random.default_rng(seed)
-    cdf_m = np.concatenate([[0.0], np.cumsum(0.5 * (n[1:] + n[:-1]) * np.diff(mt))])
-    m_true = np.interp(rng.random(n_sim) * cdf_m[-1], cdf_m, mt)
+    m_true = _sample_masses(mt, n, rng, n_sim)
     z = np.asarray(z_clusters, dtype=float)
     z = z[np.isfinite(z)]
     zs = rng.choice(z, size=n_sim) if z.size else np.full(n_sim, z_mass_function)
@@ -753,6 +779,8 @@ def null_band_fractions(pdf: JointPDF, log10_m_grid, cosmology: Cosmology, *,
         ``fraction_in_band`` and ``fraction_in_band_with_sample_variance`` (arrays, one
         per survey) and ``n_bins`` (nodes compared in each survey).
     """
+    from tqdm.auto import tqdm
+
     lo, hi = (float(v) for v in log10_m_true_range)
     mt = np.arange(lo, hi + 0.5 * step_dex, step_dex)
     n = np.asarray(dndlog10m(mt) if dndlog10m is not None
@@ -766,55 +794,41 @@ def null_band_fractions(pdf: JointPDF, log10_m_grid, cosmology: Cosmology, *,
     z = np.asarray(z_clusters, dtype=float)
     z = z[np.isfinite(z)]
     rng = np.random.default_rng(seed)
-    level = log.level
-    log.setLevel(logging.WARNING)        # one estimator log line per mock survey otherwise
-    try:
-        return _null_band_loop(pdf, grid, cosmology, rng, mt, n, b_t, sv_grid, z, forward,
-                               volume_mpc_h3, lo, hi, bandwidth_dex, log10_m_complete,
-                               z_mass_function, sigma_lin, prior, estimate, int(n_surveys),
-                               int(n_boot), bootstrap, progress)
-    finally:
-        log.setLevel(level)
-
-
-def _null_band_loop(pdf, grid, cosmology, rng, mt, n, b_t, sv_grid, z, forward,
-                    volume_mpc_h3, lo, hi, bandwidth_dex, log10_m_complete,
-                    z_mass_function, sigma_lin, prior, estimate, n_surveys, n_boot,
-                    bootstrap, progress):
-    from tqdm.auto import tqdm
-
     frac = np.full(int(n_surveys), np.nan)
     frac_sv = np.full(int(n_surveys), np.nan)
     n_bins = np.zeros(int(n_surveys), dtype=int)
-    for k in tqdm(range(int(n_surveys)), desc="null surveys", unit="survey",
-                  disable=not progress):
-        g = rng.standard_normal() if sigma_lin is not None else 0.0
-        nk = n * np.clip(1.0 + b_t * float(sigma_lin or 0.0) * g, 0.0, None)
-        cdf = np.concatenate([[0.0], np.cumsum(0.5 * (nk[1:] + nk[:-1]) * np.diff(mt))])
-        count = rng.poisson(float(volume_mpc_h3) * cdf[-1])
-        if count < 2:
-            continue
-        m_true = np.interp(rng.random(count) * cdf[-1], cdf, mt)
-        zs = rng.choice(z, size=count) if z.size else np.full(count, z_mass_function)
-        m_est, sd = observe_through_calibration(pdf, m_true, cosmology, rng=rng, z=zs,
-                                                prior=prior, estimate=estimate,
-                                                log10_m_range=(lo, hi))
-        ok = np.isfinite(m_est) & np.isfinite(sd) & (sd > 0)
-        if ok.sum() < 2:
-            continue
-        est = estimate_mass_function(m_est[ok], sd[ok], volume_mpc_h3, grid,
-                                     bandwidth_dex=bandwidth_dex, n_boot=int(n_boot),
-                                     bootstrap=bootstrap,
-                                     seed=int(rng.integers(2 ** 32)))
-        cmp = (grid >= log10_m_complete) & (grid <= m_est[ok].max())
-        if not cmp.any():
-            continue
-        half = 0.5 * (est.hi68 - est.lo68)
-        inside = cmp & (est.lo68 <= forward) & (forward <= est.hi68)
-        inside_sv = cmp & (np.abs(est.dn_dlog10m - forward) <= np.hypot(half, sv_grid))
-        n_bins[k] = int(cmp.sum())
-        frac[k] = inside.sum() / cmp.sum()
-        frac_sv[k] = inside_sv.sum() / cmp.sum()
+    level = log.level
+    log.setLevel(logging.WARNING)        # one estimator log line per mock survey otherwise
+    try:
+        for k in tqdm(range(int(n_surveys)), desc="null surveys", unit="survey",
+                      disable=not progress):
+            g = rng.standard_normal() if sigma_lin is not None else 0.0
+            nk = n * np.clip(1.0 + b_t * float(sigma_lin or 0.0) * g, 0.0, None)
+            count = rng.poisson(float(volume_mpc_h3) * float(
+                np.sum(0.5 * (nk[1:] + nk[:-1]) * np.diff(mt))))
+            if count < 2:
+                continue
+            m_true = _sample_masses(mt, nk, rng, count)
+            zs = rng.choice(z, size=count) if z.size else np.full(count, z_mass_function)
+            m_est, sd = observe_through_calibration(pdf, m_true, cosmology, rng=rng, z=zs,
+                                                    prior=prior, estimate=estimate,
+                                                    log10_m_range=(lo, hi))
+            ok = np.isfinite(m_est) & np.isfinite(sd) & (sd > 0)
+            if ok.sum() < 2:
+                continue
+            est = estimate_mass_function(m_est[ok], sd[ok], volume_mpc_h3, grid,
+                                         bandwidth_dex=bandwidth_dex, n_boot=int(n_boot),
+                                         bootstrap=bootstrap,
+                                         seed=int(rng.integers(2 ** 32)))
+            cmp = (grid >= log10_m_complete) & (grid <= m_est[ok].max())
+            if not cmp.any():
+                continue
+            inside, inside_sv = forward_in_band(est, forward, sv_grid, cmp)
+            n_bins[k] = int(cmp.sum())
+            frac[k] = inside.sum() / cmp.sum()
+            frac_sv[k] = inside_sv.sum() / cmp.sum()
+    finally:
+        log.setLevel(level)
     return dict(fraction_in_band=frac, fraction_in_band_with_sample_variance=frac_sv,
                 n_bins=n_bins)
 

@@ -749,7 +749,8 @@ def survey_mass_function(*, config, posteriors, meta, truth, out, pulls_out,
 
     from .. import plots
     from ..calibration import JointPDF
-    from ..massfunction import (LN10, band_chi2, estimate_mass_function, forward_model,
+    from ..massfunction import (LN10, band_chi2, estimate_mass_function, forward_in_band,
+                                forward_model,
                                 forward_model_calibrated, forward_model_from_masses,
                                 local_slope, sample_variance_fraction)
 
@@ -851,15 +852,13 @@ def survey_mass_function(*, config, posteriors, meta, truth, out, pulls_out,
     m_c = float(m_c)
     m_top = float(m_est[use].max())
     compared = (grid >= m_c) & (grid <= m_top)
-    in_band = compared & (est.lo68 <= forward) & (forward <= est.hi68)
     tinker_in = compared & (est.lo68 <= tinker) & (tinker <= est.hi68)
     n_cmp = int(compared.sum())
     # the survey's sample variance (one fluctuation, all masses): added to the band when
     # comparing with Tinker, which a single survey volume need not follow
     sigma_lin, sv_window = _survey_sigma_lin(info, z_th, cosmo)
     sv = sample_variance_fraction(grid, z_th, cosmo, volume, sigma_lin=sigma_lin) * forward
-    half = 0.5 * (est.hi68 - est.lo68)
-    in_band_sv = compared & (np.abs(est.dn_dlog10m - forward) <= np.hypot(half, sv))
+    in_band, in_band_sv = forward_in_band(est, forward, sv, compared)
     chi2 = band_chi2(est, forward, sv, compared, kernel, float(mf.get("forward_scale", 20.0)))
     # how often a correct pipeline on a Tinker universe passes the band count
     null = None

@@ -9,6 +9,11 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
+# `snakemake --report report.html` (or `make report`): figures and tables with captions
+# from workflow/report/, runtimes from the benchmark: files, the config.
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/catalogue.smk"
 include: "workflow/rules/mock.smk"
@@ -25,3 +30,12 @@ rule all:
     input:
         final_targets(),
     default_target: True
+
+
+rule comparison_inputs:
+    """The products another run's `compare` rule reads from this one (compare.pure_run):
+    `make run` builds only these for the pure-catalogue run."""
+    input:
+        res("evaluation/metrics.json"),
+        res("flow/metrics.json"),
+        res("config.resolved.yaml"),

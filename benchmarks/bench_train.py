@@ -1,7 +1,8 @@
 """Training throughput, FLOP efficiency and streaming memory of cmpipe.training.
 
 Usage: ``python benchmarks/bench_train.py [--quick] [--seed SEED] [--skip-memory]
-[--tmpdir DIR]``
+[--tmpdir DIR]``, or the pipeline mode
+``python benchmarks/bench_train.py --pipeline RUN_DIR [--config FILE ...] [--epochs N]``
 
 Prints one JSON object to stdout (progress goes to stderr through ``logging``):
 
@@ -20,7 +21,8 @@ Prints one JSON object to stdout (progress goes to stderr through ``logging``):
   batch already in memory (pure compute); ``in_memory_32``: the same network on 32^3 cubes.
   Each with the achieved training FLOP/s and its fraction of the matmul peak.
 * ``memory``: peak resident memory (``ru_maxrss`` from ``os.wait4``) of a fresh subprocess
-  that runs :func:`cmpipe.training.train` for one full epoch over a cube file of about
+  that runs :func:`cmpipe.training.train` in streamed mode (``in_memory_max_mb=0``: batches
+  read from the file with the prefetch thread) for one full epoch over a cube file of about
   1 GB and one of about 5 GB on disk (0.2 / 0.6 GB with ``--quick``), plus a 64-cube
   validation file. The files are built by copying the compressed chunks of a 64-cube shard
   (:func:`cmpipe.io.cubes.gather_shards`), so they cost disk bandwidth only; random cubes
@@ -29,6 +31,18 @@ Prints one JSON object to stdout (progress goes to stderr through ``logging``):
   parent's high-water RSS at fork into the child's ``ru_maxrss``, so these runs come first,
   before the parent imports TensorFlow (``parent_max_rss_mb`` shows it is small); the child
   also reports its own ``VmHWM`` from ``/proc/self/status`` (a fresh counter after exec).
+
+Pipeline mode (``--pipeline results/demo``): the real ``train`` rule code path
+(:func:`cmpipe.stages.train.train_network`'s settings from the run's config, i.e.
+:func:`cmpipe.training.train` with its in-memory / streamed loader) on the run's own
+``cubes/train.h5`` and ``cubes/validation.h5`` for ``--epochs`` epochs (default 3, a fresh
+output directory), beside the in-memory rate of the same network, grid and batch size
+(``train_on_batch`` on one batch already in memory), and their ratio. ``pipeline``: training
+cubes x epochs / the epochs' seconds from ``history.csv`` (validation included, as the run's
+own figure), and the same without the first epoch (graph tracing). ``streamed_pipeline``:
+the same code path with ``train.in_memory_max_mb: 0`` (the file streamed with the prefetch
+thread). If the run has a ``model/history.csv``, ``run_history`` gives the throughput of the
+run's own ``train`` job and its ratio to the in-memory rate measured here.
 
 Big files are written to a temporary directory (``--tmpdir``, default the system's) that is
 deleted at the end.
@@ -170,7 +184,9 @@ def build_big_file(path, target_bytes, shard):
 def child_train(train_path, val_path, out_dir, result_path):
     """Run one epoch of cmpipe.training.train (in a fresh process) and record its timing."""
     from cmpipe.training import TrainSettings, read_history, train
-    res = train(train_path, val_path, out_dir, TrainSettings(epochs=1, verbose=0))
+    # streamed (in_memory_max_mb 0): memory must not grow with the file
+    res = train(train_path, val_path, out_dir, TrainSettings(epochs=1, verbose=0,
+                                                             in_memory_max_mb=0.0))
     h = read_history(res.history_path)
     hwm = None
     try:
@@ -205,12 +221,122 @@ def memory_run(train_path, val_path, workdir, tag):
             **json.loads(result.read_text())}
 
 
+def config_of(run_dir, config_files):
+    """The run's config: ``config.resolved.yaml`` of the run, else the given config files
+    merged over config.yaml (as Snakemake merges --configfile)."""
+    import yaml
+    from cmpipe.settings import Settings
+
+    resolved = Path(run_dir) / "config.resolved.yaml"
+    if not config_files and resolved.exists():
+        cfg = yaml.safe_load(resolved.read_text())
+    else:
+        cfg = {}
+        for f in config_files or ["config.yaml"]:
+            cfg = _merge(cfg, yaml.safe_load(Path(f).read_text()) or {})
+    return Settings.from_config(cfg)
+
+
+def _merge(a, b):
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def pipeline_mode(args):
+    """Throughput of the real train code path on a run's cubes vs in memory (see docstring)."""
+    import dataclasses
+
+    import keras
+    import tensorflow as tf
+    from cmpipe.io.cubes import CubeReader
+    from cmpipe.model import build_cnn
+    from cmpipe.stages.train import _train_settings
+    from cmpipe.training import read_history, train, transform_inputs
+
+    run_dir = Path(args.pipeline)
+    s = config_of(run_dir, args.config)
+    settings = dataclasses.replace(_train_settings(s), epochs=args.epochs, patience=10 ** 6)
+    train_path, val_path = run_dir / "cubes" / "train.h5", run_dir / "cubes" / "validation.h5"
+    with CubeReader(train_path) as r:
+        n_train, grid = len(r), tuple(r.shape[1:])
+        batch = r.cubes(0, min(settings.batch_size, n_train))
+    with CubeReader(val_path) as r:
+        n_val = len(r)
+    result = {"benchmark": "cmpipe.training pipeline", "run_dir": str(run_dir),
+              "device": device_info(), "tensorflow": tf.__version__,
+              "keras": keras.__version__, "grid": list(grid), "batch_size": settings.batch_size,
+              "n_train": n_train, "n_validation": n_val, "epochs": args.epochs,
+              "input_transform": settings.input_transform,
+              "load_average_1min_at_start": round(os.getloadavg()[0], 2)}
+
+    def run_train(tag, **changes):
+        with tempfile.TemporaryDirectory(prefix=f"cmpipe-bench-{tag}-", dir=args.tmpdir) as d:
+            t0 = time.perf_counter()
+            train(train_path, val_path, d, dataclasses.replace(settings, **changes))
+            wall = time.perf_counter() - t0
+            h = read_history(Path(d) / "history.csv")
+        sec = h["seconds"]
+        return {"samples_per_s": round(n_train * len(sec) / float(sec.sum()), 2),
+                "samples_per_s_after_first_epoch":
+                    round(n_train * (len(sec) - 1) / float(sec[1:].sum()), 2)
+                    if len(sec) > 1 else None,
+                "epoch_seconds": [round(float(x), 2) for x in sec],
+                "wall_s": round(wall, 1)}
+
+    result["pipeline"] = run_train("mem")
+    logger.info("pipeline (in memory): %s", result["pipeline"])
+    if not args.skip_streamed:
+        result["streamed_pipeline"] = run_train("stream", in_memory_max_mb=0.0)
+        logger.info("pipeline (streamed): %s", result["streamed_pipeline"])
+
+    # the same network, grid and batch on one batch already in memory: pure compute
+    keras.utils.set_random_seed(args.seed)
+    m = build_cnn(grid, settings.layers)
+    m.compile(optimizer=keras.optimizers.Adam(settings.learning_rate), loss="mse")
+    x = transform_inputs(np.ascontiguousarray(batch, dtype=np.float32), float(np.prod(grid)),
+                         settings.input_transform)
+    y = np.random.default_rng(args.seed).normal(size=(len(x), 1)).astype(np.float32)
+    for _ in range(3):
+        m.train_on_batch(x, y)
+    steps = max(10, int(round(3 * n_train / len(x) / 4)))
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        m.train_on_batch(x, y)
+    rate = len(x) * steps / (time.perf_counter() - t0)
+    result["in_memory"] = {"samples_per_s": round(rate, 2), "steps": steps,
+                           "method": "train_on_batch on one in-memory batch of the run's "
+                                     "cubes (3 warm-up steps)"}
+    result["ratio_pipeline_to_in_memory"] = round(result["pipeline"]["samples_per_s"] / rate, 3)
+    if "streamed_pipeline" in result:
+        result["ratio_streamed_to_in_memory"] = round(
+            result["streamed_pipeline"]["samples_per_s"] / rate, 3)
+    hist = run_dir / "model" / "history.csv"
+    if hist.exists():
+        h = read_history(hist)
+        run_rate = n_train * len(h["seconds"]) / float(h["seconds"].sum())
+        result["run_history"] = {"path": str(hist), "epochs": len(h["seconds"]),
+                                 "train_seconds": round(float(h["seconds"].sum()), 1),
+                                 "samples_per_s": round(run_rate, 2),
+                                 "ratio_to_in_memory": round(run_rate / rate, 3)}
+    result["load_average_1min_at_end"] = round(os.getloadavg()[0], 2)
+    print(json.dumps(result, indent=2))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small sizes (about a minute)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-memory", action="store_true", help="skip the 1 GB / 5 GB runs")
     p.add_argument("--tmpdir", default=None, help="where the temporary cube files go")
+    p.add_argument("--pipeline", metavar="RUN_DIR", default=None,
+                   help="pipeline mode: the train rule's code path on RUN_DIR/cubes")
+    p.add_argument("--config", nargs="*", default=None,
+                   help="pipeline mode: config files (default the run's config.resolved.yaml)")
+    p.add_argument("--epochs", type=int, default=3, help="pipeline mode: epochs per run")
+    p.add_argument("--skip-streamed", action="store_true",
+                   help="pipeline mode: skip the streamed (in_memory_max_mb: 0) run")
     p.add_argument("--child", nargs=4, metavar=("TRAIN", "VAL", "OUT", "RESULT"),
                    help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -218,6 +344,9 @@ def main(argv=None):
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     if args.child:
         child_train(*args.child)
+        return
+    if args.pipeline:
+        pipeline_mode(args)
         return
 
     rng = np.random.default_rng(args.seed)

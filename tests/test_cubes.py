@@ -3,7 +3,7 @@ import h5py
 import numpy as np
 import pytest
 
-from cmpipe.io.cubes import CUBE_COLUMNS, CubeReader, CubeWriter, gather_shards
+from cmpipe.io.cubes import CUBE_COLUMNS, CubeReader, CubeWriter, cube_digest, gather_shards
 from cmpipe.io.tables import CatalogueError
 
 N = 12
@@ -50,6 +50,48 @@ def test_gather_copies_chunks_bit_for_bit(tmp_path):
     with CubeReader(tmp_path / "all.h5") as r:
         np.testing.assert_array_equal(r.cubes(0, len(r)), np.concatenate(parts))
         np.testing.assert_array_equal(r.column("cluster_id"), np.arange(12))
+
+
+def test_content_digest_follows_content_not_sharding(tmp_path):
+    """The digest a model records: the same for one file or gathered shards of the same
+    cubes, different when one voxel or one mass changes; older files are hashed on read."""
+    rng = np.random.default_rng(2)
+    cubes = rng.random((9, N, N, N)).astype(np.float32)
+    cols = dict(cluster_id=np.arange(9), log10_m200c=rng.uniform(13.7, 15.0, 9),
+                n_gal=np.arange(9) + 10, n_members=np.arange(9) + 5)
+
+    def write(path, sl, **change):
+        c = {k: v[sl].copy() for k, v in cols.items()}
+        for k, (i, v) in change.items():
+            c[k][i] = v
+        with CubeWriter(path, len(cubes[sl]), N, dict(n_grid=N)) as w:
+            w.write(cubes[sl], c)
+
+    write(tmp_path / "one.h5", slice(None))
+    write(tmp_path / "s0.h5", slice(0, 4))
+    write(tmp_path / "s1.h5", slice(4, 9))
+    gather_shards([tmp_path / "s0.h5", tmp_path / "s1.h5"], tmp_path / "gathered.h5")
+    d_one = cube_digest(tmp_path / "one.h5")
+    assert len(d_one) == 64 and d_one == cube_digest(tmp_path / "gathered.h5")
+    # an independent reference: per-cube SHA-256 of the float32 bytes, as stored
+    import hashlib
+    with h5py.File(tmp_path / "gathered.h5") as f:
+        for i in (0, 5, 8):
+            assert bytes(f["cube_sha256"][i]) == hashlib.sha256(cubes[i].tobytes()).digest()
+    write(tmp_path / "bumped.h5", slice(None))
+    with h5py.File(tmp_path / "bumped.h5", "r+") as f:   # one voxel one ulp up
+        f["cubes"][3, 1, 2, 3] = np.nextafter(cubes[3, 1, 2, 3], np.float32(2))
+        del f["cube_sha256"], f.attrs["content_digest"]  # as a file without a digest
+    assert cube_digest(tmp_path / "bumped.h5") != d_one
+    write(tmp_path / "mass.h5", slice(None))             # same cubes, one mass changed
+    with h5py.File(tmp_path / "mass.h5", "r+") as f:
+        f["log10_m200c"][0] = cols["log10_m200c"][0] + 0.1
+        del f.attrs["content_digest"]                 # as a file without a digest
+    assert cube_digest(tmp_path / "mass.h5") != d_one
+    with h5py.File(tmp_path / "mass.h5", "r+") as f:  # the fallback hashes the same way
+        f["log10_m200c"][0] = cols["log10_m200c"][0]
+        del f["cube_sha256"]
+    assert cube_digest(tmp_path / "mass.h5") == d_one
 
 
 def test_failed_write_leaves_no_file(tmp_path):

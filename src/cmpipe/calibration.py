@@ -224,32 +224,46 @@ class JointPDF:
         ------
         FileNotFoundError
             ``path`` does not exist.
-        ValueError
-            The file holds no ``joint_pdf`` group or an unknown format version.
+        cmpipe.io.tables.CatalogueError
+            (a ``ValueError``) The file is not readable HDF5 (truncated, corrupt), holds no
+            ``joint_pdf`` group, has an unknown format version or misses a dataset.
         """
+        from .io.tables import CatalogueError
+
         path = Path(path)
+        fix = ("rerun the calibration (snakemake --cores N --configfile ... --forcerun "
+               "calibrate)")
         if not path.exists():
             raise FileNotFoundError(f"{path}: joint PDF file does not exist; rerun the "
                                     "calibration rule that makes it")
-        with h5py.File(path, "r") as f:
+        try:
+            f = h5py.File(path, "r")
+        except OSError as err:
+            raise CatalogueError(path, _GROUP, f"not a readable HDF5 file ({err})",
+                                 fix + "; the file is truncated or corrupt") from err
+        with f:
             if _GROUP not in f:
-                raise ValueError(f"{path}: no '{_GROUP}' group; not a joint PDF written by "
-                                 "cmpipe.calibration.JointPDF.save")
+                raise CatalogueError(path, _GROUP, "group missing: not a joint PDF written "
+                                     "by cmpipe.calibration.JointPDF.save", fix)
             g = f[_GROUP]
             version = int(g.attrs.get("format_version", -1))
             if version != _FORMAT_VERSION:
-                raise ValueError(f"{path}: joint PDF format version {version}, expected "
-                                 f"{_FORMAT_VERSION}; regenerate the file")
+                raise CatalogueError(path, "format_version", f"joint PDF format version "
+                                     f"{version}, expected {_FORMAT_VERSION}", fix)
             meta = {}
-            for k, v in g.attrs.items():
-                if k.startswith("meta_"):
-                    v = v.decode() if isinstance(v, bytes) else v
-                    meta[k[5:]] = v.item() if isinstance(v, np.generic) else v
-            return cls(d_grid=g["d_grid"][...], m_grid=g["m_grid"][...],
-                       table=g["table"][...], bandwidth=float(g.attrs["bandwidth"]),
-                       n_pairs=int(g.attrs["n_pairs"]),
-                       kernel_covariance=g["kernel_covariance"][...],
-                       truncation=float(g.attrs["truncation"]), meta=meta)
+            try:
+                for k, v in g.attrs.items():
+                    if k.startswith("meta_"):
+                        v = v.decode() if isinstance(v, bytes) else v
+                        meta[k[5:]] = v.item() if isinstance(v, np.generic) else v
+                return cls(d_grid=g["d_grid"][...], m_grid=g["m_grid"][...],
+                           table=g["table"][...], bandwidth=float(g.attrs["bandwidth"]),
+                           n_pairs=int(g.attrs["n_pairs"]),
+                           kernel_covariance=g["kernel_covariance"][...],
+                           truncation=float(g.attrs["truncation"]), meta=meta)
+            except (KeyError, OSError) as err:
+                raise CatalogueError(path, _GROUP, f"incomplete or damaged joint PDF ({err})",
+                                     fix) from err
 
 
 # ----------------------------------------------------------------------------------------

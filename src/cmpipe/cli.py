@@ -1,6 +1,7 @@
 """The ``cmpipe`` command: tasks users need without Snakemake.
 
-    cmpipe check-config CONFIG [--schema SCHEMA]   validate a config, print the resolved one
+    cmpipe check-config CONFIG [OVERLAY ...] [--schema SCHEMA]
+                                                   validate a config, print the resolved one
     cmpipe infer --run-dir RUN --clusters C (--galaxies G | --phase-space P) -o OUT
                                                    masses of your clusters from a trained run
 """
@@ -166,14 +167,17 @@ def main(argv=None) -> int:
     sub = ap.add_subparsers(dest="command", required=True)
     cc = sub.add_parser("check-config", help="validate a config file against the schema "
                         "and print it with defaults filled")
-    cc.add_argument("config", type=Path)
+    cc.add_argument("config", type=Path, nargs="+",
+                    help="the config, then any overlays (as snakemake --configfile merges "
+                         "them), e.g. config.yaml configs/tiny.yaml")
     cc.add_argument("--schema", type=Path, default=None,
                     help="JSON schema (default: ./workflow/schemas/config.schema.yaml)")
     _infer_parser(sub)
     args = ap.parse_args(argv)
     if args.command == "check-config":
         try:
-            cfg = load_config(args.config, args.schema or _default_schema())
+            cfg = load_config(args.config[0], args.schema or _default_schema(),
+                              overlays=args.config[1:])
         except (ConfigError, FileNotFoundError) as err:
             print(f"cmpipe: {err}", file=sys.stderr)
             return 1

@@ -10,7 +10,6 @@ import logging
 
 import numpy as np
 
-from .baselines import apply_offset, baseline_masses, calibrate_offset
 from .calibration import JointPDF, posterior, posterior_cdf_at, summarise
 from .metrics import DEFAULT_MASS_BINS, evaluation_report, interloper_diagnostic, residuals
 
@@ -62,6 +61,7 @@ def baseline_table(galaxies: dict, cluster_ids, redshift, cosmology, **options) 
     ``galaxies`` holds ``cluster_id``, ``x_proj_mpc_h``, ``y_proj_mpc_h``, ``v_los_kms`` of
     at least these clusters, sorted by cluster id.
     """
+    from .baselines import baseline_masses
     from .io.mock import galaxy_offsets
 
     ids = np.asarray(cluster_ids)
@@ -116,6 +116,10 @@ def evaluate(*, pdf: JointPDF, test_pred: dict, eval_pred: dict, eval_clusters: 
     curves : ndarray
         Posterior densities on ``pdf.m_grid``.
     """
+    # the baselines (astropy's biweight) are imported here, not at module level: the
+    # ablation's network_report uses posterior_table in envs/train.yaml, without astropy
+    from .baselines import apply_offset, calibrate_offset
+
     if not np.array_equal(eval_pred["cluster_id"], eval_clusters["cluster_id"]):
         raise ValueError("eval predictions and cluster rows are not in the same order")
     t = np.asarray(eval_pred["log10_m200c_true"], dtype=np.float64)

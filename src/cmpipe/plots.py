@@ -11,7 +11,7 @@ from .io.tables import atomic_output  # noqa: E402
 from .settings import SPLIT_CODES  # noqa: E402
 
 __all__ = ["save", "mass_function_figure", "split_masses_figure", "phase_space_figure",
-           "joint_pdf_figure", "predictions_figure", "calibration_figure",
+           "loss_curve_figure", "joint_pdf_figure", "predictions_figure", "calibration_figure",
            "interloper_figure", "baselines_figure", "survey_mass_function_figure",
            "survey_pulls_figure"]
 
@@ -119,6 +119,33 @@ def phase_space_figure(clusters, galaxies, path, index=None):
 # -- evaluation figures (paper Figs. 4-6) -------------------------------------------------
 
 _MLABEL = r"$\log_{10} M_{200c}$  [$h^{-1} M_\odot$]"
+
+
+def loss_curve_figure(history_csv, path):
+    """Training and validation loss (MSE of the standardised log10 M200c) against epoch
+    from a ``history.csv`` (``epoch, loss, val_loss, ...``), the kept (best) epoch marked.
+
+    Reads the CSV itself rather than through :mod:`cmpipe.training`, so drawing it never
+    imports Keras/TensorFlow (the ``training_plots`` rule runs in ``envs/plots.yaml``)."""
+    import csv
+
+    with open(history_csv, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    epoch = np.array([int(r["epoch"]) for r in rows], dtype=int)
+    loss = np.array([float(r["loss"]) for r in rows])
+    val_loss = np.array([float(r["val_loss"]) for r in rows])
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(epoch, loss, "o-", ms=3, label="training")
+    ax.plot(epoch, val_loss, "s-", ms=3, label="validation")
+    if epoch.size and np.isfinite(val_loss).any():
+        best = int(np.nanargmin(val_loss))
+        ax.axvline(epoch[best], color="0.5", ls=":",
+                   label=f"best epoch {epoch[best]} (weights kept)")
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(r"MSE of standardised $\log_{10} M_{200c}$")
+    ax.legend()
+    save(fig, path)
 
 
 def joint_pdf_figure(pdf, test_pred, path):

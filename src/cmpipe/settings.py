@@ -7,6 +7,7 @@ same validation for code that runs without Snakemake (tests, ``cmpipe`` CLI).
 """
 from __future__ import annotations
 
+import re
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,8 @@ __all__ = [
     "merge_config",
     "prepend_pythonpath",
     "validate_config",
+    "semantic_errors",
+    "check_output_dir",
     "stage_rng",
     "stage_seed",
     "SPLIT_CODES",
@@ -231,7 +234,99 @@ def validate_config(config: dict, schema_path) -> dict:
                 lines.append(f"{where}: {e.message}")
         raise ConfigError("invalid config (" + str(schema_path) + "):\n  "
                           + "\n  ".join(lines))
+    lines = semantic_errors(config)
+    if len(lines) == 1:
+        raise ConfigError("invalid config: " + lines[0])
+    if lines:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(lines))
     return config
+
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+
+def _safe_name_error(key, value):
+    if isinstance(value, str) and _SAFE_NAME.match(value) and ".." not in value:
+        return None
+    return (f"{key}: {value!r} is not a safe run name (outputs go to results/{{run}}/). Fix: "
+            "letters, digits, '_', '-' and '.', not starting with '.', no '..' or '/'")
+
+
+def semantic_errors(config: dict) -> list[str]:
+    """Checks the schema cannot express, on a schema-valid config with defaults filled:
+    run names, split fractions summing to 1, layer specifications
+    (:func:`cmpipe.model.validate_layers`) and cross-key constraints. (Input files are not
+    checked here: a config is valid before its data arrive; Snakemake names missing inputs.) Returns one line per
+    problem, each naming the dotted key and the fix (empty: the config is fine)."""
+    out = []
+    for key, value in (("run", config.get("run")),
+                       ("compare.pure_run", (config.get("compare") or {}).get("pure_run"))):
+        if key == "run" or value is not None:
+            err = _safe_name_error(key, value)
+            if err:
+                out.append(err)
+    pure = (config.get("compare") or {}).get("pure_run")
+    if pure is not None and pure == config.get("run"):
+        out.append(f"compare.pure_run: names this run itself ({pure}). Fix: name the run of "
+                   "configs/pure.yaml (e.g. demo-pure) or set compare.pure_run: null")
+    fr = (config.get("splits") or {}).get("fractions") or {}
+    if fr:
+        total = sum(float(v) for v in fr.values())
+        if abs(total - 1.0) > 1e-6:
+            out.append("splits.fractions: " + " + ".join(f"{k} {v:g}" for k, v in fr.items())
+                       + f" = {total:g}, must sum to 1. Fix: rescale them")
+        for k in ("train", "test"):
+            if k in fr and float(fr[k]) <= 0.0:
+                out.append(f"splits.fractions.{k}: is 0; the {k} set cannot be empty "
+                           f"({'training' if k == 'train' else 'calibration'} needs it). Fix: "
+                           "give it a positive share")
+    layer_keys = [("train.layers", (config.get("train") or {}).get("layers"))]
+    abl = config.get("ablation") or {}
+    layer_keys += [(f"ablation.{k}", abl.get(k)) for k in ("layers_1d", "layers_2d")]
+    for key, layers in layer_keys:
+        if layers is None:
+            continue
+        if not layers:
+            out.append(f"{key}: empty list. Fix: give at least one layer or null for the "
+                       "default network")
+            continue
+        from .model import LayerSpecError, validate_layers   # imports keras: only when set
+        try:
+            validate_layers(layers)
+        except LayerSpecError as err:
+            out.append(f"{key}: {err}. Fix: see the layer format in cmpipe.model (e.g. "
+                       "[{conv: 12, kernel: 5}, {pool: 2}, {dense: 128}])")
+    sv = config.get("survey") or {}
+    if sv.get("source") == "catalogue":
+        cat = sv.get("catalogue_volume") or {}
+        z_min, z_max = cat.get("z_min"), cat.get("z_max")
+        if z_min is not None and z_max is not None and not float(z_max) > float(z_min):
+            out.append(f"survey.catalogue_volume: z_max ({z_max}) must exceed z_min "
+                       f"({z_min}). Fix: swap or correct them")
+    return out
+
+
+def check_output_dir(path) -> None:
+    """Fail up front when the output directory ``path`` (or, if it does not exist yet, its
+    nearest existing parent) is not writable.
+
+    Raises
+    ------
+    ConfigError
+        Naming the directory and the fix.
+    """
+    import os
+
+    p = Path(path).absolute()
+    probe = p
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise ConfigError(f"{probe}: output path is a file, not a directory. Fix: remove it "
+                          f"or choose another run name")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"{probe}: output directory is not writable (outputs go to {p}). "
+                          "Fix: run from a writable working directory or fix its permissions")
 
 
 def prepend_pythonpath(path) -> None:
@@ -257,10 +352,20 @@ def merge_config(base: dict, overlay: dict) -> dict:
 def _read_yaml(path: Path) -> dict:
     import yaml
 
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file does not exist. Fix: check the path (relative "
+                          "to the working directory), e.g. configs/tiny.yaml")
     try:
-        return yaml.safe_load(Path(path).read_text()) or {}
+        data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from err
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot be read ({err}). Fix: check the file") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config file must be a mapping of keys (e.g. 'run: "
+                          f"tiny'), got a {type(data).__name__}")
+    return data
 
 
 def load_config(config_path, schema_path, overlays=()) -> dict:

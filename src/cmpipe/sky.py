@@ -64,6 +64,7 @@ __all__ = [
     "PhaseSpaceWindows",
     "check_sky_positions",
     "check_redshifts",
+    "MAX_REDSHIFT",
     "radec_to_unit",
     "gnomonic_offsets",
     "gnomonic_to_radec",
@@ -195,14 +196,20 @@ def check_sky_positions(ra_deg, dec_deg, *, table: str = "input", ra_column: str
     return np.mod(ra, 360.0)
 
 
+#: Largest redshift accepted; larger values are taken for c z in km/s (a unit slip).
+MAX_REDSHIFT = 15.0
+
+
 def check_redshifts(z, *, table: str = "input", column: str = "z",
                     allow_zero: bool = True) -> np.ndarray:
-    """Validate redshifts: finite, not negative (and > 0 unless ``allow_zero``).
+    """Validate redshifts: finite, not negative (and > 0 unless ``allow_zero``), not above
+    :data:`MAX_REDSHIFT` (c z in km/s given for z).
 
     Raises
     ------
     SkyInputError
-        NaN/inf or negative (or zero) values; the message names the first bad row.
+        NaN/inf, negative (or zero) or implausibly large (c z) values; the message names
+        the first bad row.
     """
     z = np.asarray(z, dtype=float)
     bad = ~np.isfinite(z)
@@ -210,6 +217,14 @@ def check_redshifts(z, *, table: str = "input", column: str = "z",
         raise SkyInputError(table, column, f"{int(bad.sum())} non-finite redshift(s), first "
                             f"at row {int(np.flatnonzero(bad)[0])}",
                             "drop objects without a redshift before ingestion")
+    high = z > MAX_REDSHIFT
+    if high.any():
+        i = int(np.flatnonzero(high)[0])
+        raise SkyInputError(table, column, f"{int(high.sum())} redshift(s) above "
+                            f"{MAX_REDSHIFT:g}, first z = {z[i]:.6g} at row {i}: this looks "
+                            "like c z in km/s, not a redshift",
+                            "give dimensionless redshifts (divide c z by 299792.458 km/s) or "
+                            "map the column of redshifts")
     low = (z < 0.0) if allow_zero else (z <= 0.0)
     if low.any():
         i = int(np.flatnonzero(low)[0])

@@ -2,9 +2,13 @@
 
 Data flow
 ---------
-Cubes are streamed from a cube file (:mod:`cmpipe.io.cubes`) by :class:`CubeDataset`, one
-batch at a time; nothing ever holds a whole split. Two transforms are applied, identically at
-training and prediction time, and both are stored in ``normalisation.json`` beside the model:
+Cubes come from a cube file (:mod:`cmpipe.io.cubes`) through :class:`CubeDataset`: a split
+whose uncompressed cubes fit ``TrainSettings.in_memory_max_mb`` (config
+``train.in_memory_max_mb``) is read and transformed once and held in memory, so training runs
+at the network's speed; a larger one is streamed a batch at a time with a background thread
+reading the next batches (memory bounded by a few batches whatever the file size). Both give
+the same batches bit for bit. Two transforms are applied, identically at training and
+prediction time, and both are stored in ``normalisation.json`` beside the model:
 
 * input scaling: ``x = cube * scale`` with ``scale = n_voxels`` (e.g. 50^3). Every cube sums
   to 1, so after scaling the mean voxel is exactly 1 (dimensionless density contrast + 1),
@@ -26,9 +30,13 @@ After every epoch one HDF5 file ``checkpoint.h5`` is written atomically (tempora
 ``os.replace``) holding the model variables, the optimizer variables (Adam moments, iteration
 count, learning rate), the best weights so far and a JSON state (completed epochs, history,
 best validation loss and epoch, early-stopping wait count, seed and a fingerprint of the
-settings and data). Rerunning :func:`train` on the same ``out_dir`` resumes after the last
-completed epoch; a checkpoint whose fingerprint does not match (other settings or data) is
-ignored with a warning and training starts afresh. The data order and augmentation of epoch
+settings and data). The data part holds the ``content_digest`` of both cube files
+(:func:`cmpipe.io.cubes.cube_digest`: a hash of every cube and mass), so cubes remade with
+another KDE bandwidth, window or mock are other data even when their number and grid are the
+same. Rerunning :func:`train` on the same ``out_dir`` resumes after the last completed
+epoch; a checkpoint whose fingerprint does not match is ignored with a warning that names
+what changed, and training starts afresh. ``normalisation.json`` records the fingerprint,
+the cube digests and the settings under ``provenance``. The data order and augmentation of epoch
 ``e`` are drawn from ``numpy.random.default_rng((seed, e, ...))`` and the Keras/TF seeds are
 reset from ``(seed, e)`` at the start of each epoch, so a resumed run replays exactly the
 batches an uninterrupted run would have seen.
@@ -62,7 +70,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import keras  # noqa: E402
 
-from .io.cubes import CubeReader  # noqa: E402
+from .io.cubes import CubeReader, cube_digest  # noqa: E402
 from .io.tables import CatalogueError, atomic_output, write_json  # noqa: E402
 from .model import DEFAULT_LAYERS, build_cnn, parameter_count, validate_layers  # noqa: E402
 
@@ -137,6 +145,12 @@ class TrainSettings:
     deterministic : bool
         Switch on TensorFlow op determinism (process-wide): bit-reproducible GPU runs, at
         some cost in speed (~2x on CPU, where runs are reproducible without it).
+    in_memory_max_mb : float
+        Hold the training cubes, then the validation cubes, in memory when their
+        uncompressed size (4 bytes a voxel) fits this budget in MiB (together); otherwise
+        stream them from the file with a background prefetch thread. Both give the same
+        batches bit for bit, so this is a speed setting, not part of the checkpoint's
+        fingerprint. 0 always streams.
     verbose : int
         Keras progress output: 0 silent, 1 a progress bar per epoch, 2 one line per epoch.
     """
@@ -154,6 +168,7 @@ class TrainSettings:
     mixed_precision: bool = False
     xla: bool = False
     deterministic: bool = False
+    in_memory_max_mb: float = 6000.0
     verbose: int = 1
 
     def __post_init__(self):
@@ -177,6 +192,9 @@ class TrainSettings:
             raise ValueError(f"TrainSettings.seed must be a non-negative integer, "
                              f"got {self.seed!r}")
         object.__setattr__(self, "seed", int(self.seed))
+        if isinstance(self.in_memory_max_mb, bool) or not self.in_memory_max_mb >= 0:
+            raise ValueError(f"TrainSettings.in_memory_max_mb must be >= 0 (MiB), "
+                             f"got {self.in_memory_max_mb!r}")
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainSettings:
@@ -265,12 +283,23 @@ def transform_inputs(x: np.ndarray, scale: float, function: str = "linear") -> n
 
 
 class CubeDataset(keras.utils.PyDataset):
-    """Batches ``(x, z)`` streamed from a cube file, for ``keras.Model.fit``.
+    """Batches ``(x, z)`` of a cube file, for ``keras.Model.fit``: in memory or streamed.
 
-    ``x`` is ``cubes * input_scale`` (float32, ``(b, n, n, n)``), ``z`` the standardised
-    ``(log10 M200c - target_mean) / target_std`` (float32, ``(b, 1)``). Only the batch being
-    read is held in memory (plus whatever Keras queues for prefetching); the per-cube columns
-    (a few numbers per cube) are read once.
+    ``x`` is the network input (:func:`transform_inputs` of the cubes, float32,
+    ``(b, n, n, n)``), ``z`` the standardised ``(log10 M200c - target_mean) / target_std``
+    (float32, ``(b, 1)``). The per-cube columns (a few numbers per cube) are always read once.
+
+    Two ways to get the cubes, with identical batches (same cubes, same order, same
+    augmentation, bit for bit):
+
+    * **in memory** when the split's uncompressed cubes fit ``memory_mb``: the whole file is
+      read and decompressed once, in one contiguous read, and transformed once; a batch is a
+      fancy-indexed copy. Training then runs at the speed of the network.
+    * **streamed** otherwise: each batch is read from the file (one HDF5 chunk per cube), and
+      a background thread reads the next ``prefetch`` batches while the network trains on
+      this one (decompression releases the GIL in HDF5's filters, so it overlaps the
+      TensorFlow step). Memory stays bounded by ``prefetch + 1`` batches whatever the file
+      size.
 
     Parameters
     ----------
@@ -287,7 +316,7 @@ class CubeDataset(keras.utils.PyDataset):
     shuffle : bool
         Draw a fresh permutation of the cubes each epoch from
         ``numpy.random.default_rng((seed, epoch))``; the indices of each batch are sorted
-        before reading (locality in the file).
+        (locality in the file, and the same order in memory).
     augment : bool
         Apply a random D4 sky-plane symmetry per cube (:func:`d4_transform`), drawn from
         ``default_rng((seed, epoch, batch, 0xD4))``, so a batch depends only on
@@ -296,6 +325,11 @@ class CubeDataset(keras.utils.PyDataset):
         Seed for shuffling and augmentation.
     epoch : int
         First epoch (set on resume); :meth:`set_epoch` moves it on.
+    memory_mb : float or None
+        Hold the split in memory when its uncompressed cubes (4 bytes a voxel) take at most
+        this many MiB; ``0`` or ``None`` always streams.
+    prefetch : int
+        Streamed mode: batches read ahead by the background thread (0: none).
     **kwargs
         ``workers``, ``use_multiprocessing``, ``max_queue_size`` for
         :class:`keras.utils.PyDataset`.
@@ -304,7 +338,8 @@ class CubeDataset(keras.utils.PyDataset):
     def __init__(self, path, batch_size: int = 100, *, target_mean: float = 0.0,
                  target_std: float = 1.0, input_scale: float | None = None,
                  input_transform: str = "linear", shuffle: bool = False,
-                 augment: bool = False, seed: int = 0, epoch: int = 0, **kwargs):
+                 augment: bool = False, seed: int = 0, epoch: int = 0,
+                 memory_mb: float | None = 0.0, prefetch: int = 2, **kwargs):
         super().__init__(**kwargs)
         self.path = Path(path)
         self.batch_size = int(batch_size)
@@ -330,6 +365,24 @@ class CubeDataset(keras.utils.PyDataset):
         self._epoch = int(epoch)
         self._perm_cache = (None, None)
         self.served_epochs: set[int] = set()
+        self.nbytes = 4 * self.n_cubes * math.prod(self.grid)
+        self._data = None
+        if memory_mb and self.nbytes <= float(memory_mb) * 2 ** 20:
+            t0 = time.perf_counter()
+            self._data = transform_inputs(np.ascontiguousarray(r.cubes(0, self.n_cubes),
+                                                               dtype=np.float32),
+                                          self.input_scale, self.input_transform)
+            self.close()
+            logger.info("%s: %d cubes held in memory (%.0f MiB, read in %.1f s)", self.path,
+                        self.n_cubes, self.nbytes / 2 ** 20, time.perf_counter() - t0)
+        self.prefetch = 0 if self._data is not None else max(0, int(prefetch))
+        self._pool = None
+        self._pending: dict = {}
+
+    @property
+    def in_memory(self) -> bool:
+        """Whether the cubes are held in memory (else read from the file per batch)."""
+        return self._data is not None
 
     # -- file handle (reopened in a forked worker process) --
     def _open(self) -> CubeReader:
@@ -341,10 +394,18 @@ class CubeDataset(keras.utils.PyDataset):
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_reader"] = None
+        state["_pool"] = None
+        state["_pending"] = {}
         return state
 
     def close(self):
-        """Close the cube file (it is reopened on the next read)."""
+        """Stop the prefetch thread and close the cube file (reopened on the next read)."""
+        if getattr(self, "_pool", None) is not None:
+            for fut in self._pending.values():
+                fut.cancel()
+            self._pool.shutdown(wait=True)
+            self._pool = None
+            self._pending = {}
         if self._reader is not None and self._pid == os.getpid():
             self._reader.close()
         self._reader = None
@@ -381,15 +442,20 @@ class CubeDataset(keras.utils.PyDataset):
         return -(-self.n_cubes // self.batch_size)
 
     def read_inputs(self, idx: int, epoch: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Scaled (and, if enabled, augmented) cubes of batch ``idx`` and their indices."""
+        """Network inputs (transformed and, if enabled, augmented cubes) of batch ``idx``
+        and their indices; a pure function of ``(seed, epoch, idx)``."""
         epoch = self._epoch if epoch is None else epoch
         sel = self.batch_indices(idx, epoch)
-        r = self._open()
-        if self.shuffle:
-            x = r.take(sel)
+        if self._data is not None:
+            x = self._data[sel]
         else:
-            x = np.ascontiguousarray(r.cubes(int(sel[0]), int(sel[-1]) + 1), dtype=np.float32)
-        transform_inputs(x, self.input_scale, self.input_transform)
+            r = self._open()
+            if self.shuffle:
+                x = r.take(sel)
+            else:
+                x = np.ascontiguousarray(r.cubes(int(sel[0]), int(sel[-1]) + 1),
+                                         dtype=np.float32)
+            transform_inputs(x, self.input_scale, self.input_transform)
         if self.augment:
             rng = np.random.default_rng([self.seed, int(epoch), int(idx), 0xD4])
             for j, t in enumerate(rng.integers(0, N_D4, size=len(x))):
@@ -397,10 +463,34 @@ class CubeDataset(keras.utils.PyDataset):
                     x[j] = d4_transform(x[j], t).copy()
         return x, sel
 
+    def _fetch(self, idx: int, epoch: int):
+        """Batch ``idx`` of ``epoch``: from the prefetch thread when it has it; then queue
+        the next ``prefetch`` batches of the same epoch."""
+        if not self.prefetch:
+            return self.read_inputs(idx, epoch)
+        from concurrent.futures import ThreadPoolExecutor
+
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cube-prefetch")
+        for key in [k for k in self._pending if k[0] != epoch]:   # a finished epoch's
+            self._pending.pop(key).cancel()
+        fut = self._pending.pop((epoch, idx), None)
+        out = fut.result() if fut is not None else self.read_inputs(idx, epoch)
+        for j in range(idx + 1, min(idx + 1 + self.prefetch, len(self))):
+            if (epoch, j) not in self._pending:
+                self._pending[(epoch, j)] = self._pool.submit(self.read_inputs, j, epoch)
+        return out
+
+    def iter_inputs(self):
+        """``(x, indices)`` of every batch of the current epoch in order (prefetched when
+        streaming): for prediction."""
+        for i in range(len(self)):
+            yield self._fetch(i, self._epoch)
+
     def __getitem__(self, idx):
         epoch = self._epoch
         self.served_epochs.add(epoch)
-        x, sel = self.read_inputs(idx, epoch)
+        x, sel = self._fetch(int(idx), epoch)
         z = ((self.log10_m200c[sel] - self.target_mean) / self.target_std).astype(np.float32)
         return x, z[:, None]
 
@@ -450,12 +540,31 @@ def _assign(variables, arrays, what):
         v.assign(a)
 
 
-def _fingerprint(settings: TrainSettings, data: dict) -> str:
+def _fingerprint_settings(settings: TrainSettings) -> dict:
     d = settings.to_dict()
-    for k in ("epochs", "verbose"):  # more epochs may continue a run; output is cosmetic
+    # more epochs may continue a run; output and the memory budget do not change results
+    for k in ("epochs", "verbose", "in_memory_max_mb"):
         d.pop(k)
-    blob = json.dumps({"settings": d, "data": data}, sort_keys=True)
+    return d
+
+
+def _fingerprint(settings: TrainSettings, data: dict) -> str:
+    """Identity of a training run: its settings and its data (cube contents by digest)."""
+    blob = json.dumps({"settings": _fingerprint_settings(settings), "data": data},
+                      sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _fingerprint_change(saved: dict, settings: TrainSettings, data: dict) -> str:
+    """What differs between a checkpoint's state and this run, in words, for the log."""
+    old_data = saved.get("data") or {}
+    changed = [f"data {k}" for k in sorted(set(old_data) | set(data))
+               if old_data.get(k) != data.get(k)] if old_data else ["data (unrecorded)"]
+    old_set = saved.get("settings") or {}
+    new_set = _fingerprint_settings(settings)
+    changed += [f"setting {k}" for k in sorted(new_set)
+                if k in old_set and old_set.get(k) != new_set.get(k)]
+    return ", ".join(changed) or "settings or data"
 
 
 class _EpochState(keras.callbacks.Callback):
@@ -639,9 +748,16 @@ def train(train_path, val_path, out_dir, settings: TrainSettings | None = None, 
     ds_kw = dict(target_mean=mean, target_std=std, input_scale=scale,
                  input_transform=settings.input_transform, seed=settings.seed,
                  workers=workers, max_queue_size=max_queue_size)
+    budget = float(settings.in_memory_max_mb)
     train_ds = CubeDataset(train_path, settings.batch_size, shuffle=True,
-                           augment=settings.augment, **ds_kw)
-    val_ds = CubeDataset(val_path, settings.batch_size, shuffle=False, augment=False, **ds_kw)
+                           augment=settings.augment, memory_mb=budget, **ds_kw)
+    budget -= train_ds.nbytes / 2 ** 20 if train_ds.in_memory else 0.0
+    val_ds = CubeDataset(val_path, settings.batch_size, shuffle=False, augment=False,
+                         memory_mb=budget, **ds_kw)
+    logger.info("input: training cubes %s, validation cubes %s (train.in_memory_max_mb %g)",
+                "in memory" if train_ds.in_memory else "streamed with prefetch",
+                "in memory" if val_ds.in_memory else "streamed with prefetch",
+                settings.in_memory_max_mb)
 
     model = build_cnn(grid, settings.layers, dtype_policy=policy)
     n_params = parameter_count(model)
@@ -656,11 +772,19 @@ def train(train_path, val_path, out_dir, settings: TrainSettings | None = None, 
                 "GPU" if gpu else "CPU", ", XLA" if xla else "",
                 ", mixed precision" if policy else "")
 
-    fingerprint = _fingerprint(settings, dict(n_train=n_train, n_val=n_val, grid=list(grid),
-                                              target_mean=mean, target_std=std))
+    data_id = dict(n_train=n_train, n_val=n_val, grid=list(grid), target_mean=mean,
+                   target_std=std, train_cubes_digest=cube_digest(train_path),
+                   validation_cubes_digest=cube_digest(val_path))
+    fingerprint = _fingerprint(settings, data_id)
+    normalisation["provenance"] = {
+        "fingerprint": fingerprint, "train_cubes": str(train_path),
+        "train_cubes_digest": data_id["train_cubes_digest"],
+        "validation_cubes": str(val_path),
+        "validation_cubes_digest": data_id["validation_cubes_digest"],
+        "settings": {k: v for k, v in settings.to_dict().items() if k != "verbose"}}
     ckpt_path = out_dir / CHECKPOINT_FILE
     state = dict(format=_CHECKPOINT_FORMAT, fingerprint=fingerprint, seed=settings.seed,
-                 settings=settings.to_dict(), epochs_done=0, history=[], best_val_loss=None,
+                 settings=settings.to_dict(), data=data_id, epochs_done=0, history=[], best_val_loss=None,
                  best_epoch=None, wait=0, stopped_early=False,
                  rng="epoch e: numpy default_rng((seed, e)) permutation, "
                      "default_rng((seed, e, batch, 0xD4)) augmentation, "
@@ -680,8 +804,9 @@ def train(train_path, val_path, out_dir, settings: TrainSettings | None = None, 
             logger.info("resuming from %s after epoch %d (best val_loss %s at epoch %s)",
                         ckpt_path, resumed_from, state["best_val_loss"], state["best_epoch"])
         elif loaded is not None:
-            logger.warning("%s was written with other settings or data; ignoring it and "
-                           "training from scratch", ckpt_path)
+            logger.warning("%s was written with other %s; ignoring it and training from "
+                           "scratch", ckpt_path, _fingerprint_change(loaded[0], settings,
+                                                                     data_id))
 
     hist_path = out_dir / HISTORY_FILE
     cb = _EpochState(settings=settings, datasets=(train_ds, val_ds), checkpoint_path=ckpt_path,
@@ -745,19 +870,27 @@ def predict(model_dir, cube_path, *, batch_size: int = 100,
         h^-1 Msun; the prediction with the target standardisation undone), ``n_gal``,
         ``n_members`` (i8), one entry per cube in file order.
     """
+    from .io.artefacts import load_keras_model, read_json_artefact
+
     model_dir = Path(model_dir)
     norm_path = model_dir / NORMALISATION_FILE
     if not norm_path.exists() or not (model_dir / model_file).exists():
         raise FileNotFoundError(f"{model_dir}: no trained model ({model_file} and "
                                 f"{NORMALISATION_FILE}); run the train rule first")
-    norm = json.loads(norm_path.read_text())
-    mean, std = norm["target"]["mean"], norm["target"]["std"]
+    fix = "delete the model directory and rerun the train rule"
+    norm = read_json_artefact(norm_path, fix)
+    try:
+        mean, std = float(norm["target"]["mean"]), float(norm["target"]["std"])
+        scale, grid = float(norm["input"]["scale"]), list(norm["input"]["grid"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise CatalogueError(norm_path, "target/input", f"incomplete normalisation record "
+                             f"({type(err).__name__}: {err})", fix) from err
     ds = CubeDataset(cube_path, batch_size, target_mean=mean, target_std=std,
-                     input_scale=norm["input"]["scale"],
-                     input_transform=norm["input"].get("function", "linear"))
-    if list(ds.grid) != list(norm["input"]["grid"]) and ds.n_cubes:
+                     input_scale=scale, input_transform=norm["input"].get("function", "linear"))
+    if list(ds.grid) != grid and ds.n_cubes:
+        ds.close()
         raise CatalogueError(cube_path, "cubes", f"grid {ds.grid} differs from the grid "
-                             f"{tuple(norm['input']['grid'])} the model was trained on",
+                             f"{tuple(grid)} the model was trained on",
                              "make the cubes with the training config")
     with CubeReader(cube_path) as r:
         out = {"cluster_id": r.column("cluster_id").astype(np.int64),
@@ -768,9 +901,8 @@ def predict(model_dir, cube_path, *, batch_size: int = 100,
     if ds.n_cubes == 0:
         logger.warning("%s holds no cubes; nothing to predict", cube_path)
         return out
-    model = keras.saving.load_model(model_dir / model_file, compile=False)
-    for i in range(len(ds)):
-        x, sel = ds.read_inputs(i)
+    model = load_keras_model(model_dir / model_file, fix, compile=False)
+    for x, sel in ds.iter_inputs():
         z = np.asarray(model.predict_on_batch(x), dtype=np.float64)[:, 0]
         out["log10_m200c_pred"][sel] = z * std + mean
     ds.close()
@@ -778,22 +910,8 @@ def predict(model_dir, cube_path, *, batch_size: int = 100,
 
 
 def plot_history(history_csv, png) -> None:
-    """Loss curves (training and validation MSE against epoch, best epoch marked) to ``png``.
+    """Loss curves (training and validation MSE against epoch, best epoch marked) to ``png``
+    (:func:`cmpipe.plots.loss_curve_figure`, written atomically with the Agg backend)."""
+    from .plots import loss_curve_figure
 
-    Written atomically with the Agg backend.
-    """
-    from .plots import plt, save
-
-    h = read_history(history_csv)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(h["epoch"], h["loss"], "o-", ms=3, label="training")
-    ax.plot(h["epoch"], h["val_loss"], "s-", ms=3, label="validation")
-    if len(h["epoch"]):
-        best = int(np.nanargmin(h["val_loss"]))
-        ax.axvline(h["epoch"][best], color="0.5", ls=":",
-                   label=f"best epoch {h['epoch'][best]} (weights kept)")
-    ax.set_yscale("log")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(r"MSE of standardised $\log_{10} M_{200c}$")
-    ax.legend()
-    save(fig, png)
+    loss_curve_figure(history_csv, png)

@@ -16,6 +16,8 @@ rule ablation_inputs:
         dim="1d|2d",
     log:
         res("logs/ablation/{dim}-inputs.log"),
+    benchmark:
+        res("benchmarks/ablation/{dim}-inputs.tsv")
     resources:
         mem_mb=2000,
         runtime=30,
@@ -69,6 +71,8 @@ rule ablation_evaluate:
         dim="1d|2d",
     log:
         res("logs/ablation/{dim}-evaluate.log"),
+    benchmark:
+        res("benchmarks/ablation/{dim}-evaluate.tsv")
     threads: 2
     resources:
         mem_mb=4000,
@@ -101,7 +105,12 @@ rule ablation_plots:
     input:
         summary=res("ablation/summary.json"),
     output:
-        figure=res("ablation/scatter.png"),
+        figure=report(
+            res("ablation/scatter.png"),
+            caption="../report/ablation.rst",
+            category="6. Analyses",
+            subcategory="Dimensionality ablation",
+        ),
     log:
         res("logs/ablation/plots.log"),
     resources:
@@ -145,7 +154,12 @@ rule robustness_plots:
     input:
         summary=res("robustness/summary.json"),
     output:
-        figure=res("robustness/robustness.png"),
+        figure=report(
+            res("robustness/robustness.png"),
+            caption="../report/robustness.rst",
+            category="6. Analyses",
+            subcategory="Robustness",
+        ),
     log:
         res("logs/robustness/plots.log"),
     resources:
@@ -169,6 +183,8 @@ rule saliency_maps:
         saliency=config["saliency"],
     log:
         res("logs/saliency/maps.log"),
+    benchmark:
+        res("benchmarks/saliency.tsv")
     threads: 2
     resources:
         mem_mb=4000,
@@ -183,8 +199,18 @@ rule saliency_plots:
     input:
         saliency=res("saliency/saliency.h5"),
     output:
-        mean=res("saliency/mean.png"),
-        abs=res("saliency/abs.png"),
+        mean=report(
+            res("saliency/mean.png"),
+            caption="../report/saliency_mean.rst",
+            category="6. Analyses",
+            subcategory="Saliency",
+        ),
+        abs=report(
+            res("saliency/abs.png"),
+            caption="../report/saliency_abs.rst",
+            category="6. Analyses",
+            subcategory="Saliency",
+        ),
     log:
         res("logs/saliency/plots.log"),
     resources:

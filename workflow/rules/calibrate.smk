@@ -10,6 +10,8 @@ rule calibrate:
         calibration=config["calibration"],
     log:
         res("logs/calibrate.log"),
+    benchmark:
+        res("benchmarks/calibrate.tsv")
     threads: 2
     resources:
         mem_mb=2000,
@@ -34,6 +36,8 @@ rule evaluate:
         baselines=config["baselines"],
     log:
         res("logs/evaluate.log"),
+    benchmark:
+        res("benchmarks/evaluate.tsv")
     resources:
         mem_mb=4000,
         runtime=30,
@@ -41,3 +45,24 @@ rule evaluate:
         "../../envs/calibrate.yaml"
     script:
         "../scripts/evaluate.py"
+
+
+rule metrics_table:
+    input:
+        metrics=res("evaluation/metrics.json"),
+    output:
+        table=report(
+            res("evaluation/metrics.csv"),
+            caption="../report/metrics_table.rst",
+            category="3. Calibration and evaluation",
+            subcategory="Tables",
+        ),
+    log:
+        res("logs/metrics_table.log"),
+    resources:
+        mem_mb=500,
+        runtime=5,
+    conda:
+        "../../envs/plots.yaml"
+    script:
+        "../scripts/metrics_table.py"

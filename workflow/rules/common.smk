@@ -1,15 +1,36 @@
 # Shared helpers: config validation, output paths, final targets.
 from pathlib import Path
 
-from cmpipe.settings import prepend_pythonpath, validate_config
+from snakemake.logging import logger
+
+from cmpipe.runstate import clear_stale_locks, record_lock_owner, remove_orphaned_temps
+from cmpipe.settings import check_output_dir, prepend_pythonpath, validate_config
 
 # Jobs run in envs/*.yaml (--sdm conda) find the cmpipe package of this checkout.
 prepend_pythonpath(Path(workflow.basedir) / "src")
 
 
+# Schema, then semantic checks (split fractions, layer specs, cross-key constraints, a safe
+# run name) and a writable output directory: all before the first job.
 validate_config(config, Path(workflow.current_basedir).parent / "schemas" / "config.schema.yaml")
 
 RESULTS = f"results/{config['run']}"
+
+if workflow.is_main_process:
+    check_output_dir(RESULTS)
+    # After a crash (kill -9) the same command resumes: the dead run's lock is cleared here,
+    # before Snakemake locks, only if no Snakemake process is alive in this directory
+    # (cmpipe.runstate; a live run still locks others out).
+    for _f in clear_stale_locks(".")[:1]:
+        logger.warning(f"cmpipe: removed stale Snakemake locks in {_f.parent} (the run that "
+                       "held them is dead); resuming")
+
+
+onstart:
+    # lock held: record its owner, drop temp files (.NAME.tmp-PID) of killed jobs
+    record_lock_owner(".")
+    for _f in remove_orphaned_temps("results")[:1]:
+        logger.warning("cmpipe: removed orphaned temporary files of killed jobs under results/")
 
 
 def res(path):
@@ -130,6 +151,7 @@ def final_targets():
         res("summaries/eval.h5"),
         res("figures/loss_curve.png"),
         res("evaluation/metrics.json"),
+        res("evaluation/metrics.csv"),
         res("figures/predictions.png"),
         res("config.resolved.yaml"),
         res("survey/posteriors.ecsv"),
@@ -149,5 +171,7 @@ def final_targets():
         res("comparison/summary.json"),
         res("comparison/summary.csv"),
         res("figures/comparison.png"),
+        *[res(f"report/{t}.html") for t in ("metrics", "comparison", "mass_function",
+                                             "posteriors")],
         *analyses_targets(),
     ]

@@ -31,6 +31,8 @@ rule kde_gather:
         cubes=res("cubes/{split}.h5"),
     log:
         res("logs/kde/{split}-gather.log"),
+    benchmark:
+        res("benchmarks/kde/{split}-gather.tsv")
     resources:
         mem_mb=1000,
         runtime=30,

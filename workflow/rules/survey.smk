@@ -1,9 +1,35 @@
 # Stages 10-11: survey inference (synthetic SDSS-like survey or your GalWeight/SDSS tables ->
 # the mock's window -> cubes -> network -> calibrated posteriors) and the cluster mass
-# function against Tinker et al. (2008). Plus the run's resolved config for `cmpipe infer`.
+# function against Tinker et al. (2008). Plus the run's resolved config and the model's
+# config record for `cmpipe infer`.
+
+
+# The model's config record and the resolved config are written after the products they
+# describe (a failed run leaves the previous ones); `cmpipe infer` checks them against each
+# other. model_config has no params on purpose: it reruns only when the model does.
+rule model_config:
+    input:
+        model=res("model/cnn3d.keras"),
+        normalisation=res("model/normalisation.json"),
+    output:
+        record=res("model/config.json"),
+    log:
+        res("logs/model_config.log"),
+    resources:
+        mem_mb=500,
+        runtime=5,
+    conda:
+        "../../envs/survey.yaml"
+    script:
+        "../scripts/model_config.py"
 
 
 rule resolved_config:
+    input:
+        model_config=res("model/config.json"),
+        model=res("model/cnn3d.keras"),
+        normalisation=res("model/normalisation.json"),
+        joint_pdf=res("calibration/joint_pdf.h5"),
     output:
         config=res("config.resolved.yaml"),
     params:
@@ -84,7 +110,12 @@ rule survey_posteriors:
         phase_space=res("survey/phase_space.h5"),
     output:
         posteriors=res("survey/posteriors.ecsv"),
-        csv=res("survey/posteriors.csv"),
+        csv=report(
+            res("survey/posteriors.csv"),
+            caption="../report/posteriors_table.rst",
+            category="4. Survey inference",
+            subcategory="Tables",
+        ),
     params:
         cosmology=config["cosmology"],
         population_prior=config["survey"]["population_prior"],
@@ -92,6 +123,8 @@ rule survey_posteriors:
                             config["survey"]["synthetic"]["log10_m_min"]),
     log:
         res("logs/survey_posteriors.log"),
+    benchmark:
+        res("benchmarks/survey_posteriors.tsv")
     threads: 2
     resources:
         mem_mb=4000,
@@ -111,16 +144,33 @@ rule mass_function:
         test_predictions=res("summaries/test.h5"),
         mock_clusters=res("mock/clusters.h5"),
     output:
-        mass_function=res("survey/mass_function.csv"),
+        mass_function=report(
+            res("survey/mass_function.csv"),
+            caption="../report/mass_function_table.rst",
+            category="4. Survey inference",
+            subcategory="Tables",
+        ),
         pulls=res("survey/pulls.json"),
-        mass_function_png=res("figures/mass_function.png"),
-        pulls_png=res("figures/survey_pulls.png"),
+        mass_function_png=report(
+            res("figures/mass_function.png"),
+            caption="../report/mass_function.rst",
+            category="4. Survey inference",
+            subcategory="Figures",
+        ),
+        pulls_png=report(
+            res("figures/survey_pulls.png"),
+            caption="../report/survey_pulls.rst",
+            category="4. Survey inference",
+            subcategory="Figures",
+        ),
     params:
         mass_function=config["survey"]["mass_function"],
         cosmology=config["cosmology"],
         seed=config["seed"],
     log:
         res("logs/mass_function.log"),
+    benchmark:
+        res("benchmarks/mass_function.tsv")
     resources:
         mem_mb=2000,
         runtime=10,

@@ -35,6 +35,8 @@ rule summaries:
         predictions=res("summaries/{split}.h5"),
     log:
         res("logs/summaries/{split}.log"),
+    benchmark:
+        res("benchmarks/summaries/{split}.tsv")
     threads: 2
     resources:
         mem_mb=4000,

@@ -7,14 +7,28 @@ Layout (one file per split; shards have the same layout):
 - ``cluster_id`` (i8), ``log10_m200c`` (f8, log10(h^-1 Msun)), ``n_gal`` (i8),
   ``n_members`` (i8): one value per cube, same order.
 - attributes: ``n_grid``, ``half_width_mpc_h``, ``v_max_kms``, ``h0``, ``truncation``,
-  ``normalisation`` ("each cube sums to 1"), ``split``.
+  ``normalisation`` ("each cube sums to 1"), ``split``, and ``content_digest``.
+- ``cube_sha256`` (u1, ``(N, 32)``): the SHA-256 of each float32 cube's bytes, computed
+  while it is written. ``content_digest`` is the SHA-256 of these rows and of the per-cube
+  columns (:func:`content_digest`), so it is the same however the split was sharded, and
+  gathering shards costs no extra reading. A product made from a cube file (the trained
+  model, its checkpoint) records the digest, so a changed cube file can never be mistaken
+  for the one it was made from (:func:`cube_digest`).
 
-Cubes are read one chunk at a time (:class:`CubeReader`), so nothing ever holds a whole
-split in memory; :func:`gather_shards` concatenates shards by copying the compressed chunks
-as they are (no decompression), so the gather step costs disk bandwidth only.
+:class:`CubeReader` reads any slice or set of cubes, a chunk at a time; whether a split is
+held in memory is the reader's choice (:class:`cmpipe.training.CubeDataset`).
+:func:`gather_shards` concatenates shards by copying the compressed chunks as they are (no
+decompression), so the gather step costs disk bandwidth only.
+
+Why gzip 1 + shuffle with one chunk per cube (``benchmarks/bench_cubes.py`` on the demo's
+training split, docs/scaling.md): 0.55 of the raw size (lzf 0.60, none 1.0); a whole split
+decompresses at ~1,900 cubes/s of 32^3 on one core, so loading it into memory once costs
+under 1% of training; random batches read at ~1,700 cubes/s, while chunks of 16 cubes fall
+to ~140 cubes/s because every cube read decompresses its whole chunk.
 """
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import h5py
@@ -22,7 +36,7 @@ import numpy as np
 
 from .tables import AtomicH5File, CatalogueError, atomic_output
 
-__all__ = ["CUBE_COLUMNS", "CubeWriter", "CubeReader", "gather_shards"]
+__all__ = ["CUBE_COLUMNS", "CubeWriter", "CubeReader", "gather_shards", "cube_digest"]
 
 #: Per-cube columns stored beside the cubes.
 CUBE_COLUMNS = {"cluster_id": "i8", "log10_m200c": "f8", "n_gal": "i8", "n_members": "i8"}
@@ -55,14 +69,17 @@ class CubeWriter(AtomicH5File):
         for k, v in attrs.items():
             self._f.attrs[k] = v
         self._next = 0
+        self._sha = self._f.create_dataset("cube_sha256", shape=(n_cubes, 32), dtype="u1")
 
     def write(self, cubes: np.ndarray, columns: dict):
         """Append a batch: ``cubes`` (b, n, n, n) and the per-cube columns."""
         b = len(cubes)
         s = slice(self._next, self._next + b)
+        cubes = np.ascontiguousarray(cubes, dtype=np.float32)
         self._cubes[s] = cubes
-        for k in CUBE_COLUMNS:
-            self._f[k][s] = columns[k]
+        self._sha[s] = _cube_hashes(cubes)
+        for k, dt in CUBE_COLUMNS.items():
+            self._f[k][s] = np.asarray(columns[k], dtype=dt)
         self._next += b
 
     def close(self):
@@ -70,6 +87,8 @@ class CubeWriter(AtomicH5File):
         if self._next != expected:
             self.abort()
             raise RuntimeError(f"{self.path}: wrote {self._next} of {expected} cubes")
+        self._f.attrs["content_digest"] = content_digest(
+            self._sha[...], {k: self._f[k][...] for k in CUBE_COLUMNS})
         super().close()
 
 
@@ -161,6 +180,7 @@ def gather_shards(shards, out, attrs: dict | None = None):
                                    compression_opts=1, shuffle=True)
             cols = {k: fo.create_dataset(k, shape=(n_total,), dtype=dt)
                     for k, dt in CUBE_COLUMNS.items()}
+            sha = fo.create_dataset("cube_sha256", shape=(n_total, 32), dtype="u1")
             for k, v in base_attrs.items():
                 fo.attrs[k] = v
             i = 0
@@ -177,4 +197,41 @@ def gather_shards(shards, out, attrs: dict | None = None):
                             ds[i + j] = src[j]
                     for k in CUBE_COLUMNS:
                         cols[k][i:i + n] = fi[k][...]
+                    sha[i:i + n] = fi["cube_sha256"][...] if "cube_sha256" in fi \
+                        else _cube_hashes(src[...])
                 i += n
+            fo.attrs["content_digest"] = content_digest(
+                sha[...], {k: c[...] for k, c in cols.items()})
+
+
+
+def _cube_hashes(cubes: np.ndarray) -> np.ndarray:
+    """SHA-256 of each float32 cube's bytes, ``(b, 32)`` uint8."""
+    cubes = np.ascontiguousarray(cubes, dtype=np.float32)
+    out = np.empty((len(cubes), 32), dtype=np.uint8)
+    for j, c in enumerate(cubes):
+        out[j] = np.frombuffer(hashlib.sha256(c).digest(), np.uint8)
+    return out
+
+
+def content_digest(cube_sha256: np.ndarray, columns: dict) -> str:
+    """SHA-256 (hex) of a cube file's content: the per-cube hashes in order, then each
+    per-cube column (in :data:`CUBE_COLUMNS` order, at its stored dtype)."""
+    h = hashlib.sha256(b"cmpipe-cubes-1")
+    h.update(np.ascontiguousarray(cube_sha256, dtype=np.uint8))
+    for k, dt in CUBE_COLUMNS.items():
+        h.update(k.encode())
+        h.update(np.ascontiguousarray(columns[k], dtype=dt))
+    return h.hexdigest()
+
+
+def cube_digest(path) -> str:
+    """The ``content_digest`` of a cube file (see the module docstring); a file written
+    without one (an older cube file) is read and hashed the same way, a cube at a time."""
+    with CubeReader(path) as r:
+        d = r.attrs.get("content_digest")
+        if d:
+            return str(d)
+        sha = np.concatenate([_cube_hashes(r.cubes(i, i + 1)) for i in range(len(r))]) \
+            if len(r) else np.empty((0, 32), np.uint8)
+        return content_digest(sha, {k: r.column(k) for k in CUBE_COLUMNS})

@@ -598,7 +598,8 @@ def _read_csv_columns(path, mapping):
         import gzip
         opener = gzip.open
     try:
-        with opener(path, "rt", newline="") as fh:
+        # utf-8-sig: a byte-order mark (as spreadsheet programs write) is not a column name
+        with opener(path, "rt", newline="", encoding="utf-8-sig") as fh:
             for row in csv.reader(fh):
                 if not row or row[0].lstrip().startswith("#"):
                     continue
@@ -626,7 +627,8 @@ def _read_csv_columns(path, mapping):
                                      "the file is truncated (interrupted download or "
                                      "copy); export it again")
     try:
-        t = Table.read(path, format="ascii.csv", include_names=list(set(names.values())))
+        t = Table.read(path, format="ascii.csv", include_names=list(set(names.values())),
+                       encoding="utf-8-sig")
     except (InconsistentTableError, ValueError, IndexError, OSError,
             UnicodeDecodeError) as err:
         raise CatalogueError(path, "file", f"astropy could not parse the CSV ({err})",

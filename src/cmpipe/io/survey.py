@@ -147,10 +147,22 @@ def _read(path):
         raise CatalogueError(path, "(file)", "file does not exist",
                              "check survey.clusters / survey.galaxies paths in the config")
     try:
-        return Table.read(path, format=fmt)
+        t = Table.read(path, format=fmt)
     except Exception as err:  # astropy raises many types for malformed files
         raise CatalogueError(path, "(file)", f"cannot be read as {fmt} ({err})",
                              "check the file is a valid table of that format") from err
+    return strip_bom(t)
+
+
+def strip_bom(table):
+    """Drop a UTF-8 byte-order mark (and surrounding blanks) from column names, as
+    spreadsheet programs write it before the first header of a CSV file; the table is
+    renamed in place and returned."""
+    for name in list(table.colnames):
+        clean = name.lstrip("\ufeff").strip()
+        if clean != name and clean and clean not in table.colnames:
+            table.rename_column(name, clean)
+    return table
 
 
 def _resolve(table, path, key, candidates, required, defaults_name):

@@ -7,8 +7,9 @@ module per group of rules:
 
 - :mod:`.mock`: catalogue, halo selection, sightlines, projection, flux limit, split, summary;
 - :mod:`.cubes`: KDE cube shards and their gathering;
-- :mod:`.train`: CNN training, predictions, loss curves;
-- :mod:`.evaluate`: joint-PDF calibration, eval-set posteriors, metrics, figures;
+- :mod:`.train`: CNN training, predictions;
+- :mod:`.evaluate`: joint-PDF calibration, eval-set posteriors, metrics, figures (the loss
+  curve too, drawn without Keras), the report's tables;
 - :mod:`.survey`: survey catalogue, cubes, posteriors, mass function, ``cmpipe infer``;
 - :mod:`.analyses`: dimensionality ablation, robustness to survey perturbations, saliency;
 - :mod:`.flow`: the neural-flow estimator (images, training, posteriors, figures) and the
@@ -18,14 +19,17 @@ from ._common import run_rule
 from .analyses import (ablation_evaluate, ablation_inputs, ablation_plots, ablation_summary,
                        ablation_train, robustness, robustness_plots, saliency, saliency_plots)
 from .cubes import SPLIT_NAMES, kde_gather, kde_shard, n_shards, split_counts
-from .evaluate import calibrate, evaluate, evaluation_plots
+# training_plots lives in .evaluate: it draws history.csv without Keras (envs/plots.yaml)
+from .evaluate import (calibrate, evaluate, evaluation_plots, metrics_table, report_tables,
+                       training_plots)
 from .flow import (compare_estimators, flow_evaluate, flow_images, flow_plots,
                    flow_survey_images, flow_survey_posteriors, flow_train)
 from .mock import (apply_flux_limit, build_catalogue, make_sightlines, mock_plots, mock_summary,
                    project, select_halos, split)
 from .survey import (infer, load_run_config, survey_catalogue, survey_cubes,
-                     survey_mass_function, survey_posteriors, write_resolved_config)
-from .train import predict_split, train_network, training_plots
+                     survey_mass_function, survey_posteriors, write_model_record,
+                     write_resolved_config)
+from .train import predict_split, train_network
 
 __all__ = [
     "run_rule", "SPLIT_NAMES", "split_counts", "n_shards",
@@ -33,9 +37,9 @@ __all__ = [
     "split", "mock_summary", "mock_plots",
     "kde_shard", "kde_gather",
     "train_network", "predict_split", "training_plots",
-    "calibrate", "evaluate", "evaluation_plots",
-    "write_resolved_config", "survey_catalogue", "survey_cubes", "survey_posteriors",
-    "survey_mass_function", "load_run_config", "infer",
+    "calibrate", "evaluate", "evaluation_plots", "metrics_table", "report_tables",
+    "write_resolved_config", "write_model_record", "survey_catalogue", "survey_cubes",
+    "survey_posteriors", "survey_mass_function", "load_run_config", "infer",
     "ablation_inputs", "ablation_train", "ablation_evaluate", "ablation_summary",
     "ablation_plots", "robustness", "robustness_plots", "saliency", "saliency_plots",
     "flow_images", "flow_survey_images", "flow_train", "flow_evaluate",

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import io
+from ..devices import quiet_tensorflow_startup
 from ..io.tables import CatalogueError
 from ..settings import ConfigError, Settings
 
@@ -34,6 +35,9 @@ def run_rule(func, log_path=None, **kwargs):
         handlers.append(logging.FileHandler(log_path, mode="w"))
     logging.basicConfig(level=logging.INFO, handlers=handlers, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # TensorFlow's start-up lines (cuInit/CUDA-driver probing on CPU machines) stay off the
+    # console; one log line says which device it uses (cmpipe.devices)
+    quiet_tensorflow_startup()
     t0 = time.perf_counter()
     try:
         result = func(**kwargs)

@@ -74,7 +74,7 @@ def ablation_inputs(*, config, clusters, dim, outs, progress=True):
     """
     from tqdm.auto import tqdm
 
-    from ..ablation import AXES, ablation_inputs as make_inputs, input_shape
+    from ..images import AXES, ablation_inputs as make_inputs, input_shape
     from ..io.cubes import CubeWriter
     from ..kde import KDEInputError
 

@@ -201,6 +201,68 @@ def evaluation_plots(*, joint_pdf, test_predictions, metrics, posteriors, joint_
     plots.baselines_figure(m, baselines_png)
 
 
+def training_plots(*, history, loss_png):
+    """Rule ``training_plots``: the CNN3D's loss curve.
+
+    Drawn by :func:`cmpipe.plots.loss_curve_figure` from ``history.csv``, without importing
+    :mod:`cmpipe.training` (Keras, TensorFlow): the rule runs in ``envs/plots.yaml``."""
+    from .. import plots
+
+    plots.loss_curve_figure(history, loss_png)
+
+
+def metrics_table(*, metrics, out):
+    """Rule ``metrics_table``: ``evaluation/metrics.json`` as a CSV table for the report.
+
+    One row per headline metric (the JSON's top-level numbers), one column per estimator:
+    ``cnn3d_sbi`` (the network's posteriors) and each baseline (keys ``<baseline>_<metric>``
+    in the JSON). Values keep 6 significant digits; the JSON keeps full precision."""
+    import csv
+    import json
+
+    from ..io.tables import atomic_output
+
+    m = json.loads(Path(metrics).read_text())
+    baselines = list(m.get("baselines", {}))
+    columns = ["cnn3d_sbi", *baselines]
+    rows = {}
+    for key, value in m.items():
+        if isinstance(value, bool) or not (value is None or isinstance(value, (int, float))):
+            continue
+        owner = next((b for b in baselines if key.startswith(f"{b}_")), None)
+        metric, column = (key[len(owner) + 1:], owner) if owner else (key, "cnn3d_sbi")
+        rows.setdefault(metric, {})[column] = value
+    with atomic_output(out) as tmp, open(tmp, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["metric", *columns])
+        for metric, vals in rows.items():
+            w.writerow([metric, *("" if vals.get(c) is None else
+                                  (vals[c] if isinstance(vals[c], int) else f"{vals[c]:.6g}")
+                                  for c in columns)])
+    log.info("metrics table: %d metrics x %d estimators -> %s", len(rows), len(columns), out)
+
+
+#: Titles of the tables the report shows (rule ``report_tables``).
+REPORT_TABLE_TITLES = {
+    "metrics": "Evaluation metrics on the eval set (evaluation/metrics.csv)",
+    "comparison": "Estimators compared (comparison/summary.csv)",
+    "mass_function": "Survey mass function (survey/mass_function.csv)",
+    "posteriors": "Survey posteriors per cluster (survey/posteriors.csv)",
+}
+
+
+def report_tables(*, tables, outs):
+    """Rule ``report_tables``: HTML renderings of the key CSV tables for the report.
+
+    ``tables`` and ``outs`` map the names of :data:`REPORT_TABLE_TITLES` to CSV inputs and
+    HTML outputs."""
+    from ..report import csv_to_html
+
+    for name, csv_path in tables.items():
+        n = csv_to_html(csv_path, outs[name], title=REPORT_TABLE_TITLES[name])
+        log.info("report table %s: %d rows -> %s", name, n, outs[name])
+
+
 # -- survey inference and the cluster mass function (issue 6) ------------------------------
 #
 # Products under results/{run}/survey/ (docs/data-products.md, "Survey inference"):

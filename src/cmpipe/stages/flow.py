@@ -60,7 +60,7 @@ def _write_images(out, ids, gal, rows, s, split_name, source, progress):
     """2-D KDE images of clusters ``ids`` (sorted) from their window galaxies ``gal``."""
     from tqdm.auto import tqdm
 
-    from ..ablation import ablation_inputs
+    from ..images import ablation_inputs
     from ..io.cubes import CubeWriter
     from ..kde import KDEInputError
 

@@ -1,6 +1,7 @@
 """Survey rules and ``cmpipe infer``: sky catalogues, cubes, posteriors, mass function."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -68,23 +69,49 @@ def _survey_min_galaxies(s) -> int:
     return max(3, int(v if v is not None else s.mock.min_galaxies))
 
 
-def write_resolved_config(*, config, out):
+def write_resolved_config(*, config, out, run_dir=None):
     """Rule ``resolved_config``: the run's config (overlays merged, defaults filled) as YAML.
 
     ``cmpipe infer --run-dir results/{run}`` reads it to rebuild the window, the KDE and the
-    cosmology the model was trained with.
+    cosmology the model was trained with. The rule runs after the model, its config record
+    (``model/config.json``) and the calibration are made, so a run that fails earlier
+    leaves the previous file; with ``run_dir``, the SHA-256 of those products goes under the
+    top-level key ``products`` (:func:`cmpipe.io.artefacts.run_products`), which ``cmpipe
+    infer`` checks.
     """
     import json
 
     import yaml
 
+    from ..io.artefacts import PRODUCTS_KEY, run_products
+
     plain = json.loads(json.dumps(dict(config), default=str))
+    plain.pop(PRODUCTS_KEY, None)
+    if run_dir is not None:
+        plain[PRODUCTS_KEY] = run_products(run_dir)
     text = ("# Resolved config of this run (config.yaml + --configfile overlays, schema "
             "defaults filled).\n# Written by rule resolved_config; read by `cmpipe infer "
-            "--run-dir`. Do not edit.\n" + yaml.safe_dump(plain, sort_keys=False))
+            "--run-dir`. Do not edit.\n# 'products': SHA-256 of the model, its config record "
+            "and the calibration this config describes (not a config key).\n"
+            + yaml.safe_dump(plain, sort_keys=False))
     with io.atomic_output(out) as tmp:
         tmp.write_text(text)
     log.info("resolved config of run %s written to %s", plain.get("run"), out)
+
+
+def write_model_record(*, config, model, out):
+    """Rule ``model_config``: ``model/config.json``, the config sections that shaped the
+    model (:data:`cmpipe.io.artefacts.MODEL_CONFIG_SECTIONS`) and the SHA-256 of its files.
+
+    Runs right after the model is written (and only then: the rule has no params), so it
+    records the config the model was trained with; ``cmpipe infer`` compares it with
+    ``config.resolved.yaml``.
+    """
+    from ..io.artefacts import write_model_config
+
+    rec = write_model_config(dict(config), Path(model).parent, out)
+    log.info("model config record written to %s (model %s, sha256 %s)", out, model,
+             rec["files"]["cnn3d.keras"][:12])
 
 
 def survey_catalogue(*, config, clusters_out, galaxies_out, truth_out, meta_out, halos=None,
@@ -212,6 +239,13 @@ def _read_phase_space_input(path, clusters, cosmo, s):
         raise CatalogueError(path, f"{found['x_proj_mpc_h']}/{found['y_proj_mpc_h']}",
                              f"offsets up to {big:.4g}: far beyond the {W:g} h^-1 Mpc window "
                              "(kpc?)", "give x_proj and y_proj in h^-1 Mpc (proper)")
+    vabs = np.abs(cols["v_los_kms"])
+    if vabs.size and np.median(vabs) > 20.0 * V:
+        raise CatalogueError(path, found["v_los_kms"], f"median |v_los| {np.median(vabs):.4g}: "
+                             f"far beyond the {V:g} km/s window ({int((vabs > V).sum())} of "
+                             f"{vabs.size} galaxies outside it; m/s?)",
+                             "give v_los in km/s (divide m/s by 1000), as c (z - z_cl) / "
+                             "(1 + z_cl) in the cluster frame")
     known = np.isin(cid, clusters["cluster_id"])
     if not known.all():
         bad = np.unique(cid[~known])
@@ -223,7 +257,8 @@ def _read_phase_space_input(path, clusters, cosmo, s):
     inside = ((np.abs(cols["x_proj_mpc_h"]) <= W) & (np.abs(cols["y_proj_mpc_h"]) <= W)
               & (np.abs(cols["v_los_kms"]) <= V))
     if (~inside).any():
-        log.info("%s: %d of %d galaxies outside the window (|x|,|y| <= %g h^-1 Mpc, |v| <= "
+        (log.warning if (~inside).sum() > 0.5 * n else log.info)(
+            "%s: %d of %d galaxies outside the window (|x|,|y| <= %g h^-1 Mpc, |v| <= "
                  "%g km/s) dropped", path, int((~inside).sum()), n, W, V)
     order = np.argsort(cid[inside], kind="stable")
     g = dict(cluster_id=cid[inside][order], galaxy_id=gid[inside][order],
@@ -262,6 +297,36 @@ def _survey_windows(s, cosmo, clusters, galaxies, *, galaxy_columns, angle_unit,
              y_proj_mpc_h=win.galaxies["y_proj_mpc_h"], v_los_kms=win.galaxies["v_los_kms"],
              is_member=member)
     return g, win.clusters["n_gal"], win.clusters["d_a_mpc_h"], dict(win.counts), has_labels
+
+
+def _warn_degenerate(ids, g, path):
+    """Warn about clusters whose window galaxies are degenerate: all identical (duplicated
+    rows) or all at one velocity (e.g. every galaxy given the cluster redshift). Their KDE
+    is a kernel-sized blob and the mass says nothing about the cluster."""
+    if not ids.size:
+        return
+    o = galaxy_offsets(ids, g["cluster_id"])
+    start, stop = o[:-1], o[1:]
+    has = stop > start
+    if not has.any():
+        return
+    same = {}
+    for k in ("x_proj_mpc_h", "y_proj_mpc_h", "v_los_kms"):
+        a = g[k]
+        lo = np.minimum.reduceat(a, start[has]) if a.size else a
+        hi = np.maximum.reduceat(a, start[has]) if a.size else a
+        same[k] = hi - lo == 0
+    identical = same["x_proj_mpc_h"] & same["y_proj_mpc_h"] & same["v_los_kms"]
+    one_v = same["v_los_kms"] & ~identical
+    for mask, what in ((identical, "all their window galaxies identical (duplicated rows?)"),
+                       (one_v, "all their window galaxies at one velocity (v_los "
+                               "= c (z - z_cl) / (1 + z_cl) constant: every galaxy given the "
+                               "cluster redshift?)")):
+        if mask.any():
+            bad = ids[has][mask]
+            log.warning("%s: %d cluster(s) have %s; their masses are meaningless: ids %s%s",
+                        path, bad.size, what, ", ".join(str(int(i)) for i in bad[:20]),
+                        " ..." if bad.size > 20 else "")
 
 
 def survey_cubes(*, config, clusters, cubes_out, phase_space_out, galaxies=None,
@@ -337,6 +402,7 @@ def survey_cubes(*, config, clusters, cubes_out, phase_space_out, galaxies=None,
         w.append("galaxies", g)
 
     ids = cl["cluster_id"][kept]
+    _warn_degenerate(ids, g, galaxies if galaxies is not None else phase_space_in)
     rows = dict(cluster_id=ids, log10_m200c=np.full(ids.size, np.nan), n_gal=n_gal[kept],
                 n_members=n_members[kept])
     grid = Grid3D(n=k.n_grid, half_width_mpc_h=W, v_max_kms=V)
@@ -1034,6 +1100,10 @@ def load_run_config(run_dir, schema=None) -> dict:
         cfg = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({err})") from err
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{path}: not a config mapping; rerun the workflow to rewrite it")
+    from ..io.artefacts import PRODUCTS_KEY
+    cfg.pop(PRODUCTS_KEY, None)
     if schema is not None and Path(schema).exists():
         import copy
 
@@ -1059,16 +1129,35 @@ def infer(*, run_dir, clusters, out, galaxies=None, phase_space=None, cluster_co
     """
     import tempfile
 
+    import yaml
+
+    from ..calibration import JointPDF
+    from ..io.artefacts import (PRODUCTS_KEY, check_keras_file, check_run_consistency,
+                                read_json_artefact)
+
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir, schema)
     model = run_dir / "model" / "cnn3d.keras"
+    norm = run_dir / "model" / "normalisation.json"
     joint = run_dir / "calibration" / "joint_pdf.h5"
-    for p, what in ((model, "trained model"), (run_dir / "model" / "normalisation.json",
-                                               "target normalisation"),
+    for p, what in ((model, "trained model"), (norm, "target normalisation"),
                     (joint, "calibration joint PDF")):
         if not p.exists():
             raise ConfigError(f"{p}: {what} missing; finish the run (snakemake --configfile "
                               "...) before cmpipe infer")
+    # model, calibration and config must be one run's, and readable, before any work
+    raw = yaml.safe_load((run_dir / RESOLVED_CONFIG).read_text()) or {}
+    check_run_consistency(run_dir, {k: v for k, v in raw.items() if k != PRODUCTS_KEY},
+                          raw.get(PRODUCTS_KEY))
+    fix = ("rerun the rule that makes it (snakemake --cores N --configfile ... "
+           "--forcerun train); the file is truncated or corrupt")
+    check_keras_file(model, fix)
+    read_json_artefact(norm, fix)
+    JointPDF.load(joint)
+    out_dir = Path(out).resolve().parent
+    if out_dir.exists() and not os.access(out_dir, os.W_OK):
+        raise CatalogueError(out, "(file)", f"output directory {out_dir} is not writable",
+                             "choose a writable -o path")
     if min_galaxies is not None:
         cfg.setdefault("survey", {})["min_galaxies"] = int(min_galaxies)
     s = Settings.from_config(cfg)

@@ -54,12 +54,5 @@ def predict_split(*, config, model, cubes, out, split_name):
                  res.mean(), res.std(), pred["log10_m200c_true"].std())
 
 
-def training_plots(*, history, loss_png):
-    """Rule ``training_plots``: the loss curve."""
-    from ..training import plot_history
-
-    plot_history(history, loss_png)
-
-
 # -- calibration and evaluation -------------------------------------------------------
 

@@ -1,0 +1,208 @@
+"""Run-directory artefacts: readers that name the file and the fix, and the run's identity.
+
+A finished run ``results/{run}/`` holds a model (``model/cnn3d.keras``,
+``model/normalisation.json``), its calibration (``calibration/joint_pdf.h5``) and the
+resolved config (``config.resolved.yaml``). Two records tie them together:
+
+``model/config.json`` (rule ``model_config``, written right after the model)
+    The config sections that shaped the model (:data:`MODEL_CONFIG_SECTIONS`) and the
+    SHA-256 of the model files.
+``config.resolved.yaml`` (rule ``resolved_config``, written last, after the calibration)
+    The whole config and, under ``products``, the SHA-256 of ``model/config.json``, the
+    model files and the calibration it describes.
+
+:func:`check_run_consistency` (``cmpipe infer``) refuses a run directory whose model,
+calibration and config disagree, naming the files.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from .tables import CatalogueError, atomic_output
+
+__all__ = [
+    "MODEL_CONFIG_SECTIONS",
+    "MODEL_CONFIG_FILE",
+    "PRODUCTS_KEY",
+    "file_digest",
+    "read_json_artefact",
+    "load_keras_model",
+    "check_keras_file",
+    "model_config_record",
+    "write_model_config",
+    "run_products",
+    "check_run_consistency",
+]
+
+#: Config sections that shape the trained model (its cubes, their clusters and training).
+MODEL_CONFIG_SECTIONS = ("simulation", "selection", "sightlines", "window", "mock", "splits",
+                         "kde", "train", "seed", "cosmology")
+#: The model's config record, relative to the run directory.
+MODEL_CONFIG_FILE = "model/config.json"
+#: Top-level key of ``config.resolved.yaml`` holding the digests of the products it
+#: describes (not a config key: dropped before the config is validated).
+PRODUCTS_KEY = "products"
+#: Run-directory files whose digests ``config.resolved.yaml`` records.
+_RUN_PRODUCTS = (MODEL_CONFIG_FILE, "model/cnn3d.keras", "model/normalisation.json",
+                 "calibration/joint_pdf.h5")
+_MODEL_FILES = ("cnn3d.keras", "normalisation.json")
+
+
+def file_digest(path, chunk: int = 1 << 20) -> str:
+    """SHA-256 (hex) of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _missing(path, fix):
+    return CatalogueError(path, "(file)", "file does not exist", fix)
+
+
+def read_json_artefact(path, fix: str):
+    """Read a JSON product (e.g. ``model/normalisation.json``), naming the file and ``fix``.
+
+    Raises
+    ------
+    CatalogueError
+        The file is missing, unreadable or not valid JSON (e.g. truncated).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise _missing(path, fix)
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CatalogueError(path, "(file)", f"not valid JSON ({err})", fix) from err
+
+
+def check_keras_file(path, fix: str) -> None:
+    """Cheap test that ``path`` is a complete ``.keras`` archive (a zip with the model's
+    ``config.json``), without importing keras.
+
+    Raises
+    ------
+    CatalogueError
+        Missing, truncated or not a Keras archive.
+    """
+    import zipfile
+
+    path = Path(path)
+    if not path.exists():
+        raise _missing(path, fix)
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = set(z.namelist())
+            bad = z.testzip()
+    except (OSError, zipfile.BadZipFile) as err:
+        raise CatalogueError(path, "(file)", f"not a readable Keras model archive ({err})",
+                             fix) from err
+    if bad is not None or "config.json" not in names:
+        raise CatalogueError(path, "(file)", "corrupt Keras model archive"
+                             + (f" (member {bad} damaged)" if bad else " (no config.json)"),
+                             fix)
+
+
+def load_keras_model(path, fix: str, **kwargs):
+    """``keras.saving.load_model(path)`` with an error that names the file and ``fix``.
+
+    Raises
+    ------
+    CatalogueError
+        The file is missing, truncated or not a Keras model.
+    """
+    check_keras_file(path, fix)
+    import keras
+
+    try:
+        return keras.saving.load_model(str(path), **kwargs)
+    except Exception as err:  # keras raises ValueError, OSError, zipfile errors, ...
+        raise CatalogueError(path, "(file)", f"cannot be loaded as a Keras model "
+                             f"({type(err).__name__}: {str(err).splitlines()[0][:200]})",
+                             fix) from err
+
+
+def model_config_record(config: dict, model_dir) -> dict:
+    """The record of ``model/config.json``: the model-shaping config sections and the
+    SHA-256 of the model files in ``model_dir``."""
+    plain = json.loads(json.dumps(dict(config), default=str))
+    model_dir = Path(model_dir)
+    return {
+        "description": "config sections that shaped this model and the SHA-256 of its "
+                       "files; written by rule model_config, checked by cmpipe infer",
+        "config": {k: plain.get(k) for k in MODEL_CONFIG_SECTIONS},
+        "files": {name: file_digest(model_dir / name) for name in _MODEL_FILES},
+    }
+
+
+def write_model_config(config: dict, model_dir, out) -> dict:
+    """Write :func:`model_config_record` to ``out`` atomically; returns the record."""
+    rec = model_config_record(config, model_dir)
+    with atomic_output(out) as tmp:
+        tmp.write_text(json.dumps(rec, indent=2, sort_keys=True) + "\n")
+    return rec
+
+
+def run_products(run_dir) -> dict:
+    """SHA-256 of the run-directory files ``config.resolved.yaml`` describes."""
+    run_dir = Path(run_dir)
+    return {rel: file_digest(run_dir / rel) for rel in _RUN_PRODUCTS}
+
+
+_RERUN = ("rerun the workflow with the config this run directory was made with "
+          "(snakemake --cores N --configfile ...), which retrains what changed and rewrites "
+          "the records")
+
+
+def check_run_consistency(run_dir, resolved: dict, products: dict | None) -> None:
+    """Refuse a run directory whose model, calibration and config disagree.
+
+    Parameters
+    ----------
+    run_dir : path-like
+        ``results/{run}``.
+    resolved : dict
+        ``config.resolved.yaml`` without its ``products`` key.
+    products : dict or None
+        Its ``products`` key (file -> SHA-256).
+
+    Raises
+    ------
+    CatalogueError
+        Naming the file that disagrees (a record missing, a model-shaping section that
+        differs between ``config.resolved.yaml`` and ``model/config.json``, or a file whose
+        content is not the one recorded) and the fix.
+    """
+    run_dir = Path(run_dir)
+    resolved_path = run_dir / "config.resolved.yaml"
+    record_path = run_dir / MODEL_CONFIG_FILE
+    record = read_json_artefact(record_path, "the record of the model's config is written by "
+                                "rule model_config; " + _RERUN)
+    if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
+        raise CatalogueError(record_path, "config", "not a model config record", _RERUN)
+    plain = json.loads(json.dumps(dict(resolved), default=str))
+    differ = [k for k in MODEL_CONFIG_SECTIONS if record["config"].get(k) != plain.get(k)]
+    if differ:
+        raise CatalogueError(record_path, differ[0], f"the model was trained with another "
+                             f"config than {resolved_path} describes (sections differ: "
+                             f"{', '.join(differ)})", _RERUN)
+    for name, digest in (record.get("files") or {}).items():
+        p = record_path.parent / name
+        if p.exists() and file_digest(p) != digest:
+            raise CatalogueError(p, "(file)", f"not the model recorded in {record_path} "
+                                 "(content differs)", _RERUN)
+    if not isinstance(products, dict):
+        raise CatalogueError(resolved_path, PRODUCTS_KEY, "no record of the model and "
+                             "calibration it describes (a run made by an older cmpipe?)",
+                             _RERUN)
+    for rel, digest in products.items():
+        p = run_dir / rel
+        if p.exists() and file_digest(p) != digest:
+            raise CatalogueError(p, "(file)", f"not the file {resolved_path} was written "
+                                 "with (content differs: the model or calibration changed "
+                                 "after the run's config was recorded, e.g. a failed or "
+                                 "interrupted rerun)", _RERUN)

@@ -59,6 +59,10 @@ FINISHED = re.compile(r"Finished jobid: \d+ \(Rule: (?P<rule>\w+)\)")
 # JSON keys holding wall-clock durations (e.g. per-epoch "seconds" in the training
 # checkpoint's state); they differ between any two runs and are not compared.
 WALL_CLOCK_KEYS = {"seconds"}
+#: model/config.json records the SHA-256 of the model files; a ``.keras`` archive stores the
+#: time it was saved, so the digest of the same weights differs between two runs (the
+#: weights themselves are compared through checkpoint.h5 and every prediction).
+SAVE_TIME_KEYS = {"cnn3d.keras"}
 TIMINGS = {}
 
 
@@ -344,7 +348,7 @@ def _assert_same_value(a, b, where):
 def _assert_same_json(a, b, where):
     if isinstance(a, dict):
         assert isinstance(b, dict) and a.keys() == b.keys(), f"{where}: keys differ"
-        for k in a.keys() - WALL_CLOCK_KEYS:
+        for k in a.keys() - WALL_CLOCK_KEYS - SAVE_TIME_KEYS:
             _assert_same_json(a[k], b[k], f"{where}.{k}")
     elif isinstance(a, list):
         assert isinstance(b, list) and len(a) == len(b), f"{where}: lengths differ"

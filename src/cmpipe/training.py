@@ -852,9 +852,13 @@ def train(train_path, val_path, out_dir, settings: TrainSettings | None = None, 
     finished = state["stopped_early"] or state["epochs_done"] >= settings.epochs
     if not finished:
         # one stream over all epochs (CubeDataset.stream): no iterator restart per epoch
+        if val_ds.in_memory:     # arrays: no generator to tear down after each evaluation
+            val = dict(validation_data=(val_ds._data, val_ds.targets(np.arange(val_ds.n_cubes))),
+                       validation_batch_size=settings.batch_size)
+        else:
+            val = dict(validation_data=val_ds.stream(0), validation_steps=len(val_ds))
         model.fit(train_ds.stream(state["epochs_done"]), steps_per_epoch=len(train_ds),
-                  validation_data=val_ds.stream(0), validation_steps=len(val_ds),
-                  epochs=settings.epochs,
+                  **val, epochs=settings.epochs,
                   initial_epoch=state["epochs_done"], verbose=settings.verbose,
                   callbacks=[cb, *callbacks])
     train_ds.close()

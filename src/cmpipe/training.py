@@ -299,8 +299,7 @@ class CubeDataset(keras.utils.PyDataset):
       fancy-indexed copy. Training then runs at the speed of the network.
     * **streamed** otherwise: each batch is read from the file (one HDF5 chunk per cube), and
       a background thread reads the next ``prefetch`` batches while the network trains on
-      this one (decompression releases the GIL in HDF5's filters, so it overlaps the
-      TensorFlow step). Memory stays bounded by ``prefetch + 1`` batches whatever the file
+      this one. Memory stays bounded by ``prefetch + 1`` batches whatever the file
       size.
 
     Parameters
@@ -366,7 +365,6 @@ class CubeDataset(keras.utils.PyDataset):
         self.log10_m200c = r.column("log10_m200c").astype(np.float64)
         self._epoch = int(epoch)
         self._perm_cache = (None, None)
-        self.served_epochs: set[int] = set()
         self.nbytes = 4 * self.n_cubes * math.prod(self.grid)
         self._data = None
         if memory_mb and self.nbytes <= float(memory_mb) * 2 ** 20:
@@ -489,6 +487,13 @@ class CubeDataset(keras.utils.PyDataset):
         for i in range(len(self)):
             yield self._fetch(i, self._epoch)
 
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """All network inputs and targets in file order (in-memory datasets only; not
+        shuffled or augmented): the validation data Keras evaluates in batches."""
+        if self._data is None:
+            raise ValueError(f"{self.path}: arrays() needs the cubes in memory")
+        return self._data, self.targets(np.arange(self.n_cubes))
+
     def targets(self, sel) -> np.ndarray:
         """Standardised targets ``(b, 1)`` float32 of the cubes ``sel``."""
         return ((self.log10_m200c[sel] - self.target_mean) / self.target_std) \
@@ -530,7 +535,6 @@ class CubeDataset(keras.utils.PyDataset):
 
     def __getitem__(self, idx):
         epoch = self._epoch
-        self.served_epochs.add(epoch)
         x, sel = self._fetch(int(idx), epoch)
         return x, self.targets(sel)
 
@@ -610,11 +614,9 @@ def _fingerprint_change(saved: dict, settings: TrainSettings, data: dict) -> str
 class _EpochState(keras.callbacks.Callback):
     """Seeds, timing, history, early stopping and the per-epoch checkpoint."""
 
-    def __init__(self, *, settings, datasets, checkpoint_path, history_path, state,
-                 best_weights):
+    def __init__(self, *, settings, checkpoint_path, history_path, state, best_weights):
         super().__init__()
         self.settings = settings
-        self.datasets = datasets
         self.checkpoint_path = checkpoint_path
         self.history_path = history_path
         self.state = state
@@ -623,19 +625,11 @@ class _EpochState(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         keras.utils.set_random_seed(_seed32(self.settings.seed, epoch, 1))
-        for ds in self.datasets:
-            ds.set_epoch(epoch)
-            ds.served_epochs.clear()
         self._t0 = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
         seconds = time.perf_counter() - self._t0
         logs = logs or {}
-        for ds in self.datasets:
-            if ds.served_epochs - {epoch}:
-                raise RuntimeError(f"{ds.path}: batches of epochs {sorted(ds.served_epochs)} "
-                                   f"were read during epoch {epoch}; the data order would not "
-                                   "be reproducible (Keras prefetching changed?)")
         if "val_loss" not in logs:
             raise RuntimeError("no val_loss after the epoch: validation did not run")
         loss, val_loss = float(logs["loss"]), float(logs["val_loss"])
@@ -699,7 +693,7 @@ def _gpu_available() -> bool:
 
 
 def train(train_path, val_path, out_dir, settings: TrainSettings | None = None, *,
-          callbacks=(), workers: int = 1, max_queue_size: int = 2,
+          callbacks=(),
           model_file: str = MODEL_FILE) -> TrainResult:
     """Train the CNN on a cube file, early-stopping on a validation cube file; resumable.
 
@@ -718,9 +712,6 @@ def train(train_path, val_path, out_dir, settings: TrainSettings | None = None, 
         Defaults: the paper's training set-up.
     callbacks : sequence of keras.callbacks.Callback
         Extra callbacks, run after the checkpointing one.
-    workers, max_queue_size : int
-        Passed to :class:`CubeDataset` (threads reading batches ahead; the default reads in
-        the tf.data pipeline, which already prefetches).
     model_file : str
         File name of the saved model in ``out_dir`` (default ``cnn3d.keras``; the
         dimensionality ablation saves ``cnn1d.keras`` / ``cnn2d.keras``).
@@ -786,8 +777,7 @@ def train(train_path, val_path, out_dir, settings: TrainSettings | None = None, 
                    "from": str(train_path), "n_train": n_train},
     }
     ds_kw = dict(target_mean=mean, target_std=std, input_scale=scale,
-                 input_transform=settings.input_transform, seed=settings.seed,
-                 workers=workers, max_queue_size=max_queue_size)
+                 input_transform=settings.input_transform, seed=settings.seed)
     budget = float(settings.in_memory_max_mb)
     train_ds = CubeDataset(train_path, settings.batch_size, shuffle=True,
                            augment=settings.augment, memory_mb=budget, **ds_kw)
@@ -849,14 +839,13 @@ def train(train_path, val_path, out_dir, settings: TrainSettings | None = None, 
                                                                      data_id))
 
     hist_path = out_dir / HISTORY_FILE
-    cb = _EpochState(settings=settings, datasets=(train_ds, val_ds), checkpoint_path=ckpt_path,
+    cb = _EpochState(settings=settings, checkpoint_path=ckpt_path,
                      history_path=hist_path, state=state, best_weights=best_weights)
     finished = state["stopped_early"] or state["epochs_done"] >= settings.epochs
     if not finished:
         # one stream over all epochs (CubeDataset.stream): no iterator restart per epoch
         if val_ds.in_memory:     # arrays: no generator to tear down after each evaluation
-            val = dict(validation_data=(val_ds._data, val_ds.targets(np.arange(val_ds.n_cubes))),
-                       validation_batch_size=settings.batch_size)
+            val = dict(validation_data=val_ds.arrays(), validation_batch_size=settings.batch_size)
         else:
             val = dict(validation_data=val_ds.stream(0), validation_steps=len(val_ds))
         model.fit(train_ds.stream(state["epochs_done"]), steps_per_epoch=len(train_ds),

@@ -26,15 +26,15 @@ ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
 
 STAGES = [
-    ("catalogue", "build_catalogue", dict(halos_out="catalogue/halos.h5",
-                                          galaxies_out="catalogue/galaxies.h5")),
+    ("catalogue", "catalogue", dict(halos_out="catalogue/halos.h5",
+                                    galaxies_out="catalogue/galaxies.h5")),
     ("select_halos", "select_halos", dict(halos="catalogue/halos.h5", out="mock/hosts.h5")),
-    ("sightlines", "make_sightlines", dict(hosts="mock/hosts.h5", out="mock/sightlines.h5")),
+    ("sightlines", "sightlines", dict(hosts="mock/hosts.h5", out="mock/sightlines.h5")),
     ("project", "project", dict(halos="catalogue/halos.h5", galaxies="catalogue/galaxies.h5",
                                 hosts="mock/hosts.h5", sightlines="mock/sightlines.h5",
                                 out="mock/projected.h5")),
-    ("flux_limit", "apply_flux_limit", dict(projected="mock/projected.h5",
-                                            out="mock/fluxlimited.h5")),
+    ("flux_limit", "flux_limit", dict(projected="mock/projected.h5",
+                                      out="mock/fluxlimited.h5")),
     ("split", "split", dict(fluxlimited="mock/fluxlimited.h5", out="mock/clusters.h5")),
 ]
 

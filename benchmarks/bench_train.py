@@ -33,7 +33,7 @@ Prints one JSON object to stdout (progress goes to stderr through ``logging``):
   also reports its own ``VmHWM`` from ``/proc/self/status`` (a fresh counter after exec).
 
 Pipeline mode (``--pipeline results/demo``): the real ``train`` rule code path
-(:func:`cmpipe.stages.train.train_network`'s settings from the run's config, i.e.
+(:func:`cmpipe.stages.train.train`'s settings from the run's config, i.e.
 :func:`cmpipe.training.train` with its in-memory / streamed loader) on the run's own
 ``cubes/train.h5`` and ``cubes/validation.h5`` for ``--epochs`` epochs (default 3, a fresh
 output directory), beside the in-memory rate of the same network, grid and batch size
@@ -252,12 +252,12 @@ def pipeline_mode(args):
     import tensorflow as tf
     from cmpipe.io.cubes import CubeReader
     from cmpipe.model import build_cnn
-    from cmpipe.stages.train import _train_settings
+    from cmpipe.stages.train import train_settings
     from cmpipe.training import read_history, train, transform_inputs
 
     run_dir = Path(args.pipeline)
     s = config_of(run_dir, args.config)
-    settings = dataclasses.replace(_train_settings(s), epochs=args.epochs, patience=10 ** 6)
+    settings = dataclasses.replace(train_settings(s), epochs=args.epochs, patience=10 ** 6)
     train_path, val_path = run_dir / "cubes" / "train.h5", run_dir / "cubes" / "validation.h5"
     with CubeReader(train_path) as r:
         n_train, grid = len(r), tuple(r.shape[1:])

@@ -13,11 +13,6 @@ from cmpipe.cosmology import evrard_sigma_dm_kms, make_cosmology
 from cmpipe.projection import G_KMS2_MPC_MSUN as G
 
 
-@pytest.fixture(scope="module")
-def cosmo():
-    return make_cosmology("planck18")
-
-
 @pytest.fixture
 def rng():
     return np.random.default_rng(1985)

@@ -332,6 +332,28 @@ def test_save_load_roundtrip(tmp_path, rng):
         JointPDF.load(tmp_path / "missing.h5")
 
 
+def test_file_format_is_plain_arrays(tmp_path, rng):
+    """The file format lives in cmpipe.io.joint_pdf, which knows arrays and values only:
+    what it reads back builds the same JointPDF and writes back to the same fields."""
+    from cmpipe.io.joint_pdf import JOINT_PDF_GROUP, read_joint_pdf, write_joint_pdf
+
+    d, m = _gaussian_pairs(rng, 300)
+    pdf = tabulate_joint_pdf(d, m, n_d=40, n_m=30, meta=dict(network="cnn3d"))
+    pdf.save(tmp_path / "a.h5")
+    fields = read_joint_pdf(tmp_path / "a.h5")
+    assert set(fields) == {"d_grid", "m_grid", "table", "kernel_covariance", "bandwidth",
+                           "n_pairs", "truncation", "meta"}
+    np.testing.assert_array_equal(JointPDF(**fields).table, pdf.table)
+    write_joint_pdf(tmp_path / "b.h5", **fields)
+    again = read_joint_pdf(tmp_path / "b.h5")
+    for k, v in fields.items():
+        if isinstance(v, np.ndarray):
+            np.testing.assert_array_equal(again[k], v)
+        else:
+            assert again[k] == v
+    assert JOINT_PDF_GROUP == "joint_pdf"
+
+
 def test_cross_validated_pit_is_uniform_for_gaussian_pairs():
     """Pairs d = M + N(0, 0.2) with M flat: the out-of-sample PIT values (each halo fold
     calibrated on the others) are uniform (KS), and the 68%/95% coverages sit within three

@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from cmpipe import stages
-from cmpipe.comparison import comparison_summary, write_comparison_csv
+from cmpipe.comparison import comparison_summary
 from cmpipe.flow import (FlowModel, FlowSettings, grid_of, pit_from_curves, train_flow,
                          training_prior)
 from cmpipe.io.cubes import CubeWriter
@@ -27,6 +27,7 @@ from cmpipe.io.tables import CatalogueError
 from cmpipe.massfunction import summarise_grid_posteriors
 from cmpipe.metrics import pit_curve
 from cmpipe.settings import ConfigError, load_config
+from cmpipe.stages.compare import write_comparison_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "workflow/schemas/config.schema.yaml"
@@ -292,7 +293,7 @@ def test_compare_stage_reads_a_pure_run_and_checks_it(tmp_path):
               pure_metrics=files["pmetrics"], pure_flow_metrics=files["pflow"],
               pure_config=tmp_path / "pure.yaml", summary_out=tmp_path / "out/s.json",
               csv_out=tmp_path / "out/s.csv", png=tmp_path / "out/c.png")
-    stages.compare_estimators(**kw)
+    stages.compare(**kw)
     s = json.loads((tmp_path / "out/s.json").read_text())
     assert s["runs"] == {"contaminated": "demo", "pure": "demo-pure"}
     assert s["ratios"]["pure"]["msigma_over_flow_scatter"] == pytest.approx(4.0)
@@ -300,9 +301,9 @@ def test_compare_stage_reads_a_pure_run_and_checks_it(tmp_path):
     # a "pure" run that is not one
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(dict(pure_cfg, mock=cfg["mock"])))
     with pytest.raises(CatalogueError, match="mock.members"):
-        stages.compare_estimators(**dict(kw, pure_config=tmp_path / "bad.yaml"))
+        stages.compare(**dict(kw, pure_config=tmp_path / "bad.yaml"))
     with pytest.raises(ConfigError, match="itself"):
-        stages.compare_estimators(**dict(kw, config=dict(cfg, compare={"pure_run": "demo"})))
+        stages.compare(**dict(kw, config=dict(cfg, compare={"pure_run": "demo"})))
 
 
 def test_default_run_names_the_command_for_a_missing_pure_run(tmp_path):

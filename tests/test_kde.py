@@ -298,3 +298,24 @@ def test_all_mass_off_grid_raises():
     # the per-thread workspace is left clean: the next cube is unaffected
     x, y, v = _cluster(np.random.default_rng(2), 30)
     _assert_close(kde_cube(x, y, v, grid=Grid3D()), _scipy_cube(x, y, v, Grid3D()))
+
+
+@pytest.mark.parametrize("u, prec, i0, i1", [(17.3, 0.05, 0, 49), (0.2, 2.0, 0, 9),
+                                               (48.9, 0.7, 30, 49), (-3.0, 0.3, 0, 6),
+                                               (10.5, 1e-4, 4, 5), (25.0, 4.0, 25, 25)])
+def test_shared_gaussian_runs_match_direct_exponentials(u, prec, i0, i1):
+    """cmpipe.kernels, used by the cubes (add_line) and the joint PDF (add_gaussian_run):
+    the recurrences equal one exp per node to rounding, and touch only nodes i0..i1."""
+    from cmpipe.kernels import add_gaussian_run, add_line
+
+    k = np.arange(50.0)
+    inside = (k >= i0) & (k <= i1)
+    q0, amp = 1.3, 0.37
+    row = np.zeros(50)
+    add_line(row, i0, i1, u, prec, q0, math.exp(-prec))
+    ref = np.where(inside, np.exp(-0.5 * (q0 + prec * (k - u) ** 2)), 0.0)
+    np.testing.assert_allclose(row, ref, rtol=1e-12, atol=0.0)
+    row = np.zeros(50)
+    add_gaussian_run(row, i0, i1, u, prec, amp)
+    ref = np.where(inside, amp * np.exp(-0.5 * prec * (k - u) ** 2), 0.0)
+    np.testing.assert_allclose(row, ref, rtol=1e-12, atol=0.0)

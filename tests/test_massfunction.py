@@ -16,7 +16,6 @@ import pytest
 from scipy import integrate, stats
 
 from cmpipe.calibration import JointPDF, summarise, tabulate_joint_pdf
-from cmpipe.cosmology import make_cosmology
 from cmpipe.massfunction import (LN10, eddington_bias, estimate_mass_function, forward_model,
                                  forward_model_calibrated, forward_model_from_masses,
                                  sample_variance_fraction,
@@ -35,11 +34,6 @@ def _fixed_global_seed():
     np.random.seed(51)
     yield
     np.random.set_state(state)
-
-
-@pytest.fixture(scope="module")
-def cosmo():
-    return make_cosmology("planck18")
 
 
 @pytest.fixture(scope="module")
@@ -284,7 +278,7 @@ def test_population_prior_pulls_are_standard_normal_for_a_tinker_sample(
     truncated at the sample's threshold has mean 0 and sd 1 (the posterior is the right
     one); without the truncation the KDE tail below the test set's masses drags every
     low-mass cluster down."""
-    from cmpipe.calibration import _rows
+    from cmpipe.calibration import posterior_rows
 
     pdf = gaussian_calibration
     rng = np.random.default_rng(22)
@@ -293,7 +287,7 @@ def test_population_prior_pulls_are_standard_normal_for_a_tinker_sample(
     cdf = np.concatenate([[0], np.cumsum(0.5 * (n[1:] + n[:-1]) * np.diff(mt))])
     m_true = np.interp(rng.random(3000) * cdf[-1], cdf, mt)
     d = m_true + rng.normal(0.0, 0.15, m_true.size)
-    flat = _rows(pdf, d)
+    flat = posterior_rows(pdf, d)
     prior = prior_from_joint_pdf(pdf)
     pulls = {}
     for name, rng_m in (("truncated", (13.7, 15.0)), ("open", None)):

@@ -1,4 +1,5 @@
-"""Tests of cmpipe.io.mdpl2 against the MDPL2-format fixtures in tests/fixtures/mdpl2.
+"""Tests of cmpipe.io.mdpl2 (readers in cmpipe.io.rockstar and cmpipe.io.galaxy_tables)
+against the MDPL2-format fixtures in tests/fixtures/mdpl2.
 
 Expected values are computed here independently of the reader: the hlist is parsed with
 plain string splitting, R200c from astropy's critical density, and the galaxy CSV with the
@@ -33,7 +34,8 @@ BOX = 1000.0
 
 
 @pytest.fixture(scope="module")
-def cosmo():
+def mdpl2_cosmo():
+    """The MDPL2 simulation's cosmology (the shared ``mdpl2_cosmo`` fixture is Planck 2018)."""
     return make_cosmology("multidark-planck")
 
 
@@ -99,19 +101,19 @@ def test_default_columns_match_fixture_header():
         DEFAULT_HLIST_COLUMNS["m200c"] = 40  # read-only
 
 
-def test_read_hlist_values(cosmo, caplog):
+def test_read_hlist_values(mdpl2_cosmo, caplog):
     raw = _raw_hlist()
     keep = raw["M200c"].astype(float) > 0
     m = raw["M200c"].astype(float)[keep]
-    with caplog.at_level(logging.INFO, logger="cmpipe.io.mdpl2"):
-        halos = _read(HLIST, cosmo)
+    with caplog.at_level(logging.INFO, logger="cmpipe.io"):
+        halos = _read(HLIST, mdpl2_cosmo)
     assert list(halos) == list(HALO_SCHEMA)
     assert len(halos["halo_id"]) == 12 == keep.sum()
     np.testing.assert_array_equal(halos["halo_id"], raw["id"][keep].astype(np.int64))
     np.testing.assert_array_equal(halos["upid"], raw["upid"][keep].astype(np.int64))
     assert (halos["upid"] != -1).sum() == 6
     np.testing.assert_allclose(halos["log10_m200c"], np.log10(m), rtol=0, atol=1e-12)
-    r200c = _r200c_astropy_mpc_h(m, Z, cosmo)
+    r200c = _r200c_astropy_mpc_h(m, Z, mdpl2_cosmo)
     np.testing.assert_allclose(halos["r200c_mpc_h"], r200c, rtol=1e-4)
     rs_proper = raw["rs"].astype(float)[keep] / (1.0 + Z) / 1000.0
     c = np.clip(r200c / rs_proper, 1.0, 50.0)
@@ -126,29 +128,29 @@ def test_read_hlist_values(cosmo, caplog):
     assert "c200c clipped to [1, 50] for 1 halos below and 1 above" in caplog.text
 
 
-def test_r200c_is_not_rvir(cosmo):
+def test_r200c_is_not_rvir(mdpl2_cosmo):
     """Rvir (comoving, Bryan & Norman) is larger than the proper R200c the reader returns."""
     raw = _raw_hlist()
     keep = raw["M200c"].astype(float) > 0
-    halos = _read(HLIST, cosmo)
+    halos = _read(HLIST, mdpl2_cosmo)
     rvir_proper = raw["rvir"].astype(float)[keep] / (1.0 + Z) / 1000.0
     assert np.all(halos["r200c_mpc_h"] < rvir_proper)
 
 
-def test_hosts_only_and_mass_cut(cosmo):
-    hosts = _read(HLIST, cosmo, hosts_only=True)
+def test_hosts_only_and_mass_cut(mdpl2_cosmo):
+    hosts = _read(HLIST, mdpl2_cosmo, hosts_only=True)
     assert np.all(hosts["upid"] == -1) and len(hosts["upid"]) == 6
-    massive = _read(HLIST, cosmo, log10_m_min=14.0)
+    massive = _read(HLIST, mdpl2_cosmo, log10_m_min=14.0)
     np.testing.assert_array_equal(massive["halo_id"], [1001, 1002, 1003])
-    both = _read(HLIST, cosmo, log10_m_min=12.0, hosts_only=True)
+    both = _read(HLIST, mdpl2_cosmo, log10_m_min=12.0, hosts_only=True)
     np.testing.assert_array_equal(both["halo_id"], [1001, 1002, 1003, 1004, 1005, 1006])
     assert np.all(both["log10_m200c"] > 12.0)
 
 
-def test_halo_write_read_round_trip(tmp_path, cosmo):
-    halos = _read(HLIST, cosmo)
+def test_halo_write_read_round_trip(tmp_path, mdpl2_cosmo):
+    halos = _read(HLIST, mdpl2_cosmo)
     path = tmp_path / "halos.h5"
-    write_halos(path, halos, box_size_mpc_h=BOX, redshift=Z, cosmology=cosmo.as_dict(),
+    write_halos(path, halos, box_size_mpc_h=BOX, redshift=Z, cosmology=mdpl2_cosmo.as_dict(),
                 source="mdpl2")
     back, attrs = read_halos(path)
     for k in HALO_SCHEMA:
@@ -156,8 +158,8 @@ def test_halo_write_read_round_trip(tmp_path, cosmo):
     assert attrs["source"] == "mdpl2" and attrs["cosmology"]["name"] == "multidark-planck"
 
 
-def test_failed_write_leaves_no_partial_file(tmp_path, cosmo):
-    halos = _read(HLIST, cosmo)
+def test_failed_write_leaves_no_partial_file(tmp_path, mdpl2_cosmo):
+    halos = _read(HLIST, mdpl2_cosmo)
     path = tmp_path / "halos.h5"
     bad_meta = dict(box_size_mpc_h=BOX, redshift=Z, cosmology={1, 2}, source="mdpl2")
     with pytest.raises(TypeError):
@@ -171,7 +173,7 @@ def test_failed_write_leaves_no_partial_file(tmp_path, cosmo):
     assert read_halos(path)[1]["source"] == "old"
 
 
-def test_other_consistent_trees_layout(tmp_path, cosmo):
+def test_other_consistent_trees_layout(tmp_path, mdpl2_cosmo):
     """A Bolshoi-Planck-style hlist (Tidal_Force(35) Tidal_ID(36) inserted) moves M200c to
     40: the default mapping is refused with the right index, which then works."""
     lines = _hlist_lines()
@@ -189,18 +191,18 @@ def test_other_consistent_trees_layout(tmp_path, cosmo):
     path.write_text("".join(out))
     with pytest.raises(CatalogueError, match=_match(path, "halo_columns.m200c")
                        + ".*column 38 is 'Mmvir_all'.*not 'M200c'.*set halo_columns.m200c: 40"):
-        _read(path, cosmo)
+        _read(path, mdpl2_cosmo)
     cols = {**DEFAULT_HLIST_COLUMNS, "m200c": 40}
-    halos = _read(path, cosmo, columns=cols)
-    np.testing.assert_allclose(halos["log10_m200c"], _read(HLIST, cosmo)["log10_m200c"])
+    halos = _read(path, mdpl2_cosmo, columns=cols)
+    np.testing.assert_allclose(halos["log10_m200c"], _read(HLIST, mdpl2_cosmo)["log10_m200c"])
 
 
 # -------------------------------------------------------------- bad hlist inputs
 
-def test_missing_file(tmp_path, cosmo):
+def test_missing_file(tmp_path, mdpl2_cosmo):
     path = tmp_path / "hlist_missing.list"
     with pytest.raises(CatalogueError, match=_match(path, "file") + ".*does not exist"):
-        _read(path, cosmo)
+        _read(path, mdpl2_cosmo)
 
 
 @pytest.mark.parametrize("key, index, problem", [
@@ -210,25 +212,25 @@ def test_missing_file(tmp_path, cosmo):
     ("upid", None, "required column not mapped"),
     ("rs", "12", "not a non-negative integer"),
 ])
-def test_bad_column_mapping(cosmo, key, index, problem):
+def test_bad_column_mapping(mdpl2_cosmo, key, index, problem):
     cols = {**DEFAULT_HLIST_COLUMNS, key: index}
     with pytest.raises(CatalogueError, match=_match(HLIST, f"halo_columns.{key}") + ".*"
                        + problem):
-        _read(HLIST, cosmo, columns=cols)
+        _read(HLIST, mdpl2_cosmo, columns=cols)
 
 
-def test_duplicate_and_unknown_mapping(cosmo):
+def test_duplicate_and_unknown_mapping(mdpl2_cosmo):
     with pytest.raises(CatalogueError, match=_match(HLIST, "halo_columns.rvir")
                        + ".*index 11 is also mapped to 'm200c'"):
-        _read(HLIST, cosmo, columns={**DEFAULT_HLIST_COLUMNS, "m200c": 11})
+        _read(HLIST, mdpl2_cosmo, columns={**DEFAULT_HLIST_COLUMNS, "m200c": 11})
     with pytest.raises(CatalogueError, match=_match(HLIST, "halo_columns.mvir")
                        + ".*unknown"):
-        _read(HLIST, cosmo, columns={**DEFAULT_HLIST_COLUMNS, "mvir": 10})
+        _read(HLIST, mdpl2_cosmo, columns={**DEFAULT_HLIST_COLUMNS, "mvir": 10})
 
 
-def test_optional_columns_can_be_skipped(cosmo):
+def test_optional_columns_can_be_skipped(mdpl2_cosmo):
     cols = {**DEFAULT_HLIST_COLUMNS, "rvir": None, "scale": None}
-    a, b = _read(HLIST, cosmo, columns=cols), _read(HLIST, cosmo)
+    a, b = _read(HLIST, mdpl2_cosmo, columns=cols), _read(HLIST, mdpl2_cosmo)
     for k in HALO_SCHEMA:
         np.testing.assert_array_equal(a[k], b[k])
 
@@ -238,94 +240,94 @@ def test_optional_columns_can_be_skipped(cosmo):
     ("vz", 22, "vz (column 22 'vz')"),
     ("M200c", 38, "m200c (column 38 'M200c')"),
 ])
-def test_nan_values(tmp_path, cosmo, col, index, field):
+def test_nan_values(tmp_path, mdpl2_cosmo, col, index, field):
     def edit(f, row):
         if row == 3:
             f[index] = "nan"
     path = _write_modified(tmp_path, edit)
     with pytest.raises(CatalogueError, match=_match(path, field) + ".*1 non-finite.*1004"):
-        _read(path, cosmo)
+        _read(path, mdpl2_cosmo)
 
 
-def test_log_masses(tmp_path, cosmo):
+def test_log_masses(tmp_path, mdpl2_cosmo):
     def edit(f, row):
         m = float(f[38])
         f[38] = "%.5f" % (np.log10(m) if m > 0 else 0.0)
     path = _write_modified(tmp_path, edit)
     with pytest.raises(CatalogueError, match=_match(path, "m200c") + ".*look like log10"):
-        _read(path, cosmo)
+        _read(path, mdpl2_cosmo)
 
 
-def test_positions_in_kpc(tmp_path, cosmo):
+def test_positions_in_kpc(tmp_path, mdpl2_cosmo):
     def edit(f, row):
         for i in (17, 18, 19):
             f[i] = "%.3f" % (1000.0 * float(f[i]))
     path = _write_modified(tmp_path, edit)
     with pytest.raises(CatalogueError, match=_match(path, "x (column 17")
                        + ".*outside the periodic box.*h\\^-1 kpc"):
-        _read(path, cosmo)
+        _read(path, mdpl2_cosmo)
 
 
-def test_radii_in_mpc(tmp_path, cosmo):
+def test_radii_in_mpc(tmp_path, mdpl2_cosmo):
     def edit(f, row):
         f[12] = "%.6f" % (float(f[12]) / 1000.0)
     path = _write_modified(tmp_path, edit)
     with pytest.raises(CatalogueError, match=_match(path, "rs (column 12") + ".*h\\^-1 kpc"):
-        _read(path, cosmo, columns={**DEFAULT_HLIST_COLUMNS, "rvir": None})
+        _read(path, mdpl2_cosmo, columns={**DEFAULT_HLIST_COLUMNS, "rvir": None})
 
 
-def test_non_integer_id(tmp_path, cosmo):
+def test_non_integer_id(tmp_path, mdpl2_cosmo):
     def edit(f, row):
         if row == 5:
             f[1] = "10x6"
     path = _write_modified(tmp_path, edit)
     with pytest.raises(CatalogueError, match=_match(path, "halo_id (column 1)")
                        + ".*'10x6' is not an integer"):
-        _read(path, cosmo)
+        _read(path, mdpl2_cosmo)
 
 
-def test_empty_file(tmp_path, cosmo):
+def test_empty_file(tmp_path, mdpl2_cosmo):
     path = tmp_path / "hlist_empty.list"
     path.write_bytes(b"")
     with pytest.raises(CatalogueError, match=_match(path, "file") + ".*empty"):
-        _read(path, cosmo)
+        _read(path, mdpl2_cosmo)
 
 
-def test_header_only(tmp_path, cosmo):
+def test_header_only(tmp_path, mdpl2_cosmo):
     path = tmp_path / "hlist_header.list"
     path.write_text("".join(ln for ln in _hlist_lines() if ln.startswith("#")))
     with pytest.raises(CatalogueError, match=_match(path, "file") + ".*no data rows"):
-        _read(path, cosmo)
+        _read(path, mdpl2_cosmo)
 
 
-def test_missing_header(tmp_path, cosmo):
+def test_missing_header(tmp_path, mdpl2_cosmo):
     path = tmp_path / "hlist_noheader.list"
     path.write_text("".join(ln for ln in _hlist_lines() if not ln.startswith("#")))
     with pytest.raises(CatalogueError, match=_match(path, "header") + ".*column header"):
-        _read(path, cosmo)
+        _read(path, mdpl2_cosmo)
 
 
 @pytest.mark.parametrize("cut", [0.5, 0.97, -3])
-def test_truncated_file(tmp_path, cosmo, cut):
+def test_truncated_file(tmp_path, mdpl2_cosmo, cut):
     data = HLIST.read_bytes()
     n = int(len(data) * cut) if cut > 0 else len(data) + cut
     path = tmp_path / "hlist_truncated.list"
     path.write_bytes(data[:n])
     with pytest.raises(CatalogueError, match=_match(path, "file") + ".*truncated"):
-        _read(path, cosmo)
+        _read(path, mdpl2_cosmo)
 
 
-def test_short_row_in_the_middle(tmp_path, cosmo):
+def test_short_row_in_the_middle(tmp_path, mdpl2_cosmo):
     def edit(f, row):
         if row == 4:
             del f[30:]
     path = _write_modified(tmp_path, edit)
     with pytest.raises(CatalogueError, match=_match(path, "file") + ".*30 of 73 fields"):
-        _read(path, cosmo)
+        _read(path, mdpl2_cosmo)
 
 
 @pytest.mark.parametrize("kind", ["random", "hdf5", "gzip"])
-def test_unknown_format(tmp_path, cosmo, kind):
+def test_unknown_format(tmp_path, mdpl2_cosmo, kind):
     path = tmp_path / "hlist_0.90900.list"
     if kind == "random":
         path.write_bytes(np.random.default_rng(2).bytes(5000))
@@ -334,22 +336,22 @@ def test_unknown_format(tmp_path, cosmo, kind):
     else:
         path.write_bytes(gzip.compress(HLIST.read_bytes()))
     with pytest.raises(CatalogueError, match=_match(path, "format")):
-        _read(path, cosmo)
+        _read(path, mdpl2_cosmo)
 
 
-def test_box_and_redshift_must_match_file(cosmo):
+def test_box_and_redshift_must_match_file(mdpl2_cosmo):
     with pytest.raises(CatalogueError, match=_match(HLIST, "box_size_mpc_h")
                        + ".*1000.*250"):
-        _read(HLIST, cosmo, box_size_mpc_h=250.0)
+        _read(HLIST, mdpl2_cosmo, box_size_mpc_h=250.0)
     with pytest.raises(CatalogueError, match=_match(HLIST, "redshift")
                        + ".*z = 0.1001.*set redshift to 0.1001"):
-        _read(HLIST, cosmo, redshift=0.5)
-    _read(HLIST, cosmo, redshift=0.1)  # a rounded redshift of the same snapshot is fine
+        _read(HLIST, mdpl2_cosmo, redshift=0.5)
+    _read(HLIST, mdpl2_cosmo, redshift=0.1)  # a rounded redshift of the same snapshot is fine
 
 
-def test_log10_m_min_must_be_log(cosmo):
+def test_log10_m_min_must_be_log(mdpl2_cosmo):
     with pytest.raises(CatalogueError, match=_match(HLIST, "log10_m_min")):
-        _read(HLIST, cosmo, log10_m_min=1e13)
+        _read(HLIST, mdpl2_cosmo, log10_m_min=1e13)
 
 
 def test_cosmology_mismatch_warns():
@@ -429,9 +431,9 @@ def test_is_central_column():
     np.testing.assert_array_equal(g["is_central"], _raw_csv()["galaxytype"].astype(int) != 0)
 
 
-def test_load_mdpl2_default_mapping(tmp_path, cosmo, caplog):
-    with caplog.at_level(logging.INFO, logger="cmpipe.io.mdpl2"):
-        halos, gals = load_mdpl2(HLIST, CSV, redshift=Z, box_size_mpc_h=BOX, cosmology=cosmo)
+def test_load_mdpl2_default_mapping(tmp_path, mdpl2_cosmo, caplog):
+    with caplog.at_level(logging.INFO, logger="cmpipe.io"):
+        halos, gals = load_mdpl2(HLIST, CSV, redshift=Z, box_size_mpc_h=BOX, cosmology=mdpl2_cosmo)
     assert len(halos["halo_id"]) == 12
     assert len(gals["galaxy_id"]) == 17  # the galaxy of halo 5555 (not in the hlist) dropped
     assert "dropped 1 of 18 galaxies" in caplog.text
@@ -442,19 +444,19 @@ def test_load_mdpl2_default_mapping(tmp_path, cosmo, caplog):
     np.testing.assert_array_equal(hosts, np.sort(host_ids))
     assert np.all(n_central == 1)
     gpath = tmp_path / "galaxies.h5"
-    meta = dict(box_size_mpc_h=BOX, redshift=Z, cosmology=cosmo.as_dict(), source="mdpl2")
+    meta = dict(box_size_mpc_h=BOX, redshift=Z, cosmology=mdpl2_cosmo.as_dict(), source="mdpl2")
     write_galaxies(gpath, gals, **meta)
     back, _ = read_galaxies(gpath)
     for k in GALAXY_SCHEMA:
         np.testing.assert_array_equal(back[k], np.asarray(gals[k]).astype(back[k].dtype))
 
 
-def test_attach_hosts_maps_subhalos_to_upid(cosmo, caplog):
+def test_attach_hosts_maps_subhalos_to_upid(mdpl2_cosmo, caplog):
     raw = _raw_csv()
-    halos = _read(HLIST, cosmo)
+    halos = _read(HLIST, mdpl2_cosmo)
     cols = {**DEFAULT_GALAXY_COLUMNS, "halo_id": "HostHaloID"}
     g = read_galaxy_table(CSV, columns=cols, box_size_mpc_h=BOX)
-    with caplog.at_level(logging.INFO, logger="cmpipe.io.mdpl2"):
+    with caplog.at_level(logging.INFO, logger="cmpipe.io"):
         out = attach_hosts(g, halos)
     upid = dict(zip(halos["halo_id"], halos["upid"]))
     host_of = {h: (h if upid[h] == -1 else upid[h]) for h in upid}
@@ -472,8 +474,8 @@ def test_attach_hosts_maps_subhalos_to_upid(cosmo, caplog):
     np.testing.assert_array_equal(out["is_central"] == 1, ~in_sub)
 
 
-def test_attach_hosts_derived_centrals_and_duplicates(cosmo, caplog):
-    halos = _read(HLIST, cosmo)
+def test_attach_hosts_derived_centrals_and_duplicates(mdpl2_cosmo, caplog):
+    halos = _read(HLIST, mdpl2_cosmo)
     cols = {**DEFAULT_GALAXY_COLUMNS, "halo_id": "HostHaloID", "galaxy_type": None}
     g = read_galaxy_table(CSV, columns=cols, box_size_mpc_h=BOX)
     assert g["is_central"].sum() == 18  # each galaxy is alone in its (sub)halo id
@@ -485,26 +487,26 @@ def test_attach_hosts_derived_centrals_and_duplicates(cosmo, caplog):
     g2 = read_galaxy_table(CSV, box_size_mpc_h=BOX)
     expect = attach_hosts(g2, halos)["is_central"]
     g2["is_central"] = np.ones_like(g2["is_central"])
-    with caplog.at_level(logging.WARNING, logger="cmpipe.io.mdpl2"):
+    with caplog.at_level(logging.WARNING, logger="cmpipe.io"):
         out2 = attach_hosts(g2, halos)
     # hosts 1001, 1002, 1003, 1004 hold 6 + 4 + 3 + 2 galaxies
     assert "4 host halos had several centrals (15 galaxies); kept the brightest" in caplog.text
     np.testing.assert_array_equal(out2["is_central"], expect)
 
 
-def test_attach_hosts_rejects_duplicate_halo_ids(cosmo):
-    halos = _read(HLIST, cosmo)
+def test_attach_hosts_rejects_duplicate_halo_ids(mdpl2_cosmo):
+    halos = _read(HLIST, mdpl2_cosmo)
     dup = {k: np.concatenate([v, v[:1]]) for k, v in halos.items()}
     g = read_galaxy_table(CSV, box_size_mpc_h=BOX)
     with pytest.raises(ValueError, match="duplicate halo ids"):
         attach_hosts(g, dup)
 
 
-def test_load_mdpl2_no_match_is_an_error(cosmo):
+def test_load_mdpl2_no_match_is_an_error(mdpl2_cosmo):
     cols = {**DEFAULT_GALAXY_COLUMNS, "halo_id": "GalaxyType"}
     with pytest.raises(CatalogueError, match=_match(CSV, "GalaxyType (galaxy_columns.halo_id)")
                        + ".*none of the 18 galaxies"):
-        load_mdpl2(HLIST, CSV, redshift=Z, box_size_mpc_h=BOX, cosmology=cosmo,
+        load_mdpl2(HLIST, CSV, redshift=Z, box_size_mpc_h=BOX, cosmology=mdpl2_cosmo,
                    galaxy_columns=cols)
 
 

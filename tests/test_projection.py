@@ -2,7 +2,6 @@
 import numpy as np
 import pytest
 
-from cmpipe.cosmology import make_cosmology
 from cmpipe.fluxlimit import apparent_magnitudes, draw_observer_distances, flux_limit
 from cmpipe.projection import Projector, phase_space_distance, v200c_kms
 from cmpipe.selection import allocate_sightlines, mass_bins
@@ -12,11 +11,6 @@ from cmpipe.splits import assign_splits, split_halos
 
 L = 200.0
 Z = 0.1
-
-
-@pytest.fixture(scope="module")
-def cosmo():
-    return make_cosmology("planck18")
 
 
 def _halos(rows):
@@ -164,7 +158,7 @@ def test_splits_by_halo_no_overlap_and_fractions():
     rng = np.random.default_rng(5)
     hid = np.repeat(np.arange(3000), 3)
     lm = np.repeat(rng.uniform(13.7, 15.0, 3000), 3)
-    s = SplitSettings()
+    s = SplitSettings(train=0.40, test=0.47, eval=0.13, validation_fraction=0.10, bin_width_dex=0.1)
     codes = assign_splits(dict(halo_id=hid, log10_m200c=lm), s, np.random.default_rng(9))
     # every projection of a halo in the same split
     per_halo = codes.reshape(-1, 3)

@@ -334,7 +334,7 @@ def _fake_run(tmp_path):
     checks read bytes and config sections, not networks)."""
     import zipfile
 
-    from cmpipe.stages import write_resolved_config
+    from cmpipe.stages import resolved_config
 
     run = tmp_path / "run"
     (run / "model").mkdir(parents=True)
@@ -345,7 +345,7 @@ def _fake_run(tmp_path):
     (run / "calibration/joint_pdf.h5").write_bytes(b"calibration")
     cfg = load_config(ROOT / "config.yaml", SCHEMA, overlays=[ROOT / "configs/tiny.yaml"])
     write_model_config(cfg, run / "model", run / "model/config.json")
-    write_resolved_config(config=cfg, out=run / "config.resolved.yaml", run_dir=run)
+    resolved_config(config=cfg, out=run / "config.resolved.yaml", run_dir=run)
     raw = yaml.safe_load((run / "config.resolved.yaml").read_text())
     return run, raw
 

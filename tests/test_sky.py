@@ -15,7 +15,6 @@ import pytest
 from astropy.constants import c as C_LIGHT
 from astropy.coordinates import CartesianRepresentation, SkyCoord
 
-from cmpipe.cosmology import make_cosmology
 from cmpipe.sky import (SkyInputError, check_sky_positions, gnomonic_offsets,
                         gnomonic_to_radec, phase_space_to_sky, radec_to_unit,
                         sky_to_phase_space)
@@ -31,11 +30,6 @@ def _fixed_global_seed():
     np.random.seed(31)
     yield
     np.random.set_state(state)
-
-
-@pytest.fixture(scope="module")
-def cosmo():
-    return make_cosmology("planck18")
 
 
 def _clusters():

@@ -17,7 +17,7 @@ import pytest
 from astropy.table import Table
 from scipy import stats
 
-from cmpipe.cosmology import C_KMS, evrard_sigma_dm_kms, make_cosmology
+from cmpipe.cosmology import C_KMS, evrard_sigma_dm_kms
 from cmpipe.io.catalogues import GALAXY_SCHEMA, HALO_SCHEMA
 from cmpipe.io.survey import (SURVEY_CLUSTER_SCHEMA, SURVEY_GALAXY_SCHEMA, read_survey_clusters,
                               read_survey_galaxies, read_survey_truth, write_survey_clusters,
@@ -36,11 +36,6 @@ def _fixed_global_seed():
     np.random.seed(41)
     yield
     np.random.set_state(state)
-
-
-@pytest.fixture(scope="module")
-def cosmo():
-    return make_cosmology("planck18")
 
 
 # ---------------------------------------------------------------------------- readers

@@ -296,12 +296,11 @@ def test_catalogue_source_runs_the_same_code_path(tiny, cfg, tmp_path):
     np.testing.assert_allclose(np.asarray(a["flat_median"], float),
                                np.asarray(b["flat_median"], float), equal_nan=True)
     assert np.all(a["n_members"] == -1)                    # no membership column given
-    stages.survey_mass_function(config=conf, posteriors=tmp_path / "post.ecsv",
-                                meta=tmp_path / "meta.json", truth=out["truth"],
-                                out=tmp_path / "mf.csv", pulls_out=tmp_path / "pulls.json",
-                                mass_function_png=tmp_path / "mf.png",
-                                pulls_png=tmp_path / "pulls.png",
-                                joint_pdf=res / "calibration/joint_pdf.h5")
+    stages.mass_function(config=conf, posteriors=tmp_path / "post.ecsv",
+                         meta=tmp_path / "meta.json", truth=out["truth"],
+                         out=tmp_path / "mf.csv", pulls_out=tmp_path / "pulls.json",
+                         mass_function_png=tmp_path / "mf.png", pulls_png=tmp_path / "pulls.png",
+                         joint_pdf=res / "calibration/joint_pdf.h5")
     pulls = json.loads((tmp_path / "pulls.json").read_text())
     assert pulls["reference"] == "catalogue"
     # a catalogue's population prior and forward model span the calibrated range

@@ -15,9 +15,10 @@ import pytest
 
 from cmpipe.io.cubes import CubeReader, CubeWriter
 from cmpipe.io.tables import CatalogueError
+from cmpipe.plots import loss_curve_figure
 from cmpipe.training import (CHECKPOINT_FILE, HISTORY_FILE, MODEL_FILE, N_D4,
                              NORMALISATION_FILE, CubeDataset, TrainSettings, d4_transform,
-                             plot_history, predict, read_history, train)
+                             predict, read_history, train)
 
 N = 16
 LM_LO, LM_HI = 13.7, 15.0
@@ -109,9 +110,9 @@ def test_learns_mass_from_blob_width(files, trained):
     assert trained.n_params == 4 * 27 + 4 + 4 * 27 * 4 + 4 + 32 * 16 + 16 + 17
 
 
-def test_plot_history(trained, tmp_path):
+def test_loss_curve_figure(trained, tmp_path):
     png = tmp_path / "loss.png"
-    plot_history(trained.history_path, png)
+    loss_curve_figure(trained.history_path, png)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in tmp_path.iterdir()] == ["loss.png"]
 

@@ -32,11 +32,6 @@ def _fixed_global_seed():
 
 
 @pytest.fixture(scope="module")
-def cosmo():
-    return make_cosmology("planck18")
-
-
-@pytest.fixture(scope="module")
 def tiny(cosmo):
     """A small box (60 h^-1 Mpc, M > 1e12) for schema and determinism checks."""
     settings = UniverseSettings(box_size_mpc_h=60.0, log10_m_min=12.0, grid_cells=32)

@@ -113,12 +113,11 @@ def test_same_seed_gives_identical_mock(tiny_run, tmp_path):
                       overlays=[wd / "configs/tiny.yaml"])
     cat = res / "catalogue"
     stages.select_halos(config=cfg, halos=cat / "halos.h5", out=tmp_path / "hosts.h5")
-    stages.make_sightlines(config=cfg, hosts=tmp_path / "hosts.h5", out=tmp_path / "sl.h5")
+    stages.sightlines(config=cfg, hosts=tmp_path / "hosts.h5", out=tmp_path / "sl.h5")
     stages.project(config=cfg, halos=cat / "halos.h5", galaxies=cat / "galaxies.h5",
                    hosts=tmp_path / "hosts.h5", sightlines=tmp_path / "sl.h5",
                    out=tmp_path / "proj.h5", progress=False)
-    stages.apply_flux_limit(config=cfg, projected=tmp_path / "proj.h5",
-                            out=tmp_path / "flux.h5")
+    stages.flux_limit(config=cfg, projected=tmp_path / "proj.h5", out=tmp_path / "flux.h5")
     stages.split(config=cfg, fluxlimited=tmp_path / "flux.h5", out=tmp_path / "clusters.h5")
     for group in ("clusters", "galaxies"):
         a, _ = read_table(res / "mock/clusters.h5", group=group)
@@ -339,8 +338,7 @@ def test_pure_catalogue_keeps_bound_members_only(tiny_run, tmp_path):
     cfg = load_config(wd / "config.yaml", ROOT / "workflow/schemas/config.schema.yaml",
                       overlays=[wd / "configs/tiny.yaml"])
     cfg["mock"]["members"] = "bound"
-    stages.apply_flux_limit(config=cfg, projected=res / "mock/projected.h5",
-                            out=tmp_path / "pure.h5")
+    stages.flux_limit(config=cfg, projected=res / "mock/projected.h5", out=tmp_path / "pure.h5")
     pc, pattrs = read_table(tmp_path / "pure.h5", group="clusters")
     pg, _ = read_table(tmp_path / "pure.h5", group="galaxies")
     cc, _ = read_table(res / "mock/fluxlimited.h5", group="clusters")

@@ -135,7 +135,7 @@ def _run_infer(args) -> int:
     try:
         if args.min_galaxies is not None and args.min_galaxies < 3:
             raise ConfigError("--min-galaxies must be >= 3 (a 3D KDE needs three galaxies)")
-        from .stages import infer
+        from .stages.infer import infer
         infer(run_dir=args.run_dir, clusters=args.clusters, galaxies=args.galaxies,
               phase_space=args.phase_space, out=args.output,
               cluster_columns=_mapping(args.cluster_column, "--cluster-column"),

@@ -6,19 +6,14 @@ SBI posteriors and the classical baselines, each baseline with one offset fitted
 set) and ``flow/metrics.json`` -- so the numbers are the ones those rules measured with the
 same :mod:`cmpipe.metrics` functions on the same eval clusters. The talk's headline ("the
 flow is about 4x better than M-sigma on contaminated mocks") is the ratio
-``msigma_over_flow_scatter``.
+``msigma_over_flow_scatter``. The table is written by :mod:`cmpipe.stages.compare`, the
+figure drawn by :func:`cmpipe.plots_flow.comparison_figure`.
 """
 from __future__ import annotations
 
-import csv
 import math
 
-import numpy as np
-
-from .io.tables import atomic_output
-
-__all__ = ["ESTIMATORS", "ROW_KEYS", "estimator_rows", "comparison_summary",
-           "write_comparison_csv", "comparison_figure"]
+__all__ = ["ESTIMATORS", "ROW_KEYS", "estimator_rows", "comparison_summary"]
 
 #: Estimator key -> (label, source, key prefix in its metrics JSON).
 ESTIMATORS = {
@@ -121,90 +116,3 @@ def comparison_summary(catalogues: dict) -> dict:
                             "residuals (cmpipe.metrics.fit_precision_model)",
             msigma_over_flow_scatter="M-sigma (gapper) scatter / flow scatter; the talk "
                                      "quotes about 4 on contaminated MDPL2 mocks"))
-
-
-def write_comparison_csv(path, summary: dict) -> None:
-    """The rows of :func:`comparison_summary` as CSV (atomically); empty cells for None."""
-    cols = ("catalogue", "run", "estimator", "label") + ROW_KEYS
-    with atomic_output(path) as tmp:
-        with open(tmp, "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(cols)
-            for r in summary["rows"]:
-                w.writerow(["" if r[c] is None else (f"{r[c]:.6g}" if isinstance(r[c], float)
-                                                    else r[c]) for c in cols])
-
-
-def comparison_figure(summary: dict, path) -> None:
-    """Four panels: scatter, mean residual, 68/95% coverage and sigma_N / sigma_0 of every
-    estimator, contaminated and pure catalogues side by side."""
-    from .plots import plt, save
-
-    rows = summary["rows"]
-    cats = list(summary["runs"])
-    ests = list(ESTIMATORS)
-    width = 0.8 / max(len(cats), 1)
-    x = np.arange(len(ests))
-    hatches = {"contaminated": "", "pure": "//"}
-
-    def get(cat, est, key):
-        for r in rows:
-            if r["catalogue"] == cat and r["estimator"] == est:
-                v = r[key]
-                return np.nan if v is None else float(v)
-        return np.nan
-
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
-    (a_sc, a_mu), (a_cov, a_prec) = axes
-    for j, cat in enumerate(cats):
-        off = (j - (len(cats) - 1) / 2) * width
-        kw = dict(width=width, hatch=hatches.get(cat, ""), edgecolor="k", lw=0.5)
-        sc = [get(cat, e, "scatter_dex") for e in ests]
-        a_sc.bar(x + off, sc, color=[f"C{i}" for i in range(len(ests))],
-                 label=f"{cat} ({summary['runs'][cat]})", **kw)
-        for xi, v in zip(x + off, sc):
-            if np.isfinite(v):
-                a_sc.text(xi, v, f"{v:.3f}", ha="center", va="bottom", fontsize=7)
-        a_mu.bar(x + off, [get(cat, e, "mean_residual_dex") for e in ests],
-                 color=[f"C{i}" for i in range(len(ests))], **kw)
-        for k, (lev, marker) in enumerate((("68", "o"), ("95", "s"))):
-            cov = np.array([get(cat, e, f"coverage_{lev}") for e in ests[:2]])
-            n = np.array([get(cat, e, "n") for e in ests[:2]])
-            err = np.array([get(cat, e, f"coverage_{lev}_err_halos") for e in ests[:2]])
-            err = np.where(np.isfinite(err), err, np.sqrt(cov * (1.0 - cov) / n))
-            a_cov.errorbar(np.arange(2) + off, cov, yerr=err, fmt=marker, ms=7,
-                           mfc="none" if j else f"C{k}", color=f"C{k}",
-                           label=f"{lev}% interval, {cat}")
-        sn = [get(cat, e, "sigma_N_dex") for e in ests]
-        s0 = [get(cat, e, "sigma_0_dex") for e in ests]
-        sne = [get(cat, e, "sigma_N_err_dex") for e in ests]
-        s0e = [get(cat, e, "sigma_0_err_dex") for e in ests]
-        a_prec.errorbar(x + off - width / 4, sn, yerr=np.where(np.asarray(sne) < 1, sne, np.nan),
-                        fmt="o", color="C0", mfc="none" if j else "C0",
-                        label=r"$\sigma_N$, " + cat)
-        a_prec.errorbar(x + off + width / 4, s0, yerr=np.where(np.asarray(s0e) < 1, s0e, np.nan),
-                        fmt="s", color="C3", mfc="none" if j else "C3",
-                        label=r"$\sigma_0$, " + cat)
-    labels = [ESTIMATORS[e][0] for e in ests]
-    for a in (a_sc, a_mu, a_prec):
-        a.set_xticks(x, labels, fontsize=8)
-    a_cov.set_xticks(np.arange(2), labels[:2], fontsize=8)
-    a_cov.set_xlim(-0.6, 1.6)
-    a_sc.set_ylabel("residual scatter [dex]")
-    a_sc.legend(fontsize=8)
-    a_mu.axhline(0, color="k", lw=1)
-    a_mu.set_ylabel(r"mean residual $\log_{10}(M_\mathrm{true}/M_\mathrm{pred})$ [dex]")
-    for lev, c in ((0.68, "C0"), (0.95, "C1")):
-        a_cov.axhline(lev, color=c, ls="--", lw=1)
-    a_cov.set_ylabel("coverage of the posterior interval (1$\\sigma$, halo resampling)")
-    a_cov.legend(fontsize=7, loc="center")
-    a_prec.set_ylabel(r"$\sigma_N$, $\sigma_0$ [dex]")
-    a_prec.legend(fontsize=7)
-    a_prec.set_ylim(bottom=0)
-    ratio = summary["ratios"].get("contaminated", {}).get("msigma_over_flow_scatter")
-    title = "Estimators on the eval set"
-    if ratio is not None:
-        title += f": contaminated M-sigma / flow scatter = {ratio:.2f} (talk: ~4)"
-    fig.suptitle(title)
-    fig.tight_layout()
-    save(fig, path)

@@ -72,7 +72,7 @@ def baseline_table(galaxies: dict, cluster_ids, redshift, cosmology, **options) 
                            redshift, cosmology, **options)
 
 
-def _flat_keys(prefix, report):
+def flat_keys(prefix, report):
     o = report["overall"]
     out = {f"{prefix}mean_residual_dex": o["mean"], f"{prefix}scatter_dex": o["std"],
            f"{prefix}half_width_68_dex": o["half_width_68"], f"{prefix}n": o["n"]}
@@ -133,7 +133,7 @@ def evaluate(*, pdf: JointPDF, test_pred: dict, eval_pred: dict, eval_clusters: 
                             n_mem=n_mem[ok], point="point", bins=bins)
     metrics = dict(
         n_eval=int(ok.sum()), n_test_pairs=int(pdf.n_pairs), point_estimate=point,
-        **_flat_keys("", net),
+        **flat_keys("", net),
         coverage_68=net["coverage"]["68"]["fraction"],
         coverage_95=net["coverage"]["95"]["fraction"],
         n_extrapolated=int(np.count_nonzero(summ["extrapolated"])),
@@ -163,7 +163,7 @@ def evaluate(*, pdf: JointPDF, test_pred: dict, eval_pred: dict, eval_clusters: 
         rep["raw"] = evaluation_report(t[okb], {"point": raw_eval[okb]}, point="point",
                                        bins=bins)["overall"]
         reports[name] = rep
-        metrics.update(_flat_keys(f"{name}_", rep))
+        metrics.update(flat_keys(f"{name}_", rep))
         metrics[f"{name}_offset_dex"] = float(offset)
         metrics[f"{name}_raw_mean_residual_dex"] = rep["raw"]["mean"]
         post[f"log10_m_{name}"] = cal

@@ -13,7 +13,7 @@ from .settings import SPLIT_CODES  # noqa: E402
 __all__ = ["save", "mass_function_figure", "split_masses_figure", "phase_space_figure",
            "loss_curve_figure", "joint_pdf_figure", "predictions_figure", "calibration_figure",
            "interloper_figure", "baselines_figure", "survey_mass_function_figure",
-           "survey_pulls_figure"]
+           "survey_pulls_figure", "MASS_LABEL"]
 
 SPLIT_COLOURS = {"train": "C0", "validation": "C2", "test": "C1", "eval": "C3",
                  "unused": "0.6"}
@@ -118,7 +118,8 @@ def phase_space_figure(clusters, galaxies, path, index=None):
 
 # -- evaluation figures (paper Figs. 4-6) -------------------------------------------------
 
-_MLABEL = r"$\log_{10} M_{200c}$  [$h^{-1} M_\odot$]"
+#: Axis label of log10 M200c, shared by the figures of every plotting module.
+MASS_LABEL = r"$\log_{10} M_{200c}$  [$h^{-1} M_\odot$]"
 
 
 def loss_curve_figure(history_csv, path):
@@ -158,7 +159,7 @@ def joint_pdf_figure(pdf, test_pred, path):
     lo, hi = max(d[0], m[0]), min(d[-1], m[-1])
     ax.plot([lo, hi], [lo, hi], "w--", lw=0.8)
     ax.set_xlabel(r"network prediction $\tilde d$  [$\log_{10} h^{-1} M_\odot$]")
-    ax.set_ylabel(r"true " + _MLABEL)
+    ax.set_ylabel(r"true " + MASS_LABEL)
     ax.set_title(rf"Joint PDF $P(\tilde d, M)$, KDE bandwidth {pdf.bandwidth:g}")
     fig.colorbar(im, ax=ax, label=r"density [dex$^{-2}$]")
     ax.legend(loc="upper left", fontsize=8)
@@ -191,7 +192,7 @@ def predictions_figure(post, metrics, path, bin_width=0.1):
     ax.scatter(t, p, s=3, c="k", alpha=0.3, lw=0)
     ax.plot(edges[[0, -1]], edges[[0, -1]], "k--", lw=1, label="truth")
     ax.set_ylabel(r"predicted (posterior " + metrics.get("point_estimate", "map") + ") "
-                  + _MLABEL)
+                  + MASS_LABEL)
     ax.legend(loc="upper left", fontsize=8)
     ax.set_title(f"eval set: n = {metrics['n_eval']}, scatter {metrics['scatter_dex']:.3f} "
                  f"dex, coverage {metrics['coverage_68']:.2f} / {metrics['coverage_95']:.2f}")
@@ -203,7 +204,7 @@ def predictions_figure(post, metrics, path, bin_width=0.1):
     rx.plot(c, mu, "C3-", lw=2, label="mean residual")
     rx.fill_between(c, mu - sd, mu + sd, color="C3", alpha=0.25, lw=0, label=r"$\pm1$ sd")
     rx.set_ylabel(r"$\log_{10}(M_\mathrm{true}/M_\mathrm{pred})$")
-    rx.set_xlabel("true " + _MLABEL)
+    rx.set_xlabel("true " + MASS_LABEL)
     rx.legend(loc="lower left", fontsize=8)
     save(fig, path)
 
@@ -243,7 +244,7 @@ def interloper_figure(post, path):
                     label="interloper cluster (size ~ 1/distance)")
     ax.axhline(0, color="k", lw=1)
     fig.colorbar(sc, ax=ax, label=r"$\log_{10}(M_\mathrm{interloper}/M_\mathrm{cluster})$")
-    ax.set_xlabel("true " + _MLABEL)
+    ax.set_xlabel("true " + MASS_LABEL)
     ax.set_ylabel(r"$\log_{10}(M_\mathrm{true}/M_\mathrm{pred})$")
     ax.set_title("Interloper clusters and mass residuals (eval set)")
     ax.legend(loc="lower left", fontsize=8)
@@ -267,7 +268,7 @@ def baselines_figure(metrics, path):
     ax.set_ylabel("mean residual [dex]")
     sx.set_ylabel("residual scatter [dex]")
     for a in (ax, sx):
-        a.set_xlabel("true " + _MLABEL)
+        a.set_xlabel("true " + MASS_LABEL)
     sx.legend(fontsize=8)
     ax.set_title("Bias (classical: one offset fitted on the test set)")
     sx.set_title("Scatter (eval set)")
@@ -361,7 +362,7 @@ def survey_mass_function_figure(table, result, path, truth=None):
                      f"{b['p_value']:.2f} (median {b['null_median']:.0%})")
     if notes:
         rx.text(0.01, 0.96, "\n".join(notes), transform=rx.transAxes, va="top", fontsize=6.5)
-    rx.set_xlabel(_MLABEL)
+    rx.set_xlabel(MASS_LABEL)
     save(fig, path)
 
 
@@ -391,8 +392,8 @@ def survey_pulls_figure(post, ref, pulls, result, path):
     m_c = result.get("log10_m_complete")
     if m_c is not None:
         ax.axhline(m_c, color="0.5", lw=0.8, ls=":", label="completeness mass")
-    ax.set_xlabel(f"{result['reference']} " + _MLABEL)
-    ax.set_ylabel("posterior median (68% interval) " + _MLABEL)
+    ax.set_xlabel(f"{result['reference']} " + MASS_LABEL)
+    ax.set_ylabel("posterior median (68% interval) " + MASS_LABEL)
     ax.legend(fontsize=8, loc="upper left")
     bins = np.linspace(-5, 5, 41)
     x = np.linspace(-5, 5, 400)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .plots import _MLABEL, plt, save
+from .plots import MASS_LABEL, plt, save
 
 __all__ = ["ablation_figure", "robustness_figure", "saliency_figure"]
 
@@ -50,7 +50,7 @@ def ablation_figure(summary: dict, path) -> None:
     ax.set_ylabel(r"mean residual $\log_{10}(M_\mathrm{true}/M_\mathrm{pred})$ [dex]")
     sx.set_ylabel("residual scatter (sd) [dex]")
     for a in (ax, sx):
-        a.set_xlabel("true " + _MLABEL)
+        a.set_xlabel("true " + MASS_LABEL)
     sx.legend(fontsize=7)
     ax.set_title(f"Bias per mass bin (eval set, n = {summary['n_eval']})")
     po = summary.get("precision_order", {})

@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import re
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from .sections import (AblationSettings, BaselineSettings, CalibrationSettings, CompareSettings,
+                       FlowSection, KDESettings, MDPL2Settings, MockSettings,
+                       RobustnessSettings, SaliencySettings, SightlineSettings, SplitSettings,
+                       SurveySettings, SyntheticSettings, TrainSection, WindowSettings)
 
 __all__ = [
     "ConfigError",
@@ -42,138 +47,60 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
-class WindowSettings:
-    """The observed phase-space window around each cluster.
-
-    Attributes
-    ----------
-    half_width_mpc_h : float
-        |x_proj|, |y_proj| <= this, proper h^-1 Mpc (paper: 1.6).
-    v_max_kms : float
-        |v_los| <= this, km/s (paper: 2200).
-    """
-
-    half_width_mpc_h: float = 1.6
-    v_max_kms: float = 2200.0
-
-
-@dataclass(frozen=True)
-class SightlineSettings:
-    """How many lines of sight each selected halo gets (flattening in log M)."""
-
-    max_per_halo: int = 25
-    target_per_bin: int = 300
-    bin_width_dex: float = 0.1
-
-
-@dataclass(frozen=True)
-class MockSettings:
-    """Flux-limited mock: observer placement, magnitude limit, richness cut.
-
-    ``members`` is ``all`` (the contaminated catalogue: every galaxy in the window) or
-    ``bound`` (the pure catalogue: interlopers, ``is_member == 0``, dropped at the flux
-    limit, before the richness cut, so every later stage sees bound members only).
-    """
-
-    observer_radius_mpc_h: float = 250.0
-    mag_r_limit: float = 18.0
-    min_galaxies: int = 10
-    halo_batch_size: int = 500
-    members: str = "all"
-
-
-@dataclass(frozen=True)
-class SplitSettings:
-    """Train/validation/test/eval split by halo, stratified in log M."""
-
-    train: float = 0.40
-    test: float = 0.47
-    eval: float = 0.13
-    validation_fraction: float = 0.10
-    bin_width_dex: float = 0.1
-
-
-@dataclass(frozen=True)
-class KDESettings:
-    """KDE cubes: grid, bandwidth, truncation and sharding.
-
-    Attributes
-    ----------
-    n_grid : int
-        Voxels per axis (paper 50).
-    h0 : float
-        Bandwidth factor: kernel covariance = h0^2 x data covariance (paper 0.175).
-    truncation : float
-        Mahalanobis radius beyond which a kernel is neglected.
-    shard_size : int
-        Clusters per shard job.
-    batch_size : int
-        Cubes computed and written at once inside a shard (bounds memory).
-    """
-
-    n_grid: int = 50
-    h0: float = 0.175
-    truncation: float = 6.5
-    shard_size: int = 500
-    batch_size: int = 32
-
-
-@dataclass(frozen=True)
 class Settings:
-    """Everything a stage needs, from the validated config."""
+    """Everything a stage needs, from the validated config: typed, frozen sections
+    (:mod:`cmpipe.sections`) whose defaults live in the schema only."""
 
     run: str
     seed: int
     cosmology: str
     source: str
     redshift: float
-    synthetic: dict = field(default_factory=dict)
-    mdpl2: dict = field(default_factory=dict)
-    log10_m200c_min: float = 13.7
-    window: WindowSettings = WindowSettings()
-    sightlines: SightlineSettings = SightlineSettings()
-    mock: MockSettings = MockSettings()
-    splits: SplitSettings = SplitSettings()
-    kde: KDESettings = KDESettings()
-    train: dict = field(default_factory=dict)
-    calibration: dict = field(default_factory=dict)
-    baselines: dict = field(default_factory=dict)
-    survey: dict = field(default_factory=dict)
-    ablation: dict = field(default_factory=dict)
-    robustness: dict = field(default_factory=dict)
-    saliency: dict = field(default_factory=dict)
-    flow: dict = field(default_factory=dict)
-    compare: dict = field(default_factory=dict)
+    synthetic: SyntheticSettings
+    mdpl2: MDPL2Settings
+    log10_m200c_min: float
+    window: WindowSettings
+    sightlines: SightlineSettings
+    mock: MockSettings
+    splits: SplitSettings
+    kde: KDESettings
+    train: TrainSection
+    calibration: CalibrationSettings
+    baselines: BaselineSettings
+    survey: SurveySettings
+    ablation: AblationSettings
+    robustness: RobustnessSettings
+    saliency: SaliencySettings
+    flow: FlowSection
+    compare: CompareSettings
 
     @classmethod
     def from_config(cls, config: dict) -> "Settings":
         """Build settings from a validated config dict (defaults already filled)."""
         sim = config["simulation"]
-        sp = dict(config["splits"])
-        fr = sp.pop("fractions")
         return cls(
             run=config["run"],
             seed=int(config["seed"]),
             cosmology=config["cosmology"]["name"],
             source=sim["source"],
             redshift=float(sim["redshift"]),
-            synthetic=dict(sim.get("synthetic", {})),
-            mdpl2=dict(sim.get("mdpl2", {})),
+            synthetic=SyntheticSettings.from_dict(sim["synthetic"]),
+            mdpl2=MDPL2Settings.from_dict(sim["mdpl2"]),
             log10_m200c_min=float(config["selection"]["log10_m200c_min"]),
-            window=WindowSettings(**config["window"]),
-            sightlines=SightlineSettings(**config["sightlines"]),
-            mock=MockSettings(**config["mock"]),
-            splits=SplitSettings(**fr, **sp),
-            kde=KDESettings(**config["kde"]),
-            train=dict(config.get("train", {})),
-            calibration=dict(config.get("calibration", {})),
-            baselines=dict(config.get("baselines", {})),
-            survey=dict(config.get("survey", {})),
-            ablation=dict(config.get("ablation", {})),
-            robustness=dict(config.get("robustness", {})),
-            saliency=dict(config.get("saliency", {})),
-            flow=dict(config.get("flow", {})),
-            compare=dict(config.get("compare", {})),
+            window=WindowSettings.from_dict(config["window"]),
+            sightlines=SightlineSettings.from_dict(config["sightlines"]),
+            mock=MockSettings.from_dict(config["mock"]),
+            splits=SplitSettings.from_dict(config["splits"]),
+            kde=KDESettings.from_dict(config["kde"]),
+            train=TrainSection.from_dict(config["train"]),
+            calibration=CalibrationSettings.from_dict(config["calibration"]),
+            baselines=BaselineSettings.from_dict(config["baselines"]),
+            survey=SurveySettings.from_dict(config["survey"]),
+            ablation=AblationSettings.from_dict(config["ablation"]),
+            robustness=RobustnessSettings.from_dict(config["robustness"]),
+            saliency=SaliencySettings.from_dict(config["saliency"]),
+            flow=FlowSection.from_dict(config["flow"]),
+            compare=CompareSettings.from_dict(config["compare"]),
         )
 
 

@@ -39,12 +39,13 @@ Pairing
     ``rho <= tan(rho)``, so no window galaxy is missed; the exact cuts follow.
 Angles in radians
     Unitless angle columns are taken to be degrees. A set of positions is rejected as
-    "clearly radians" (:func:`check_sky_positions`) when it holds at least
-    :data:`RADIANS_MIN_POINTS` points, every RA lies in ``[0, 2 pi]`` and every ``|Dec|`` in
-    ``[0, pi/2]``, and the set spans more than :data:`RADIANS_MIN_SPAN` (0.1) in RA or Dec.
-    Read as degrees such a set would crowd into a 6.3 deg x 3.1 deg patch at RA ~ 0,
-    Dec ~ 0 (0.05% of the sky); read as radians it is an ordinary survey region. A real
-    degree catalogue confined to that patch can pass ``angle_unit="deg"`` to skip the test.
+    "clearly radians" (:func:`check_sky_positions`, kept with the readers' checks in
+    :mod:`cmpipe.io.validate`) when it holds at least :data:`RADIANS_MIN_POINTS` points,
+    every RA lies in ``[0, 2 pi]`` and every ``|Dec|`` in ``[0, pi/2]``, and the set spans
+    more than :data:`RADIANS_MIN_SPAN` (0.1) in RA or Dec. Read as degrees such a set would
+    crowd into a 6.3 deg x 3.1 deg patch at RA ~ 0, Dec ~ 0 (0.05% of the sky); read as
+    radians it is an ordinary survey region. A real degree catalogue confined to that patch
+    can pass ``angle_unit="deg"`` to skip the test.
 """
 from __future__ import annotations
 
@@ -55,7 +56,9 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from .cosmology import C_KMS, Cosmology
-from .io.tables import CatalogueError
+# the checks of sky input live with the readers (cmpipe.io.validate); kept importable here
+from .io.validate import (MAX_REDSHIFT, RADIANS_MIN_POINTS, RADIANS_MIN_SPAN, SkyInputError,
+                          check_redshifts, check_sky_positions)
 
 __all__ = [
     "RADIANS_MIN_POINTS",
@@ -75,29 +78,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Fewest positions for which the radians test is applied (one or two points can't tell).
-RADIANS_MIN_POINTS = 3
-#: Smallest RA or Dec span (in the column's own numbers) that makes a set of positions
-#: confined to [0, 2 pi] x [-pi/2, pi/2] "clearly radians".
-RADIANS_MIN_SPAN = 0.1
 #: Relative widening of the KD-tree search radius (rounding only; see module docstring).
 _SEARCH_MARGIN = 1e-6
 #: Clusters per KD-tree query batch (bounds the memory of the candidate pairs).
 _BATCH = 256
-
-
-class SkyInputError(CatalogueError):
-    """Bad sky input: the message names the table (file), the column and the fix.
-
-    A :class:`~cmpipe.io.tables.CatalogueError` (so ``path``/``field`` are set too).
-    """
-
-    def __init__(self, table, column, problem, fix):
-        self.table = str(table)
-        self.column = column
-        self.problem = problem
-        self.fix = fix
-        super().__init__(table, column, problem, fix)
 
 
 @dataclass
@@ -127,113 +111,6 @@ class PhaseSpaceWindows:
     clusters: dict
     skipped: list = field(default_factory=list)
     counts: dict = field(default_factory=dict)
-
-
-# ---------------------------------------------------------------------------- checks
-
-
-def check_sky_positions(ra_deg, dec_deg, *, table: str = "input", ra_column: str = "ra",
-                        dec_column: str = "dec", angle_unit: str = "auto") -> np.ndarray:
-    """Validate sky positions in degrees and return RA wrapped into ``[0, 360)``.
-
-    Parameters
-    ----------
-    ra_deg, dec_deg : array_like
-        Right ascension and declination, degrees.
-    table, ra_column, dec_column : str
-        Names used in error messages (file or table name, column names).
-    angle_unit : {"auto", "deg"}
-        ``"auto"`` applies the radians test (module docstring); ``"deg"`` skips it.
-
-    Returns
-    -------
-    ndarray
-        RA in degrees, wrapped into ``[0, 360)``.
-
-    Raises
-    ------
-    SkyInputError
-        Non-finite values, ``|Dec| > 90``, ``|RA| > 360`` or positions that are clearly in
-        radians.
-    """
-    if angle_unit not in ("auto", "deg"):
-        raise ValueError(f"angle_unit must be 'auto' or 'deg', got {angle_unit!r}")
-    ra = np.asarray(ra_deg, dtype=float)
-    dec = np.asarray(dec_deg, dtype=float)
-    if ra.shape != dec.shape or ra.ndim != 1:
-        raise SkyInputError(table, ra_column, f"RA and Dec must be 1-D arrays of one length "
-                            f"(got shapes {ra.shape} and {dec.shape})",
-                            "pass one RA and one Dec per object")
-    for col, vals in ((ra_column, ra), (dec_column, dec)):
-        bad = ~np.isfinite(vals)
-        if bad.any():
-            raise SkyInputError(table, col, f"{int(bad.sum())} non-finite value(s), first at "
-                                f"row {int(np.flatnonzero(bad)[0])}",
-                                "remove or repair those rows")
-    if dec.size and np.abs(dec).max() > 90.0:
-        i = int(np.argmax(np.abs(dec)))
-        raise SkyInputError(table, dec_column, f"declination {dec[i]:.6g} at row {i} is "
-                            "outside [-90, 90] deg",
-                            "give Dec in degrees (check for swapped RA/Dec columns)")
-    if ra.size and np.abs(ra).max() > 360.0:
-        i = int(np.argmax(np.abs(ra)))
-        raise SkyInputError(table, ra_column, f"right ascension {ra[i]:.6g} at row {i} is "
-                            "outside [-360, 360] deg",
-                            "give RA in degrees (not arcsec or hours x 15 twice)")
-    if angle_unit == "auto" and ra.size >= RADIANS_MIN_POINTS:
-        in_box = (ra.min() >= 0.0 and ra.max() <= 2.0 * np.pi
-                  and np.abs(dec).max() <= 0.5 * np.pi)
-        spread = max(np.ptp(ra), np.ptp(dec)) > RADIANS_MIN_SPAN
-        if in_box and spread:
-            raise SkyInputError(
-                table, f"{ra_column}/{dec_column}",
-                f"all {ra.size} positions lie in RA [0, 2 pi], |Dec| <= pi/2 "
-                f"(RA {ra.min():.4g}..{ra.max():.4g}, Dec {dec.min():.4g}..{dec.max():.4g}): "
-                "these look like radians, not degrees",
-                "convert to degrees (np.degrees), or give the column an astropy unit 'rad'; "
-                "if the field really is a few degrees around RA = Dec = 0, pass "
-                "angle_unit='deg'")
-    return np.mod(ra, 360.0)
-
-
-#: Largest redshift accepted; larger values are taken for c z in km/s (a unit slip).
-MAX_REDSHIFT = 15.0
-
-
-def check_redshifts(z, *, table: str = "input", column: str = "z",
-                    allow_zero: bool = True) -> np.ndarray:
-    """Validate redshifts: finite, not negative (and > 0 unless ``allow_zero``), not above
-    :data:`MAX_REDSHIFT` (c z in km/s given for z).
-
-    Raises
-    ------
-    SkyInputError
-        NaN/inf, negative (or zero) or implausibly large (c z) values; the message names
-        the first bad row.
-    """
-    z = np.asarray(z, dtype=float)
-    bad = ~np.isfinite(z)
-    if bad.any():
-        raise SkyInputError(table, column, f"{int(bad.sum())} non-finite redshift(s), first "
-                            f"at row {int(np.flatnonzero(bad)[0])}",
-                            "drop objects without a redshift before ingestion")
-    high = z > MAX_REDSHIFT
-    if high.any():
-        i = int(np.flatnonzero(high)[0])
-        raise SkyInputError(table, column, f"{int(high.sum())} redshift(s) above "
-                            f"{MAX_REDSHIFT:g}, first z = {z[i]:.6g} at row {i}: this looks "
-                            "like c z in km/s, not a redshift",
-                            "give dimensionless redshifts (divide c z by 299792.458 km/s) or "
-                            "map the column of redshifts")
-    low = (z < 0.0) if allow_zero else (z <= 0.0)
-    if low.any():
-        i = int(np.flatnonzero(low)[0])
-        raise SkyInputError(table, column, f"{int(low.sum())} redshift(s) "
-                            f"{'< 0' if allow_zero else '<= 0'}, first z = {z[i]:.6g} at "
-                            f"row {i}",
-                            "drop stars and blueshifted objects (e.g. keep z > 0.001); "
-                            "redshifts must be heliocentric/CMB z, not velocities")
-    return z
 
 
 # ---------------------------------------------------------------------------- geometry
@@ -343,6 +220,128 @@ def phase_space_to_sky(ra0_deg, dec0_deg, z_cl, x_proj_mpc_h, y_proj_mpc_h, v_lo
 # ---------------------------------------------------------------------------- conversion
 
 
+def _checked_cluster_ids(cluster_id, cluster_table):
+    """Cluster ids as int64, checked to be a 1-D integer array without repeats."""
+    cid = np.asarray(cluster_id)
+    if cid.ndim != 1 or cid.dtype.kind not in "iu":
+        raise SkyInputError(cluster_table, "cluster_id", f"cluster ids must be a 1-D integer "
+                            f"array (got dtype {cid.dtype}, shape {cid.shape})",
+                            "map an integer id column (or number the rows)")
+    cid = cid.astype(np.int64)
+    uniq, cnt = np.unique(cid, return_counts=True)
+    if (cnt > 1).any():
+        dup = uniq[cnt > 1]
+        raise SkyInputError(cluster_table, "cluster_id", f"{dup.size} duplicated id(s), e.g. "
+                            f"{', '.join(str(int(d)) for d in dup[:5])}",
+                            "give every cluster a unique id (drop repeated rows)")
+    return cid
+
+
+def _checked_sky(cid, cluster_ra_deg, cluster_dec_deg, cluster_z, galaxy_ra_deg,
+                 galaxy_dec_deg, galaxy_z, galaxy_cluster_id, *, angle_unit, cluster_table,
+                 galaxy_table):
+    """Checked sky input of :func:`sky_to_phase_space`.
+
+    Returns
+    -------
+    clusters : tuple of ndarray
+        RA in ``[0, 360)`` (degrees), Dec (degrees), z.
+    galaxies : tuple
+        RA in ``[0, 360)`` (degrees), Dec (degrees), z, and the int64 cluster id of each
+        galaxy (``None`` if not given).
+    """
+    c_ra = check_sky_positions(cluster_ra_deg, cluster_dec_deg, table=cluster_table,
+                               ra_column="ra_deg", dec_column="dec_deg",
+                               angle_unit=angle_unit)
+    c_dec = np.asarray(cluster_dec_deg, dtype=float)
+    c_z = check_redshifts(cluster_z, table=cluster_table, allow_zero=False)
+    g_ra = check_sky_positions(galaxy_ra_deg, galaxy_dec_deg, table=galaxy_table,
+                               ra_column="ra_deg", dec_column="dec_deg",
+                               angle_unit=angle_unit)
+    g_dec = np.asarray(galaxy_dec_deg, dtype=float)
+    g_z = check_redshifts(galaxy_z, table=galaxy_table, allow_zero=True)
+    if not (len(c_ra) == len(cid) == len(c_z)):
+        raise SkyInputError(cluster_table, "cluster_id", "id, RA, Dec and z differ in length",
+                            "pass one value of each per cluster")
+    if len(g_z) != len(g_ra):
+        raise SkyInputError(galaxy_table, "z", "RA, Dec and z differ in length",
+                            "pass one value of each per galaxy")
+    g_lab = None
+    if galaxy_cluster_id is not None:
+        g_lab = np.asarray(galaxy_cluster_id).astype(np.int64)
+        if g_lab.shape != g_z.shape:
+            raise SkyInputError(galaxy_table, "cluster_id", "length differs from RA/Dec/z",
+                                "pass one cluster id per galaxy (or none)")
+    return (c_ra, c_dec, c_z), (g_ra, g_dec, g_z, g_lab)
+
+
+def _window_pairs(cid, clusters, galaxies, d_a, W, V):
+    """Every (cluster, galaxy) pair inside a window, found through a KD-tree on the sphere.
+
+    Parameters
+    ----------
+    cid : ndarray of int64
+        Cluster ids.
+    clusters, galaxies : tuple
+        As returned by :func:`_checked_sky`.
+    d_a : ndarray
+        Angular-diameter distance of each cluster, proper h^-1 Mpc.
+    W, V : float
+        Window half-width (proper h^-1 Mpc) and half-depth (km/s).
+
+    Returns
+    -------
+    ci, gi : ndarray of int64
+        Cluster and galaxy rows of each pair.
+    x, y : ndarray
+        Proper offsets east / north, h^-1 Mpc.
+    v : ndarray
+        Line-of-sight velocity relative to the cluster, km/s.
+    n_cand : int
+        KD-tree candidate pairs before the exact cuts.
+    """
+    c_ra, c_dec, c_z = clusters
+    g_ra, g_dec, g_z, g_lab = galaxies
+    k = cid.size
+    rho_max = np.sqrt(2.0) * W / d_a * (1.0 + _SEARCH_MARGIN)
+    chord = 2.0 * np.sin(0.5 * np.minimum(rho_max, np.pi))
+
+    g_unit = radec_to_unit(g_ra, g_dec)
+    c_unit = radec_to_unit(c_ra, c_dec)
+    tree = cKDTree(g_unit) if len(g_ra) else None
+
+    parts = []
+    n_cand = 0
+    for b0 in range(0, k, _BATCH):
+        sl = slice(b0, min(b0 + _BATCH, k))
+        if tree is None:
+            break
+        found = tree.query_ball_point(c_unit[sl], chord[sl], return_sorted=True)
+        lens = np.fromiter((len(f) for f in found), dtype=np.int64, count=len(found))
+        if lens.sum() == 0:
+            continue
+        ci = np.repeat(np.arange(sl.start, sl.stop), lens)
+        gi = np.concatenate([np.asarray(f, dtype=np.int64) for f in found])
+        n_cand += gi.size
+        if g_lab is not None:
+            keep = g_lab[gi] == cid[ci]
+            ci, gi = ci[keep], gi[keep]
+        v = relative_velocity_kms(g_z[gi], c_z[ci])
+        ok = np.abs(v) <= V
+        ci, gi, v = ci[ok], gi[ok], v[ok]
+        xi, eta, _ = gnomonic_offsets(c_ra[ci], c_dec[ci], g_ra[gi], g_dec[gi])
+        x = d_a[ci] * xi
+        y = d_a[ci] * eta
+        ins = (np.abs(x) <= W) & (np.abs(y) <= W)      # NaN (no image) compares False
+        parts.append((ci[ins], gi[ins], x[ins], y[ins], v[ins]))
+    if parts:
+        ci, gi, x, y, v = (np.concatenate(p) for p in zip(*parts))
+    else:
+        ci = gi = np.zeros(0, dtype=np.int64)
+        x = y = v = np.zeros(0)
+    return ci, gi, x, y, v, n_cand
+
+
 def sky_to_phase_space(cluster_id, cluster_ra_deg, cluster_dec_deg, cluster_z,
                        galaxy_ra_deg, galaxy_dec_deg, galaxy_z, cosmology: Cosmology, *,
                        half_width_mpc_h: float = 1.6, v_max_kms: float = 2200.0,
@@ -388,83 +387,20 @@ def sky_to_phase_space(cluster_id, cluster_ra_deg, cluster_dec_deg, cluster_z,
         Duplicated cluster ids, positions not in degrees, Dec outside [-90, 90], redshifts
         NaN or negative (clusters: not positive).
     """
-    cid = np.asarray(cluster_id)
-    if cid.ndim != 1 or cid.dtype.kind not in "iu":
-        raise SkyInputError(cluster_table, "cluster_id", f"cluster ids must be a 1-D integer "
-                            f"array (got dtype {cid.dtype}, shape {cid.shape})",
-                            "map an integer id column (or number the rows)")
-    cid = cid.astype(np.int64)
-    uniq, cnt = np.unique(cid, return_counts=True)
-    if (cnt > 1).any():
-        dup = uniq[cnt > 1]
-        raise SkyInputError(cluster_table, "cluster_id", f"{dup.size} duplicated id(s), e.g. "
-                            f"{', '.join(str(int(d)) for d in dup[:5])}",
-                            "give every cluster a unique id (drop repeated rows)")
+    cid = _checked_cluster_ids(cluster_id, cluster_table)
     if not half_width_mpc_h > 0 or not v_max_kms > 0:
         raise ValueError("sky_to_phase_space: half_width_mpc_h and v_max_kms must be > 0")
-    c_ra = check_sky_positions(cluster_ra_deg, cluster_dec_deg, table=cluster_table,
-                               ra_column="ra_deg", dec_column="dec_deg",
-                               angle_unit=angle_unit)
-    c_dec = np.asarray(cluster_dec_deg, dtype=float)
-    c_z = check_redshifts(cluster_z, table=cluster_table, allow_zero=False)
-    g_ra = check_sky_positions(galaxy_ra_deg, galaxy_dec_deg, table=galaxy_table,
-                               ra_column="ra_deg", dec_column="dec_deg",
-                               angle_unit=angle_unit)
-    g_dec = np.asarray(galaxy_dec_deg, dtype=float)
-    g_z = check_redshifts(galaxy_z, table=galaxy_table, allow_zero=True)
-    if not (len(c_ra) == len(cid) == len(c_z)):
-        raise SkyInputError(cluster_table, "cluster_id", "id, RA, Dec and z differ in length",
-                            "pass one value of each per cluster")
-    if len(g_z) != len(g_ra):
-        raise SkyInputError(galaxy_table, "z", "RA, Dec and z differ in length",
-                            "pass one value of each per galaxy")
-    g_lab = None
-    if galaxy_cluster_id is not None:
-        g_lab = np.asarray(galaxy_cluster_id).astype(np.int64)
-        if g_lab.shape != g_z.shape:
-            raise SkyInputError(galaxy_table, "cluster_id", "length differs from RA/Dec/z",
-                                "pass one cluster id per galaxy (or none)")
+    cl_in, gal_in = _checked_sky(cid, cluster_ra_deg, cluster_dec_deg, cluster_z,
+                                 galaxy_ra_deg, galaxy_dec_deg, galaxy_z, galaxy_cluster_id,
+                                 angle_unit=angle_unit, cluster_table=cluster_table,
+                                 galaxy_table=galaxy_table)
+    c_ra, c_dec, c_z = cl_in
+    g_z = gal_in[2]
 
     W, V = float(half_width_mpc_h), float(v_max_kms)
     k = cid.size
     d_a = np.asarray(cosmology.angular_diameter_distance_mpc_h(c_z), dtype=float).reshape(k)
-    rho_max = np.sqrt(2.0) * W / d_a * (1.0 + _SEARCH_MARGIN)
-    chord = 2.0 * np.sin(0.5 * np.minimum(rho_max, np.pi))
-
-    g_unit = radec_to_unit(g_ra, g_dec)
-    c_unit = radec_to_unit(c_ra, c_dec)
-    tree = cKDTree(g_unit) if len(g_ra) else None
-
-    parts = []
-    n_cand = 0
-    for b0 in range(0, k, _BATCH):
-        sl = slice(b0, min(b0 + _BATCH, k))
-        if tree is None:
-            break
-        found = tree.query_ball_point(c_unit[sl], chord[sl], return_sorted=True)
-        lens = np.fromiter((len(f) for f in found), dtype=np.int64, count=len(found))
-        if lens.sum() == 0:
-            continue
-        ci = np.repeat(np.arange(sl.start, sl.stop), lens)
-        gi = np.concatenate([np.asarray(f, dtype=np.int64) for f in found])
-        n_cand += gi.size
-        if g_lab is not None:
-            keep = g_lab[gi] == cid[ci]
-            ci, gi = ci[keep], gi[keep]
-        v = relative_velocity_kms(g_z[gi], c_z[ci])
-        ok = np.abs(v) <= V
-        ci, gi, v = ci[ok], gi[ok], v[ok]
-        xi, eta, _ = gnomonic_offsets(c_ra[ci], c_dec[ci], g_ra[gi], g_dec[gi])
-        x = d_a[ci] * xi
-        y = d_a[ci] * eta
-        ins = (np.abs(x) <= W) & (np.abs(y) <= W)      # NaN (no image) compares False
-        parts.append((ci[ins], gi[ins], x[ins], y[ins], v[ins]))
-
-    if parts:
-        ci, gi, x, y, v = (np.concatenate(p) for p in zip(*parts))
-    else:
-        ci = gi = np.zeros(0, dtype=np.int64)
-        x = y = v = np.zeros(0)
+    ci, gi, x, y, v, n_cand = _window_pairs(cid, cl_in, gal_in, d_a, W, V)
     n_gal = np.bincount(ci, minlength=k).astype(np.int64)
     kept = n_gal >= int(min_galaxies)
     skipped = [int(c) for c in cid[~kept]]

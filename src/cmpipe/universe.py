@@ -46,6 +46,7 @@ __all__ = [
     "CONCENTRATION_SCATTER_DEX",
     "BIAS_BIN_DLNB",
     "tinker08_dndlnm",
+    "tinker08_dndlog10m",
     "halo_bias",
     "growth_rate",
     "mag_r_to_log10_luminosity",
@@ -168,6 +169,27 @@ def tinker08_dndlnm(log10_m, z, cosmology: Cosmology):
     return mass_function.massFunction(m, z, mdef="200c", model="tinker08", q_out="dndlnM")
 
 
+def tinker08_dndlog10m(log10_m, z, cosmology: Cosmology) -> np.ndarray:
+    """Tinker et al. (2008) mass function per dex for M200c: the box's halo masses and,
+    re-exported by :mod:`cmpipe.massfunction.theory`, the survey's theory curve.
+
+    Parameters
+    ----------
+    log10_m : array_like
+        log10(M200c / h^-1 Msun).
+    z : float
+        Redshift.
+    cosmology : Cosmology
+
+    Returns
+    -------
+    ndarray
+        dn/dlog10 M, comoving h^3 Mpc^-3 dex^-1 (colossus ``dndlnM`` times ln 10).
+    """
+    dndlnm = tinker08_dndlnm(log10_m, float(z), cosmology)
+    return np.asarray(dndlnm, dtype=float) * np.log(10.0)
+
+
 def halo_bias(log10_m, z, cosmology: Cosmology):
     """Tinker et al. (2010) linear halo bias for M200c (colossus), dimensionless."""
     from colossus.lss import bias
@@ -235,7 +257,7 @@ def sample_halo_masses(settings: UniverseSettings, cosmology: Cosmology,
     lo, hi = settings.log10_m_min, settings.log10_m_max
     npts = int(np.ceil((hi - lo) / _MASS_GRID_DEX)) + 1
     lgm = np.linspace(lo, hi, npts)
-    dn_dlgm = tinker08_dndlnm(lgm, settings.redshift, cosmology) * np.log(10.0)
+    dn_dlgm = tinker08_dndlog10m(lgm, settings.redshift, cosmology)
     # n(>M) integrated from the top, so the rare high-mass tail keeps full precision.
     seg = 0.5 * (dn_dlgm[1:] + dn_dlgm[:-1]) * np.diff(lgm)
     n_above = np.concatenate([np.cumsum(seg[::-1])[::-1], [0.0]])

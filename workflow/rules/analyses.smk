@@ -147,7 +147,7 @@ rule perturbed_eval:
     conda:
         "../../envs/train.yaml"
     script:
-        "../scripts/robustness.py"
+        "../scripts/perturbed_eval.py"
 
 
 rule robustness_plots:
@@ -192,7 +192,7 @@ rule saliency_maps:
     conda:
         "../../envs/train.yaml"
     script:
-        "../scripts/saliency.py"
+        "../scripts/saliency_maps.py"
 
 
 rule saliency_plots:

@@ -42,7 +42,7 @@ rule resolved_config:
     conda:
         "../../envs/survey.yaml"
     script:
-        "../scripts/survey_resolved_config.py"
+        "../scripts/resolved_config.py"
 
 
 rule survey_catalogue:
@@ -177,4 +177,4 @@ rule mass_function:
     conda:
         "../../envs/survey.yaml"
     script:
-        "../scripts/survey_mass_function.py"
+        "../scripts/mass_function.py"

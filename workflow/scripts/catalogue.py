@@ -1,5 +1,5 @@
 """Rule catalogue: halos.h5 and galaxies.h5 from the configured source."""
-from cmpipe.stages import build_catalogue, run_rule
+from cmpipe.stages import catalogue, run_rule
 
-run_rule(build_catalogue, snakemake.log[0], config=snakemake.config,
+run_rule(catalogue, snakemake.log[0], config=snakemake.config,
          halos_out=snakemake.output.halos, galaxies_out=snakemake.output.galaxies)

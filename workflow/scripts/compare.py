@@ -1,8 +1,8 @@
 """Rule compare: CNN3D + SBI, neural flow, M-sigma and virial on contaminated/pure eval sets."""
-from cmpipe.stages import compare_estimators, run_rule
+from cmpipe.stages import compare, run_rule
 
 inp = snakemake.input
-run_rule(compare_estimators, snakemake.log[0], config=snakemake.config, metrics=inp.metrics,
+run_rule(compare, snakemake.log[0], config=snakemake.config, metrics=inp.metrics,
          flow_metrics=inp.flow_metrics, pure_metrics=inp.get("pure_metrics"),
          pure_flow_metrics=inp.get("pure_flow_metrics"), pure_config=inp.get("pure_config"),
          summary_out=snakemake.output.summary, csv_out=snakemake.output.csv,

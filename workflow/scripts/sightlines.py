@@ -1,5 +1,5 @@
 """Rule sightlines: lines of sight per host halo."""
-from cmpipe.stages import make_sightlines, run_rule
+from cmpipe.stages import run_rule, sightlines
 
-run_rule(make_sightlines, snakemake.log[0], config=snakemake.config,
+run_rule(sightlines, snakemake.log[0], config=snakemake.config,
          hosts=snakemake.input.hosts, out=snakemake.output.sightlines)

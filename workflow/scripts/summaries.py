@@ -1,6 +1,6 @@
 """Rule summaries: network predictions d~ for one split."""
-from cmpipe.stages import predict_split, run_rule
+from cmpipe.stages import run_rule, summaries
 
-run_rule(predict_split, snakemake.log[0], config=snakemake.config, model=snakemake.input.model,
+run_rule(summaries, snakemake.log[0], config=snakemake.config, model=snakemake.input.model,
          cubes=snakemake.input.cubes, out=snakemake.output.predictions,
          split_name=snakemake.wildcards.split)

@@ -3,7 +3,7 @@
 Config ``survey.source: catalogue`` reads real data (the GalWeight cluster catalogue of
 Abdullah et al. 2020, ApJS 246, 2, and SDSS main-sample galaxies); ``survey.source:
 synthetic`` writes tables of the same schema from the synthetic box
-(:mod:`cmpipe.survey`), so the same ingestion code runs on both.
+(:mod:`cmpipe.survey.synthetic`), so the same ingestion code runs on both.
 
 Files
 -----
@@ -43,8 +43,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..sky import check_redshifts, check_sky_positions
 from .tables import CatalogueError, Schema, atomic_output
+from .validate import check_redshifts, check_sky_positions
 
 __all__ = [
     "SURVEY_CLUSTER_SCHEMA",
@@ -59,6 +59,8 @@ __all__ = [
     "write_survey_galaxies",
     "write_survey_truth",
     "read_survey_truth",
+    "PHASE_SPACE_INPUT_COLUMNS",
+    "read_phase_space_galaxies",
 ]
 
 log = logging.getLogger(__name__)
@@ -116,6 +118,15 @@ GALAXY_COLUMNS = {
     "mag_r": ("mag_r", "petroMag_r", "modelMag_r", "rmag", "r"),
 }
 
+#: Candidate column names of a phase-space galaxy table (``cmpipe infer --phase-space``).
+PHASE_SPACE_INPUT_COLUMNS = {
+    "cluster_id": ("cluster_id",),
+    "x_proj_mpc_h": ("x_proj", "x_proj_mpc_h"),
+    "y_proj_mpc_h": ("y_proj", "y_proj_mpc_h"),
+    "v_los_kms": ("v_los", "v_los_kms"),
+    "galaxy_id": ("galaxy_id",),
+}
+
 _REQUIRED = ("ra_deg", "dec_deg", "z")
 
 _FORMATS = {".fits": "fits", ".fit": "fits", ".fits.gz": "fits", ".fit.gz": "fits",
@@ -138,7 +149,7 @@ def table_format(path) -> str:
                          "use .fits, .fit, .fits.gz, .csv or .ecsv")
 
 
-def _read(path):
+def read_any_table(path):
     from astropy.table import Table
 
     path = Path(path)
@@ -165,7 +176,7 @@ def strip_bom(table):
     return table
 
 
-def _resolve(table, path, key, candidates, required, defaults_name):
+def resolve_column(table, path, key, candidates, required, defaults_name):
     names = list(table.colnames)
     cands = [candidates] if isinstance(candidates, str) else list(candidates)
     for c in cands:
@@ -184,7 +195,7 @@ def _resolve(table, path, key, candidates, required, defaults_name):
     return None
 
 
-def _float_column(table, name, path=None):
+def float_column(table, name, path=None):
     """Column as float64 with masked entries as NaN."""
     col = table[name]
     try:
@@ -200,7 +211,7 @@ def _angle_deg(table, name, path, key):
 
     col = table[name]
     unit = getattr(col, "unit", None)
-    vals = _float_column(table, name, path)
+    vals = float_column(table, name, path)
     if unit is None or unit == u.dimensionless_unscaled:
         return vals, False
     try:
@@ -210,7 +221,7 @@ def _angle_deg(table, name, path, key):
                              f"map '{key}' to an angle column (deg or rad)") from err
 
 
-def _int_column(table, name, path, key):
+def int_column(table, name, path, key):
     col = table[name]
     arr = np.asarray(col)
     if hasattr(col, "mask") and np.any(np.ma.getmaskarray(col)):
@@ -240,7 +251,7 @@ def _mapped(table, path, columns, defaults, defaults_name):
             raise CatalogueError(path, unknown[0], "unknown cmpipe column in the mapping",
                                  f"use one of {', '.join(defaults)}")
         mapping.update(columns)
-    return {k: _resolve(table, path, k, v, k in _REQUIRED, defaults_name)
+    return {k: resolve_column(table, path, k, v, k in _REQUIRED, defaults_name)
             for k, v in mapping.items()}
 
 
@@ -255,7 +266,7 @@ def _positions(table, path, found, angle_unit):
 
 
 def _redshift(table, path, found, allow_zero):
-    z = _float_column(table, found["z"], path)
+    z = float_column(table, found["z"], path)
     return check_redshifts(z, table=str(path), column=found["z"], allow_zero=allow_zero)
 
 
@@ -285,7 +296,7 @@ def read_survey_clusters(path, columns: Mapping[str, str | Sequence[str]] | None
         Unreadable file, missing RA/Dec/z column (naming the mapping key to set), angles in
         radians, Dec outside [-90, 90], z NaN or <= 0, duplicated ids, masses not in log10.
     """
-    t = _read(path)
+    t = read_any_table(path)
     found = _mapped(t, path, columns, CLUSTER_COLUMNS, "cluster_columns")
     n = len(t)
     if found["cluster_id"] is None:
@@ -293,7 +304,7 @@ def read_survey_clusters(path, columns: Mapping[str, str | Sequence[str]] | None
                     path, ", ".join(CLUSTER_COLUMNS["cluster_id"]), n - 1)
         cid = np.arange(n, dtype=np.int64)
     else:
-        cid = _int_column(t, found["cluster_id"], path, "cluster_id")
+        cid = int_column(t, found["cluster_id"], path, "cluster_id")
         uniq, cnt = np.unique(cid, return_counts=True)
         if (cnt > 1).any():
             dup = uniq[cnt > 1]
@@ -304,7 +315,7 @@ def read_survey_clusters(path, columns: Mapping[str, str | Sequence[str]] | None
     z = _redshift(t, path, found, allow_zero=False)
     out = dict(cluster_id=cid, ra_deg=ra, dec_deg=dec, z=z)
     for key in ("log10_m_cat", "log10_m_cat_err"):
-        out[key] = (_float_column(t, found[key], path) if found[key] is not None
+        out[key] = (float_column(t, found[key], path) if found[key] is not None
                     else np.full(n, np.nan))
     m = out["log10_m_cat"]
     fin = m[np.isfinite(m)]
@@ -314,7 +325,7 @@ def read_survey_clusters(path, columns: Mapping[str, str | Sequence[str]] | None
                              "map 'log10_m_cat' to a log10 mass column (convert linear masses "
                              "or units of 1e14 Msun with log10, and Msun to h^-1 Msun)")
     if found["n_mem"] is not None:
-        nm = _float_column(t, found["n_mem"], path)
+        nm = float_column(t, found["n_mem"], path)
         out["n_mem"] = np.where(np.isfinite(nm), nm, -1).astype(np.int64)
     else:
         out["n_mem"] = np.full(n, -1, dtype=np.int64)
@@ -348,20 +359,20 @@ def read_survey_galaxies(path, columns: Mapping[str, str | Sequence[str]] | None
         Unreadable file, missing RA/Dec/z column (naming the mapping key to set), angles in
         radians, Dec outside [-90, 90], z NaN or negative.
     """
-    t = _read(path)
+    t = read_any_table(path)
     found = _mapped(t, path, columns, GALAXY_COLUMNS, "galaxy_columns")
     n = len(t)
     ra, dec = _positions(t, path, found, angle_unit)
     z = _redshift(t, path, found, allow_zero=True)
     out = dict(ra_deg=ra, dec_deg=dec, z=z)
-    out["galaxy_id"] = (_int_column(t, found["galaxy_id"], path, "galaxy_id")
+    out["galaxy_id"] = (int_column(t, found["galaxy_id"], path, "galaxy_id")
                         if found["galaxy_id"] is not None else np.arange(n, dtype=np.int64))
     if found["cluster_id"] is not None:
-        lab = _float_column(t, found["cluster_id"], path)
+        lab = float_column(t, found["cluster_id"], path)
         out["cluster_id"] = np.where(np.isfinite(lab), lab, -1).astype(np.int64)
     else:
         out["cluster_id"] = np.full(n, -1, dtype=np.int64)
-    out["mag_r"] = (_float_column(t, found["mag_r"], path) if found["mag_r"] is not None
+    out["mag_r"] = (float_column(t, found["mag_r"], path) if found["mag_r"] is not None
                     else np.full(n, np.nan))
     log.info("%s: %d galaxies (columns %s)", path, n,
              {k: v for k, v in found.items() if v is not None})
@@ -369,7 +380,93 @@ def read_survey_galaxies(path, columns: Mapping[str, str | Sequence[str]] | None
             for k in SURVEY_GALAXY_SCHEMA}
 
 
-def _write(path, columns, schema: Schema, meta: Mapping | None):
+def _phase_space_values(t, path, found) -> dict:
+    """The offsets and velocities of a phase-space table: units checked, all finite."""
+    cols = {}
+    for k, ok_unit in (("x_proj_mpc_h", "Mpc"), ("y_proj_mpc_h", "Mpc"),
+                       ("v_los_kms", "km / s")):
+        col = t[found[k]]
+        unit = getattr(col, "unit", None)
+        if unit is not None and str(unit) not in ("", ok_unit):
+            raise CatalogueError(path, found[k], f"unit '{unit}' given",
+                                 "give x_proj, y_proj in h^-1 Mpc (proper) and v_los in "
+                                 "km/s, without units or with Mpc and km / s")
+        vals = float_column(t, found[k], path)
+        bad = ~np.isfinite(vals)
+        if bad.any():
+            raise CatalogueError(path, found[k], f"{int(bad.sum())} non-finite value(s), "
+                                 f"first at row {int(np.flatnonzero(bad)[0])}",
+                                 "remove or repair those rows")
+        cols[k] = vals
+    return cols
+
+
+def read_phase_space_galaxies(path, cluster_ids, *, half_width_mpc_h: float,
+                              v_max_kms: float) -> dict:
+    """Read galaxies given directly in phase space (``cmpipe infer --phase-space``).
+
+    Parameters
+    ----------
+    path : path-like
+        FITS, CSV or ECSV table; columns (names in :data:`PHASE_SPACE_INPUT_COLUMNS`):
+        cluster_id, x_proj and y_proj (proper h^-1 Mpc, east / north), v_los (km/s,
+        cluster frame), optional galaxy_id.
+    cluster_ids : ndarray of int64
+        The clusters of the cluster table; every row must name one of them.
+    half_width_mpc_h, v_max_kms : float
+        The window [proper h^-1 Mpc, km/s]: offsets or velocities far beyond it (20 times)
+        are taken for wrong units.
+
+    Returns
+    -------
+    dict of ndarray
+        Every row: ``cluster_id``, ``galaxy_id`` (-1 without ids), ``x_proj_mpc_h``,
+        ``y_proj_mpc_h`` [proper h^-1 Mpc], ``v_los_kms`` [km/s].
+
+    Raises
+    ------
+    CatalogueError
+        A required column missing, a unit other than Mpc or km / s, a non-finite value,
+        offsets in kpc or velocities in m/s, a cluster id not in ``cluster_ids``.
+    """
+    t = read_any_table(path)
+    found = {k: resolve_column(t, path, k, c, False, "") for k, c in
+             PHASE_SPACE_INPUT_COLUMNS.items()}
+    for k, c in PHASE_SPACE_INPUT_COLUMNS.items():
+        if found[k] is None and k != "galaxy_id":
+            raise CatalogueError(path, c[0], f"required column not found (looked for "
+                                 f"{', '.join(c)}; the file has {', '.join(t.colnames)})",
+                                 "give cluster_id, x_proj, y_proj [h^-1 Mpc, proper] and "
+                                 "v_los [km/s] columns")
+    n = len(t)
+    cid = int_column(t, found["cluster_id"], path, "cluster_id")
+    cols = _phase_space_values(t, path, found)
+    W, V = half_width_mpc_h, v_max_kms
+    big = max(np.abs(cols["x_proj_mpc_h"]).max(initial=0.0),
+              np.abs(cols["y_proj_mpc_h"]).max(initial=0.0))
+    if big > 20.0 * W:
+        raise CatalogueError(path, f"{found['x_proj_mpc_h']}/{found['y_proj_mpc_h']}",
+                             f"offsets up to {big:.4g}: far beyond the {W:g} h^-1 Mpc window "
+                             "(kpc?)", "give x_proj and y_proj in h^-1 Mpc (proper)")
+    vabs = np.abs(cols["v_los_kms"])
+    if vabs.size and np.median(vabs) > 20.0 * V:
+        raise CatalogueError(path, found["v_los_kms"], f"median |v_los| {np.median(vabs):.4g}: "
+                             f"far beyond the {V:g} km/s window ({int((vabs > V).sum())} of "
+                             f"{vabs.size} galaxies outside it; m/s?)",
+                             "give v_los in km/s (divide m/s by 1000), as c (z - z_cl) / "
+                             "(1 + z_cl) in the cluster frame")
+    known = np.isin(cid, cluster_ids)
+    if not known.all():
+        bad = np.unique(cid[~known])
+        raise CatalogueError(path, found["cluster_id"], f"{bad.size} cluster id(s) not in "
+                             f"the cluster table, e.g. {', '.join(str(int(b)) for b in bad[:5])}",
+                             "list every cluster in --clusters (id, RA, Dec, z)")
+    gid = (int_column(t, found["galaxy_id"], path, "galaxy_id")
+           if found["galaxy_id"] is not None else np.full(n, -1, dtype=np.int64))
+    return dict(cluster_id=cid, galaxy_id=gid, **cols)
+
+
+def write_any_table(path, columns, schema: Schema, meta: Mapping | None):
     import astropy.units as u
     from astropy.table import Column, Table
 
@@ -392,20 +489,20 @@ def write_survey_clusters(path, clusters: Mapping[str, np.ndarray], *,
                           meta: Mapping | None = None) -> None:
     """Write a cluster table in :data:`SURVEY_CLUSTER_SCHEMA` (ECSV, CSV or FITS by
     extension) atomically; ``meta`` goes to the table header (ECSV/FITS)."""
-    _write(path, clusters, SURVEY_CLUSTER_SCHEMA, meta)
+    write_any_table(path, clusters, SURVEY_CLUSTER_SCHEMA, meta)
 
 
 def write_survey_galaxies(path, galaxies: Mapping[str, np.ndarray], *,
                           meta: Mapping | None = None) -> None:
     """Write a galaxy table in :data:`SURVEY_GALAXY_SCHEMA` (ECSV, CSV or FITS by
     extension) atomically."""
-    _write(path, galaxies, SURVEY_GALAXY_SCHEMA, meta)
+    write_any_table(path, galaxies, SURVEY_GALAXY_SCHEMA, meta)
 
 
 def write_survey_truth(path, truth: Mapping[str, np.ndarray], *,
                        meta: Mapping | None = None) -> None:
     """Write the synthetic survey's truth table (:data:`SURVEY_TRUTH_SCHEMA`) atomically."""
-    _write(path, truth, SURVEY_TRUTH_SCHEMA, meta)
+    write_any_table(path, truth, SURVEY_TRUTH_SCHEMA, meta)
 
 
 def read_survey_truth(path) -> dict:
@@ -416,7 +513,7 @@ def read_survey_truth(path) -> dict:
     CatalogueError
         Unreadable file or a missing column.
     """
-    t = _read(path)
+    t = read_any_table(path)
     missing = [k for k in SURVEY_TRUTH_SCHEMA if k not in t.colnames]
     if missing:
         raise CatalogueError(path, missing[0], "truth column missing",

@@ -7,9 +7,9 @@ Products under ``results/{run}/`` (``docs/data-products.md``, "Analyses"):
 - ``ablation_evaluate`` -> ``ablation/{dim}/summaries/{test,eval}.h5``,
   ``ablation/{dim}/joint_pdf.h5``, ``ablation/{dim}/metrics.json``
 - ``ablation_summary``  -> ``ablation/summary.json``; ``ablation_plots`` -> ``ablation/scatter.png``
-- ``robustness``        -> ``robustness/summary.json``, ``robustness/predictions.h5``;
+- ``perturbed_eval``    -> ``robustness/summary.json``, ``robustness/predictions.h5``;
   ``robustness_plots``  -> ``robustness/robustness.png``
-- ``saliency``          -> ``saliency/saliency.h5``, ``saliency/summary.json``;
+- ``saliency_maps``     -> ``saliency/saliency.h5``, ``saliency/summary.json``;
   ``saliency_plots``    -> ``saliency/mean.png``, ``saliency/abs.png``
 """
 from __future__ import annotations
@@ -23,9 +23,9 @@ from .. import io
 from ..io.mock import galaxy_offsets
 from ..io.tables import CatalogueError, atomic_output, read_table, write_table
 from ..settings import SPLIT_CODES, stage_rng, stage_seed
-from ._common import _jsonable, _settings, log
-from .cubes import _split_galaxies
-from .train import PREDICTION_SCHEMA, _train_settings
+from .common import jsonable, settings_of, log
+from .cubes import split_galaxies
+from .train import PREDICTION_SCHEMA, train_settings
 
 #: Classical estimators carried into the ablation table from ``evaluation/metrics.json``.
 _BASELINE_LABELS = {"msigma_gapper": "M-sigma (gapper)",
@@ -35,7 +35,7 @@ _BASELINE_LABELS = {"msigma_gapper": "M-sigma (gapper)",
 # -- helpers ------------------------------------------------------------------------------
 
 def _ablation_grid(s) -> int:
-    return int(s.ablation.get("n_grid") or s.kde.n_grid)
+    return int(s.ablation.n_grid or s.kde.n_grid)
 
 
 def _read_json(path, what, fix):
@@ -78,7 +78,7 @@ def ablation_inputs(*, config, clusters, dim, outs, progress=True):
     from ..io.cubes import CubeWriter
     from ..kde import KDEInputError
 
-    s = _settings(config)
+    s = settings_of(config)
     n = _ablation_grid(s)
     shape = input_shape(dim, n)
     batch = 256
@@ -92,7 +92,7 @@ def ablation_inputs(*, config, clusters, dim, outs, progress=True):
                      r_proj_range_mpc_h="[0, sqrt(2) half_width]" if dim == "2d" else "")
         with CubeWriter(out, n_cl, shape, attrs) as w:
             if n_cl:
-                gal = _split_galaxies(clusters, rows["cluster_id"])
+                gal = split_galaxies(clusters, rows["cluster_id"])
                 offsets = galaxy_offsets(rows["cluster_id"], gal["cluster_id"])
                 bar = tqdm(total=n_cl, desc=f"ablation {dim} {split_name}", unit="input",
                            disable=not progress)
@@ -122,8 +122,8 @@ def ablation_train_settings(s, dim):
     """The CNN3D training settings with this dimensionality's layers and its own seed."""
     from ..training import TrainSettings
 
-    base = _train_settings(s).to_dict()
-    layers = s.ablation.get(f"layers_{dim}") or s.train.get("layers")
+    base = train_settings(s).to_dict()
+    layers = getattr(s.ablation, f"layers_{dim}") or s.train.layers
     if layers:
         base["layers"] = layers
     else:
@@ -139,7 +139,7 @@ def ablation_train(*, config, dim, train_inputs, validation_inputs, model_out):
     """Rule ``ablation_train``: CNN1D/CNN2D with the CNN3D's training code and settings."""
     from ..training import train
 
-    s = _settings(config)
+    s = settings_of(config)
     result = train(train_inputs, validation_inputs, Path(model_out).parent,
                    ablation_train_settings(s, dim), model_file=Path(model_out).name)
     log.info("ablation %s: %d parameters, best epoch %d of %d (val MSE %.4g), stopped "
@@ -156,8 +156,8 @@ def ablation_evaluate(*, config, dim, model, test_inputs, eval_inputs, test_out,
     from ..training import predict
     from .evaluate import calibrate
 
-    s = _settings(config)
-    bs = int(s.train.get("batch_size") or 100)
+    s = settings_of(config)
+    bs = s.train.batch_size
     preds = {}
     for split_name, cubes, out in (("test", test_inputs, test_out),
                                    ("eval", eval_inputs, eval_out)):
@@ -169,12 +169,12 @@ def ablation_evaluate(*, config, dim, model, test_inputs, eval_inputs, test_out,
     if len(preds["eval"]["cluster_id"]) == 0:
         raise CatalogueError(eval_out, "cluster_id", "the eval split is empty",
                              "raise splits.fractions.eval")
-    point = s.calibration.get("point_estimate", "map")
+    point = s.calibration.point_estimate
     rep = network_report(JointPDF.load(joint_pdf_out), preds["eval"], point=point)
     metrics = dict(run=s.run, dimensionality=dim, point_estimate=point,
                    n_eval=rep["overall"]["n"], n_test_pairs=len(preds["test"]["cluster_id"]),
                    network=rep)
-    io.write_json(metrics_out, _jsonable(metrics))
+    io.write_json(metrics_out, jsonable(metrics))
     log.info("ablation %s eval: n=%d, mean residual %.3f dex, scatter %.3f dex, coverage "
              "68%% %.3f, 95%% %.3f", dim, rep["overall"]["n"], rep["overall"]["mean"],
              rep["overall"]["std"], rep["coverage"]["68"]["fraction"],
@@ -185,7 +185,7 @@ def ablation_summary(*, config, metrics_1d, metrics_2d, metrics_3d, out):
     """Rule ``ablation_summary``: one table of CNN1D/2D/3D (+ SBI) and the baselines."""
     from ..ablation import method_entry, precision_order
 
-    s = _settings(config)
+    s = settings_of(config)
     fix = "rerun the evaluate / ablation_evaluate rules"
     m3 = _read_json(metrics_3d, "network", fix)
     methods = {}
@@ -214,7 +214,7 @@ def ablation_summary(*, config, metrics_1d, metrics_2d, metrics_3d, out):
         methods=methods, precision_order=order,
         expectation="paper (Figs. 7, 8): scatter CNN1D > CNN2D > CNN3D",
         matches_expectation=order["monotonic"])
-    io.write_json(out, _jsonable(summary))
+    io.write_json(out, jsonable(summary))
     log.info("ablation: scatter %s dex; falls with dimensionality: %s",
              ", ".join(f"{k} {v:.3f}" for k, v in order["scatter_dex"].items()),
              order["monotonic"])
@@ -243,66 +243,49 @@ ROBUSTNESS_SCHEMA = io.Schema({
 
 def _cubes_and_predict(model, norm, gal, offsets, ids, grid, k, batch_size, chunk=256):
     """KDE cubes of the clusters in ``offsets`` (chunked) -> network predictions."""
-    from ..kde import kde_cubes
+    from ..kde import kde_cube_batches
     from ..robustness import predict_inputs
 
-    n = offsets.size - 1
-    pred = np.empty(n)
-    buf = np.empty((min(chunk, max(n, 1)),) + grid.shape, dtype=np.float32)
-    for b0 in range(0, n, chunk):
-        b1 = min(b0 + chunk, n)
-        o = offsets[b0:b1 + 1]
-        r = slice(int(o[0]), int(o[-1]))
-        cubes = kde_cubes(gal["x_mpc_h"][r], gal["y_mpc_h"][r], gal["v_kms"][r], o - o[0],
-                          grid=grid, h0=k.h0, truncation=k.truncation, min_galaxies=3,
-                          ids=list(ids[b0:b1]), out=buf[:b1 - b0])
+    pred = np.empty(offsets.size - 1)
+    for b0, b1, cubes in kde_cube_batches(gal["x_mpc_h"], gal["y_mpc_h"], gal["v_kms"], offsets,
+                                          grid=grid, h0=k.h0, truncation=k.truncation,
+                                          batch_size=chunk, ids=ids):
         pred[b0:b1] = predict_inputs(model, norm, cubes, batch_size=batch_size)
     return pred
 
 
-def robustness(*, config, model, normalisation, joint_pdf, clusters, eval_predictions,
-               summary_out, predictions_out, threads=1, progress=True):
-    """Rule ``robustness``: the unchanged CNN3D + calibration on perturbed eval clusters."""
-    import numba
-    from tqdm.auto import tqdm
-
-    from ..calibration import JointPDF
+def _eval_clusters(s, clusters, eval_predictions, normalisation, norm):
+    """The stored eval-set predictions, the eval clusters' window galaxies (sorted by
+    cluster, with their offsets) and the KDE grid, checked against the model's grid."""
     from ..kde import Grid3D
-    from ..robustness import Perturbation, compare, perturb_galaxies, perturbations, verdict
 
-    s = _settings(config)
-    r = s.robustness
-    k = s.kde
-    numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
-    net, norm = _load_network(model, normalisation)
-    pdf = JointPDF.load(joint_pdf)
     ref_table, _ = read_table(eval_predictions, group="predictions")
     ids = ref_table["cluster_id"]
     if len(ids) == 0:
         raise CatalogueError(eval_predictions, "cluster_id", "the eval split is empty",
                              "raise splits.fractions.eval")
-    truth = ref_table["log10_m200c_true"]
-    g = _split_galaxies(clusters, ids)
+    g = split_galaxies(clusters, ids)
     offsets = galaxy_offsets(ids, g["cluster_id"])
     gal = dict(x_mpc_h=g["x_proj_mpc_h"], y_mpc_h=g["y_proj_mpc_h"], v_kms=g["v_los_kms"])
-    grid = Grid3D(n=k.n_grid, half_width_mpc_h=s.window.half_width_mpc_h,
+    grid = Grid3D(n=s.kde.n_grid, half_width_mpc_h=s.window.half_width_mpc_h,
                   v_max_kms=s.window.v_max_kms)
     if tuple(norm["input"]["grid"]) != grid.shape:
         raise CatalogueError(normalisation, "input.grid", f"model grid "
                              f"{tuple(norm['input']['grid'])} differs from kde.n_grid "
-                             f"{k.n_grid}", "rerun the train rule with this config")
-    bs = int(s.train.get("batch_size") or 100)
-    min_gal = int(r.get("min_galaxies") or s.mock.min_galaxies)
-    point = s.calibration.get("point_estimate", "map")
-    csig = float(r.get("coverage_sigma", 3.0))
-    max_shift = float(r.get("max_bias_shift_dex", 0.05))
-    perts = perturbations(r.get("incompleteness", ()), r.get("velocity_error_kms", ()))
-    checks = [Perturbation("incompleteness", 0.0), Perturbation("velocity_error", 0.0)]
-    bar = tqdm(total=1 + len(checks) + len(perts), desc="robustness", unit="perturbation",
-               disable=not progress)
+                             f"{s.kde.n_grid}", "rerun the train rule with this config")
+    return ref_table, ids, gal, offsets, grid
 
-    # unperturbed: the same code path as every perturbation, checked against summaries/eval
-    ref = _cubes_and_predict(net, norm, gal, offsets, ids, grid, k, bs)
+
+def _reference_predictions(predict, s, ref_table, gal, offsets, ids, checks,
+                           eval_predictions, bar):
+    """Unperturbed predictions through the same code path as every perturbation, compared
+    with ``summaries/eval.h5``; zero perturbations must leave them unchanged.
+
+    Returns the predictions (log10 h^-1 Msun), their largest difference from the stored
+    ones (dex) and, per zero perturbation, whether it changed nothing."""
+    from ..robustness import perturb_galaxies
+
+    ref = predict(gal, offsets, ids)
     bar.update(1)
     max_diff_stored = float(np.max(np.abs(ref - ref_table["log10_m200c_pred"])))
     if max_diff_stored > 1e-6:
@@ -313,48 +296,57 @@ def robustness(*, config, model, normalisation, joint_pdf, clusters, eval_predic
         pg = perturb_galaxies(gal["x_mpc_h"], gal["y_mpc_h"], gal["v_kms"], offsets, p,
                               stage_rng(s.seed, f"robustness/{p.key}"),
                               v_max_kms=s.window.v_max_kms, min_galaxies=3)
-        pred0 = _cubes_and_predict(net, norm, pg, pg["offsets"], ids[pg["kept"]], grid, k, bs)
+        pred0 = predict(pg, pg["offsets"], ids[pg["kept"]])
         zero[p.key] = bool(pg["kept"].all() and np.array_equal(pred0, ref))
         bar.update(1)
     if not all(zero.values()):
         raise RuntimeError(f"a zero perturbation changed the predictions ({zero}); the "
                            "perturbation code is broken")
+    return ref, max_diff_stored, zero
 
-    rows = []
-    results = []
-    reference = compare(pdf, truth, ref, ref, point=point)
-    for i, p in enumerate(perts):
-        pg = perturb_galaxies(gal["x_mpc_h"], gal["y_mpc_h"], gal["v_kms"], offsets, p,
-                              stage_rng(s.seed, f"robustness/{p.key}"),
-                              v_max_kms=s.window.v_max_kms, min_galaxies=min_gal)
-        kept = pg["kept"]
-        if kept.sum() < 10:
-            raise CatalogueError(eval_predictions, "n_gal", f"{p.label} leaves only "
-                                 f"{int(kept.sum())} eval clusters with >= {min_gal} galaxies",
-                                 "lower the perturbation level or robustness.min_galaxies")
-        pred = _cubes_and_predict(net, norm, pg, pg["offsets"], ids[kept], grid, k, bs)
-        res = compare(pdf, truth[kept], ref[kept], pred, point=point)
-        v = verdict(res, coverage_sigma=csig, max_bias_shift_dex=max_shift)
-        results.append(dict(kind=p.kind, level=p.level, label=p.label, n_kept=int(kept.sum()),
-                            n_lost=int((~kept).sum()),
-                            mean_galaxies_left=float(pg["n_gal"][kept].mean()),
-                            **res, verdict=v))
-        rows.append(dict(perturbation=np.full(kept.sum(), i),
-                         kind=np.full(kept.sum(), 0 if p.kind == "incompleteness" else 1),
-                         level=np.full(kept.sum(), p.level), cluster_id=ids[kept],
-                         n_gal=pg["n_gal"][kept], log10_m200c_true=truth[kept],
-                         log10_m200c_pred_reference=ref[kept], log10_m200c_pred=pred))
-        log.info("%s: %d kept (%d lost), bias shift %+.3f +- %.3f dex, scatter %.3f -> %.3f "
-                 "dex, coverage 68%% %.3f -> %.3f, 95%% %.3f -> %.3f; retrain: %s",
-                 p.label, kept.sum(), (~kept).sum(), res["bias_shift_dex"],
-                 res["bias_shift_err_dex"], res["reference"]["scatter_dex"],
-                 res["perturbed"]["scatter_dex"], res["reference"]["coverage_68"],
-                 res["perturbed"]["coverage_68"], res["reference"]["coverage_95"],
-                 res["perturbed"]["coverage_95"], v["retraining_needed"])
-        bar.update(1)
-    bar.close()
-    flagged = [x["label"] for x in results if x["verdict"]["retraining_needed"]]
-    ref_v = verdict(reference, coverage_sigma=csig, max_bias_shift_dex=max_shift)
+
+def _perturbed(predict, pdf, s, p, gal, offsets, ids, truth, ref, min_gal, eval_predictions,
+               point):
+    """One perturbation of the eval clusters: the galaxies left, the clusters kept
+    (>= ``min_gal`` galaxies) and the paired comparison of their predictions."""
+    from ..robustness import compare, perturb_galaxies
+
+    pg = perturb_galaxies(gal["x_mpc_h"], gal["y_mpc_h"], gal["v_kms"], offsets, p,
+                          stage_rng(s.seed, f"robustness/{p.key}"),
+                          v_max_kms=s.window.v_max_kms, min_galaxies=min_gal)
+    kept = pg["kept"]
+    if kept.sum() < 10:
+        raise CatalogueError(eval_predictions, "n_gal", f"{p.label} leaves only "
+                             f"{int(kept.sum())} eval clusters with >= {min_gal} galaxies",
+                             "lower the perturbation level or robustness.min_galaxies")
+    pred = predict(pg, pg["offsets"], ids[kept])
+    res = compare(pdf, truth[kept], ref[kept], pred, point=point)
+    return pg, pred, res
+
+
+def _perturbation_rows(i, p, pg, ids, truth, ref, pred) -> dict:
+    """Rows of ``robustness/predictions.h5`` (:data:`ROBUSTNESS_SCHEMA`) of perturbation
+    ``i``."""
+    kept = pg["kept"]
+    return dict(perturbation=np.full(kept.sum(), i),
+                kind=np.full(kept.sum(), 0 if p.kind == "incompleteness" else 1),
+                level=np.full(kept.sum(), p.level), cluster_id=ids[kept],
+                n_gal=pg["n_gal"][kept], log10_m200c_true=truth[kept],
+                log10_m200c_pred_reference=ref[kept], log10_m200c_pred=pred)
+
+
+def _log_perturbation(p, kept, res, v):
+    log.info("%s: %d kept (%d lost), bias shift %+.3f +- %.3f dex, scatter %.3f -> %.3f "
+             "dex, coverage 68%% %.3f -> %.3f, 95%% %.3f -> %.3f; retrain: %s",
+             p.label, kept.sum(), (~kept).sum(), res["bias_shift_dex"],
+             res["bias_shift_err_dex"], res["reference"]["scatter_dex"],
+             res["perturbed"]["scatter_dex"], res["reference"]["coverage_68"],
+             res["perturbed"]["coverage_68"], res["reference"]["coverage_95"],
+             res["perturbed"]["coverage_95"], v["retraining_needed"])
+
+
+def _verdict_text(flagged, perts, ref_v, max_shift) -> str:
+    """The summary's verdict in words."""
     if flagged:
         text = ("Retraining (and recalibrating) with matching perturbations is needed for: "
                 + ", ".join(flagged) + ".")
@@ -367,6 +359,62 @@ def robustness(*, config, model, normalisation, joint_pdf, clusters, eval_predic
     if ref_v["undercovered"]:
         text += (" Note: the unperturbed posteriors already under-cover "
                  f"({'; '.join(ref_v['reasons'])}): fix the calibration first.")
+    return text
+
+
+def perturbed_eval(*, config, model, normalisation, joint_pdf, clusters, eval_predictions,
+                   summary_out, predictions_out, threads=1, progress=True):
+    """Rule ``perturbed_eval``: the unchanged CNN3D + calibration on perturbed eval clusters
+    (aggregate target ``robustness``)."""
+    import numba
+    from tqdm.auto import tqdm
+
+    from ..calibration import JointPDF
+    from ..robustness import Perturbation, compare, perturbations, verdict
+
+    s = settings_of(config)
+    r = s.robustness
+    k = s.kde
+    numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
+    net, norm = _load_network(model, normalisation)
+    pdf = JointPDF.load(joint_pdf)
+    ref_table, ids, gal, offsets, grid = _eval_clusters(s, clusters, eval_predictions,
+                                                        normalisation, norm)
+    truth = ref_table["log10_m200c_true"]
+    bs = s.train.batch_size
+    min_gal = int(r.min_galaxies or s.mock.min_galaxies)
+    point = s.calibration.point_estimate
+    csig = r.coverage_sigma
+    max_shift = r.max_bias_shift_dex
+    perts = perturbations(r.incompleteness, r.velocity_error_kms)
+    checks = [Perturbation("incompleteness", 0.0), Perturbation("velocity_error", 0.0)]
+    bar = tqdm(total=1 + len(checks) + len(perts), desc="robustness", unit="perturbation",
+               disable=not progress)
+
+    def predict(g, offs, cl_ids):
+        return _cubes_and_predict(net, norm, g, offs, cl_ids, grid, k, bs)
+
+    ref, max_diff_stored, zero = _reference_predictions(
+        predict, s, ref_table, gal, offsets, ids, checks, eval_predictions, bar)
+    rows = []
+    results = []
+    reference = compare(pdf, truth, ref, ref, point=point)
+    for i, p in enumerate(perts):
+        pg, pred, res = _perturbed(predict, pdf, s, p, gal, offsets, ids, truth, ref, min_gal,
+                                   eval_predictions, point)
+        kept = pg["kept"]
+        v = verdict(res, coverage_sigma=csig, max_bias_shift_dex=max_shift)
+        results.append(dict(kind=p.kind, level=p.level, label=p.label, n_kept=int(kept.sum()),
+                            n_lost=int((~kept).sum()),
+                            mean_galaxies_left=float(pg["n_gal"][kept].mean()),
+                            **res, verdict=v))
+        rows.append(_perturbation_rows(i, p, pg, ids, truth, ref, pred))
+        _log_perturbation(p, kept, res, v)
+        bar.update(1)
+    bar.close()
+    flagged = [x["label"] for x in results if x["verdict"]["retraining_needed"]]
+    ref_v = verdict(reference, coverage_sigma=csig, max_bias_shift_dex=max_shift)
+    text = _verdict_text(flagged, perts, ref_v, max_shift)
     summary = dict(
         run=s.run, model=str(model), joint_pdf=str(joint_pdf), n_eval=int(len(ids)),
         point_estimate=point, min_galaxies=min_gal, coverage_sigma=csig,
@@ -378,7 +426,7 @@ def robustness(*, config, model, normalisation, joint_pdf, clusters, eval_predic
         reference=dict(**reference["reference"], verdict=ref_v),
         perturbations=results, retraining_needed=bool(flagged), retraining_needed_for=flagged,
         verdict=text)
-    io.write_json(summary_out, _jsonable(summary))
+    io.write_json(summary_out, jsonable(summary))
     cols = {c: (np.concatenate([r_[c] for r_ in rows]) if rows
                 else np.zeros(0, dtype=ROBUSTNESS_SCHEMA[c][0])) for c in ROBUSTNESS_SCHEMA}
     write_table(predictions_out, cols, group="predictions", schema=ROBUSTNESS_SCHEMA,
@@ -395,8 +443,10 @@ def robustness_plots(*, summary, png):
 
 # -- saliency ---------------------------------------------------------------------------------
 
-def saliency(*, config, model, normalisation, eval_cubes, out, summary_out, progress=True):
-    """Rule ``saliency``: mean input gradients of the CNN3D on eval clusters in mass bins."""
+def saliency_maps(*, config, model, normalisation, eval_cubes, out, summary_out,
+                  progress=True):
+    """Rule ``saliency_maps`` (aggregate target ``saliency``): mean input gradients of the
+    CNN3D on eval clusters in mass bins."""
     import h5py
     from tqdm.auto import tqdm
 
@@ -404,10 +454,10 @@ def saliency(*, config, model, normalisation, eval_cubes, out, summary_out, prog
     from ..kde import Grid3D
     from ..saliency import binned_saliency, projections, weighted_extent
 
-    s = _settings(config)
+    s = settings_of(config)
     cfg = s.saliency
-    bins = np.asarray(cfg.get("mass_bins") or [13.7, 14.0, 14.3, 14.6, 15.5], dtype=float)
-    max_cl = cfg.get("max_clusters")
+    bins = np.asarray(cfg.mass_bins, dtype=float)
+    max_cl = cfg.max_clusters
     net, norm = _load_network(model, normalisation)
     with CubeReader(eval_cubes) as r:
         n_all = len(r)
@@ -461,7 +511,7 @@ def saliency(*, config, model, normalisation, eval_cubes, out, summary_out, prog
                        positive_fraction_of_abs=float(np.clip(m, 0, None).sum()
                                                       / np.abs(m).sum()))
         per_bin.append(row)
-    io.write_json(summary_out, _jsonable(dict(
+    io.write_json(summary_out, jsonable(dict(
         run=s.run, n_clusters=n_use, n_outside_bins=sal["n_outside"], mass_bins=bins,
         units="dex per unit voxel probability", per_bin=per_bin,
         uniform_reference=weighted_extent(np.ones(grid.shape), xc, yc, vc),

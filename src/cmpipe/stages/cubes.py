@@ -5,7 +5,7 @@ import numpy as np
 
 from ..io.mock import galaxy_offsets
 from ..io.tables import CatalogueError, read_table
-from ._common import _settings, log
+from .common import settings_of, log
 
 
 SPLIT_NAMES = ("train", "validation", "test", "eval")
@@ -24,7 +24,7 @@ def n_shards(n_clusters: int, shard_size: int) -> int:
     return max(1, -(-int(n_clusters) // int(shard_size)))
 
 
-def _split_galaxies(clusters_path, cluster_ids):
+def split_galaxies(clusters_path, cluster_ids):
     """x, y, v and cluster ids of the galaxies of ``cluster_ids`` (sorted ascending).
 
     The galaxy table is sorted by cluster id, so only the row range between the first and
@@ -49,20 +49,18 @@ def kde_shard(*, config, clusters, split_name, shard, out, threads=1, progress=T
     split, in cluster-id order; cubes are computed and written ``batch_size`` at a time.
     """
     import numba
-    from tqdm.auto import tqdm
-
     from ..io.cubes import CubeWriter
-    from ..kde import Grid3D, KDEInputError, kde_cubes
+    from ..kde import Grid3D, KDEInputError, kde_cube_batches
     from ..settings import SPLIT_CODES
 
-    s = _settings(config)
+    s = settings_of(config)
     k = s.kde
     cl, attrs = read_table(clusters, group="clusters",
                            columns=["cluster_id", "split", "log10_m200c", "n_gal", "n_members"])
     sel = np.flatnonzero(cl["split"] == SPLIT_CODES[split_name])
     sel = sel[shard * k.shard_size:(shard + 1) * k.shard_size]
     rows = {c: cl[c][sel] for c in ("cluster_id", "log10_m200c", "n_gal", "n_members")}
-    gal = _split_galaxies(clusters, rows["cluster_id"]) if len(sel) else None
+    gal = split_galaxies(clusters, rows["cluster_id"]) if len(sel) else None
     grid = Grid3D(n=k.n_grid, half_width_mpc_h=s.window.half_width_mpc_h,
                   v_max_kms=s.window.v_max_kms)
     file_attrs = dict(n_grid=k.n_grid, half_width_mpc_h=s.window.half_width_mpc_h,
@@ -73,26 +71,18 @@ def kde_shard(*, config, clusters, split_name, shard, out, threads=1, progress=T
     with CubeWriter(out, len(sel), k.n_grid, file_attrs) as w:
         if len(sel):
             offsets = galaxy_offsets(rows["cluster_id"], gal["cluster_id"])
-            bar = tqdm(total=len(sel), desc=f"kde {split_name}[{shard}]", unit="cube",
-                       disable=not progress)
-            buf = np.empty((k.batch_size,) + grid.shape, dtype=np.float32)
-            for b0 in range(0, len(sel), k.batch_size):
-                b1 = min(b0 + k.batch_size, len(sel))
-                o = offsets[b0:b1 + 1]
-                r = slice(int(o[0]), int(o[-1]))
-                try:
-                    cubes = kde_cubes(gal["x_proj_mpc_h"][r], gal["y_proj_mpc_h"][r],
-                                      gal["v_los_kms"][r], o - o[0], grid=grid, h0=k.h0,
-                                      truncation=k.truncation, min_galaxies=3,
-                                      ids=rows["cluster_id"][b0:b1].tolist(),
-                                      out=buf[:b1 - b0])
-                except KDEInputError as err:
-                    raise CatalogueError(clusters, "galaxies", str(err),
-                                         "rebuild the mock (mock.min_galaxies >= 3) or drop "
-                                         "the cluster") from err
-                w.write(cubes, {c: v[b0:b1] for c, v in rows.items()})
-                bar.update(b1 - b0)
-            bar.close()
+            batches = kde_cube_batches(gal["x_proj_mpc_h"], gal["y_proj_mpc_h"],
+                                       gal["v_los_kms"], offsets, grid=grid, h0=k.h0,
+                                       truncation=k.truncation, batch_size=k.batch_size,
+                                       ids=rows["cluster_id"], progress=progress,
+                                       desc=f"kde {split_name}[{shard}]")
+            try:
+                for b0, b1, cubes in batches:
+                    w.write(cubes, {c: v[b0:b1] for c, v in rows.items()})
+            except KDEInputError as err:
+                raise CatalogueError(clusters, "galaxies", str(err),
+                                     "rebuild the mock (mock.min_galaxies >= 3) or drop "
+                                     "the cluster") from err
     log.info("kde %s shard %d: %d cubes of %d^3", split_name, shard, len(sel), k.n_grid)
 
 

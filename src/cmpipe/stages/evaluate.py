@@ -9,15 +9,15 @@ from .. import io
 from ..cosmology import make_cosmology
 from ..io.tables import CatalogueError, TableWriter, read_table
 from ..settings import stage_seed
-from ._common import _jsonable, _settings, log
-from .cubes import _split_galaxies
+from .common import jsonable, settings_of, log
+from .cubes import split_galaxies
 
 
 def calibrate(*, config, test_predictions, out):
     """Rule ``calibrate``: the joint PDF P(d~, log M) of the test set, tabulated once."""
     from ..calibration import tabulate_joint_pdf
 
-    s = _settings(config)
+    s = settings_of(config)
     c = s.calibration
     pred, _ = read_table(test_predictions, group="predictions",
                          finite=["log10_m200c_true", "log10_m200c_pred"])
@@ -26,9 +26,9 @@ def calibrate(*, config, test_predictions, out):
                              f"only {len(pred['cluster_id'])} test clusters to calibrate on",
                              "raise splits.fractions.test or sightlines.target_per_bin")
     pdf = tabulate_joint_pdf(pred["log10_m200c_pred"], pred["log10_m200c_true"],
-                             bandwidth=c.get("bandwidth", 0.2),
-                             n_d=c.get("n_grid_pred", 1000), n_m=c.get("n_grid_mass", 1000),
-                             shrink=bool(c.get("shrink", False)),
+                             bandwidth=c.bandwidth,
+                             n_d=c.n_grid_pred, n_m=c.n_grid_mass,
+                             shrink=c.shrink,
                              meta=dict(source=str(test_predictions)))
     pdf.save(out)
     log.info("calibration: joint PDF of %d test pairs on %dx%d nodes", pdf.n_pairs,
@@ -54,10 +54,10 @@ def _baselines_for(s, clusters, pred, redshift, cosmo):
     ids = pred["cluster_id"]
     if len(ids) == 0:
         return {}
-    gal = _split_galaxies(clusters, ids)
+    gal = split_galaxies(clusters, ids)
     return baseline_table(gal, ids, redshift, cosmo,
-                          interlopers=s.baselines.get("interlopers", "none"),
-                          min_galaxies=s.baselines.get("min_galaxies", 5))
+                          interlopers=s.baselines.interlopers,
+                          min_galaxies=s.baselines.min_galaxies)
 
 
 def evaluate(*, config, joint_pdf, test_predictions, eval_predictions, clusters, metrics_out,
@@ -66,7 +66,7 @@ def evaluate(*, config, joint_pdf, test_predictions, eval_predictions, clusters,
     from ..calibration import JointPDF
     from ..evaluation import evaluate as run_evaluation
 
-    s = _settings(config)
+    s = settings_of(config)
     cosmo = make_cosmology(s.cosmology)
     pdf = JointPDF.load(joint_pdf)
     test_pred = _predictions(test_predictions)
@@ -82,19 +82,19 @@ def evaluate(*, config, joint_pdf, test_predictions, eval_predictions, clusters,
         pdf=pdf, test_pred=test_pred, eval_pred=eval_pred, eval_clusters=eval_rows,
         test_baselines=_baselines_for(s, clusters, test_pred, z, cosmo),
         eval_baselines=_baselines_for(s, clusters, eval_pred, z, cosmo),
-        point=s.calibration.get("point_estimate", "map"))
+        point=s.calibration.point_estimate)
     metrics = dict(run=s.run, prior="test-set prior (flat in log M by construction)",
                    **metrics)
     metrics.update(_coverage_checks(s, cl, test_pred, eval_pred, post))
     metrics["by_observer_distance"] = _by_distance(eval_rows, post)
-    io.write_json(metrics_out, _jsonable(metrics))
+    io.write_json(metrics_out, jsonable(metrics))
     post["extrapolated"] = post["extrapolated"].astype(np.int8)
     schema = io.Schema({k: (np.asarray(v).dtype.str, POSTERIOR_SCHEMA_UNITS.get(k, ""), k)
                         for k, v in post.items()})
     with TableWriter(posteriors_out) as w:
         w.add_group("posteriors", schema, dict(
             prior="test-set prior (flat in log M): the paper's posterior",
-            point_estimate=s.calibration.get("point_estimate", "map")))
+            point_estimate=s.calibration.point_estimate))
         w.append("posteriors", post)
         w.add_group("grid", io.Schema({"log10_m200c": ("f8", "log10(h^-1 Msun)",
                                                         "mass grid of the curves")}))
@@ -162,9 +162,9 @@ def _coverage_checks(s, cl, test_pred, eval_pred, post) -> dict:
         out[f"coverage_{lvl}_err_halos"] = grouped_coverage_error(
             inside, eval_halos, seed=seed)["stderr_grouped"]
     pit = cross_validated_pit(test_pred["log10_m200c_pred"], test_pred["log10_m200c_true"],
-                              test_halos, seed=seed, bandwidth=c.get("bandwidth", 0.2),
-                              shrink=bool(c.get("shrink", False)),
-                              n_d=c.get("n_grid_pred", 1000), n_m=c.get("n_grid_mass", 1000))
+                              test_halos, seed=seed, bandwidth=c.bandwidth,
+                              shrink=c.shrink,
+                              n_d=c.n_grid_pred, n_m=c.n_grid_mass)
     ok = np.isfinite(pit)
     for lvl, half in (("68", 0.5 * NOMINAL_68), ("95", 0.475)):
         inside = np.abs(pit[ok] - 0.5) < half
@@ -261,16 +261,3 @@ def report_tables(*, tables, outs):
     for name, csv_path in tables.items():
         n = csv_to_html(csv_path, outs[name], title=REPORT_TABLE_TITLES[name])
         log.info("report table %s: %d rows -> %s", name, n, outs[name])
-
-
-# -- survey inference and the cluster mass function (issue 6) ------------------------------
-#
-# Products under results/{run}/survey/ (docs/data-products.md, "Survey inference"):
-#   survey_catalogue  -> clusters.ecsv, galaxies.ecsv, truth.ecsv, meta.json
-#   survey_cubes      -> cubes.h5, phase_space.h5
-#   survey_posteriors -> posteriors.ecsv, posteriors.csv
-#   survey_mass_function -> mass_function.csv, pulls.json, figures/mass_function.png,
-#                           figures/survey_pulls.png
-# ``infer`` chains survey_cubes and survey_posteriors for ``cmpipe infer`` (no Snakemake).
-
-#: Posterior summary keys written per prior (``flat_<key>``, ``pop_<key>``).

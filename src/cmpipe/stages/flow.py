@@ -1,4 +1,4 @@
-"""Neural-flow rules (issue 9) and the estimator comparison.
+"""Neural-flow rules (issue 9); the estimator comparison is :mod:`cmpipe.stages.compare`.
 
 Products under ``results/{run}/`` (docs/data-products.md, "Neural flow"):
 
@@ -8,7 +8,6 @@ Products under ``results/{run}/`` (docs/data-products.md, "Neural flow"):
 - ``flow_evaluate``         -> flow/metrics.json, flow/posteriors.h5
 - ``flow_survey_posteriors``-> flow/survey_posteriors.ecsv, .csv
 - ``flow_plots``            -> figures/flow_loss.png, flow_predictions.png, flow_calibration.png
-- ``compare_estimators``    -> comparison/summary.json, summary.csv, figures/comparison.png
 
 torch is imported only inside the flow functions (never by ``cmpipe.stages`` itself), so the
 other rules' processes do not load it.
@@ -25,8 +24,8 @@ from ..cosmology import make_cosmology
 from ..io.mock import galaxy_offsets
 from ..io.tables import CatalogueError, TableWriter, read_table
 from ..settings import SPLIT_CODES, ConfigError, stage_seed
-from ._common import _jsonable, _settings, log
-from .cubes import _split_galaxies
+from .common import jsonable, settings_of, log
+from .cubes import split_galaxies
 
 #: Clusters per batch of KDE images (bounds memory; one write per batch).
 _IMAGE_BATCH = 256
@@ -35,7 +34,7 @@ _IMAGE_BATCH = 256
 def _flow_settings(s):
     from ..flow import FlowSettings
 
-    d = {k: v for k, v in s.flow.items() if k != "n_grid" and v is not None}
+    d = {k: v for k, v in s.flow.to_dict().items() if k != "n_grid" and v is not None}
     d["seed"] = stage_seed(s.seed, "flow") % (2 ** 31)
     try:
         return FlowSettings.from_dict(d)
@@ -45,7 +44,7 @@ def _flow_settings(s):
 
 
 def _image_n(s) -> int:
-    return int(s.flow.get("n_grid") or s.kde.n_grid)
+    return int(s.flow.n_grid or s.kde.n_grid)
 
 
 def _set_threads(threads):
@@ -99,20 +98,20 @@ def _write_images(out, ids, gal, rows, s, split_name, source, progress):
 def flow_images(*, config, clusters, split_name, out, progress=False):
     """Rule ``flow_images``: the normalised 2-D KDE of (R_proj, v_los) of every cluster of
     one split (:func:`cmpipe.kde.kde_2d`, the cubes' bandwidth factor and window)."""
-    s = _settings(config)
+    s = settings_of(config)
     cl, _ = read_table(clusters, group="clusters",
                        columns=["cluster_id", "split", "log10_m200c", "n_gal", "n_members"])
     sel = cl["split"] == SPLIT_CODES[split_name]
     rows = {c: cl[c][sel] for c in ("cluster_id", "log10_m200c", "n_gal", "n_members")}
     ids = rows["cluster_id"]
-    gal = _split_galaxies(clusters, ids) if len(ids) else {}
+    gal = split_galaxies(clusters, ids) if len(ids) else {}
     _write_images(out, ids, gal, rows, s, split_name, clusters, progress)
 
 
 def flow_survey_images(*, config, phase_space, out, progress=False):
     """Rule ``flow_survey_images``: 2-D KDE images of the survey clusters that have a cube
     (``skipped == 0`` in ``survey/phase_space.h5``); true masses NaN."""
-    s = _settings(config)
+    s = settings_of(config)
     cl, _ = read_table(phase_space, group="clusters",
                        columns=["cluster_id", "n_gal", "n_members", "skipped"])
     kept = cl["skipped"] == 0
@@ -137,7 +136,7 @@ def flow_train(*, config, train, validation, model_out, threads=1, progress=Fals
     """Rule ``flow_train``: the flow on the training split, early-stopped on validation."""
     from ..flow import train_flow
 
-    s = _settings(config)
+    s = settings_of(config)
     fs = _flow_settings(s)
     _set_threads(threads)
     r = train_flow(train, validation, Path(model_out).parent, fs, progress=progress)
@@ -189,16 +188,16 @@ def flow_evaluate(*, config, model, images, clusters, metrics_out, posteriors_ou
     evaluation_report`: residuals, coverage, PIT, sigma_N / sigma_0) as the CNN3D + SBI
     evaluation, on the same eval clusters; products in the same layout.
     """
-    from ..evaluation import _flat_keys
+    from ..evaluation import flat_keys
     from ..flow import pit_from_curves
     from ..massfunction import summarise_grid_posteriors
     from ..metrics import (evaluation_report, grouped_coverage_error, interloper_diagnostic,
                            residuals)
     from .evaluate import POSTERIOR_SCHEMA_UNITS
 
-    s = _settings(config)
+    s = settings_of(config)
     _set_threads(threads)
-    point = s.calibration.get("point_estimate", "map")
+    point = s.calibration.point_estimate
     fm, meta, grid = _load(model)
     cols, curves, mass = _curves(fm, grid, images)
     n = len(cols["cluster_id"])
@@ -241,7 +240,7 @@ def flow_evaluate(*, config, model, images, clusters, metrics_out, posteriors_ou
         flow=fm.settings.model, prior=FLOW_PRIOR, n_eval=int(ok.sum()),
         n_train=training.get("n_train"), n_validation=training.get("n_validation"),
         n_params=training.get("n_params"), best_epoch=training.get("best_epoch"),
-        point_estimate=point, **_flat_keys("", rep),
+        point_estimate=point, **flat_keys("", rep),
         coverage_68=rep["coverage"]["68"]["fraction"],
         coverage_95=rep["coverage"]["95"]["fraction"], **cov_err,
         n_eval_halos=int(np.unique(halos).size),
@@ -250,7 +249,7 @@ def flow_evaluate(*, config, model, images, clusters, metrics_out, posteriors_ou
         network=rep,
         interlopers={k: v for k, v in inter.items()
                      if not (isinstance(v, np.ndarray) and v.size == ok.sum())})
-    io.write_json(metrics_out, _jsonable(metrics))
+    io.write_json(metrics_out, jsonable(metrics))
     post = dict(cluster_id=cols["cluster_id"], log10_m200c_true=t,
                 log10_m200c_pred=np.asarray(summ["point"], dtype=np.float64),
                 n_members=cols["n_members"], n_gal=cols["n_gal"],
@@ -286,9 +285,9 @@ def flow_evaluate(*, config, model, images, clusters, metrics_out, posteriors_ou
 def _population_range(s, meta) -> tuple[float, float]:
     """True-mass range of the population prior: the survey sample's (as for the CNN3D +
     SBI survey posteriors) clipped to the flow's training masses."""
-    from .survey import _population_mass_range
+    from ..survey.posteriors import population_mass_range
 
-    return _population_mass_range(s, meta["training_mass_range"],
+    return population_mass_range(s, meta["training_mass_range"],
                                   "the flow's training masses")
 
 
@@ -303,14 +302,15 @@ def flow_survey_posteriors(*, config, model, images, phase_space, out, csv_out=N
     (``calibration.point_estimate`` of the flat posterior); ``extrapolated`` flags
     posteriors with more than 1% of their probability outside the mass grid.
     """
-    from ..io.survey import _write
+    from ..io.survey import write_any_table
+    from ..io.survey_products import SURVEY_POSTERIOR_KEYS, survey_posterior_schema
     from ..massfunction import summaries_under_priors
-    from .survey import SURVEY_POSTERIOR_KEYS, _survey_posterior_schema, posterior_table_base
+    from ..survey.posteriors import posterior_table_base
 
-    s = _settings(config)
+    s = settings_of(config)
     _set_threads(threads)
     cosmo = make_cosmology(s.cosmology)
-    point = s.calibration.get("point_estimate", "map")
+    point = s.calibration.point_estimate
     cl, _ = read_table(phase_space, group="clusters")
     n = len(cl["cluster_id"])
     fm, meta, grid = _load(model)
@@ -339,7 +339,7 @@ def flow_survey_posteriors(*, config, model, images, phase_space, out, csv_out=N
             for key in SURVEY_POSTERIOR_KEYS:
                 table[f"{p}_{key}"][row[sl]] = su[name][key]
     table["log10_m_pred"] = table[f"flat_{point}"]
-    schema = dict(_survey_posterior_schema())
+    schema = dict(survey_posterior_schema())
     schema["log10_m_pred"] = ("f8", "log10(h^-1 Msun)",
                               f"flow point estimate (posterior {point}, training-set prior)")
     schema["extrapolated"] = ("i1", "", "1: more than 1% of the flow's probability outside "
@@ -364,9 +364,9 @@ def flow_survey_posteriors(*, config, model, images, phase_space, out, csv_out=N
                   "lo95/hi95 = 2.5/97.5% quantiles",
                   "skipped = 1: fewer than survey.min_galaxies galaxies in the window (NaN)"])
     schema = io.Schema(schema)
-    _write(out, table, schema, meta_out)
+    write_any_table(out, table, schema, meta_out)
     if csv_out is not None:
-        _write(csv_out, table, schema, meta_out)
+        write_any_table(csv_out, table, schema, meta_out)
     good = np.isfinite(table["flat_median"])
     if good.any():
         log.info("flow survey posteriors: %d of %d clusters (%d skipped); median log M "
@@ -377,78 +377,15 @@ def flow_survey_posteriors(*, config, model, images, phase_space, out, csv_out=N
         log.warning("flow survey posteriors: no cluster has an image; every posterior is NaN")
 
 
-# -- figures and the comparison ---------------------------------------------------------------
+# -- figures ---------------------------------------------------------------------------------
 
 def flow_plots(*, history, metrics, posteriors, loss_png, predictions_png, calibration_png):
     """Rule ``flow_plots``: the flow's NLL curves, predictions and calibration curve."""
     from .. import plots
-    from ..flow import plot_flow_history
+    from ..plots_flow import flow_loss_figure
 
     m = json.loads(Path(metrics).read_text())
     post, _ = read_table(posteriors, group="posteriors")
-    plot_flow_history(history, loss_png)
+    flow_loss_figure(history, loss_png)
     plots.predictions_figure(post, m, predictions_png)
     plots.calibration_figure(m, calibration_png)
-
-
-def _read_json(path, what):
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError) as err:
-        raise CatalogueError(path, what, f"unreadable ({err})",
-                             "rerun the run that makes it") from err
-
-
-def compare_estimators(*, config, metrics, flow_metrics, summary_out, csv_out, png,
-                       pure_metrics=None, pure_flow_metrics=None, pure_config=None):
-    """Rule ``compare``: CNN3D + SBI, neural flow, M-sigma and virial side by side on this
-    run's eval set and, with ``compare.pure_run``, on the pure run's.
-
-    The pure run must be a finished run with ``mock.members: bound`` (its
-    ``config.resolved.yaml`` is checked); settings that make the two runs' eval sets differ
-    in more than their interlopers (seed, simulation, sightlines, window, splits) are
-    reported as warnings.
-    """
-    import yaml
-
-    from ..comparison import comparison_figure, comparison_summary, write_comparison_csv
-
-    s = _settings(config)
-    label = {"all": "contaminated", "bound": "pure"}
-    cats = {label[s.mock.members]: dict(run=s.run, metrics=_read_json(metrics, "metrics"),
-                                        flow=_read_json(flow_metrics, "flow metrics"))}
-    pure_run = (s.compare or {}).get("pure_run")
-    if pure_run:
-        if s.mock.members == "bound":
-            raise ConfigError("compare.pure_run is set in a pure run (mock.members: bound). "
-                              "Fix: set compare.pure_run: null in the pure overlay")
-        if pure_run == s.run:
-            raise ConfigError(f"compare.pure_run names this run itself ({s.run}). Fix: name "
-                              "the run of configs/pure.yaml (e.g. demo-pure)")
-        if None in (pure_metrics, pure_flow_metrics, pure_config):
-            raise ConfigError("compare: the pure run's metrics, flow metrics and "
-                              "config.resolved.yaml are all needed")
-        other = yaml.safe_load(Path(pure_config).read_text()) or {}
-        members = (other.get("mock") or {}).get("members", "all")
-        if members != "bound":
-            raise CatalogueError(pure_config, "mock.members", f"run {pure_run} has members: "
-                                 f"{members}, not a pure catalogue",
-                                 "rerun it with --configfile configs/pure.yaml")
-        mine = dict(config)
-        for key in ("seed", "simulation", "selection", "sightlines", "window", "splits",
-                    "kde", "flow", "train"):
-            if mine.get(key) != other.get(key):
-                log.warning("compare: '%s' differs between run %s and the pure run %s: the "
-                            "two eval sets differ in more than their interlopers", key, s.run,
-                            pure_run)
-        cats["pure"] = dict(run=pure_run, metrics=_read_json(pure_metrics, "metrics"),
-                            flow=_read_json(pure_flow_metrics, "flow metrics"))
-    summary = comparison_summary(cats)
-    io.write_json(summary_out, _jsonable(summary))
-    write_comparison_csv(csv_out, summary)
-    comparison_figure(summary, png)
-    for cat, r in summary["ratios"].items():
-        log.info("compare (%s, run %s): scatter CNN3D+SBI %.3f, flow %.3f, M-sigma %.3f dex; "
-                 "M-sigma / flow scatter %.2f", cat, summary["runs"][cat],
-                 r["cnn3d_sbi_scatter_dex"], r["flow_scatter_dex"], r["msigma_scatter_dex"],
-                 r["msigma_over_flow_scatter"])

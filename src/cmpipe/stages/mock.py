@@ -10,34 +10,34 @@ from ..io.mock import (FLUX_CLUSTER_SCHEMA, FLUX_GALAXY_SCHEMA, PROJECTED_CLUSTE
                       galaxy_offsets)
 from ..io.tables import CatalogueError, TableWriter, read_table, table_length, write_table
 from ..settings import stage_rng, stage_seed
-from ._common import _box_attrs, _settings, log
+from .common import box_attrs, settings_of, log
 
 
-def build_catalogue(*, config, halos_out, galaxies_out):
+def catalogue(*, config, halos_out, galaxies_out):
     """Rule ``catalogue``: write halos.h5 and galaxies.h5 from the configured source."""
-    s = _settings(config)
+    s = settings_of(config)
     cosmo = make_cosmology(s.cosmology)
     if s.source == "synthetic":
         from ..universe import UniverseSettings, generate_universe
 
-        us = UniverseSettings(redshift=s.redshift, **s.synthetic)
+        us = UniverseSettings(redshift=s.redshift, **s.synthetic.to_dict())
         halos, galaxies = generate_universe(us, cosmo, stage_seed(s.seed, "universe"))
         box = us.box_size_mpc_h
     else:
         from ..io.mdpl2 import load_mdpl2
 
         m = s.mdpl2
-        box = m["box_size_mpc_h"]
+        box = m.box_size_mpc_h
         kw = {}
-        if m.get("halo_columns"):
+        if m.halo_columns:
             from ..io.mdpl2 import DEFAULT_HLIST_COLUMNS
-            kw["halo_columns"] = {**DEFAULT_HLIST_COLUMNS, **m["halo_columns"]}
-        if m.get("galaxy_columns"):
+            kw["halo_columns"] = {**DEFAULT_HLIST_COLUMNS, **m.halo_columns}
+        if m.galaxy_columns:
             from ..io.mdpl2 import DEFAULT_GALAXY_COLUMNS
-            kw["galaxy_columns"] = {**DEFAULT_GALAXY_COLUMNS, **m["galaxy_columns"]}
-        halos, galaxies = load_mdpl2(m["halo_file"], m["galaxy_file"], redshift=s.redshift,
+            kw["galaxy_columns"] = {**DEFAULT_GALAXY_COLUMNS, **m.galaxy_columns}
+        halos, galaxies = load_mdpl2(m.halo_file, m.galaxy_file, redshift=s.redshift,
                                      box_size_mpc_h=box, cosmology=cosmo,
-                                     hdf5_path=m.get("galaxy_hdf5_path"), **kw)
+                                     hdf5_path=m.galaxy_hdf5_path, **kw)
     meta = dict(box_size_mpc_h=box, redshift=s.redshift, cosmology=cosmo.as_dict(),
                 source=s.source)
     log.info("catalogue: %d halos, %d galaxies (%s)", len(halos["halo_id"]),
@@ -52,21 +52,21 @@ def select_halos(*, config, halos, out):
     """Rule ``select_halos``: host halos above the mass threshold."""
     from ..selection import select_hosts
 
-    s = _settings(config)
+    s = settings_of(config)
     cols, attrs = io.read_halos(halos)
     hosts = select_hosts(cols, s.log10_m200c_min)
     if len(hosts["halo_id"]) == 0:
         raise CatalogueError(halos, "log10_m200c", "no host halo reaches the selection "
                              f"threshold {s.log10_m200c_min}",
                              "lower selection.log10_m200c_min or use a larger box")
-    io.write_halos(out, hosts, **_box_attrs(attrs))
+    io.write_halos(out, hosts, **box_attrs(attrs))
 
 
-def make_sightlines(*, config, hosts, out):
+def sightlines(*, config, hosts, out):
     """Rule ``sightlines``: lines of sight per host, flattening log M."""
     from ..selection import allocate_sightlines, assign_sightlines
 
-    s = _settings(config)
+    s = settings_of(config)
     cols, attrs = io.read_halos(hosts)
     rng = stage_rng(s.seed, "sightlines")
     counts = allocate_sightlines(cols["log10_m200c"], lo=s.log10_m200c_min,
@@ -77,14 +77,14 @@ def make_sightlines(*, config, hosts, out):
     log.info("sightlines: %d projections of %d halos (max %d per halo)",
              len(rows["halo_id"]), int((counts > 0).sum()), int(counts.max(initial=0)))
     write_table(out, rows, group="sightlines", schema=SIGHTLINE_SCHEMA,
-                attrs=_box_attrs(attrs))
+                attrs=box_attrs(attrs))
 
 
 def project(*, config, halos, galaxies, hosts, sightlines, out, progress=True):
     """Rule ``project``: every galaxy of the box inside each cluster's window."""
     from ..projection import Projector, project_batches
 
-    s = _settings(config)
+    s = settings_of(config)
     cosmo = make_cosmology(s.cosmology)
     h, attrs = io.read_halos(halos)
     g, _ = io.read_galaxies(galaxies)
@@ -98,7 +98,7 @@ def project(*, config, halos, galaxies, hosts, sightlines, out, progress=True):
     log.info("project: searching +-%.1f h^-1 Mpc (comoving) along each line of sight for "
              "galaxies slower than %.0f km/s; %d faster ones searched separately",
              proj.los_depth, proj.g_index.v_slow, len(proj.g_index.fast_idx))
-    meta = dict(_box_attrs(attrs), half_width_mpc_h=s.window.half_width_mpc_h,
+    meta = dict(box_attrs(attrs), half_width_mpc_h=s.window.half_width_mpc_h,
                 v_max_kms=s.window.v_max_kms)
     n_c = n_g = 0
     with TableWriter(out) as w:
@@ -118,16 +118,16 @@ def _cluster_chunks(n_clusters, chunk):
         yield slice(c0, min(c0 + chunk, n_clusters))
 
 
-def apply_flux_limit(*, config, projected, out, chunk_clusters=2000):
+def flux_limit(*, config, projected, out, chunk_clusters=2000):
     """Rule ``flux_limit``: observers, apparent magnitudes, r < limit, richness cut.
 
     With ``mock.members: bound`` (the pure catalogue) interlopers (``is_member == 0``) are
     dropped first, so the richness cut and everything downstream see bound members only;
     the observers are the same as in the contaminated catalogue of the same seed.
     """
-    from ..fluxlimit import draw_observer_distances, flux_limit
+    from ..fluxlimit import draw_observer_distances, flux_limit as limit_by_flux
 
-    s = _settings(config)
+    s = settings_of(config)
     cosmo = make_cosmology(s.cosmology)
     clusters, attrs = read_table(projected, group="clusters", required=PROJECTED_CLUSTER_SCHEMA)
     g_cid, _ = read_table(projected, group="galaxies", columns=["cluster_id"])
@@ -148,9 +148,9 @@ def apply_flux_limit(*, config, projected, out, chunk_clusters=2000):
                                                    + int((~bound).sum()))
                 gal = {k: v[bound] for k, v in gal.items()}
             cl = {k: v[sl] for k, v in clusters.items()}
-            c_out, g_out, counts = flux_limit(cl, gal, dist[sl], cosmology=cosmo,
-                                              mag_r_limit=s.mock.mag_r_limit,
-                                              min_galaxies=s.mock.min_galaxies)
+            c_out, g_out, counts = limit_by_flux(cl, gal, dist[sl], cosmology=cosmo,
+                                                 mag_r_limit=s.mock.mag_r_limit,
+                                                 min_galaxies=s.mock.min_galaxies)
             w.append("clusters", c_out)
             w.append("galaxies", g_out)
             for k, v in counts.items():
@@ -177,7 +177,7 @@ def split(*, config, fluxlimited, out, chunk_rows=1_000_000):
     """Rule ``split``: train/validation/test/eval by halo; writes clusters.h5."""
     from ..splits import assign_splits
 
-    s = _settings(config)
+    s = settings_of(config)
     clusters, attrs = read_table(fluxlimited, group="clusters", required=FLUX_CLUSTER_SCHEMA)
     codes = assign_splits(clusters, s.splits, stage_rng(s.seed, "splits"))
     clusters["split"] = codes
@@ -201,7 +201,7 @@ def mock_summary(*, config, halos, hosts, clusters, out):
     """Rule ``mock_summary``: summary.json of the mock catalogue."""
     from ..mockstats import mock_summary as summarize
 
-    s = _settings(config)
+    s = settings_of(config)
     cosmo = make_cosmology(s.cosmology)
     h, attrs = io.read_halos(halos)
     hs, _ = io.read_halos(hosts)
@@ -232,7 +232,4 @@ def mock_plots(*, summary, clusters, mass_function_png, splits_png, phase_space_
     plots.split_masses_figure(cl, summ, splits_png)
     gal, _ = read_table(clusters, group="galaxies")
     plots.phase_space_figure(cl, gal, phase_space_png)
-
-
-# -- KDE cubes ---------------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""Training rules: the CNN, its predictions on each split, the loss curves."""
+"""Training rules: the CNN (rule ``train``) and its predictions on each split (rule
+``summaries``); the loss curve is drawn by :func:`cmpipe.stages.evaluate.training_plots`."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,24 +7,25 @@ from pathlib import Path
 from .. import io
 from ..io.tables import write_table
 from ..settings import stage_seed
-from ._common import _settings, log
+from .common import settings_of, log
 
 
-def _train_settings(s):
+def train_settings(s):
     from ..training import TrainSettings
 
-    t = {k: v for k, v in s.train.items() if v is not None}
+    t = {k: v for k, v in s.train.to_dict().items() if v is not None}
     # verbose 0: the rule log gets cmpipe's one line per epoch, not Keras' progress bars
     return TrainSettings.from_dict(dict(t, seed=stage_seed(s.seed, "train") % (2 ** 31),
                                         verbose=0))
 
 
-def train_network(*, config, train_cubes, validation_cubes, model_out):
+def train(*, config, train_cubes, validation_cubes, model_out):
     """Rule ``train``: the CNN, early-stopped on the validation split; resumes if killed."""
-    from ..training import train
+    from ..training import train as train_cnn
 
-    s = _settings(config)
-    result = train(train_cubes, validation_cubes, Path(model_out).parent, _train_settings(s))
+    s = settings_of(config)
+    result = train_cnn(train_cubes, validation_cubes, Path(model_out).parent,
+                       train_settings(s))
     log.info("train: %d parameters, best epoch %d of %d (val MSE %.4g, standardised), "
              "stopped early: %s, resumed from epoch %d", result.n_params, result.best_epoch,
              result.epochs_run, result.best_val_loss, result.stopped_early,
@@ -39,12 +41,12 @@ PREDICTION_SCHEMA = io.Schema({
 })
 
 
-def predict_split(*, config, model, cubes, out, split_name):
+def summaries(*, config, model, cubes, out, split_name):
     """Rule ``summaries``: the network's predictions d~ for one split."""
     from ..training import predict
 
-    s = _settings(config)
-    pred = predict(Path(model).parent, cubes, batch_size=int(s.train.get("batch_size") or 100))
+    s = settings_of(config)
+    pred = predict(Path(model).parent, cubes, batch_size=s.train.batch_size)
     write_table(out, pred, group="predictions", schema=PREDICTION_SCHEMA,
                 attrs=dict(split=split_name, model=str(model)))
     if len(pred["cluster_id"]):
@@ -52,7 +54,3 @@ def predict_split(*, config, model, cubes, out, split_name):
         log.info("%s: %d predictions, residual log10(M_true/M_pred) mean %.3f, sd %.3f dex "
                  "(predicting the mean mass: sd %.3f dex)", split_name, len(res),
                  res.mean(), res.std(), pred["log10_m200c_true"].std())
-
-
-# -- calibration and evaluation -------------------------------------------------------
-

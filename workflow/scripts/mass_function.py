@@ -1,7 +1,7 @@
 """Rule mass_function: survey mass function vs Tinker (2008), pulls, figures."""
-from cmpipe.stages import run_rule, survey_mass_function
+from cmpipe.stages import mass_function, run_rule
 
-run_rule(survey_mass_function, snakemake.log[0], config=snakemake.config,
+run_rule(mass_function, snakemake.log[0], config=snakemake.config,
          posteriors=snakemake.input.posteriors, meta=snakemake.input.meta,
          truth=snakemake.input.truth, out=snakemake.output.mass_function,
          pulls_out=snakemake.output.pulls, mass_function_png=snakemake.output.mass_function_png,

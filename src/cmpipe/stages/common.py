@@ -48,22 +48,22 @@ def run_rule(func, log_path=None, **kwargs):
     return result
 
 
-def _settings(config) -> Settings:
+def settings_of(config) -> Settings:
     return config if isinstance(config, Settings) else Settings.from_config(config)
 
 
-def _box_attrs(attrs):
+def box_attrs(attrs):
     return {k: attrs[k] for k in io.catalogues.BOX_ATTRS}
 
 
-def _jsonable(obj):
+def jsonable(obj):
     """Plain-Python copy of ``obj`` for JSON: numpy scalars/arrays converted, non-finite -> None."""
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
+        return jsonable(obj.tolist())
     if isinstance(obj, (np.floating, float)):
         return None if not np.isfinite(obj) else float(obj)
     if isinstance(obj, np.integer):

@@ -57,10 +57,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .cosmology import C_KMS, Cosmology
-from .fluxlimit import apparent_magnitudes
-from .io.survey import SURVEY_CLUSTER_SCHEMA, SURVEY_GALAXY_SCHEMA, SURVEY_TRUTH_SCHEMA
-from .sky import radec_to_unit
+from ..cosmology import C_KMS, Cosmology
+from ..fluxlimit import apparent_magnitudes
+from ..io.survey import SURVEY_CLUSTER_SCHEMA, SURVEY_GALAXY_SCHEMA, SURVEY_TRUTH_SCHEMA
+from ..sky import radec_to_unit
 
 __all__ = [
     "FULL_SKY_DEG2",
@@ -70,6 +70,7 @@ __all__ = [
     "in_footprint",
     "make_synthetic_survey",
     "Z_MIN_OBS",
+    "synthetic_survey_record",
 ]
 
 log = logging.getLogger(__name__)
@@ -193,6 +194,126 @@ def _sky(r, d, vel, z_cos):
 Z_MIN_OBS = 0.001
 
 
+class _Box(NamedTuple):
+    """Halo and galaxy arrays of the box, each galaxy unwrapped to the minimum image
+    around its host halo (positions comoving h^-1 Mpc, velocities km/s)."""
+
+    h_id: np.ndarray
+    h_pos: np.ndarray
+    h_vel: np.ndarray
+    h_logm: np.ndarray
+    g_pos: np.ndarray
+    g_vel: np.ndarray
+    g_mag: np.ndarray
+    g_hrow: np.ndarray
+    cen_of: np.ndarray
+
+
+def _box_size(box_attrs: dict, radius_mpc_h: float, galaxy_margin_mpc_h: float) -> float:
+    """The box side [comoving h^-1 Mpc], after checking the survey's depth and margin."""
+    for k in ("box_size_mpc_h",):
+        if k not in box_attrs:
+            raise KeyError(f"box_attrs lacks '{k}'; pass the attrs returned by read_halos")
+    if not radius_mpc_h > 0 or not galaxy_margin_mpc_h >= 0:
+        raise ValueError("radius_mpc_h must be > 0 and galaxy_margin_mpc_h >= 0 (h^-1 Mpc)")
+    return float(box_attrs["box_size_mpc_h"])
+
+
+def _box_arrays(halos: dict, galaxies: dict, box: float) -> _Box:
+    """The box's arrays: satellites unwrapped around their host (so members share a
+    replica) and the row of each host's central galaxy (-1 if none)."""
+    h_id = np.asarray(halos["halo_id"], dtype=np.int64)
+    h_pos = np.column_stack([np.asarray(halos[k], float) for k in _POS])
+    h_vel = np.column_stack([np.asarray(halos[k], float) for k in _VEL])
+    h_logm = np.asarray(halos["log10_m200c"], float)
+
+    g_pos = np.column_stack([np.asarray(galaxies[k], float) for k in _POS])
+    g_vel = np.column_stack([np.asarray(galaxies[k], float) for k in _VEL])
+    g_halo = np.asarray(galaxies["halo_id"], dtype=np.int64)
+    g_mag = np.asarray(galaxies["mag_r"], float)
+    g_hrow = _lookup(h_id, g_halo)
+    # unwrap every galaxy to the minimum image around its host, so members share a replica
+    has = g_hrow >= 0
+    dpos = g_pos[has] - h_pos[g_hrow[has]]
+    dpos -= box * np.round(dpos / box)
+    g_pos = g_pos.copy()
+    g_pos[has] = h_pos[g_hrow[has]] + dpos
+
+    # central galaxy of each host (the cluster centre)
+    cen = np.flatnonzero(np.asarray(galaxies["is_central"]).astype(bool) & has)
+    cen_of = np.full(h_id.size, -1, dtype=np.int64)
+    cen_of[g_hrow[cen]] = cen
+    return _Box(h_id, h_pos, h_vel, h_logm, g_pos, g_vel, g_mag, g_hrow, cen_of)
+
+
+def _cluster_images(b: _Box, host, shifts, observer, box, radius_mpc_h, pole, cos_cap):
+    """Images of the ``host`` halos within ``radius_mpc_h`` in the cap, ordered by
+    distance: halo row, shift index, halo-centre distance, and the cluster centre's offset
+    from the observer and velocity (its central galaxy's, the halo's if it has none)."""
+    hi, hs, hr, hd = _images(b.h_pos[host], shifts, observer, box, radius_mpc_h, pole, cos_cap)
+    hi = host[hi]
+    order = np.lexsort((hs, hi, hd))
+    hi, hs, hr, hd = hi[order], hs[order], hr[order], hd[order]
+    c_pos = hr.copy()
+    c_vel = b.h_vel[hi].copy()
+    ci = b.cen_of[hi]
+    withc = ci >= 0
+    c_pos[withc] = b.g_pos[ci[withc]] + (shifts[hs[withc]] * box - observer)
+    c_vel[withc] = b.g_vel[ci[withc]]
+    return hi, hs, hd, c_pos, c_vel
+
+
+def _galaxy_images(b: _Box, shifts, observer, box, r_gal, pole, cos_cap, cosmology,
+                   mag_r_limit):
+    """Galaxy images within ``r_gal`` in the cap and brighter than ``mag_r_limit``: galaxy
+    row, shift index, offset, distance and apparent r magnitude."""
+    gi, gs, gr, gd = _images(b.g_pos, shifts, observer, box, r_gal, pole, cos_cap)
+    m_app = apparent_magnitudes(b.g_mag[gi], gd, cosmology) if gi.size else np.zeros(0)
+    bright = m_app < mag_r_limit
+    return gi[bright], gs[bright], gr[bright], gd[bright], m_app[bright]
+
+
+def _members(b: _Box, hi, hs, gi, gs, n_sh):
+    """Cluster of each galaxy image (-1: none) and each cluster's member count: a galaxy
+    belongs to cluster c if its host halo is c's halo seen in the same replica."""
+    n_cl = hi.size
+    cluster_id = np.arange(n_cl, dtype=np.int64)
+    c_key = hi * n_sh + hs
+    g_key = np.where(b.g_hrow[gi] >= 0, b.g_hrow[gi] * n_sh + gs, -1)
+    hit = _lookup(c_key, g_key)
+    g_cl = np.where(hit >= 0, cluster_id[np.maximum(hit, 0)], -1).astype(np.int64)
+    n_mem = np.bincount(g_cl[g_cl >= 0], minlength=n_cl).astype(np.int64)
+    return g_cl, n_mem
+
+
+def _receding(g_ra, g_dec, g_zobs):
+    """Rows of the galaxies a redshift survey keeps (z_obs > :data:`Z_MIN_OBS`), sorted by
+    RA then Dec: galaxies right around the observer can be blueshifted by their peculiar
+    velocities."""
+    recede = g_zobs > Z_MIN_OBS
+    if not recede.all():
+        log.info("dropped %d galaxies with z_obs <= %g (next to the observer)",
+                 int((~recede).sum()), Z_MIN_OBS)
+    return np.flatnonzero(recede)[np.lexsort((g_dec[recede], g_ra[recede]))]
+
+
+def _as_schema(table: dict, schema) -> dict:
+    return {k: np.ascontiguousarray(table[k], dtype=v[0]) for k, v in schema.items()}
+
+
+def _log_survey(meta: dict, n_cl: int, n_gal: int) -> None:
+    m = meta
+    if m["tiled"]:
+        log.warning("box of %.0f h^-1 Mpc < 2 x %.0f h^-1 Mpc depth: tiled with %d periodic "
+                    "replicas; %d clusters repeat a halo already seen", m["box_size_mpc_h"],
+                    m["galaxy_radius_mpc_h"], len(m["replica_shifts"]),
+                    m["n_repeated_clusters"])
+    log.info("synthetic survey: observer at (%.1f, %.1f, %.1f) h^-1 Mpc, %.0f deg^2 cap, "
+             "R = %.0f h^-1 Mpc (V = %.4g (h^-1 Mpc)^3): %d clusters >= 10^%.2f, %d galaxies "
+             "r < %.2f", *m["observer_mpc_h"], m["area_deg2"], m["radius_mpc_h"],
+             m["volume_mpc_h3"], n_cl, m["log10_m_min"], n_gal, m["mag_r_limit"])
+
+
 def make_synthetic_survey(halos: dict, galaxies: dict, box_attrs: dict,
                           cosmology: Cosmology, *, radius_mpc_h: float = 250.0,
                           area_deg2: float = 8250.0, log10_m_min: float = 13.7,
@@ -233,97 +354,47 @@ def make_synthetic_survey(halos: dict, galaxies: dict, box_attrs: dict,
     SyntheticSurvey
         ``(clusters, galaxies, truth, volume_mpc_h3, meta)``.
     """
-    for k in ("box_size_mpc_h",):
-        if k not in box_attrs:
-            raise KeyError(f"box_attrs lacks '{k}'; pass the attrs returned by read_halos")
-    if not radius_mpc_h > 0 or not galaxy_margin_mpc_h >= 0:
-        raise ValueError("radius_mpc_h must be > 0 and galaxy_margin_mpc_h >= 0 (h^-1 Mpc)")
-    box = float(box_attrs["box_size_mpc_h"])
+    box = _box_size(box_attrs, radius_mpc_h, galaxy_margin_mpc_h)
     cos_cap = cap_cos_half_angle(area_deg2)
     pole = radec_to_unit(pole_ra_deg, pole_dec_deg)
     rng = np.random.default_rng(seed)
     observer = rng.random(3) * box
     r_gal = radius_mpc_h + galaxy_margin_mpc_h
     volume = survey_volume_mpc_h3(radius_mpc_h, area_deg2)
-
-    h_id = np.asarray(halos["halo_id"], dtype=np.int64)
-    h_pos = np.column_stack([np.asarray(halos[k], float) for k in _POS])
-    h_vel = np.column_stack([np.asarray(halos[k], float) for k in _VEL])
-    h_logm = np.asarray(halos["log10_m200c"], float)
-
-    g_pos = np.column_stack([np.asarray(galaxies[k], float) for k in _POS])
-    g_vel = np.column_stack([np.asarray(galaxies[k], float) for k in _VEL])
-    g_halo = np.asarray(galaxies["halo_id"], dtype=np.int64)
-    g_mag = np.asarray(galaxies["mag_r"], float)
-    g_hrow = _lookup(h_id, g_halo)
-    # unwrap every galaxy to the minimum image around its host, so members share a replica
-    has = g_hrow >= 0
-    dpos = g_pos[has] - h_pos[g_hrow[has]]
-    dpos -= box * np.round(dpos / box)
-    g_pos = g_pos.copy()
-    g_pos[has] = h_pos[g_hrow[has]] + dpos
-
-    # central galaxy of each host (the cluster centre)
-    cen = np.flatnonzero(np.asarray(galaxies["is_central"]).astype(bool) & has)
-    cen_of = np.full(h_id.size, -1, dtype=np.int64)
-    cen_of[g_hrow[cen]] = cen
-
-    allpos = np.vstack([h_pos, g_pos]) if len(g_pos) else h_pos
+    b = _box_arrays(halos, galaxies, box)
+    allpos = np.vstack([b.h_pos, b.g_pos]) if len(b.g_pos) else b.h_pos
     shifts = _shifts(allpos.min(axis=0), allpos.max(axis=0), observer, r_gal, box)
     tiled = box < 2.0 * r_gal
 
-    # ---- clusters: hosts above the threshold, halo centre within R and inside the cap
-    host = np.flatnonzero((np.asarray(halos["upid"]) == -1) & (h_logm >= log10_m_min))
-    hi, hs, hr, hd = _images(h_pos[host], shifts, observer, box, radius_mpc_h, pole, cos_cap)
-    hi = host[hi]
-    order = np.lexsort((hs, hi, hd))
-    hi, hs, hr, hd = hi[order], hs[order], hr[order], hd[order]
-    c_pos = hr.copy()
-    c_vel = h_vel[hi].copy()
-    ci = cen_of[hi]
-    withc = ci >= 0
-    c_pos[withc] = g_pos[ci[withc]] + (shifts[hs[withc]] * box - observer)
-    c_vel[withc] = g_vel[ci[withc]]
+    # clusters: hosts above the threshold, halo centre within R and inside the cap
+    host = np.flatnonzero((np.asarray(halos["upid"]) == -1) & (b.h_logm >= log10_m_min))
+    hi, hs, hd, c_pos, c_vel = _cluster_images(b, host, shifts, observer, box, radius_mpc_h,
+                                               pole, cos_cap)
     c_dist = np.linalg.norm(c_pos, axis=1)
     n_cl = hi.size
-    cluster_id = np.arange(n_cl, dtype=np.int64)
-    n_sh = len(shifts)
-
-    # ---- galaxies: within R + margin, inside the cap, brighter than the flux limit
-    gi, gs, gr, gd = _images(g_pos, shifts, observer, box, r_gal, pole, cos_cap)
-    m_app = apparent_magnitudes(g_mag[gi], gd, cosmology) if gi.size else np.zeros(0)
-    bright = m_app < mag_r_limit
-    gi, gs, gr, gd, m_app = gi[bright], gs[bright], gr[bright], gd[bright], m_app[bright]
+    # galaxies: within R + margin, inside the cap, brighter than the flux limit
+    gi, gs, gr, gd, m_app = _galaxy_images(b, shifts, observer, box, r_gal, pole, cos_cap,
+                                           cosmology, mag_r_limit)
     # one distance -> redshift inversion for everything (each call tabulates the
     # astropy distance afresh)
     z_all = np.atleast_1d(cosmology.z_at_comoving_distance(np.concatenate([c_dist, hd, gd])))
     c_zcos, h_zcos, g_zcos = np.split(z_all, [n_cl, 2 * n_cl])
     c_ra, c_dec, c_zobs = _sky(c_pos, c_dist, c_vel, c_zcos)
-    g_ra, g_dec, g_zobs = _sky(gr, gd, g_vel[gi], g_zcos)
-    # a galaxy belongs to cluster c if its host halo is c's halo seen in the same replica
-    c_key = hi * n_sh + hs
-    g_key = np.where(g_hrow[gi] >= 0, g_hrow[gi] * n_sh + gs, -1)
-    hit = _lookup(c_key, g_key)
-    g_cl = np.where(hit >= 0, cluster_id[np.maximum(hit, 0)], -1).astype(np.int64)
-    n_mem = np.bincount(g_cl[g_cl >= 0], minlength=n_cl).astype(np.int64)
-    # a redshift survey keeps only receding objects (SDSS-like z > Z_MIN_OBS): galaxies
-    # right around the observer can be blueshifted by their peculiar velocities
-    recede = g_zobs > Z_MIN_OBS
-    if not recede.all():
-        log.info("dropped %d galaxies with z_obs <= %g (next to the observer)",
-                 int((~recede).sum()), Z_MIN_OBS)
-    g_order = np.flatnonzero(recede)[np.lexsort((g_dec[recede], g_ra[recede]))]
+    g_ra, g_dec, g_zobs = _sky(gr, gd, b.g_vel[gi], g_zcos)
+    g_cl, n_mem = _members(b, hi, hs, gi, gs, len(shifts))
+    g_order = _receding(g_ra, g_dec, g_zobs)
     n_gal = g_order.size
 
+    cluster_id = np.arange(n_cl, dtype=np.int64)
     clusters = dict(cluster_id=cluster_id, ra_deg=c_ra, dec_deg=c_dec, z=c_zobs,
                     log10_m_cat=np.full(n_cl, np.nan), log10_m_cat_err=np.full(n_cl, np.nan),
                     n_mem=n_mem)
     gals = dict(galaxy_id=np.arange(n_gal, dtype=np.int64), ra_deg=g_ra[g_order],
                 dec_deg=g_dec[g_order], z=g_zobs[g_order], cluster_id=g_cl[g_order],
                 mag_r=m_app[g_order])
-    truth = dict(cluster_id=cluster_id, halo_id=h_id[hi], replica=hs,
-                 log10_m200c=h_logm[hi], r200c_mpc_h=np.asarray(halos["r200c_mpc_h"],
-                                                                float)[hi],
+    truth = dict(cluster_id=cluster_id, halo_id=b.h_id[hi], replica=hs,
+                 log10_m200c=b.h_logm[hi], r200c_mpc_h=np.asarray(halos["r200c_mpc_h"],
+                                                                  float)[hi],
                  comoving_distance_mpc_h=hd, z_cos=h_zcos, z_obs=c_zobs, n_mem_true=n_mem)
     n_repeat = n_cl - np.unique(hi).size
     meta = dict(observer_mpc_h=observer.tolist(), box_size_mpc_h=box,
@@ -336,18 +407,41 @@ def make_synthetic_survey(halos: dict, galaxies: dict, box_attrs: dict,
                 mag_r_limit=float(mag_r_limit), tiled=bool(tiled),
                 replica_shifts=shifts.tolist(), n_repeated_clusters=int(n_repeat),
                 seed=str(seed), cosmology=cosmology.name)
-    if tiled:
-        log.warning("box of %.0f h^-1 Mpc < 2 x %.0f h^-1 Mpc depth: tiled with %d periodic "
-                    "replicas; %d clusters repeat a halo already seen",
-                    box, r_gal, len(shifts), n_repeat)
-    log.info("synthetic survey: observer at (%.1f, %.1f, %.1f) h^-1 Mpc, %.0f deg^2 cap, "
-             "R = %.0f h^-1 Mpc (V = %.4g (h^-1 Mpc)^3): %d clusters >= 10^%.2f, %d galaxies "
-             "r < %.2f", *observer, area_deg2, radius_mpc_h, volume, n_cl, log10_m_min,
-             n_gal, mag_r_limit)
-    out_c = {k: np.ascontiguousarray(clusters[k], dtype=v[0])
-             for k, v in SURVEY_CLUSTER_SCHEMA.items()}
-    out_g = {k: np.ascontiguousarray(gals[k], dtype=v[0])
-             for k, v in SURVEY_GALAXY_SCHEMA.items()}
-    out_t = {k: np.ascontiguousarray(truth[k], dtype=v[0])
-             for k, v in SURVEY_TRUTH_SCHEMA.items()}
-    return SyntheticSurvey(out_c, out_g, out_t, volume, meta)
+    _log_survey(meta, n_cl, n_gal)
+    return SyntheticSurvey(_as_schema(clusters, SURVEY_CLUSTER_SCHEMA),
+                           _as_schema(gals, SURVEY_GALAXY_SCHEMA),
+                           _as_schema(truth, SURVEY_TRUTH_SCHEMA), volume, meta)
+
+
+def synthetic_survey_record(survey: SyntheticSurvey, box_attrs: dict, seed: int,
+                            cosmology: Cosmology) -> dict:
+    """The record (``survey/meta.json``) of a synthetic survey.
+
+    Parameters
+    ----------
+    survey : SyntheticSurvey
+        What :func:`make_synthetic_survey` returned.
+    box_attrs : dict
+        The box's table attributes; ``redshift`` is the snapshot redshift of the theory.
+    seed : int
+        The survey stage seed (fixes the observer).
+    cosmology : Cosmology
+
+    Returns
+    -------
+    dict
+        ``survey.meta`` (less the replica shifts, counted in ``n_replicas``) with
+        ``source``, ``has_truth``, ``volume_mpc_h3`` [(h^-1 Mpc)^3], ``theory`` (Tinker
+        2008 at the box redshift) and ``z_range`` (None: no redshift cut).
+    """
+    m = dict(survey.meta)
+    shifts = m.pop("replica_shifts", [])
+    m["volume_mpc_h3"] = survey.volume_mpc_h3
+    meta = dict(source="synthetic", has_truth=True, **m, n_replicas=len(shifts),
+                theory=dict(kind="snapshot", z=float(box_attrs["redshift"]),
+                            note="the synthetic box is one snapshot: its halos follow "
+                                 "Tinker (2008) at the box redshift at every distance"),
+                z_range=None)
+    meta["seed"] = int(seed)
+    meta["cosmology"] = cosmology.name
+    return meta

@@ -1,0 +1,43 @@
+"""Simulation-based calibration: the joint density of network predictions and true masses.
+
+Pipeline step 8 (``docs/science.md``; paper section 3.1 and 4.1). The trained network maps
+every *test-set* cluster to a point prediction ``d~`` (log10 h^-1 Msun); together with the
+true ``log10 M200c`` these pairs define the joint density ``P(d~, log M)``, estimated by a
+bivariate Gaussian KDE and tabulated once on a fine grid. The posterior of any cluster is
+the slice of that table at its own prediction, renormalised over ``log M``.
+
+Modules
+-------
+``joint_pdf``
+    :func:`tabulate_joint_pdf` and the table :class:`JointPDF` (units, bandwidth, grid and
+    error bound in its docstring; the file format is :mod:`cmpipe.io.joint_pdf`).
+``posterior``
+    :func:`posterior`, :func:`summarise` (MAP, mean, median, intervals),
+    :func:`posterior_cdf_at` (PIT), :func:`cross_validated_pit` and the row helpers the
+    mass function shares.
+"""
+from .joint_pdf import (DEFAULT_BANDWIDTH, DEFAULT_GRID_SIZE, DEFAULT_TRUNCATION, JointPDF,
+                        kernel_covariance, tabulate_joint_pdf)
+from .posterior import (QUANTILE_LEVELS, cdf_quantiles, cross_validated_pit, is_extrapolated,
+                        normalise_rows, posterior, posterior_cdf, posterior_cdf_at,
+                        posterior_map, posterior_rows, summarise)
+
+__all__ = [
+    "DEFAULT_BANDWIDTH",
+    "DEFAULT_GRID_SIZE",
+    "DEFAULT_TRUNCATION",
+    "QUANTILE_LEVELS",
+    "JointPDF",
+    "tabulate_joint_pdf",
+    "kernel_covariance",
+    "posterior",
+    "summarise",
+    "posterior_cdf_at",
+    "is_extrapolated",
+    "cross_validated_pit",
+    "posterior_rows",
+    "normalise_rows",
+    "posterior_cdf",
+    "cdf_quantiles",
+    "posterior_map",
+]

@@ -1,0 +1,342 @@
+"""Typed, frozen config sections: one dataclass per section of the config.
+
+The schema (``workflow/schemas/config.schema.yaml``) is the one place where a key's type,
+range, default and meaning are written; the Snakefile and :func:`cmpipe.settings.load_config`
+validate the config against it and fill every default. These classes declare the validated
+sections' fields and types only (no defaults: ``tests/test_config.py`` checks that the fields
+match the schema's properties), so stages read ``s.survey.mass_function.n_boot`` rather
+than indexing raw dicts with literal fallbacks.
+
+``TrainSection`` and ``FlowSection`` are named apart from :class:`cmpipe.training.TrainSettings`
+and :class:`cmpipe.flow.FlowSettings`, the science modules' own settings (library defaults
+for callers without a config, plus derived values such as the stage seed), which the
+stages build from these sections.
+
+Arrays become tuples and open-ended column maps read-only mappings, so a section cannot be
+changed after it is built. :meth:`Section.to_dict` gives the plain dict back (e.g. for
+JSON records).
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+__all__ = [
+    "Section", "SyntheticSettings", "MDPL2Settings", "WindowSettings", "SightlineSettings",
+    "MockSettings", "SplitSettings", "KDESettings", "TrainSection", "CalibrationSettings",
+    "BaselineSettings", "FlowSection", "CompareSettings", "SurveySyntheticSettings",
+    "CatalogueVolumeSettings", "PopulationPriorSettings", "MassFunctionSettings",
+    "SurveySettings", "AblationSettings", "RobustnessSettings", "SaliencySettings",
+]
+
+
+def _freeze(value):
+    if isinstance(value, list):
+        return tuple(value)
+    if isinstance(value, dict):
+        return types.MappingProxyType(dict(value))
+    return value
+
+
+def _thaw(value):
+    if isinstance(value, Section):
+        return value.to_dict()
+    if isinstance(value, tuple):
+        return [_thaw(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _thaw(v) for k, v in value.items()}
+    return value
+
+
+class Section:
+    """Base of the config sections: built from a validated dict, frozen, typed."""
+
+    @classmethod
+    def from_dict(cls, d: Mapping):
+        """The section from its validated (defaults filled) dict; nested sections too.
+
+        Raises
+        ------
+        KeyError
+            A field is missing: the dict was not validated against the schema (which fills
+            every default) - validate it with :func:`cmpipe.settings.validate_config`.
+        """
+        hints = typing.get_type_hints(cls)
+        kw = {}
+        for f in dataclasses.fields(cls):
+            if f.name not in d:
+                raise KeyError(f"config section {cls.__name__}: key {f.name!r} missing (validate "
+                               "the config against workflow/schemas/config.schema.yaml, which "
+                               "fills defaults)")
+            sub = hints[f.name]
+            if isinstance(sub, type) and issubclass(sub, Section):
+                kw[f.name] = sub.from_dict(d[f.name])
+            else:
+                kw[f.name] = _freeze(d[f.name])
+        return cls(**kw)
+
+    def to_dict(self) -> dict:
+        """Plain dict (lists, dicts) of the section, fields in declaration order."""
+        return {f.name: _thaw(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+@dataclass(frozen=True)
+class SyntheticSettings(Section):
+    """``simulation.synthetic``: the embedded stand-in universe."""
+
+    box_size_mpc_h: float
+    log10_m_min: float
+    log10_m_max: float
+    grid_cells: int
+    mag_r_faint: float
+    halo_velocity_sigma_kms: float
+    concentration_model: str
+
+
+@dataclass(frozen=True)
+class MDPL2Settings(Section):
+    """``simulation.mdpl2``: real ROCKSTAR hlist and galaxy files."""
+
+    halo_file: str
+    galaxy_file: str
+    galaxy_hdf5_path: str | None
+    box_size_mpc_h: float
+    halo_columns: Mapping[str, str]
+    galaxy_columns: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class WindowSettings(Section):
+    """``window``: |x_proj|, |y_proj| <= ``half_width_mpc_h`` (proper h^-1 Mpc, paper 1.6),
+    |v_los| <= ``v_max_kms`` (km/s, paper 2200)."""
+
+    half_width_mpc_h: float
+    v_max_kms: float
+
+
+@dataclass(frozen=True)
+class SightlineSettings(Section):
+    """``sightlines``: lines of sight per selected halo (flattening in log M)."""
+
+    max_per_halo: int
+    target_per_bin: int
+    bin_width_dex: float
+
+
+@dataclass(frozen=True)
+class MockSettings(Section):
+    """``mock``: observer placement, magnitude limit, richness cut.
+
+    ``members`` is ``all`` (the contaminated catalogue: every galaxy in the window) or
+    ``bound`` (the pure catalogue: interlopers, ``is_member == 0``, dropped at the flux
+    limit, before the richness cut, so every later stage sees bound members only).
+    """
+
+    observer_radius_mpc_h: float
+    mag_r_limit: float
+    min_galaxies: int
+    halo_batch_size: int
+    members: str
+
+
+@dataclass(frozen=True)
+class SplitSettings(Section):
+    """``splits``: train/validation/test/eval by halo, stratified in log M (``fractions``
+    flattened into ``train``, ``test``, ``eval``)."""
+
+    train: float
+    test: float
+    eval: float
+    validation_fraction: float
+    bin_width_dex: float
+
+    @classmethod
+    def from_dict(cls, d: Mapping):
+        d = dict(d)
+        return super().from_dict({**d.pop("fractions", {}), **d})
+
+
+@dataclass(frozen=True)
+class KDESettings(Section):
+    """``kde``: cubes of ``n_grid``^3 voxels; kernel covariance = ``h0``^2 x the data
+    covariance (paper 0.175); kernels cut at Mahalanobis radius ``truncation``;
+    ``shard_size`` clusters a shard job, ``batch_size`` cubes computed at once."""
+
+    n_grid: int
+    h0: float
+    truncation: float
+    shard_size: int
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class TrainSection(Section):
+    """``train``: the CNN's layers (None: the paper's), optimiser and early stopping."""
+
+    layers: tuple | None
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    beta_1: float
+    beta_2: float
+    patience: int
+    augment: bool
+    input_transform: str
+    mixed_precision: bool
+    xla: bool
+    in_memory_max_mb: float
+
+
+@dataclass(frozen=True)
+class CalibrationSettings(Section):
+    """``calibration``: the joint-PDF kernel bandwidth, grids and point estimate."""
+
+    bandwidth: float
+    shrink: bool
+    n_grid_pred: int
+    n_grid_mass: int
+    point_estimate: str
+
+
+@dataclass(frozen=True)
+class BaselineSettings(Section):
+    """``baselines``: the classical estimators' interloper handling and richness cut."""
+
+    interlopers: str
+    min_galaxies: int
+
+
+@dataclass(frozen=True)
+class FlowSection(Section):
+    """``flow``: the neural posterior estimator (input, architecture, training, grid)."""
+
+    input: str
+    n_grid: int | None
+    model: str
+    transforms: int
+    bins: int
+    hidden_features: int
+    embedding_channels: tuple
+    embedding_kernel: int
+    embedding_units: int
+    embedding_features: int
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    weight_decay: float
+    patience: int
+    clip_grad_norm: float
+    augment: bool
+    n_grid_mass: int
+    mass_margin_dex: float
+    prior_bandwidth: float
+    max_memory_mb: float
+    input_transform: str
+
+
+@dataclass(frozen=True)
+class CompareSettings(Section):
+    """``compare``: the pure-catalogue run compared with this one (None: none)."""
+
+    pure_run: str | None
+
+
+@dataclass(frozen=True)
+class SurveySyntheticSettings(Section):
+    """``survey.synthetic``: the embedded mock survey (a light cone of the synthetic box)."""
+
+    radius_mpc_h: float
+    area_deg2: float
+    log10_m_min: float
+    mag_r_limit: float
+    pole_ra_deg: float
+    pole_dec_deg: float
+    galaxy_margin_mpc_h: float
+
+
+@dataclass(frozen=True)
+class CatalogueVolumeSettings(Section):
+    """``survey.catalogue_volume``: sky area (deg^2) and redshift range of the catalogue."""
+
+    area_deg2: float
+    z_min: float
+    z_max: float
+
+
+@dataclass(frozen=True)
+class PopulationPriorSettings(Section):
+    """``survey.population_prior``: the prior's mass range (None: from the calibration)."""
+
+    log10_m_min: float | None
+    log10_m_max: float | None
+
+
+@dataclass(frozen=True)
+class MassFunctionSettings(Section):
+    """``survey.mass_function``: estimator, bootstrap, forward models and null tests."""
+
+    prior: str
+    estimate: str
+    bandwidth_dex: str | float
+    n_boot: int
+    bootstrap: str
+    forward_scale: float
+    null_surveys: int
+    log10_m_lo: float
+    log10_m_hi: float
+    n_grid: int
+    log10_m_complete: float | None
+
+
+@dataclass(frozen=True)
+class SurveySettings(Section):
+    """``survey``: the catalogue measured (synthetic or GalWeight/SDSS files) and its
+    mass function."""
+
+    source: str
+    min_galaxies: int | None
+    pair_by_cluster_id: bool
+    synthetic: SurveySyntheticSettings
+    clusters: str
+    galaxies: str
+    cluster_columns: Mapping[str, str]
+    galaxy_columns: Mapping[str, str]
+    angle_unit: str
+    catalogue_volume: CatalogueVolumeSettings
+    population_prior: PopulationPriorSettings
+    mass_function: MassFunctionSettings
+
+
+@dataclass(frozen=True)
+class AblationSettings(Section):
+    """``ablation``: the CNN1D/CNN2D comparison (None: the CNN3D's grid, the default
+    layers)."""
+
+    enabled: bool
+    n_grid: int | None
+    layers_1d: tuple | None
+    layers_2d: tuple | None
+
+
+@dataclass(frozen=True)
+class RobustnessSettings(Section):
+    """``robustness``: perturbation levels and the verdict's thresholds."""
+
+    enabled: bool
+    incompleteness: tuple
+    velocity_error_kms: tuple
+    min_galaxies: int | None
+    coverage_sigma: float
+    max_bias_shift_dex: float
+
+
+@dataclass(frozen=True)
+class SaliencySettings(Section):
+    """``saliency``: mass bins (log10 h^-1 Msun edges) and clusters per bin."""
+
+    enabled: bool
+    mass_bins: tuple
+    max_clusters: int | None

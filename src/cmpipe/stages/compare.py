@@ -1,0 +1,97 @@
+"""Rule ``compare``: the estimators side by side (CNN3D + SBI, neural flow, M-sigma, virial)
+on this run's eval set and, with ``compare.pure_run``, on the pure run's.
+
+Products under ``results/{run}/`` (docs/data-products.md, "Neural flow"):
+``comparison/summary.json``, ``comparison/summary.csv``, ``figures/comparison.png``.
+The numbers come from :func:`cmpipe.comparison.comparison_summary`, the figure from
+:func:`cmpipe.plots_flow.comparison_figure`; the rule runs in ``envs/plots.yaml`` (no torch,
+no Keras).
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from .. import io
+from ..comparison import ROW_KEYS, comparison_summary
+from ..io.tables import CatalogueError, atomic_output
+from ..settings import ConfigError
+from .common import jsonable, settings_of, log
+
+
+def _read_json(path, what):
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise CatalogueError(path, what, f"unreadable ({err})",
+                             "rerun the run that makes it") from err
+
+
+def write_comparison_csv(path, summary: dict) -> None:
+    """The rows of :func:`cmpipe.comparison.comparison_summary` as CSV (atomically): one
+    row per catalogue and estimator, residuals in dex, empty cells for None, floats with 6
+    significant digits."""
+    cols = ("catalogue", "run", "estimator", "label") + ROW_KEYS
+    with atomic_output(path) as tmp:
+        with open(tmp, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(cols)
+            for r in summary["rows"]:
+                w.writerow(["" if r[c] is None else (f"{r[c]:.6g}" if isinstance(r[c], float)
+                                                    else r[c]) for c in cols])
+
+
+def compare(*, config, metrics, flow_metrics, summary_out, csv_out, png,
+            pure_metrics=None, pure_flow_metrics=None, pure_config=None):
+    """Rule ``compare``: CNN3D + SBI, neural flow, M-sigma and virial side by side on this
+    run's eval set and, with ``compare.pure_run``, on the pure run's.
+
+    The pure run must be a finished run with ``mock.members: bound`` (its
+    ``config.resolved.yaml`` is checked); settings that make the two runs' eval sets differ
+    in more than their interlopers (seed, simulation, sightlines, window, splits) are
+    reported as warnings.
+    """
+    import yaml
+
+    from ..plots_flow import comparison_figure
+
+    s = settings_of(config)
+    label = {"all": "contaminated", "bound": "pure"}
+    cats = {label[s.mock.members]: dict(run=s.run, metrics=_read_json(metrics, "metrics"),
+                                        flow=_read_json(flow_metrics, "flow metrics"))}
+    pure_run = s.compare.pure_run
+    if pure_run:
+        if s.mock.members == "bound":
+            raise ConfigError("compare.pure_run is set in a pure run (mock.members: bound). "
+                              "Fix: set compare.pure_run: null in the pure overlay")
+        if pure_run == s.run:
+            raise ConfigError(f"compare.pure_run names this run itself ({s.run}). Fix: name "
+                              "the run of configs/pure.yaml (e.g. demo-pure)")
+        if None in (pure_metrics, pure_flow_metrics, pure_config):
+            raise ConfigError("compare: the pure run's metrics, flow metrics and "
+                              "config.resolved.yaml are all needed")
+        other = yaml.safe_load(Path(pure_config).read_text()) or {}
+        members = (other.get("mock") or {}).get("members", "all")
+        if members != "bound":
+            raise CatalogueError(pure_config, "mock.members", f"run {pure_run} has members: "
+                                 f"{members}, not a pure catalogue",
+                                 "rerun it with --configfile configs/pure.yaml")
+        mine = dict(config)
+        for key in ("seed", "simulation", "selection", "sightlines", "window", "splits",
+                    "kde", "flow", "train"):
+            if mine.get(key) != other.get(key):
+                log.warning("compare: '%s' differs between run %s and the pure run %s: the "
+                            "two eval sets differ in more than their interlopers", key, s.run,
+                            pure_run)
+        cats["pure"] = dict(run=pure_run, metrics=_read_json(pure_metrics, "metrics"),
+                            flow=_read_json(pure_flow_metrics, "flow metrics"))
+    summary = comparison_summary(cats)
+    io.write_json(summary_out, jsonable(summary))
+    write_comparison_csv(csv_out, summary)
+    comparison_figure(summary, png)
+    for cat, r in summary["ratios"].items():
+        log.info("compare (%s, run %s): scatter CNN3D+SBI %.3f, flow %.3f, M-sigma %.3f dex; "
+                 "M-sigma / flow scatter %.2f", cat, summary["runs"][cat],
+                 r["cnn3d_sbi_scatter_dex"], r["flow_scatter_dex"], r["msigma_scatter_dex"],
+                 r["msigma_over_flow_scatter"])

@@ -1,0 +1,191 @@
+"""Survey posteriors: each cluster's network prediction d~ through the calibration, under
+the test-set (flat) prior and under the population (Tinker 2008) prior.
+
+One row per survey cluster, sorted by id (:func:`cmpipe.io.survey_products.
+survey_posterior_schema`); clusters without a cube have NaN posteriors. Masses are
+log10(M200c / h^-1 Msun), standard deviations dex.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+import numpy as np
+
+from ..cosmology import Cosmology
+from ..io.survey_products import SURVEY_POSTERIOR_KEYS, SURVEY_PRIORS
+from ..io.tables import CatalogueError
+from ..settings import ConfigError, Settings
+
+__all__ = ["population_mass_range", "posterior_table_base", "predictions_by_cluster",
+           "survey_posterior_table", "survey_posterior_meta", "log_posterior_summary"]
+
+log = logging.getLogger(__name__)
+
+#: Clusters whose posteriors are summarised at once.
+_CHUNK = 2048
+
+
+def population_mass_range(s: Settings, measured_range, measured_what: str = "the calibrated "
+                          "range of the joint PDF") -> tuple[float, float]:
+    """True-mass range of the population prior, log10(M200c / h^-1 Msun).
+
+    The sample's (``survey.population_prior``, or the synthetic survey's mass threshold)
+    clipped to ``measured_range``, the masses the estimator's likelihood was measured on
+    (:attr:`cmpipe.calibration.JointPDF.calibrated_mass_range`, or the neural flow's
+    training masses).
+
+    Raises
+    ------
+    ConfigError
+        The range is empty.
+    """
+    sv = s.survey
+    cal_lo, cal_hi = (float(v) for v in measured_range)
+    lo = sv.population_prior.log10_m_min
+    if lo is None and sv.source == "synthetic":
+        lo = sv.synthetic.log10_m_min
+    hi = sv.population_prior.log10_m_max
+    lo = cal_lo if lo is None else max(float(lo), cal_lo)
+    hi = cal_hi if hi is None else min(float(hi), cal_hi)
+    if not lo < hi:
+        raise ConfigError(f"survey.population_prior: the mass range [{lo}, {hi}] is empty "
+                          f"inside {measured_what} [{cal_lo:.3f}, {cal_hi:.3f}]; widen "
+                          "log10_m_min/log10_m_max or set them to null")
+    return float(lo), float(hi)
+
+
+def posterior_table_base(s: Settings, cosmo: Cosmology, cl: Mapping) -> dict:
+    """The cluster columns of a survey posterior table (``survey/posteriors.ecsv`` and the
+    flow's), with each cluster's comoving distance [h^-1 Mpc] and whether it lies beyond
+    the mock's observers (``mock.observer_radius_mpc_h``; logged: the calibration has no
+    training window that faint-sampled)."""
+    table = {c: cl[c] for c in ("cluster_id", "ra_deg", "dec_deg", "z", "n_gal", "n_members",
+                                "n_mem", "log10_m_cat", "log10_m_cat_err", "skipped")}
+    r = np.asarray(cosmo.comoving_distance_mpc_h(np.asarray(cl["z"], dtype=float)),
+                   dtype=float).reshape(-1)
+    depth = float(s.mock.observer_radius_mpc_h)
+    table["comoving_distance_mpc_h"] = r
+    table["beyond_mock_depth"] = (r > depth).astype(np.int8)
+    n_far = int(table["beyond_mock_depth"].sum())
+    if n_far:
+        log.warning("%d of %d survey cluster(s) lie beyond the mock's observers (comoving "
+                    "distance > mock.observer_radius_mpc_h = %g h^-1 Mpc, z up to %.3f): the "
+                    "network and its calibration never saw clusters that far, so their "
+                    "posteriors are extrapolated (column beyond_mock_depth); raise "
+                    "mock.observer_radius_mpc_h to the survey's depth and rerun", n_far,
+                    r.size, depth, float(np.nanmax(np.asarray(cl["z"], dtype=float))))
+    return table
+
+
+def predictions_by_cluster(cluster_ids, pred: Mapping, cubes) -> np.ndarray:
+    """Network predictions d~ [log10(h^-1 Msun)] in the rows of ``cluster_ids`` (sorted),
+    NaN for clusters without a cube.
+
+    Raises
+    ------
+    CatalogueError
+        A predicted cluster is not in ``cluster_ids`` (``cubes`` names the file).
+    """
+    n = len(cluster_ids)
+    d = np.full(n, np.nan)
+    if len(pred["cluster_id"]):
+        row = np.searchsorted(cluster_ids, pred["cluster_id"])
+        if np.any(row >= n) or np.any(cluster_ids[np.minimum(row, n - 1)]
+                                      != pred["cluster_id"]):
+            raise CatalogueError(cubes, "cluster_id", "cube ids differ from the phase-space "
+                                 "cluster table", "rerun survey_cubes")
+        d[row] = pred["log10_m200c_pred"]
+    return d
+
+
+def survey_posterior_table(s: Settings, cosmo: Cosmology, cl: Mapping, d, pdf,
+                           m_range) -> dict:
+    """The posterior table of the survey clusters.
+
+    Parameters
+    ----------
+    s : Settings
+    cosmo : Cosmology
+    cl : mapping of ndarray
+        The phase-space cluster table (sorted by id).
+    d : ndarray
+        Network prediction d~ per cluster [log10(h^-1 Msun)], NaN without a cube.
+    pdf : cmpipe.calibration.JointPDF
+        The calibration.
+    m_range : (float, float)
+        True-mass range of the population prior, log10(h^-1 Msun)
+        (:func:`population_mass_range`).
+
+    Returns
+    -------
+    dict of ndarray
+        :func:`posterior_table_base`, ``log10_m_pred``, ``extrapolated`` and the
+        ``flat_*`` (test-set prior) and ``pop_*`` (population prior) summaries.
+    """
+    from ..calibration import is_extrapolated
+    from ..calibration import posterior_rows as pdf_rows
+    from ..massfunction import prior_from_joint_pdf, summaries_under_priors
+
+    n = len(cl["cluster_id"])
+    ok = np.isfinite(d)
+    table = posterior_table_base(s, cosmo, cl)
+    table["log10_m_pred"] = d
+    table["extrapolated"] = (is_extrapolated(pdf, np.where(ok, d, pdf.d_grid[0]))
+                             & ok).astype(np.int8)
+    for p in ("flat", "pop"):
+        for key in SURVEY_POSTERIOR_KEYS:
+            table[f"{p}_{key}"] = np.full(n, np.nan)
+    prior = prior_from_joint_pdf(pdf)
+    idx = np.flatnonzero(ok)
+    for c0 in range(0, idx.size, _CHUNK):
+        sel = idx[c0:c0 + _CHUNK]
+        su = summaries_under_priors(pdf.m_grid, pdf_rows(pdf, d[sel]), cl["z"][sel], cosmo,
+                                    prior, log10_m_range=m_range)
+        for p, name in (("flat", "test_prior"), ("pop", "population_prior")):
+            for key in SURVEY_POSTERIOR_KEYS:
+                table[f"{p}_{key}"][sel] = su[name][key]
+    return table
+
+
+def survey_posterior_meta(s: Settings, table: Mapping, cl: Mapping, m_range, *, model,
+                          joint_pdf) -> dict:
+    """Header metadata of the survey posterior table: run, inputs, priors, counts and the
+    column notes."""
+    n = len(cl["cluster_id"])
+    return dict(
+        run=s.run, model=str(model), joint_pdf=str(joint_pdf),
+        prior_flat=SURVEY_PRIORS["flat"], prior_pop=SURVEY_PRIORS["pop"],
+        population_log10_m_range=list(m_range),
+        n_clusters=int(n), n_with_posterior=int(np.isfinite(table["flat_median"]).sum()),
+        n_skipped=int(cl["skipped"].sum()), n_extrapolated=int(table["extrapolated"].sum()),
+        n_beyond_mock_depth=int(table["beyond_mock_depth"].sum()),
+        comments=["flat_*: posterior under the test-set prior (flat in log M): "
+                  "the paper's calibrated posterior",
+                  "pop_*: posterior under the Tinker (2008) mass function at the cluster "
+                  f"redshift (population prior), truncated to log10 M in [{m_range[0]:.3f}, "
+                  f"{m_range[1]:.3f}]",
+                  "masses log10(M200c / h^-1 Msun); *_sd in dex; lo68/hi68 = 15.87/84.13%, "
+                  "lo95/hi95 = 2.5/97.5% quantiles",
+                  "skipped = 1: fewer than survey.min_galaxies galaxies in the window (NaN)"])
+
+
+def log_posterior_summary(table: Mapping, cl: Mapping) -> None:
+    """Log the posteriors made: clusters whose d~ fell in a gap of the calibration
+    (warned), the median mass and the median shift population - flat prior [dex]."""
+    n = len(cl["cluster_id"])
+    ok = np.isfinite(table["log10_m_pred"])
+    good = np.isfinite(table["flat_median"]) & np.isfinite(table["pop_median"])
+    if ok.sum() > good.sum():
+        log.warning("%d cluster(s) have a prediction d~ where the calibration joint PDF "
+                    "vanishes (a gap of the test set): NaN posteriors, ids %s",
+                    int(ok.sum() - good.sum()), ", ".join(
+                        str(int(i)) for i in cl["cluster_id"][ok & ~good][:20]))
+    if good.any():
+        shift = table["pop_median"][good] - table["flat_median"][good]
+        log.info("survey posteriors: %d of %d clusters (%d skipped, %d extrapolated); median "
+                 "log M (flat prior) %.3f, median shift population - flat %.3f dex",
+                 good.sum(), n, int(cl["skipped"].sum()), int(table["extrapolated"].sum()),
+                 float(np.median(table["flat_median"][good])), float(np.median(shift)))
+    else:
+        log.warning("survey posteriors: no cluster has a cube; every posterior is NaN")

@@ -21,7 +21,8 @@ from cmpipe.massfunction import tinker08_dndlog10m, tinker08_survey_average
 from cmpipe.sections import PopulationPriorSettings
 from cmpipe.settings import ConfigError, Settings, load_config
 from cmpipe.survey import FULL_SKY_DEG2
-from cmpipe.survey.mass_function import (band_count_null, completeness_mass, forward_scatter,
+from cmpipe.survey.mass_function import (band_count_null, completeness_mass,
+                                         consistency_verdict, forward_scatter,
                                          mass_function_sample)
 from cmpipe.survey.posteriors import population_mass_range, predictions_by_cluster
 from cmpipe.survey.stats import (ReferenceMasses, eddington_shift, likelihood_check,
@@ -422,3 +423,14 @@ def test_survey_min_galaxies():
     assert survey_min_galaxies(None, 5) == 5
     assert survey_min_galaxies(8, 5) == 8
     assert survey_min_galaxies(None, 2) == 3                  # a 3D KDE needs three
+
+
+@pytest.mark.parametrize("p_band, p_chi2, verdict", [
+    (0.125, 0.34, True), (0.04, 0.34, False), (0.2, 0.01, False), (0.05, 0.05, True),
+    (None, 0.3, None), (0.2, float("nan"), None)])
+def test_mass_function_consistency_verdict(p_band, p_chi2, verdict):
+    null = {"fraction_in_band_with_sample_variance": {"p_value": p_band},
+            "fraction_in_band": {"p_value": 0.9}}          # the no-variance count is not used
+    out = consistency_verdict(null, {"p_value": p_chi2})
+    assert out["consistent_with_tinker"] is verdict
+    assert out["band_count_p_value"] == p_band

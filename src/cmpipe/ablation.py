@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 
 def network_report(pdf: JointPDF, pred: dict, *, point: str = "map",
-                   bins=DEFAULT_MASS_BINS) -> dict:
+                   bins=DEFAULT_MASS_BINS, distance=None) -> dict:
     """Eval-set report of one network through the SBI calibration ``pdf``.
 
     The same computation as the network part of :func:`cmpipe.evaluation.evaluate`:
@@ -56,6 +56,9 @@ def network_report(pdf: JointPDF, pred: dict, *, point: str = "map",
         Posterior point estimate (``map``, ``median`` or ``mean``).
     bins : array_like
         Mass-bin edges, log10 h^-1 Msun.
+    distance : array_like, optional
+        Observer distances of the eval clusters, comoving h^-1 Mpc (a distance-aware
+        calibration needs them).
 
     Returns
     -------
@@ -65,7 +68,7 @@ def network_report(pdf: JointPDF, pred: dict, *, point: str = "map",
     """
     t = np.asarray(pred["log10_m200c_true"], dtype=np.float64)
     n_mem = np.maximum(np.asarray(pred["n_members"]), 1)
-    summ, _ = posterior_table(pdf, pred, point=point)
+    summ, _ = posterior_table(pdf, pred, point=point, distance=distance)
     ok = np.isfinite(summ["point"])
     rep = evaluation_report(t[ok], {k: v[ok] for k, v in summ.items()}, pit=summ["pit"][ok],
                             n_mem=n_mem[ok], point="point", bins=bins)

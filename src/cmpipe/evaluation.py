@@ -25,7 +25,7 @@ BASELINES = {
 }
 
 
-def posterior_table(pdf: JointPDF, pred: dict, *, point: str = "map"):
+def posterior_table(pdf: JointPDF, pred: dict, *, point: str = "map", distance=None):
     """Posterior summaries, PIT values and the posterior curves of predicted clusters.
 
     Parameters
@@ -36,6 +36,9 @@ def posterior_table(pdf: JointPDF, pred: dict, *, point: str = "map"):
         ``log10_m200c_pred`` (d~) and ``log10_m200c_true``, log10 h^-1 Msun.
     point : str
         Which summary is the point estimate.
+    distance : ndarray, optional
+        Observer distances of the clusters, comoving h^-1 Mpc (a distance-aware
+        calibration, :class:`cmpipe.calibration.DistanceJointPDF`, needs them).
 
     Returns
     -------
@@ -45,13 +48,14 @@ def posterior_table(pdf: JointPDF, pred: dict, *, point: str = "map"):
         Each cluster's normalised posterior density on ``pdf.m_grid`` (dex^-1).
     """
     d = np.asarray(pred["log10_m200c_pred"], dtype=np.float64)
-    summ = summarise(pdf, d)
-    summ["pit"] = np.asarray(posterior_cdf_at(pdf, d, pred["log10_m200c_true"]),
+    summ = summarise(pdf, d, distance)
+    summ["pit"] = np.asarray(posterior_cdf_at(pdf, d, pred["log10_m200c_true"], distance),
                              dtype=np.float64)
     summ["point"] = summ[point]
     curves = np.empty((d.size, pdf.m_grid.size), dtype=np.float32)
     for i, di in enumerate(d):
-        curves[i] = posterior(pdf, float(di))[1]
+        curves[i] = posterior(pdf, float(di), distance=None if distance is None
+                              else float(distance[i]))[1]
     return summ, curves
 
 
@@ -87,7 +91,7 @@ def flat_keys(prefix, report):
 
 def evaluate(*, pdf: JointPDF, test_pred: dict, eval_pred: dict, eval_clusters: dict,
              test_baselines: dict, eval_baselines: dict, point: str = "map",
-             bins=DEFAULT_MASS_BINS):
+             bins=DEFAULT_MASS_BINS, distance=None):
     """All metrics of the network and the baselines on the eval set.
 
     Parameters
@@ -103,6 +107,9 @@ def evaluate(*, pdf: JointPDF, test_pred: dict, eval_pred: dict, eval_clusters: 
         :func:`baseline_table` of the test and eval clusters, same orders.
     point : str
         The network's point estimate (``map``, ``median`` or ``mean``).
+    distance : ndarray, optional
+        Observer distances of the eval clusters, comoving h^-1 Mpc: needed with a
+        distance-aware calibration (:class:`cmpipe.calibration.DistanceJointPDF`).
 
     Returns
     -------
@@ -124,7 +131,7 @@ def evaluate(*, pdf: JointPDF, test_pred: dict, eval_pred: dict, eval_clusters: 
         raise ValueError("eval predictions and cluster rows are not in the same order")
     t = np.asarray(eval_pred["log10_m200c_true"], dtype=np.float64)
     n_mem = np.maximum(np.asarray(eval_pred["n_members"]), 1)
-    summ, curves = posterior_table(pdf, eval_pred, point=point)
+    summ, curves = posterior_table(pdf, eval_pred, point=point, distance=distance)
     ok = np.isfinite(summ["point"])
     if not ok.all():
         log.warning("%d eval clusters have a zero-density posterior row and are left out",

@@ -206,7 +206,7 @@ def _interval_stats(t, summ):
 
 
 def compare(pdf: JointPDF, log10_m_true, pred_reference, pred_perturbed, *,
-            point: str = "map", bins=DEFAULT_MASS_BINS) -> dict:
+            point: str = "map", bins=DEFAULT_MASS_BINS, distance=None) -> dict:
     """Perturbed against unperturbed posteriors of the same clusters.
 
     Parameters
@@ -221,6 +221,8 @@ def compare(pdf: JointPDF, log10_m_true, pred_reference, pred_perturbed, *,
         Posterior point estimate (``map``, ``median`` or ``mean``).
     bins : array_like
         Mass-bin edges for the per-bin numbers, log10 h^-1 Msun.
+    distance : array_like, shape (N,), optional
+        Observer distances, comoving h^-1 Mpc (a distance-aware calibration needs them).
 
     Returns
     -------
@@ -237,7 +239,7 @@ def compare(pdf: JointPDF, log10_m_true, pred_reference, pred_perturbed, *,
     out = dict(n=int(t.size))
     eps = {}
     for name, pred in (("reference", pred_reference), ("perturbed", pred_perturbed)):
-        summ = summarise(pdf, pred)
+        summ = summarise(pdf, pred, distance)
         ok = np.isfinite(summ[point])
         if not ok.all():
             raise ValueError(f"{int((~ok).sum())} {name} predictions fall in a gap of the "

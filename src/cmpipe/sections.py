@@ -192,13 +192,17 @@ class TrainSection(Section):
 
 @dataclass(frozen=True)
 class CalibrationSettings(Section):
-    """``calibration``: the joint-PDF kernel bandwidth, grids and point estimate."""
+    """``calibration``: the joint-PDF kernel bandwidth, grids and point estimate, and the
+    distance conditioning (nodes, window)."""
 
     bandwidth: float
     shrink: bool
     n_grid_pred: int
     n_grid_mass: int
     point_estimate: str
+    distance_aware: bool
+    distance_nodes: int
+    distance_window: float
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,7 @@ rule ablation_evaluate:
         model=res("ablation/{dim}/model/cnn{dim}.keras"),
         test=res("ablation/{dim}/inputs/test.h5"),
         eval=res("ablation/{dim}/inputs/eval.h5"),
+        clusters=res("mock/clusters.h5"),
     output:
         test=res("ablation/{dim}/summaries/test.h5"),
         eval=res("ablation/{dim}/summaries/eval.h5"),

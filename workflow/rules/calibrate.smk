@@ -4,6 +4,7 @@
 rule calibrate:
     input:
         test=res("summaries/test.h5"),
+        clusters=res("mock/clusters.h5"),
     output:
         joint_pdf=res("calibration/joint_pdf.h5"),
     params:

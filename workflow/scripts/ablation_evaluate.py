@@ -4,5 +4,6 @@ from cmpipe.stages import ablation_evaluate, run_rule
 run_rule(ablation_evaluate, snakemake.log[0], config=snakemake.config,
          dim=snakemake.wildcards.dim, model=snakemake.input.model,
          test_inputs=snakemake.input.test, eval_inputs=snakemake.input.eval,
+         clusters=snakemake.input.clusters,
          test_out=snakemake.output.test, eval_out=snakemake.output.eval,
          joint_pdf_out=snakemake.output.joint_pdf, metrics_out=snakemake.output.metrics)

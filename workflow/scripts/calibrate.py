@@ -2,4 +2,5 @@
 from cmpipe.stages import calibrate, run_rule
 
 run_rule(calibrate, snakemake.log[0], config=snakemake.config,
-         test_predictions=snakemake.input.test, out=snakemake.output.joint_pdf)
+         test_predictions=snakemake.input.test, clusters=snakemake.input.clusters,
+         out=snakemake.output.joint_pdf)

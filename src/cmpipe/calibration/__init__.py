@@ -14,13 +14,19 @@ Modules
 ``posterior``
     :func:`posterior`, :func:`summarise` (MAP, mean, median, intervals),
     :func:`posterior_cdf_at` (PIT), :func:`cross_validated_pit` and the row helpers the
-    mass function shares.
+    mass function shares; each takes ``distance=`` for a distance-aware calibration.
+``distance``
+    :func:`tabulate_by_distance` and :class:`DistanceJointPDF`: ``P(d~, log M | D)`` at
+    distance nodes, blended at each cluster's observer distance ``D``;
+    :func:`load_calibration` reads either kind.
 """
 from .joint_pdf import (DEFAULT_BANDWIDTH, DEFAULT_GRID_SIZE, DEFAULT_TRUNCATION, JointPDF,
                         kernel_covariance, tabulate_joint_pdf)
-from .posterior import (QUANTILE_LEVELS, cdf_quantiles, cross_validated_pit, is_extrapolated,
-                        normalise_rows, posterior, posterior_cdf, posterior_cdf_at,
-                        posterior_map, posterior_rows, summarise)
+from .posterior import (QUANTILE_LEVELS, calibration_rows, cdf_quantiles, cross_validated_pit,
+                        is_extrapolated, normalise_rows, posterior, posterior_cdf,
+                        posterior_cdf_at, posterior_map, posterior_rows, summarise)
+from .distance import (DEFAULT_DISTANCE_NODES, DEFAULT_DISTANCE_WINDOW,
+                       DistanceJointPDF, load_calibration, tabulate_by_distance)
 
 __all__ = [
     "DEFAULT_BANDWIDTH",
@@ -40,4 +46,10 @@ __all__ = [
     "posterior_cdf",
     "cdf_quantiles",
     "posterior_map",
+    "calibration_rows",
+    "DistanceJointPDF",
+    "tabulate_by_distance",
+    "load_calibration",
+    "DEFAULT_DISTANCE_NODES",
+    "DEFAULT_DISTANCE_WINDOW",
 ]

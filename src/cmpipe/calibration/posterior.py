@@ -40,6 +40,7 @@ from .joint_pdf import JointPDF, tabulate_joint_pdf
 __all__ = [
     "QUANTILE_LEVELS",
     "is_extrapolated",
+    "calibration_rows",
     "posterior_rows",
     "normalise_rows",
     "posterior_cdf",
@@ -81,6 +82,18 @@ def posterior_rows(pdf: JointPDF, d):
     return (1.0 - f) * t[j] + f * t[j + 1]
 
 
+def calibration_rows(pdf, d, distance=None):
+    """Unnormalised slices at predictions ``d`` (1-D, log10 h^-1 Msun) of either kind of
+    calibration: a :class:`~cmpipe.calibration.JointPDF` (``distance`` ignored) or a
+    :class:`~cmpipe.calibration.DistanceJointPDF`, blended at each cluster's ``distance``
+    (comoving h^-1 Mpc, same length as ``d``)."""
+    if hasattr(pdf, "node_weights"):
+        if distance is None:
+            raise ValueError("a distance-aware calibration needs each cluster's distance")
+        return pdf.rows(d, np.asarray(distance, dtype=np.float64))
+    return posterior_rows(pdf, d)
+
+
 def normalise_rows(p, dm):
     """Normalise rows of ``p`` to unit trapezoidal integral; all-zero rows become NaN."""
     norm = dm * (p.sum(axis=1) - 0.5 * (p[:, 0] + p[:, -1]))
@@ -99,7 +112,7 @@ def posterior_cdf(p, dm):
     return c
 
 
-def posterior(pdf: JointPDF, d_obs: float, *, with_flag: bool = False):
+def posterior(pdf: JointPDF, d_obs: float, *, with_flag: bool = False, distance=None):
     """Posterior ``P(log M | d~_obs)``: the slice of the joint density, renormalised.
 
     Parameters
@@ -110,6 +123,9 @@ def posterior(pdf: JointPDF, d_obs: float, *, with_flag: bool = False):
         range use the edge row (see ``with_flag``).
     with_flag : bool
         Also return whether ``d_obs`` was outside the tabulated range (extrapolated).
+    distance : float, optional
+        The cluster's observer distance, comoving h^-1 Mpc: needed (and only used) with a
+        :class:`~cmpipe.calibration.DistanceJointPDF`.
 
     Returns
     -------
@@ -124,6 +140,12 @@ def posterior(pdf: JointPDF, d_obs: float, *, with_flag: bool = False):
     d = float(d_obs)
     if not math.isfinite(d):
         raise ValueError(f"posterior: prediction must be finite, got {d_obs}")
+    if hasattr(pdf, "node_weights"):
+        p = normalise_rows(calibration_rows(pdf, np.array([d]), np.array([distance],
+                                                                            dtype=float)),
+                           pdf.m_step)[0]
+        flag = bool(d < pdf.d_grid[0] or d > pdf.d_grid[-1])
+        return (pdf.m_grid, p, flag) if with_flag else (pdf.m_grid, p)
     nd = pdf.d_grid.size
     u = min(max((d - pdf.d_grid[0]) / pdf.d_step, 0.0), nd - 1.0)
     j = min(int(u), nd - 2)
@@ -164,7 +186,7 @@ def posterior_map(p, m0, dm):
     return m0 + (k + np.clip(np.nan_to_num(shift), -0.5, 0.5)) * dm
 
 
-def summarise(pdf: JointPDF, d_obs) -> dict:
+def summarise(pdf: JointPDF, d_obs, distance=None) -> dict:
     """Posterior summaries for many clusters at once.
 
     Parameters
@@ -172,6 +194,9 @@ def summarise(pdf: JointPDF, d_obs) -> dict:
     pdf : JointPDF
     d_obs : array_like, shape (N,)
         Network predictions, log10 h^-1 Msun.
+    distance : array_like, shape (N,), optional
+        Observer distances, comoving h^-1 Mpc: needed (and only used) with a
+        :class:`~cmpipe.calibration.DistanceJointPDF`.
 
     Returns
     -------
@@ -183,12 +208,15 @@ def summarise(pdf: JointPDF, d_obs) -> dict:
         Rows with vanishing density give NaN.
     """
     d = np.atleast_1d(np.asarray(d_obs, dtype=np.float64)).ravel()
+    dist = None if distance is None else np.broadcast_to(
+        np.asarray(distance, dtype=np.float64), d.shape)
     m0, dm, mg = float(pdf.m_grid[0]), pdf.m_step, pdf.m_grid
     out = {k: np.empty(d.size) for k in ("map", "mean", "median", "sd", "lo68", "hi68",
                                          "lo95", "hi95")}
     for s in range(0, d.size, _CHUNK_ROWS):
         sl = slice(s, min(s + _CHUNK_ROWS, d.size))
-        p = normalise_rows(posterior_rows(pdf, d[sl]), dm)
+        p = normalise_rows(calibration_rows(pdf, d[sl], None if dist is None else dist[sl]),
+                           dm)
         w = np.full(mg.size, dm)
         w[[0, -1]] *= 0.5                            # trapezoid weights
         mean = (p * (w * mg)).sum(axis=1)
@@ -212,7 +240,7 @@ def summarise(pdf: JointPDF, d_obs) -> dict:
     return out
 
 
-def posterior_cdf_at(pdf: JointPDF, d_obs, m_true) -> np.ndarray | float:
+def posterior_cdf_at(pdf: JointPDF, d_obs, m_true, distance=None) -> np.ndarray | float:
     """Posterior CDF at the true mass: the PIT value ``P(log M <= m_true | d~_obs)``.
 
     Parameters
@@ -222,6 +250,9 @@ def posterior_cdf_at(pdf: JointPDF, d_obs, m_true) -> np.ndarray | float:
         Network predictions, log10 h^-1 Msun.
     m_true : float or array_like, shape (N,)
         True log10 M200c, log10 h^-1 Msun; 0 below the grid, 1 above.
+    distance : float or array_like, shape (N,), optional
+        Observer distances, comoving h^-1 Mpc (a :class:`~cmpipe.calibration.DistanceJointPDF`
+        only).
 
     Returns
     -------
@@ -232,13 +263,16 @@ def posterior_cdf_at(pdf: JointPDF, d_obs, m_true) -> np.ndarray | float:
     d, mt = np.broadcast_arrays(np.atleast_1d(np.asarray(d_obs, dtype=np.float64)),
                                 np.atleast_1d(np.asarray(m_true, dtype=np.float64)))
     d, mt = d.ravel(), mt.ravel()
+    dist = None if distance is None else np.broadcast_to(
+        np.asarray(distance, dtype=np.float64).ravel(), d.shape)
     if not np.all(np.isfinite(mt)):
         raise ValueError("posterior_cdf_at: true masses must be finite (got NaN/inf)")
     m0, dm, nm = float(pdf.m_grid[0]), pdf.m_step, pdf.m_grid.size
     out = np.empty(d.size)
     for s in range(0, d.size, _CHUNK_ROWS):
         sl = slice(s, min(s + _CHUNK_ROWS, d.size))
-        cdf = posterior_cdf(normalise_rows(posterior_rows(pdf, d[sl]), dm), dm)
+        rows = calibration_rows(pdf, d[sl], None if dist is None else dist[sl])
+        cdf = posterior_cdf(normalise_rows(rows, dm), dm)
         u = np.clip((mt[sl] - m0) / dm, 0.0, nm - 1.0)
         k = np.minimum(u.astype(np.int64), nm - 2)
         f = u - k

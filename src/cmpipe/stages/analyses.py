@@ -147,14 +147,14 @@ def ablation_train(*, config, dim, train_inputs, validation_inputs, model_out):
              result.best_val_loss, result.stopped_early)
 
 
-def ablation_evaluate(*, config, dim, model, test_inputs, eval_inputs, test_out, eval_out,
-                      joint_pdf_out, metrics_out):
+def ablation_evaluate(*, config, dim, model, test_inputs, eval_inputs, clusters, test_out,
+                      eval_out, joint_pdf_out, metrics_out):
     """Rule ``ablation_evaluate``: predictions, the network's own SBI calibration (joint
     PDF of its test-set predictions, as the ``calibrate`` rule), eval-set metrics."""
     from ..ablation import network_report
-    from ..calibration import JointPDF
+    from ..calibration import load_calibration
     from ..training import predict
-    from .evaluate import calibrate
+    from .evaluate import calibrate, observer_distances
 
     s = settings_of(config)
     bs = s.train.batch_size
@@ -165,12 +165,14 @@ def ablation_evaluate(*, config, dim, model, test_inputs, eval_inputs, test_out,
                                     model_file=Path(model).name)
         write_table(out, preds[split_name], group="predictions", schema=PREDICTION_SCHEMA,
                     attrs=dict(split=split_name, model=str(model), dimensionality=dim))
-    calibrate(config=s, test_predictions=test_out, out=joint_pdf_out)
+    calibrate(config=s, test_predictions=test_out, clusters=clusters, out=joint_pdf_out)
     if len(preds["eval"]["cluster_id"]) == 0:
         raise CatalogueError(eval_out, "cluster_id", "the eval split is empty",
                              "raise splits.fractions.eval")
     point = s.calibration.point_estimate
-    rep = network_report(JointPDF.load(joint_pdf_out), preds["eval"], point=point)
+    pdf = load_calibration(joint_pdf_out, distance_aware=s.calibration.distance_aware)
+    rep = network_report(pdf, preds["eval"], point=point,
+                         distance=observer_distances(clusters, preds["eval"]["cluster_id"]))
     metrics = dict(run=s.run, dimensionality=dim, point_estimate=point,
                    n_eval=rep["overall"]["n"], n_test_pairs=len(preds["test"]["cluster_id"]),
                    network=rep)
@@ -306,7 +308,7 @@ def _reference_predictions(predict, s, ref_table, gal, offsets, ids, checks,
 
 
 def _perturbed(predict, pdf, s, p, gal, offsets, ids, truth, ref, min_gal, eval_predictions,
-               point):
+               point, distance):
     """One perturbation of the eval clusters: the galaxies left, the clusters kept
     (>= ``min_gal`` galaxies) and the paired comparison of their predictions."""
     from ..robustness import compare, perturb_galaxies
@@ -320,7 +322,7 @@ def _perturbed(predict, pdf, s, p, gal, offsets, ids, truth, ref, min_gal, eval_
                              f"{int(kept.sum())} eval clusters with >= {min_gal} galaxies",
                              "lower the perturbation level or robustness.min_galaxies")
     pred = predict(pg, pg["offsets"], ids[kept])
-    res = compare(pdf, truth[kept], ref[kept], pred, point=point)
+    res = compare(pdf, truth[kept], ref[kept], pred, point=point, distance=distance[kept])
     return pg, pred, res
 
 
@@ -369,17 +371,19 @@ def perturbed_eval(*, config, model, normalisation, joint_pdf, clusters, eval_pr
     import numba
     from tqdm.auto import tqdm
 
-    from ..calibration import JointPDF
+    from ..calibration import load_calibration
     from ..robustness import Perturbation, compare, perturbations, verdict
+    from .evaluate import observer_distances
 
     s = settings_of(config)
     r = s.robustness
     k = s.kde
     numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
     net, norm = _load_network(model, normalisation)
-    pdf = JointPDF.load(joint_pdf)
+    pdf = load_calibration(joint_pdf, distance_aware=s.calibration.distance_aware)
     ref_table, ids, gal, offsets, grid = _eval_clusters(s, clusters, eval_predictions,
                                                         normalisation, norm)
+    dist = observer_distances(clusters, ids)
     truth = ref_table["log10_m200c_true"]
     bs = s.train.batch_size
     min_gal = int(r.min_galaxies or s.mock.min_galaxies)
@@ -398,10 +402,10 @@ def perturbed_eval(*, config, model, normalisation, joint_pdf, clusters, eval_pr
         predict, s, ref_table, gal, offsets, ids, checks, eval_predictions, bar)
     rows = []
     results = []
-    reference = compare(pdf, truth, ref, ref, point=point)
+    reference = compare(pdf, truth, ref, ref, point=point, distance=dist)
     for i, p in enumerate(perts):
         pg, pred, res = _perturbed(predict, pdf, s, p, gal, offsets, ids, truth, ref, min_gal,
-                                   eval_predictions, point)
+                                   eval_predictions, point, dist)
         kept = pg["kept"]
         v = verdict(res, coverage_sigma=csig, max_bias_shift_dex=max_shift)
         results.append(dict(kind=p.kind, level=p.level, label=p.label, n_kept=int(kept.sum()),

@@ -13,9 +13,11 @@ from .common import jsonable, settings_of, log
 from .cubes import split_galaxies
 
 
-def calibrate(*, config, test_predictions, out):
-    """Rule ``calibrate``: the joint PDF P(d~, log M) of the test set, tabulated once."""
-    from ..calibration import tabulate_joint_pdf
+def calibrate(*, config, test_predictions, clusters, out):
+    """Rule ``calibrate``: the joint PDF P(d~, log M) of the test set, tabulated once, and
+    with ``calibration.distance_aware`` its distance nodes P(d~, log M | D) (the test
+    clusters' observer distances from ``clusters``) in the same file."""
+    from ..calibration import tabulate_by_distance, tabulate_joint_pdf
 
     s = settings_of(config)
     c = s.calibration
@@ -30,9 +32,29 @@ def calibrate(*, config, test_predictions, out):
                              n_d=c.n_grid_pred, n_m=c.n_grid_mass,
                              shrink=c.shrink,
                              meta=dict(source=str(test_predictions)))
+    if c.distance_aware:
+        dist = observer_distances(clusters, pred["cluster_id"])
+        pdf = tabulate_by_distance(
+            pred["log10_m200c_pred"], pred["log10_m200c_true"], dist, n_nodes=c.distance_nodes,
+            window=c.distance_window, blind=pdf, bandwidth=c.bandwidth, shrink=c.shrink,
+            meta=dict(source=str(test_predictions)))
     pdf.save(out)
-    log.info("calibration: joint PDF of %d test pairs on %dx%d nodes", pdf.n_pairs,
-             pdf.d_grid.size, pdf.m_grid.size)
+    log.info("calibration: joint PDF of %d test pairs on %dx%d nodes%s", pdf.n_pairs,
+             pdf.d_grid.size, pdf.m_grid.size,
+             f", {c.distance_nodes} distance nodes" if c.distance_aware else "")
+
+
+def observer_distances(clusters, cluster_ids) -> np.ndarray:
+    """Observer distances (comoving h^-1 Mpc) of ``cluster_ids`` from the cluster table."""
+    cl, _ = read_table(clusters, group="clusters",
+                       columns=["cluster_id", "observer_distance_mpc_h"])
+    row = np.searchsorted(cl["cluster_id"], cluster_ids)
+    row = np.clip(row, 0, max(len(cl["cluster_id"]) - 1, 0))
+    if len(cluster_ids) and not np.array_equal(cl["cluster_id"][row], cluster_ids):
+        raise CatalogueError(clusters, "cluster_id", "predicted clusters missing from the "
+                             "cluster table", "rebuild the predictions (snakemake ... "
+                             "--forcerun summaries)")
+    return np.asarray(cl["observer_distance_mpc_h"][row], dtype=np.float64)
 
 
 POSTERIOR_SCHEMA_UNITS = {
@@ -63,12 +85,12 @@ def _baselines_for(s, clusters, pred, redshift, cosmo):
 def evaluate(*, config, joint_pdf, test_predictions, eval_predictions, clusters, metrics_out,
              posteriors_out):
     """Rule ``evaluate``: posteriors and metrics of the network and baselines (eval set)."""
-    from ..calibration import JointPDF
+    from ..calibration import load_calibration
     from ..evaluation import evaluate as run_evaluation
 
     s = settings_of(config)
     cosmo = make_cosmology(s.cosmology)
-    pdf = JointPDF.load(joint_pdf)
+    pdf = load_calibration(joint_pdf, distance_aware=s.calibration.distance_aware)
     test_pred = _predictions(test_predictions)
     eval_pred = _predictions(eval_predictions)
     if len(eval_pred["cluster_id"]) == 0:
@@ -78,15 +100,26 @@ def evaluate(*, config, joint_pdf, test_predictions, eval_predictions, clusters,
     row = np.searchsorted(cl["cluster_id"], eval_pred["cluster_id"])
     eval_rows = {k: v[row] for k, v in cl.items()}
     z = attrs["redshift"]
-    metrics, post, curves = run_evaluation(
-        pdf=pdf, test_pred=test_pred, eval_pred=eval_pred, eval_clusters=eval_rows,
-        test_baselines=_baselines_for(s, clusters, test_pred, z, cosmo),
-        eval_baselines=_baselines_for(s, clusters, eval_pred, z, cosmo),
-        point=s.calibration.point_estimate)
+    dist = np.asarray(eval_rows["observer_distance_mpc_h"], dtype=np.float64)
+    kw = dict(test_pred=test_pred, eval_pred=eval_pred, eval_clusters=eval_rows,
+              test_baselines=_baselines_for(s, clusters, test_pred, z, cosmo),
+              eval_baselines=_baselines_for(s, clusters, eval_pred, z, cosmo),
+              point=s.calibration.point_estimate)
+    metrics, post, curves = run_evaluation(pdf=pdf, distance=dist, **kw)
     metrics = dict(run=s.run, prior="test-set prior (flat in log M by construction)",
-                   **metrics)
+                   calibration=("distance-aware: P(d~, log M | D) at the cluster's observer "
+                                "distance" if s.calibration.distance_aware else
+                                "distance-blind: P(d~, log M) over all distances (the "
+                                "paper's)"), **metrics)
     metrics.update(_coverage_checks(s, cl, test_pred, eval_pred, post))
     metrics["by_observer_distance"] = _by_distance(eval_rows, post)
+    if s.calibration.distance_aware:
+        blind, blind_post, _ = run_evaluation(pdf=pdf.blind, **kw)
+        metrics["distance_blind"] = dict(
+            note="the same eval clusters under the distance-blind calibration (the paper's)",
+            **{k: blind.get(k) for k in ("mean_residual_dex", "scatter_dex", "coverage_68",
+                                     "coverage_95", "sigma_N_dex", "sigma_0_dex")},
+            by_observer_distance=_by_distance(eval_rows, blind_post))
     io.write_json(metrics_out, jsonable(metrics))
     post["extrapolated"] = post["extrapolated"].astype(np.int8)
     schema = io.Schema({k: (np.asarray(v).dtype.str, POSTERIOR_SCHEMA_UNITS.get(k, ""), k)
@@ -111,10 +144,10 @@ def evaluate(*, config, joint_pdf, test_predictions, eval_predictions, clusters,
 def _by_distance(eval_rows, post) -> dict:
     """Residuals and coverage of the eval posteriors in thirds of the observer distance.
 
-    The calibration's P(d~ | M) averages over the mock's observer distances; the flux
-    limit makes a nearby cluster richer than a distant one of the same mass, and the
-    network reads richness, so these rows show how much the posteriors of nearby and
-    distant clusters are biased (what a survey at known redshifts would see)."""
+    The flux limit makes a nearby cluster richer than a distant one of the same mass, and
+    the network reads richness: a calibration averaged over the mock's observer distances
+    leaves nearby clusters too heavy and distant ones too light, which these rows show (a
+    distance-aware calibration should leave every third unbiased)."""
     from ..metrics import residuals
 
     r = np.asarray(eval_rows["observer_distance_mpc_h"], dtype=float)
@@ -137,7 +170,7 @@ def _by_distance(eval_rows, post) -> dict:
             coverage_68=float(np.mean((t >= post["lo68"][sel]) & (t <= post["hi68"][sel]))))
     out["note"] = ("eval clusters in thirds of their observer distance (comoving h^-1 Mpc): "
                    "residual log10 M_true - point estimate; the flux limit makes nearby "
-                   "clusters richer, which the distance-averaged calibration does not know")
+                   "clusters richer, which a distance-blind calibration does not know")
     return out
 
 

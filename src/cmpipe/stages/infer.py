@@ -46,6 +46,10 @@ def load_run_config(run_dir, schema=None) -> dict:
         raise ConfigError(f"{path}: not a config mapping; rerun the workflow to rewrite it")
     from ..io.artefacts import PRODUCTS_KEY
     cfg.pop(PRODUCTS_KEY, None)
+    # a run made before the distance-aware calibration has a distance-blind joint PDF
+    cal = cfg.get("calibration")
+    if isinstance(cal, dict):
+        cal.setdefault("distance_aware", False)
     if schema is not None and Path(schema).exists():
         import copy
 

@@ -105,7 +105,7 @@ def survey_catalogue(*, config, clusters_out, galaxies_out, truth_out, meta_out,
                                   angle_unit=sv.angle_unit)
         gal = read_survey_galaxies(sv.galaxies, dict(sv.galaxy_columns) or None,
                                    angle_unit=sv.angle_unit)
-        meta = catalogue_survey_record(sv.catalogue_volume, cosmo,
+        meta = catalogue_survey_record(sv.catalogue_volume.to_dict(), cosmo,
                                        clusters_file=sv.clusters,
                                        galaxies_file=sv.galaxies)
         truth = empty_survey_truth()
@@ -227,7 +227,7 @@ def survey_posteriors(*, config, model, joint_pdf, cubes, phase_space, out, csv_
     ``out`` (and ``csv_out``) format from the extension: .ecsv (units, descriptions and
     metadata kept), .csv (plain) or .fits.
     """
-    from ..calibration import JointPDF
+    from ..calibration import load_calibration
     from ..survey.posteriors import (log_posterior_summary, population_mass_range,
                                      predictions_by_cluster, survey_posterior_meta,
                                      survey_posterior_table)
@@ -237,7 +237,7 @@ def survey_posteriors(*, config, model, joint_pdf, cubes, phase_space, out, csv_
     cosmo = make_cosmology(s.cosmology)
     cl, _ = read_table(phase_space, group="clusters",
                        required=list(SURVEY_PHASE_SPACE_CLUSTER_SCHEMA))
-    pdf = JointPDF.load(joint_pdf)
+    pdf = load_calibration(joint_pdf, distance_aware=s.calibration.distance_aware)
     pred = predict(Path(model).parent, cubes,
                    batch_size=s.train.batch_size)
     d = predictions_by_cluster(cl["cluster_id"], pred, cubes)
@@ -324,3 +324,9 @@ def _log_mass_function(result, reference):
              m["n_bins_truth_forward_in_band"] or 0, reference,
              f"{f['pull_mean']:.3f} +- {f['pull_sd']:.3f}" if f.get("n", 0) > 1 else "n/a",
              f"{pp['pull_mean']:.3f} +- {pp['pull_sd']:.3f}" if pp.get("n", 0) > 1 else "n/a")
+    c = m["consistency"]
+    log.info("mass function vs Tinker (2008): band-count p = %s, chi^2 p = %s: %s", *(
+        "n/a" if v is None else f"{v:.3g}" for v in (c["band_count_p_value"],
+                                                       c["chi2_p_value"])),
+             {True: "consistent", False: "inconsistent", None: "not tested"}[
+                 c["consistent_with_tinker"]])

@@ -27,6 +27,9 @@ __all__ = ["NULL_NOTE", "MassFunctionSample", "ForwardModel", "MassFunctionCompa
            "mass_function_sample", "forward_scatter", "forward_models", "completeness_mass",
            "band_count_null", "truth_forward_model", "compare_with_tinker"]
 
+#: Significance level of the mass-function consistency tests.
+CONSISTENCY_ALPHA = 0.05
+
 NULL_NOTE = ("null_surveys mock surveys of a Tinker universe (Poisson counts, one "
              "sample-variance fluctuation b(M) sigma_lin g each) observed through the "
              "calibration and measured like the data: the distribution of the band-count "
@@ -243,6 +246,33 @@ def truth_forward_model(pdf, refs: ReferenceMasses, sample: MassFunctionSample, 
     return out
 
 
+def consistency_verdict(null: Mapping | None, chi2: Mapping | None,
+                        alpha: float = CONSISTENCY_ALPHA) -> dict:
+    """The calibrated verdict on the mass function (``pulls.json`` ``consistency``).
+
+    The band count's p-value against its null distribution of mock surveys (with the
+    sample variance; :func:`band_count_null`) and the chi^2 p-value (bootstrap plus
+    sample-variance covariance; :func:`cmpipe.massfunction.band_chi2`) must each be
+    >= ``alpha``. This replaces "forward model inside the band at >= 2/3 of the nodes",
+    which a correct pipeline fails often (the null distribution says how often).
+
+    Returns
+    -------
+    dict
+        ``criterion``, ``band_count_p_value``, ``chi2_p_value`` and
+        ``consistent_with_tinker`` (None when a test could not run).
+    """
+    band = (null or {}).get("fraction_in_band_with_sample_variance") or {}
+    p_band, p_chi2 = band.get("p_value"), (chi2 or {}).get("p_value")
+    known = (p_band is not None and p_chi2 is not None and np.isfinite(p_band)
+             and np.isfinite(p_chi2))
+    return dict(criterion=f"band-count p-value (null surveys, with sample variance) >= "
+                          f"{alpha} and chi^2 p-value >= {alpha}",
+                band_count_p_value=p_band, chi2_p_value=p_chi2,
+                consistent_with_tinker=bool(p_band >= alpha and p_chi2 >= alpha)
+                if known else None)
+
+
 @dataclass
 class MassFunctionComparison:
     """What :func:`compare_with_tinker` measured; :meth:`table` and :meth:`summary` are the
@@ -292,6 +322,10 @@ class MassFunctionComparison:
                     compared=self.compared.astype(np.int8),
                     forward_in_band=self.in_band.astype(np.int8))
 
+    def consistency(self, alpha: float = CONSISTENCY_ALPHA) -> dict:
+        """:func:`consistency_verdict` of this comparison's null test and chi^2."""
+        return consistency_verdict(self.null, self.chi2, alpha)
+
     def summary(self, *, n_clusters: int, volume_mpc_h3: float, reference: str) -> dict:
         """The ``mass_function`` section of ``pulls.json`` (docs/data-products.md)."""
         o, n_cmp, fw = self.options, self.n_compared, self.model.info
@@ -319,7 +353,7 @@ class MassFunctionComparison:
             "rms linear density contrast of the survey window (sample_variance_window), "
             "added in quadrature to half the bootstrap band; fully correlated across "
             "masses",
-            chi2=self.chi2, band_count_null=self.null,
+            chi2=self.chi2, band_count_null=self.null, consistency=self.consistency(),
             n_clusters_expected_tinker=fw.get("n_expected"),
             n_bins_truth_forward_in_band=int(truth_in.sum()) if reference == "truth"
             else None,

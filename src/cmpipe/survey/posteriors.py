@@ -111,8 +111,10 @@ def survey_posterior_table(s: Settings, cosmo: Cosmology, cl: Mapping, d, pdf,
         The phase-space cluster table (sorted by id).
     d : ndarray
         Network prediction d~ per cluster [log10(h^-1 Msun)], NaN without a cube.
-    pdf : cmpipe.calibration.JointPDF
-        The calibration.
+    pdf : cmpipe.calibration.JointPDF or cmpipe.calibration.DistanceJointPDF
+        The calibration; a distance-aware one is sliced at each cluster's comoving distance
+        (from its redshift, ``comoving_distance_mpc_h``), the distance-blind test-set
+        prior (its ``blind`` table) weighting the population prior.
     m_range : (float, float)
         True-mass range of the population prior, log10(h^-1 Msun)
         (:func:`population_mass_range`).
@@ -123,8 +125,7 @@ def survey_posterior_table(s: Settings, cosmo: Cosmology, cl: Mapping, d, pdf,
         :func:`posterior_table_base`, ``log10_m_pred``, ``extrapolated`` and the
         ``flat_*`` (test-set prior) and ``pop_*`` (population prior) summaries.
     """
-    from ..calibration import is_extrapolated
-    from ..calibration import posterior_rows as pdf_rows
+    from ..calibration import calibration_rows, is_extrapolated
     from ..massfunction import prior_from_joint_pdf, summaries_under_priors
 
     n = len(cl["cluster_id"])
@@ -136,12 +137,13 @@ def survey_posterior_table(s: Settings, cosmo: Cosmology, cl: Mapping, d, pdf,
     for p in ("flat", "pop"):
         for key in SURVEY_POSTERIOR_KEYS:
             table[f"{p}_{key}"] = np.full(n, np.nan)
-    prior = prior_from_joint_pdf(pdf)
+    prior = prior_from_joint_pdf(getattr(pdf, "blind", pdf))
+    dist = np.asarray(table["comoving_distance_mpc_h"], dtype=np.float64)
     idx = np.flatnonzero(ok)
     for c0 in range(0, idx.size, _CHUNK):
         sel = idx[c0:c0 + _CHUNK]
-        su = summaries_under_priors(pdf.m_grid, pdf_rows(pdf, d[sel]), cl["z"][sel], cosmo,
-                                    prior, log10_m_range=m_range)
+        su = summaries_under_priors(pdf.m_grid, calibration_rows(pdf, d[sel], dist[sel]),
+                                    cl["z"][sel], cosmo, prior, log10_m_range=m_range)
         for p, name in (("flat", "test_prior"), ("pop", "population_prior")):
             for key in SURVEY_POSTERIOR_KEYS:
                 table[f"{p}_{key}"][sel] = su[name][key]

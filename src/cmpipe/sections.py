@@ -203,6 +203,7 @@ class CalibrationSettings(Section):
     distance_aware: bool
     distance_nodes: int
     distance_window: float
+    recalibrate_flow: bool
 
 
 @dataclass(frozen=True)

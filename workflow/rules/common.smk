@@ -86,6 +86,12 @@ def flow_input(split):
     return res(f"flow/images/{split}.h5")
 
 
+def flow_joint_pdf():
+    """The flow's test-split calibration (rule flow_calibrate) when
+    calibration.recalibrate_flow is set, else no input."""
+    return res("flow/joint_pdf.h5") if config["calibration"]["recalibrate_flow"] else []
+
+
 def compare_inputs(wildcards):
     """This run's metrics and, with compare.pure_run, the finished pure run's; a missing
     pure run stops the run with the command that makes it."""

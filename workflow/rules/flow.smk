@@ -74,12 +74,37 @@ rule flow_train:
         "../scripts/flow_train.py"
 
 
+rule flow_calibrate:
+    input:
+        model=res("flow/model/flow.pt"),
+        meta=res("flow/model/flow.json"),
+        images=flow_input("test"),
+        clusters=res("mock/clusters.h5"),
+    output:
+        joint_pdf=res("flow/joint_pdf.h5"),
+    params:
+        calibration=config["calibration"],
+    log:
+        res("logs/flow/calibrate.log"),
+    benchmark:
+        res("benchmarks/flow/calibrate.tsv")
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../../envs/flow.yaml"
+    script:
+        "../scripts/flow_calibrate.py"
+
+
 rule flow_evaluate:
     input:
         model=res("flow/model/flow.pt"),
         meta=res("flow/model/flow.json"),
         images=flow_input("eval"),
         clusters=res("mock/clusters.h5"),
+        joint_pdf=flow_joint_pdf(),
     output:
         metrics=res("flow/metrics.json"),
         posteriors=res("flow/posteriors.h5"),
@@ -105,6 +130,7 @@ rule flow_survey_posteriors:
         meta=res("flow/model/flow.json"),
         images=flow_input("survey"),
         phase_space=res("survey/phase_space.h5"),
+        joint_pdf=flow_joint_pdf(),
     output:
         posteriors=res("flow/survey_posteriors.ecsv"),
         csv=res("flow/survey_posteriors.csv"),

@@ -26,8 +26,8 @@ from .cubes import SPLIT_NAMES, kde_gather, kde_shard, n_shards, split_counts
 # training_plots lives in .evaluate: it draws history.csv without Keras (envs/plots.yaml)
 from .evaluate import (calibrate, evaluate, evaluation_plots, metrics_table, report_tables,
                        training_plots)
-from .flow import (flow_evaluate, flow_images, flow_plots, flow_survey_images,
-                   flow_survey_posteriors, flow_train)
+from .flow import (flow_calibrate, flow_evaluate, flow_images, flow_plots,
+                   flow_survey_images, flow_survey_posteriors, flow_train)
 from .mock import (catalogue, flux_limit, mock_plots, mock_summary, project, select_halos,
                    sightlines, split)
 from .infer import infer, load_run_config
@@ -46,6 +46,6 @@ __all__ = [
     "survey_posteriors", "mass_function", "load_run_config", "infer",
     "ablation_inputs", "ablation_train", "ablation_evaluate", "ablation_summary",
     "ablation_plots", "perturbed_eval", "robustness_plots", "saliency_maps", "saliency_plots",
-    "flow_images", "flow_survey_images", "flow_train", "flow_evaluate",
+    "flow_images", "flow_survey_images", "flow_train", "flow_calibrate", "flow_evaluate",
     "flow_survey_posteriors", "flow_plots", "compare",
 ]

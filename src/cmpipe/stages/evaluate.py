@@ -17,31 +17,38 @@ def calibrate(*, config, test_predictions, clusters, out):
     """Rule ``calibrate``: the joint PDF P(d~, log M) of the test set, tabulated once, and
     with ``calibration.distance_aware`` its distance nodes P(d~, log M | D) (the test
     clusters' observer distances from ``clusters``) in the same file."""
-    from ..calibration import tabulate_by_distance, tabulate_joint_pdf
-
     s = settings_of(config)
-    c = s.calibration
     pred, _ = read_table(test_predictions, group="predictions",
                          finite=["log10_m200c_true", "log10_m200c_pred"])
-    if len(pred["cluster_id"]) < 10:
-        raise CatalogueError(test_predictions, "log10_m200c_pred",
-                             f"only {len(pred['cluster_id'])} test clusters to calibrate on",
-                             "raise splits.fractions.test or sightlines.target_per_bin")
-    pdf = tabulate_joint_pdf(pred["log10_m200c_pred"], pred["log10_m200c_true"],
-                             bandwidth=c.bandwidth,
-                             n_d=c.n_grid_pred, n_m=c.n_grid_mass,
-                             shrink=c.shrink,
-                             meta=dict(source=str(test_predictions)))
-    if c.distance_aware:
-        dist = observer_distances(clusters, pred["cluster_id"])
-        pdf = tabulate_by_distance(
-            pred["log10_m200c_pred"], pred["log10_m200c_true"], dist, n_nodes=c.distance_nodes,
-            window=c.distance_window, blind=pdf, bandwidth=c.bandwidth, shrink=c.shrink,
-            meta=dict(source=str(test_predictions)))
+    pdf = tabulate_calibration(s, pred, clusters, test_predictions)
     pdf.save(out)
+    c = s.calibration
     log.info("calibration: joint PDF of %d test pairs on %dx%d nodes%s", pdf.n_pairs,
              pdf.d_grid.size, pdf.m_grid.size,
              f", {c.distance_nodes} distance nodes" if c.distance_aware else "")
+
+
+def tabulate_calibration(s, pred, clusters, source):
+    """The calibration of ``calibration.*`` from test predictions ``pred``
+    (``cluster_id``, ``log10_m200c_pred``, ``log10_m200c_true``): the joint PDF and, when
+    distance-aware, its distance nodes (observer distances from ``clusters``). ``source``
+    (the predictions' file) is named in errors and recorded."""
+    from ..calibration import tabulate_by_distance, tabulate_joint_pdf
+
+    c = s.calibration
+    if len(pred["cluster_id"]) < 10:
+        raise CatalogueError(source, "log10_m200c_pred",
+                             f"only {len(pred['cluster_id'])} test clusters to calibrate on",
+                             "raise splits.fractions.test or sightlines.target_per_bin")
+    kw = dict(bandwidth=c.bandwidth, shrink=c.shrink, meta=dict(source=str(source)))
+    pdf = tabulate_joint_pdf(pred["log10_m200c_pred"], pred["log10_m200c_true"],
+                             n_d=c.n_grid_pred, n_m=c.n_grid_mass, **kw)
+    if c.distance_aware:
+        dist = observer_distances(clusters, pred["cluster_id"])
+        pdf = tabulate_by_distance(pred["log10_m200c_pred"], pred["log10_m200c_true"], dist,
+                                   n_nodes=c.distance_nodes, window=c.distance_window,
+                                   blind=pdf, **kw)
+    return pdf
 
 
 def observer_distances(clusters, cluster_ids) -> np.ndarray:

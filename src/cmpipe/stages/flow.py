@@ -180,106 +180,218 @@ FLOW_PRIOR = ("training-set prior (flat in log M by construction): the neural fl
               "posterior P(log M | image)")
 
 
-def flow_evaluate(*, config, model, images, clusters, metrics_out, posteriors_out, threads=1):
+FLOW_SBI_PRIOR = ("test-set prior (flat in log M by construction): the flow's point "
+                  "estimate as the summary d~ of a joint PDF over the test split, as the CNN3D "
+                  "+ SBI (rule flow_calibrate)")
+
+
+def flow_calibrate(*, config, model, images, clusters, out, threads=1):
+    """Rule ``flow_calibrate``: the flow calibrated on the test split as the CNN3D is.
+
+    The flow's posterior point estimate (``calibration.point_estimate``) of every test
+    cluster is its summary d~; the joint PDF of (d~, log M) over the test split
+    (distance-aware with ``calibration.distance_aware``; the same settings and code as rule
+    ``calibrate``) is sliced at each eval or survey cluster's d~ by ``flow_evaluate`` and
+    ``flow_survey_posteriors``.
+    """
+    from .evaluate import tabulate_calibration
+
+    s = settings_of(config)
+    _set_threads(threads)
+    fm, meta, grid = _load(model)
+    cols, curves, _ = _curves(fm, grid, images)
+    d = _grid_summaries(grid, curves, None, None, s.calibration.point_estimate)["point"]
+    fin = np.isfinite(d)
+    pred = dict(cluster_id=cols["cluster_id"][fin], log10_m200c_pred=d[fin],
+                log10_m200c_true=cols["log10_m200c"][fin].astype(np.float64))
+    pdf = tabulate_calibration(s, pred, clusters, images)
+    pdf.save(out)
+    log.info("flow calibration: joint PDF of %d test clusters (%d without a flow density "
+             "left out), the flow's posterior %s as d~", int(fin.sum()), int((~fin).sum()),
+             s.calibration.point_estimate)
+
+
+def _grid_summaries(grid, curves, mass, t, point) -> dict:
+    """The flow's own posterior summaries on ``grid`` (with PIT of ``t`` and the
+    ``extrapolated`` flag from the in-grid probability ``mass`` when given)."""
+    from ..flow import pit_from_curves
+    from ..massfunction import summarise_grid_posteriors
+
+    summ = summarise_grid_posteriors(grid, curves)
+    if mass is not None:
+        summ["extrapolated"] = ~(mass >= 1.0 - OUTSIDE_GRID_TOLERANCE)
+    if t is not None:
+        summ["pit"] = pit_from_curves(grid, curves, t)
+    summ["point"] = summ[point]
+    return summ
+
+
+def _recalibrated(s, joint_pdf, raw, t, distance):
+    """Eval posteriors of the flow + SBI: slices of ``joint_pdf`` at the flow's point
+    estimate (NaN where the flow has none). Returns summaries, curves and their grid."""
+    from ..calibration import load_calibration
+    from ..evaluation import posterior_table
+
+    pdf = load_calibration(joint_pdf, distance_aware=s.calibration.distance_aware)
+    fin = np.isfinite(raw["point"])
+    sub, cv = posterior_table(pdf, dict(log10_m200c_pred=raw["point"][fin],
+                                        log10_m200c_true=t[fin]),
+                              point=s.calibration.point_estimate, distance=distance[fin])
+    summ = {}
+    for k, v in sub.items():
+        summ[k] = np.zeros(t.size, dtype=v.dtype) if v.dtype == bool else np.full(t.size,
+                                                                                   np.nan)
+        summ[k][fin] = v
+    curves = np.full((t.size, pdf.m_grid.size), np.nan, dtype=np.float32)
+    curves[fin] = cv
+    return summ, curves, pdf.m_grid
+
+
+def _uncalibrated_metrics(t, raw) -> dict:
+    """Headline numbers of the flow's own posteriors, beside the recalibrated ones."""
+    from ..metrics import residuals
+
+    ok = np.isfinite(raw["point"])
+    eps = residuals(t[ok], raw["point"][ok])
+    return dict(note="the flow's own posteriors (training-set prior), before the test-split "
+                     "calibration", mean_residual_dex=float(eps.mean()),
+                scatter_dex=float(eps.std(ddof=1)),
+                coverage_68=float(np.mean((t[ok] >= raw["lo68"][ok])
+                                          & (t[ok] <= raw["hi68"][ok]))),
+                coverage_95=float(np.mean((t[ok] >= raw["lo95"][ok])
+                                          & (t[ok] <= raw["hi95"][ok]))))
+
+
+def _eval_rows(clusters, cols, images):
+    """Rows of the cluster table of the flow's eval clusters (ids checked)."""
+    cl, _ = read_table(clusters, group="clusters", columns=[
+        "cluster_id", "halo_id", "interloper_mass_ratio", "interloper_distance",
+        "observer_distance_mpc_h"])
+    row = np.searchsorted(cl["cluster_id"], cols["cluster_id"])
+    if np.any(row >= len(cl["cluster_id"])) or np.any(
+            cl["cluster_id"][np.minimum(row, len(cl["cluster_id"]) - 1)] != cols["cluster_id"]):
+        raise CatalogueError(images, "cluster_id", "image ids missing from the cluster table",
+                             "rebuild the flow images from this run's mock")
+    return {k: v[row] for k, v in cl.items()}
+
+
+def flow_evaluate(*, config, model, images, clusters, metrics_out, posteriors_out,
+                  joint_pdf=None, threads=1):
     """Rule ``flow_evaluate``: eval-set posteriors of the flow and their metrics.
 
     The same summaries (:func:`cmpipe.massfunction.summarise_grid_posteriors`), point
     estimate (``calibration.point_estimate``) and metrics (:func:`cmpipe.metrics.
     evaluation_report`: residuals, coverage, PIT, sigma_N / sigma_0) as the CNN3D + SBI
-    evaluation, on the same eval clusters; products in the same layout.
+    evaluation, on the same eval clusters; products in the same layout. With ``joint_pdf``
+    (rule ``flow_calibrate``, ``calibration.recalibrate_flow``) the posteriors are its
+    slices at the flow's point estimate, and the flow's own numbers go under
+    ``uncalibrated``.
     """
     from ..evaluation import flat_keys
-    from ..flow import pit_from_curves
-    from ..massfunction import summarise_grid_posteriors
-    from ..metrics import (evaluation_report, grouped_coverage_error, interloper_diagnostic,
-                           residuals)
-    from .evaluate import POSTERIOR_SCHEMA_UNITS
+    from ..metrics import evaluation_report, interloper_diagnostic, residuals
 
     s = settings_of(config)
     _set_threads(threads)
     point = s.calibration.point_estimate
     fm, meta, grid = _load(model)
     cols, curves, mass = _curves(fm, grid, images)
-    n = len(cols["cluster_id"])
-    if n == 0:
+    if len(cols["cluster_id"]) == 0:
         raise CatalogueError(images, "cluster_id", "the eval split is empty",
                              "raise splits.fractions.eval")
     t = cols["log10_m200c"].astype(np.float64)
-    summ = summarise_grid_posteriors(grid, curves)
-    summ["extrapolated"] = ~(mass >= 1.0 - OUTSIDE_GRID_TOLERANCE)
-    summ["pit"] = pit_from_curves(grid, curves, t)
-    summ["point"] = summ[point]
+    summ = raw = _grid_summaries(grid, curves, mass, t, point)
+    rows = _eval_rows(clusters, cols, images)
+    if joint_pdf is not None:
+        summ, curves, grid = _recalibrated(s, joint_pdf, raw, t,
+                                           rows["observer_distance_mpc_h"])
     ok = np.isfinite(summ["point"])
     if not ok.all():
         log.warning("%d eval clusters have a vanishing flow density on the grid and are "
                     "left out", int((~ok).sum()))
-    n_mem = np.maximum(cols["n_members"], 1)
     rep = evaluation_report(t[ok], {k: v[ok] for k, v in summ.items()}, pit=summ["pit"][ok],
-                            n_mem=n_mem[ok], point="point")
-    cl, _ = read_table(clusters, group="clusters", columns=[
-        "cluster_id", "halo_id", "interloper_mass_ratio", "interloper_distance"])
-    row = np.searchsorted(cl["cluster_id"], cols["cluster_id"])
-    if np.any(row >= len(cl["cluster_id"])) or np.any(
-            cl["cluster_id"][np.minimum(row, len(cl["cluster_id"]) - 1)] != cols["cluster_id"]):
-        raise CatalogueError(images, "cluster_id", "image ids missing from the cluster table",
-                             "rebuild the flow images from this run's mock")
-    eps = residuals(t, summ["point"])
-    inter = interloper_diagnostic(eps[ok], cl["interloper_mass_ratio"][row][ok],
-                                  cl["interloper_distance"][row][ok], log10_m_true=t[ok])
-    # sightlines of one halo are correlated: coverage errors from resampling whole halos
-    halos = cl["halo_id"][row][ok]
-    seed = stage_seed(s.seed, "flow_evaluate") % (2 ** 32)
-    cov_err = {}
-    for lvl, lo, hi in (("68", "lo68", "hi68"), ("95", "lo95", "hi95")):
-        inside = (t[ok] >= summ[lo][ok]) & (t[ok] <= summ[hi][ok])
-        cov_err[f"coverage_{lvl}_err_halos"] = grouped_coverage_error(
-            inside, halos, seed=seed)["stderr_grouped"]
+                            n_mem=np.maximum(cols["n_members"], 1)[ok], point="point")
+    inter = interloper_diagnostic(residuals(t, summ["point"])[ok],
+                                  rows["interloper_mass_ratio"][ok],
+                                  rows["interloper_distance"][ok], log10_m_true=t[ok])
+    cov_err = _halo_coverage_errors(s, t[ok], {k: v[ok] for k, v in summ.items()},
+                                    rows["halo_id"][ok])
     training = meta.get("training", {})
+    prior = FLOW_PRIOR if joint_pdf is None else FLOW_SBI_PRIOR
     metrics = dict(
         run=s.run, estimator="neural flow", members=s.mock.members, input=fm.settings.input,
-        flow=fm.settings.model, prior=FLOW_PRIOR, n_eval=int(ok.sum()),
+        flow=fm.settings.model, prior=prior, n_eval=int(ok.sum()),
         n_train=training.get("n_train"), n_validation=training.get("n_validation"),
         n_params=training.get("n_params"), best_epoch=training.get("best_epoch"),
         point_estimate=point, **flat_keys("", rep),
         coverage_68=rep["coverage"]["68"]["fraction"],
         coverage_95=rep["coverage"]["95"]["fraction"], **cov_err,
-        n_eval_halos=int(np.unique(halos).size),
+        n_eval_halos=int(np.unique(rows["halo_id"][ok]).size),
         n_extrapolated=int(np.count_nonzero(summ["extrapolated"])),
         mean_predictor_scatter_dex=float(np.std(t, ddof=1)) if t.size > 1 else np.nan,
         network=rep,
         interlopers={k: v for k, v in inter.items()
                      if not (isinstance(v, np.ndarray) and v.size == ok.sum())})
+    if joint_pdf is not None:
+        metrics["uncalibrated"] = _uncalibrated_metrics(t, raw)
     io.write_json(metrics_out, jsonable(metrics))
+    _write_flow_posteriors(posteriors_out, cols, rows, t, raw, summ, mass, grid, curves,
+                           prior, point)
+    log.info("flow eval: n=%d, mean residual %.3f dex, scatter %.3f dex, coverage 68%% %.3f "
+             "+- %.3f, 95%% %.3f +- %.3f (halo resampling, %d halos), sigma_N %.3f, "
+             "sigma_0 %.3f%s", metrics["n_eval"], metrics["mean_residual_dex"],
+             metrics["scatter_dex"], metrics["coverage_68"], cov_err["coverage_68_err_halos"],
+             metrics["coverage_95"], cov_err["coverage_95_err_halos"],
+             metrics["n_eval_halos"], metrics["sigma_N_dex"], metrics["sigma_0_dex"],
+             "" if joint_pdf is None else " (recalibrated on the test split; the flow's own: "
+             "scatter %.3f, coverage %.3f / %.3f)" % tuple(
+                 metrics["uncalibrated"][k] for k in ("scatter_dex", "coverage_68",
+                                                      "coverage_95")))
+
+
+def _halo_coverage_errors(s, t, summ, halos) -> dict:
+    """Coverage errors from resampling whole halos (sightlines of one halo correlate)."""
+    from ..metrics import grouped_coverage_error
+
+    seed = stage_seed(s.seed, "flow_evaluate") % (2 ** 32)
+    out = {}
+    for lvl, lo, hi in (("68", "lo68", "hi68"), ("95", "lo95", "hi95")):
+        inside = (t >= summ[lo]) & (t <= summ[hi])
+        out[f"coverage_{lvl}_err_halos"] = grouped_coverage_error(
+            inside, halos, seed=seed)["stderr_grouped"]
+    return out
+
+
+def _write_flow_posteriors(path, cols, rows, t, raw, summ, mass, grid, curves, prior, point):
+    """``flow/posteriors.h5``: per eval cluster the summaries, and the curves on ``grid``."""
+    from .evaluate import POSTERIOR_SCHEMA_UNITS
+
     post = dict(cluster_id=cols["cluster_id"], log10_m200c_true=t,
-                log10_m200c_pred=np.asarray(summ["point"], dtype=np.float64),
+                log10_m200c_pred=np.asarray(raw["point"], dtype=np.float64),
                 n_members=cols["n_members"], n_gal=cols["n_gal"],
-                interloper_mass_ratio=cl["interloper_mass_ratio"][row],
-                interloper_distance=cl["interloper_distance"][row],
+                interloper_mass_ratio=rows["interloper_mass_ratio"],
+                interloper_distance=rows["interloper_distance"],
                 grid_probability=mass,
                 **{k: np.asarray(v) for k, v in summ.items()})
     post["extrapolated"] = post["extrapolated"].astype(np.int8)
     units = dict(POSTERIOR_SCHEMA_UNITS, grid_probability="")
     schema = io.Schema({k: (np.asarray(v).dtype.str, units.get(k, ""), k)
                         for k, v in post.items()})
-    with TableWriter(posteriors_out) as w:
+    with TableWriter(path) as w:
         w.add_group("posteriors", schema, dict(
-            prior=FLOW_PRIOR, point_estimate=point, estimator="neural flow",
-            log10_m200c_pred="the flow has no separate summary d~: its point estimate",
+            prior=prior, point_estimate=point, estimator="neural flow",
+            log10_m200c_pred="the flow's own posterior point estimate (the summary d~ of the "
+                             "test-split calibration when recalibrated)",
             grid_probability="flow probability inside the grid before renormalisation",
             extrapolated=f"1: more than {OUTSIDE_GRID_TOLERANCE:g} of the flow's "
-                         "probability outside the grid"))
+                         "probability outside the grid (recalibrated: d~ outside the "
+                         "calibration's range)"))
         w.append("posteriors", post)
         w.add_group("grid", io.Schema({"log10_m200c": ("f8", "log10(h^-1 Msun)",
                                                         "mass grid of the curves")}))
         w.append("grid", {"log10_m200c": grid})
-        w.add_array("curves", curves.astype(np.float32), unit="dex^-1", description=(
-            "posterior density per eval cluster on grid/log10_m200c; rows as posteriors/"))
-    log.info("flow eval: n=%d, mean residual %.3f dex, scatter %.3f dex, coverage 68%% %.3f "
-             "+- %.3f, 95%% %.3f +- %.3f (halo resampling, %d halos), sigma_N %.3f, "
-             "sigma_0 %.3f", metrics["n_eval"], metrics["mean_residual_dex"],
-             metrics["scatter_dex"], metrics["coverage_68"], cov_err["coverage_68_err_halos"],
-             metrics["coverage_95"], cov_err["coverage_95_err_halos"],
-             metrics["n_eval_halos"], metrics["sigma_N_dex"], metrics["sigma_0_dex"])
+        w.add_array("curves", np.asarray(curves, dtype=np.float32), unit="dex^-1",
+                    description="posterior density per eval cluster on grid/log10_m200c; "
+                                "rows as posteriors/")
 
 
 def _population_range(s, meta) -> tuple[float, float]:
@@ -292,7 +404,7 @@ def _population_range(s, meta) -> tuple[float, float]:
 
 
 def flow_survey_posteriors(*, config, model, images, phase_space, out, csv_out=None,
-                           threads=1):
+                           joint_pdf=None, threads=1):
     """Rule ``flow_survey_posteriors``: the flow's posteriors of the survey clusters.
 
     Same table as ``survey/posteriors.ecsv`` (one row per survey cluster, sorted by id;
@@ -300,9 +412,11 @@ def flow_survey_posteriors(*, config, model, images, phase_space, out, csv_out=N
     Tinker 2008 at the cluster redshift over that prior, truncated to the sample's mass
     range inside the training masses). ``log10_m_pred`` holds the flow's point estimate
     (``calibration.point_estimate`` of the flat posterior); ``extrapolated`` flags
-    posteriors with more than 1% of their probability outside the mass grid.
+    posteriors with more than 1% of their probability outside the mass grid. With
+    ``joint_pdf`` (rule ``flow_calibrate``) the table is the CNN3D's
+    (:func:`cmpipe.survey.posteriors.survey_posterior_table`) with the flow's point
+    estimate as d~: slices of the test-split calibration at each cluster's d~ and distance.
     """
-    from ..io.survey import write_any_table
     from ..io.survey_products import SURVEY_POSTERIOR_KEYS, survey_posterior_schema
     from ..massfunction import summaries_under_priors
     from ..survey.posteriors import posterior_table_base
@@ -320,6 +434,10 @@ def flow_survey_posteriors(*, config, model, images, phase_space, out, csv_out=N
                                   != cols["cluster_id"]):
         raise CatalogueError(images, "cluster_id", "image ids differ from the phase-space "
                              "cluster table", "rerun flow_survey_images")
+    if joint_pdf is not None:
+        table, schema, meta_out = _calibrated_survey_table(s, cosmo, cl, row, curves, grid,
+                                                           joint_pdf, images, model)
+        return _write_flow_survey(table, schema, meta_out, cl, out, csv_out)
     m_range = _population_range(s, meta)
     prior = np.asarray(meta["training_prior"], dtype=np.float64)
     if prior.shape != grid.shape:
@@ -363,7 +481,35 @@ def flow_survey_posteriors(*, config, model, images, phase_space, out, csv_out=N
                   "masses log10(M200c / h^-1 Msun); *_sd in dex; lo68/hi68 = 15.87/84.13%, "
                   "lo95/hi95 = 2.5/97.5% quantiles",
                   "skipped = 1: fewer than survey.min_galaxies galaxies in the window (NaN)"])
-    schema = io.Schema(schema)
+    _write_flow_survey(table, io.Schema(schema), meta_out, cl, out, csv_out)
+
+
+def _calibrated_survey_table(s, cosmo, cl, row, curves, grid, joint_pdf, images, model):
+    """Survey posteriors of the flow + SBI: table, schema and header metadata."""
+    from ..calibration import load_calibration
+    from ..io.survey_products import survey_posterior_schema
+    from ..survey.posteriors import (population_mass_range, survey_posterior_meta,
+                                     survey_posterior_table)
+
+    pdf = load_calibration(joint_pdf, distance_aware=s.calibration.distance_aware)
+    d = np.full(len(cl["cluster_id"]), np.nan)
+    d[row] = _grid_summaries(grid, curves, None, None, s.calibration.point_estimate)["point"]
+    m_range = population_mass_range(s, pdf.calibrated_mass_range)
+    table = survey_posterior_table(s, cosmo, cl, d, pdf, m_range)
+    meta = survey_posterior_meta(s, table, cl, m_range, model=model, joint_pdf=joint_pdf)
+    meta.update(estimator="neural flow + SBI", images=str(images),
+                prior_flat=FLOW_SBI_PRIOR)
+    schema = dict(survey_posterior_schema())
+    schema["log10_m_pred"] = ("f8", "log10(h^-1 Msun)", "flow point estimate (posterior "
+                              f"{s.calibration.point_estimate}): the summary d~ calibrated")
+    return table, io.Schema(schema), meta
+
+
+def _write_flow_survey(table, schema, meta_out, cl, out, csv_out):
+    """Write the flow's survey posterior table (and its CSV twin) and log a summary."""
+    from ..io.survey import write_any_table
+
+    n = len(cl["cluster_id"])
     write_any_table(out, table, schema, meta_out)
     if csv_out is not None:
         write_any_table(csv_out, table, schema, meta_out)

@@ -329,3 +329,14 @@ def test_default_run_names_the_command_for_a_missing_pure_run(tmp_path):
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     assert "compare" in out and "flow_train" in out
+
+
+def test_recalibrated_flow_is_labelled_as_such():
+    from cmpipe.comparison import estimator_rows
+
+    flow = dict(n_eval=5, scatter_dex=0.1, coverage_68=0.68)
+    for extra, label in (({}, "neural flow"), ({"uncalibrated": {"scatter_dex": 0.12}},
+                                               "neural flow + SBI")):
+        rows = {r["estimator"]: r for r in estimator_rows("contaminated", "r", {},
+                                                          dict(flow, **extra))}
+        assert rows["flow"]["label"] == label and rows["flow"]["scatter_dex"] == 0.1

@@ -57,6 +57,8 @@ def estimator_rows(catalogue: str, run: str, metrics: dict, flow_metrics: dict) 
     src = {"metrics": metrics, "flow": flow_metrics}
     for key, (label, which, prefix) in ESTIMATORS.items():
         m = src[which]
+        if key == "flow" and "uncalibrated" in m:      # calibration.recalibrate_flow
+            label = "neural flow + SBI"
         row = dict(catalogue=catalogue, run=run, estimator=key, label=label)
         for k in ROW_KEYS:
             if k.startswith("coverage"):

@@ -87,7 +87,9 @@ def comparison_figure(summary: dict, path) -> None:
         a_prec.errorbar(x + off + width / 4, s0, yerr=np.where(np.asarray(s0e) < 1, s0e, np.nan),
                         fmt="s", color="C3", mfc="none" if j else "C3",
                         label=r"$\sigma_0$, " + cat)
-    labels = [ESTIMATORS[e][0] for e in ests]
+    # the rows' own labels (the recalibrated flow is "neural flow + SBI")
+    labels = [next((r["label"] for r in rows if r["estimator"] == e), ESTIMATORS[e][0])
+              for e in ests]
     for a in (a_sc, a_mu, a_prec):
         a.set_xticks(x, labels, fontsize=8)
     a_cov.set_xticks(np.arange(2), labels[:2], fontsize=8)

@@ -224,10 +224,13 @@ def compare_file(a: Path, b: Path) -> tuple[str, list[str], list[str]]:
     return ("different" if diffs else "numerically identical"), diffs, ignored
 
 
+def _files(d: Path) -> set:
+    return {p.relative_to(d).as_posix() for p in d.rglob("*") if p.is_file()}
+
+
 def compare_runs(base: Path, new: Path) -> dict:
     """Compare every file of run folder ``base`` with the same path under ``new``."""
-    files = lambda d: {p.relative_to(d).as_posix() for p in d.rglob("*") if p.is_file()}
-    fa, fb = files(base), files(new)
+    fa, fb = _files(base), _files(new)
     out = {"base": str(base), "new": str(new), "identical": 0, "numerically_identical": {},
            "different": {}, "missing": [], "extra": [], "skipped": 0}
     for rel in sorted(fa | fb):

@@ -41,7 +41,7 @@ import numpy as np
 from ..io.joint_pdf import read_distance_nodes, write_joint_pdf
 from .joint_pdf import JointPDF, tabulate_joint_pdf
 
-__all__ = ["DistanceJointPDF", "tabulate_by_distance", "load_calibration", "fit_drift",
+__all__ = ["DistanceJointPDF", "tabulate_by_distance", "load_calibration", "fit_drift", "drift",
            "DEFAULT_DISTANCE_NODES", "DEFAULT_DISTANCE_WINDOW"]
 
 logger = logging.getLogger(__name__)
@@ -88,9 +88,7 @@ class DistanceJointPDF:
 
     def drift(self, distance_mpc_h) -> np.ndarray:
         """The mean drift ``s(D)`` of the predictions at distance ``D``, dex."""
-        d_ref, c1, c2 = self.shift
-        x = (np.asarray(distance_mpc_h, dtype=np.float64) - d_ref) / SHIFT_SCALE_MPC_H
-        return c1 * x + c2 * x * x
+        return drift(self.shift, distance_mpc_h)
 
     def __post_init__(self):
         dist = np.asarray(self.distance_mpc_h, dtype=np.float64)
@@ -211,6 +209,14 @@ def load_calibration(path, *, distance_aware: bool = True):
                             blind=blind, shift=shift, meta=meta)
 
 
+def drift(shift, distance_mpc_h) -> np.ndarray:
+    """``s(D) = c1 x + c2 x^2`` (dex), ``x = (D - D_ref) / 100 h^-1 Mpc``, of the drift
+    ``shift = (D_ref, c1, c2)`` (:func:`fit_drift`)."""
+    d_ref, c1, c2 = shift
+    x = (np.asarray(distance_mpc_h, dtype=np.float64) - d_ref) / SHIFT_SCALE_MPC_H
+    return c1 * x + c2 * x * x
+
+
 def fit_drift(d_pred, m_true, distance_mpc_h) -> tuple[float, float, float]:
     """Least-squares drift of the predictions with distance (module docstring):
     ``(D_ref, c1, c2)`` of ``d~ - log M = a + b log M + c1 x + c2 x^2``."""
@@ -272,8 +278,7 @@ def tabulate_by_distance(d_pred, m_true, distance_mpc_h, *,
     if blind is None:
         blind = tabulate_joint_pdf(d, m, **tabulate_kw)
     shift = fit_drift(d, m, D)
-    proto = DistanceJointPDF(distance_mpc_h=[0.0], nodes=(blind,), blind=blind, shift=shift)
-    d = d - proto.drift(D)
+    d = d - drift(shift, D)
     grid_kw = dict(tabulate_kw, n_d=blind.d_grid.size, n_m=blind.m_grid.size,
                    d_range=(blind.d_grid[0], blind.d_grid[-1]),
                    m_range=(blind.m_grid[0], blind.m_grid[-1]))

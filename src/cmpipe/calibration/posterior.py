@@ -35,6 +35,7 @@ import math
 
 import numpy as np
 
+from .distance import DistanceJointPDF
 from .joint_pdf import JointPDF, tabulate_joint_pdf
 
 __all__ = [
@@ -87,7 +88,7 @@ def calibration_rows(pdf, d, distance=None):
     calibration: a :class:`~cmpipe.calibration.JointPDF` (``distance`` ignored) or a
     :class:`~cmpipe.calibration.DistanceJointPDF`, blended at each cluster's ``distance``
     (comoving h^-1 Mpc, same length as ``d``)."""
-    if hasattr(pdf, "node_weights"):
+    if isinstance(pdf, DistanceJointPDF):
         if distance is None:
             raise ValueError("a distance-aware calibration needs each cluster's distance")
         return pdf.rows(d, np.asarray(distance, dtype=np.float64))
@@ -140,7 +141,7 @@ def posterior(pdf: JointPDF, d_obs: float, *, with_flag: bool = False, distance=
     d = float(d_obs)
     if not math.isfinite(d):
         raise ValueError(f"posterior: prediction must be finite, got {d_obs}")
-    if hasattr(pdf, "node_weights"):
+    if isinstance(pdf, DistanceJointPDF):
         p = normalise_rows(calibration_rows(pdf, np.array([d]), np.array([distance],
                                                                             dtype=float)),
                            pdf.m_step)[0]

@@ -17,6 +17,6 @@ from .synthetic import (FULL_SKY_DEG2, Z_MIN_OBS, SyntheticSurvey, cap_cos_half_
                         in_footprint, make_synthetic_survey, survey_volume_mpc_h3,
                         synthetic_survey_record)
 
-from . import synthetic as _synthetic
-
-__all__ = list(_synthetic.__all__)
+__all__ = ["FULL_SKY_DEG2", "SyntheticSurvey", "Z_MIN_OBS", "cap_cos_half_angle",
+           "in_footprint", "make_synthetic_survey", "survey_volume_mpc_h3",
+           "synthetic_survey_record"]

@@ -1,4 +1,5 @@
 """Fixtures shared by the test modules."""
+import numpy as np
 import pytest
 
 from cmpipe.cosmology import make_cosmology
@@ -12,3 +13,14 @@ def cosmo():
     one, so a module that switches it (``tests/test_mdpl2.py``) affects only itself.
     """
     return make_cosmology("planck18")
+
+
+@pytest.fixture
+def fixed_global_seed():
+    """Pin numpy's legacy global state (halotools draws from it; it restores it around its
+    own draws), restored afterwards. Use with ``pytestmark =
+    pytest.mark.usefixtures("fixed_global_seed")``."""
+    state = np.random.get_state()
+    np.random.seed(20201)
+    yield
+    np.random.set_state(state)

@@ -27,7 +27,11 @@ def test_default_config_validates_and_builds_settings():
     s = Settings.from_config(cfg)
     assert s.run == "demo" and s.source == "synthetic"
     assert s.window.half_width_mpc_h == 1.6 and s.window.v_max_kms == 2200.0
-    assert s.mock.mag_r_limit == 18.0 and s.log10_m200c_min == 13.7
+    assert s.mock.mag_r_limit == 18.0 and s.survey.synthetic.log10_m_min == 13.7
+    # training reaches beyond the survey's mass range at both ends (issue 16): 0.3 dex
+    lo, hi = s.calibration.survey_mass_range
+    assert lo - s.log10_m200c_min == pytest.approx(0.3)
+    assert s.tail.enabled and s.tail.log10_m_max - hi == pytest.approx(0.3)
     assert s.splits.train + s.splits.test + s.splits.eval == pytest.approx(1.0)
 
 

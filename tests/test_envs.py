@@ -21,7 +21,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 from packaging.requirements import Requirement
 

@@ -18,6 +18,7 @@ SCHEMA = yaml.safe_load(SCHEMA_PATH.read_text())
 #: Section class -> its path in the schema.
 PATHS = {
     sections.SyntheticSettings: "simulation.synthetic", sections.MDPL2Settings: "simulation.mdpl2",
+    sections.TailSection: "simulation.tail",
     sections.WindowSettings: "window", sections.SightlineSettings: "sightlines",
     sections.MockSettings: "mock", sections.KDESettings: "kde", sections.TrainSection: "train",
     sections.CalibrationSettings: "calibration", sections.BaselineSettings: "baselines",

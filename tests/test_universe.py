@@ -22,13 +22,7 @@ POS = ("x_mpc_h", "y_mpc_h", "z_mpc_h")
 VEL = ("vx_kms", "vy_kms", "vz_kms")
 
 
-@pytest.fixture(autouse=True)
-def _fixed_global_seed():
-    """Pin numpy's legacy global state (halotools restores it around its own draws)."""
-    state = np.random.get_state()
-    np.random.seed(20201)
-    yield
-    np.random.set_state(state)
+pytestmark = pytest.mark.usefixtures("fixed_global_seed")
 
 
 @pytest.fixture(scope="module")

@@ -112,9 +112,11 @@ def test_same_seed_gives_identical_mock(tiny_run, tmp_path):
     cfg = load_config(wd / "config.yaml", ROOT / "workflow/schemas/config.schema.yaml",
                       overlays=[wd / "configs/tiny.yaml"])
     cat = res / "catalogue"
-    stages.select_halos(config=cfg, halos=cat / "halos.h5", out=tmp_path / "hosts.h5")
+    stages.select_halos(config=cfg, halos=cat / "halos.h5", tail_halos=cat / "tail_halos.h5",
+                        out=tmp_path / "hosts.h5")
     stages.sightlines(config=cfg, hosts=tmp_path / "hosts.h5", out=tmp_path / "sl.h5")
     stages.project(config=cfg, halos=cat / "halos.h5", galaxies=cat / "galaxies.h5",
+                   tail_halos=cat / "tail_halos.h5", tail_galaxies=cat / "tail_galaxies.h5",
                    hosts=tmp_path / "hosts.h5", sightlines=tmp_path / "sl.h5",
                    out=tmp_path / "proj.h5", progress=False)
     stages.flux_limit(config=cfg, projected=tmp_path / "proj.h5", out=tmp_path / "flux.h5")
@@ -210,13 +212,51 @@ def test_paper_config_dry_run_job_graph(tmp_path):
     for rule in ("ablation_inputs", "ablation_train", "ablation_evaluate", "ablation_summary",
                  "perturbed_eval", "saliency_maps"):                  # the analyses (issue 8)
         assert rule in counts, (rule, out[-2000:])
-    assert counts["ablation_train"] == "2"
+    # CNN1D, CNN2D at every seed and the CNN3D at seeds 1.. (seed 0: rule train)
+    n_seeds = load_config(wd / "config.yaml", ROOT / "workflow/schemas/config.schema.yaml",
+                          overlays=[wd / "configs/paper.yaml"])["ablation"]["seeds"]
+    assert counts["ablation_train"] == counts["ablation_evaluate"] == str(3 * n_seeds - 1)
     # without the MDPL2 files the run is refused up front, naming the missing input
     for p in ("data/mdpl2/hlist_0.90900.list",):
         (wd / p).unlink()
     proc = _snakemake(wd, "-n", "--configfile", "configs/paper.yaml")
     assert proc.returncode != 0
     assert "hlist_0.90900.list" in proc.stdout + proc.stderr
+
+
+def _check_ablation_seeds(wd, res, ab, m3):
+    """Every network retrained at seeds 1.. (ablation/{dim}/seeds/{k}/), the CNN3D with
+    rule train's settings but the seed, and the summary's per-seed rows."""
+    from cmpipe.ablation import training_seed
+
+    cfg = load_config(wd / "config.yaml", ROOT / "workflow/schemas/config.schema.yaml",
+                      overlays=[wd / "configs/tiny.yaml"])
+    n_seeds = cfg["ablation"]["seeds"]
+    assert ab["n_seeds"] == n_seeds
+    main = json.loads((res / "model/normalisation.json").read_text())["provenance"]
+    for d in ("1d", "2d", "3d"):
+        for k in range(1, n_seeds):
+            sd = res / f"ablation/{d}/seeds/{k}"
+            for f in (f"model/cnn{d}.keras", "model/history.csv", "model/normalisation.json",
+                      "summaries/test.h5", "summaries/eval.h5", "joint_pdf.h5",
+                      "metrics.json"):
+                assert (sd / f).is_file(), sd / f
+            m = json.loads((sd / "metrics.json").read_text())
+            assert (m["seed"], m["dimensionality"], m["n_eval"]) == (k, d, m3["n_eval"])
+            prov = json.loads((sd / "model/normalisation.json").read_text())["provenance"]
+            assert prov["settings"]["seed"] == m["training_seed"] == \
+                training_seed(cfg["seed"], d, k)
+            if d == "3d":
+                assert prov["train_cubes_digest"] == main["train_cubes_digest"]
+                assert {**prov["settings"], "seed": 0} == {**main["settings"], "seed": 0}
+        net = ab["methods"][f"cnn{d}"]
+        assert [s["seed"] for s in net["seeds"]] == list(range(n_seeds))
+        assert net["seeds"][0]["scatter_dex"] == net["scatter_dex"]
+        # another seed is another network, not a copy
+        assert len({s["scatter_dex"] for s in net["seeds"]}) == n_seeds
+    po = ab["precision_order_seeds"]
+    assert sorted(po["order"]) == ["cnn1d", "cnn2d", "cnn3d"] and len(po["steps"]) == 2
+    assert po["monotonic"] is ab["matches_expectation_seeds"]
 
 
 def test_analyses_products(tiny_run):
@@ -257,6 +297,7 @@ def test_analyses_products(tiny_run):
         # narrow kernels only (median L1 0.014 measured on this run)
         l1 = np.abs(c3.cubes(0, len(ids)).sum(axis=(1, 2)) - c1.cubes(0, len(ids))).sum(1)
         assert np.median(l1) < 0.05 and l1.max() < 0.3
+    _check_ablation_seeds(*tiny_run, ab, m3)
     rb = json.loads((res / "robustness/summary.json").read_text())
     assert rb["zero_perturbation_identical"] == {"incompleteness_0": True,
                                                  "velocity_error_0": True}

@@ -11,11 +11,22 @@ The 1-D and 2-D inputs are made by :mod:`cmpipe.images` (re-exported here).
 Everything else (network layer specification, training settings, early stopping on the
 validation split, SBI calibration on the test split, metrics on the eval split) is shared
 with the CNN3D chain, so the comparison isolates the input dimensionality.
+
+Seeds
+-----
+One training run per network is not enough to rank them: the eval-set scatter of a network
+moves between training seeds by ~0.004-0.01 dex. ``ablation.seeds`` retrains every network
+with further seeds (:func:`training_seed`, derived from the master seed); seed 0 is the
+single-run product (the CNN3D's is the main ``model/``). :func:`network_seeds` gives the
+mean, s.d. and standard error of each network's scatter over seeds and
+:func:`precision_order_seeds` ranks the networks on the means, each step of dimensionality
+in units of its combined standard error.
 """
 from __future__ import annotations
 
 import logging
 import math
+import re
 
 import numpy as np
 
@@ -23,6 +34,7 @@ from .calibration import JointPDF
 from .evaluation import posterior_table
 from .images import AXES, DIMS, ablation_inputs, input_shape
 from .metrics import DEFAULT_MASS_BINS, evaluation_report
+from .settings import stage_seed
 
 __all__ = [
     "DIMS",
@@ -32,6 +44,13 @@ __all__ = [
     "network_report",
     "method_entry",
     "precision_order",
+    "NETWORKS",
+    "SEED_METRICS",
+    "seed_index",
+    "training_seed",
+    "seed_statistics",
+    "network_seeds",
+    "precision_order_seeds",
 ]
 
 logger = logging.getLogger(__name__)
@@ -144,3 +163,210 @@ def precision_order(methods: dict, order=("cnn1d", "cnn2d", "cnn3d")) -> dict:
     return dict(order=present, scatter_dex=sd,
                 monotonic=bool(all(s["scatter_change_dex"] < 0 for s in steps)) if steps
                 else None, steps=steps)
+
+
+# -- seeds ------------------------------------------------------------------------------------
+
+#: The networks of the ablation, in order of growing input dimensionality.
+NETWORKS = ("cnn1d", "cnn2d", "cnn3d")
+
+#: Per-seed metrics kept in the summary (keys of a :func:`method_entry` row).
+SEED_METRICS = ("scatter_dex", "mean_residual_dex", "coverage_68", "coverage_95")
+
+_SEED_DIR = re.compile(r"seeds/([1-9][0-9]*)/?")
+
+
+def seed_index(seed_dir: str | None) -> int:
+    """The seed number ``k`` of an ablation product directory.
+
+    Parameters
+    ----------
+    seed_dir : str or None
+        The ``{seeddir}`` wildcard of the ablation rules: ``""`` (or None) for seed 0, whose
+        products are ``ablation/{dim}/...``, or ``"seeds/{k}/"`` (k >= 1) for
+        ``ablation/{dim}/seeds/{k}/...``.
+
+    Returns
+    -------
+    int
+        ``k`` (0 for seed 0).
+
+    Raises
+    ------
+    ValueError
+        ``seed_dir`` is neither empty nor ``seeds/{k}/`` with an integer k >= 1.
+    """
+    if not seed_dir:
+        return 0
+    m = _SEED_DIR.fullmatch(seed_dir)
+    if m is None:
+        raise ValueError(f"ablation seed directory {seed_dir!r}: expected '' (seed 0) or "
+                         "'seeds/<k>/' with an integer k >= 1")
+    return int(m[1])
+
+
+def training_seed(master_seed: int, dim: str, k: int) -> int:
+    """The training seed (31 bits, :class:`cmpipe.training.TrainSettings`) of network
+    ``dim`` at seed number ``k``, derived from the run's master seed.
+
+    Parameters
+    ----------
+    master_seed : int
+        The config's ``seed``.
+    dim : {"1d", "2d", "3d"}
+        Input dimensionality of the network.
+    k : int
+        Seed number, ``0 <= k < ablation.seeds``.
+
+    Returns
+    -------
+    int
+        ``stage_seed(master_seed, label) % 2**31`` (:func:`cmpipe.settings.stage_seed`) with
+        ``label`` ``"train"`` for the main CNN3D (3d, k = 0), ``"ablation_train_{dim}"`` for
+        the single-run CNN1D/CNN2D (k = 0) and ``"ablation_train_{dim}_seed{k}"`` for k >= 1.
+
+    Raises
+    ------
+    ValueError
+        Unknown ``dim`` or negative ``k``.
+    """
+    if dim not in ("1d", "2d", "3d"):
+        raise ValueError(f"dimensionality must be one of 1d, 2d, 3d, got {dim!r}")
+    if isinstance(k, bool) or int(k) != k or k < 0:
+        raise ValueError(f"seed number must be an integer >= 0, got {k!r}")
+    if k == 0:
+        label = "train" if dim == "3d" else f"ablation_train_{dim}"
+    else:
+        label = f"ablation_train_{dim}_seed{int(k)}"
+    return stage_seed(master_seed, label) % (2 ** 31)
+
+
+def seed_statistics(values) -> dict:
+    """Mean, spread and standard error of the mean of one metric over training seeds.
+
+    Parameters
+    ----------
+    values : sequence of float or None
+        The metric of each seed; None and non-finite values are left out.
+
+    Returns
+    -------
+    dict
+        ``n`` (finite values), ``mean``, ``sd`` (sample standard deviation, ddof 1) and
+        ``sem`` (``sd / sqrt(n)``). ``mean`` is None without values, ``sd`` and ``sem`` are
+        None for fewer than two (no spread to measure).
+    """
+    x = np.asarray([np.nan if v is None else v for v in values], dtype=np.float64)
+    x = x[np.isfinite(x)]
+    n = int(x.size)
+    mean = float(x.mean()) if n else None
+    sd = float(x.std(ddof=1)) if n >= 2 else None
+    return dict(n=n, mean=mean, sd=sd, sem=sd / math.sqrt(n) if sd is not None else None)
+
+
+def network_seeds(rows) -> dict:
+    """Per-seed metrics of one network and the spread of its scatter over seeds.
+
+    Parameters
+    ----------
+    rows : sequence of dict
+        One :func:`method_entry` row (or any mapping with the :data:`SEED_METRICS` keys)
+        per seed, seed 0 first.
+
+    Returns
+    -------
+    dict
+        ``n_seeds``; ``seeds``: per seed ``seed`` (its number k) and the
+        :data:`SEED_METRICS` (``scatter_dex``, ``mean_residual_dex``, ``coverage_68``,
+        ``coverage_95``); ``scatter_mean_dex``, ``scatter_sd_dex`` (sample s.d. over seeds,
+        None for one seed) and ``scatter_sem_dex`` (standard error of the mean, None for
+        one seed), all in dex.
+
+    Raises
+    ------
+    ValueError
+        No rows.
+    """
+    rows = list(rows)
+    if not rows:
+        raise ValueError("network_seeds needs the metrics of at least one seed")
+    st = seed_statistics([r.get("scatter_dex") for r in rows])
+    return dict(n_seeds=len(rows),
+                seeds=[dict(seed=k, **{m: r.get(m) for m in SEED_METRICS})
+                       for k, r in enumerate(rows)],
+                scatter_mean_dex=st["mean"], scatter_sd_dex=st["sd"],
+                scatter_sem_dex=st["sem"])
+
+
+def _seed_statement(steps, ranked, mean, sem, monotonic, threshold_sem) -> str:
+    """The significance statement of :func:`precision_order_seeds` in words."""
+    nets = [f"{m} {mean[m]:.4f}" + ("" if sem[m] is None else f" +- {sem[m]:.4f}")
+            for m in ranked]
+    parts = []
+    for s in steps:
+        z = s["change_in_sem"]
+        verdict = ("one seed: no spread to judge it" if z is None else
+                   f"{z:+.1f} s.e.m., " + ("significant" if s["significant"] else
+                                           "not significant") + f" at {threshold_sem:g}")
+        parts.append(f"{s['step']}: {s['scatter_change_dex']:+.4f} dex ({verdict})")
+    text = ("mean scatter over seeds (+- s.e.m.), best first: " + " < ".join(nets)
+            + " dex; falls with dimensionality: "
+            + {True: "yes", False: "no", None: "n/a"}[monotonic])
+    return text + ("; " + "; ".join(parts) if parts else "")
+
+
+def precision_order_seeds(methods: dict, order=NETWORKS, *,
+                          threshold_sem: float = 2.0) -> dict:
+    """Rank the networks on their mean scatter over training seeds.
+
+    Parameters
+    ----------
+    methods : dict
+        Ablation rows keyed by method name; the networks carry :func:`network_seeds`
+        (``scatter_mean_dex``, ``scatter_sd_dex``, ``scatter_sem_dex``, ``n_seeds``).
+    order : sequence of str
+        The networks in order of growing input dimensionality.
+    threshold_sem : float
+        A step is significant when its size is at least this many combined standard errors.
+
+    Returns
+    -------
+    dict
+        ``order``: the networks by mean scatter, most precise first; ``scatter_mean_dex``,
+        ``scatter_sd_dex``, ``scatter_sem_dex`` and ``n_seeds`` per network;
+        ``monotonic``: the mean scatter falls at every step of dimensionality (the paper's
+        CNN3D < CNN2D < CNN1D; None with fewer than two networks); ``steps``: per adjacent
+        pair in dimensionality, ``scatter_change_dex`` (mean of the higher minus mean of the
+        lower dimensionality), ``combined_sem_dex`` (the two standard errors in quadrature),
+        ``change_in_sem`` (their ratio, None for one seed) and ``significant``
+        (``|change_in_sem| >= threshold_sem``, None for one seed); ``threshold_sem``; and
+        ``statement``, all of it in words.
+
+    Notes
+    -----
+    The standard errors measure training noise only: every seed of every network is judged
+    on the same eval clusters, whose sampling noise is common to all of them and largely
+    cancels in the differences; the seeds of different networks are independent.
+    """
+    present = [m for m in order
+               if m in methods and methods[m].get("scatter_mean_dex") is not None]
+    mean = {m: float(methods[m]["scatter_mean_dex"]) for m in present}
+    sem = {m: methods[m].get("scatter_sem_dex") for m in present}
+    steps = []
+    for a, b in zip(present[:-1], present[1:]):
+        change = mean[b] - mean[a]
+        comb = math.hypot(sem[a], sem[b]) if sem[a] is not None and sem[b] is not None \
+            else None
+        z = change / comb if comb else None
+        steps.append(dict(step=f"{a} -> {b}", scatter_change_dex=change,
+                          combined_sem_dex=comb, change_in_sem=z,
+                          significant=None if z is None else bool(abs(z) >= threshold_sem)))
+    ranked = sorted(present, key=lambda m: mean[m])
+    monotonic = bool(all(s["scatter_change_dex"] < 0 for s in steps)) if steps else None
+    return dict(order=ranked, scatter_mean_dex=mean,
+                scatter_sd_dex={m: methods[m].get("scatter_sd_dex") for m in present},
+                scatter_sem_dex=sem,
+                n_seeds={m: methods[m].get("n_seeds") for m in present},
+                monotonic=monotonic, steps=steps, threshold_sem=float(threshold_sem),
+                statement=_seed_statement(steps, ranked, mean, sem, monotonic,
+                                          threshold_sem))

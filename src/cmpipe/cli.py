@@ -62,7 +62,11 @@ converted). Window and grid come from the run: |x|, |y| <= window.half_width_mpc
 Output (-o, .ecsv/.csv/.fits): one row per cluster, sorted by cluster_id:
   cluster_id, ra_deg, dec_deg, z, n_gal (galaxies in the window), n_members, n_mem,
   log10_m_cat, log10_m_cat_err, skipped (1: fewer than min_galaxies galaxies, NaN
-  posteriors), log10_m_pred (d~), extrapolated (1: d~ outside the calibrated range),
+  posteriors), comoving_distance_mpc_h (from z: the distance-aware calibration is
+  sliced there), beyond_mock_depth (1: farther than the mock's observers),
+  log10_m_pred (d~), extrapolated (1: d~ outside the calibrated range),
+  outside_calibrated_range (1: posterior median within 0.2 dex of an end of the
+  training masses, or beyond: the prior's edge pulls it inward),
   flat_{map,median,mean,sd,lo68,hi68,lo95,hi95}: posterior under the test-set (flat)
       prior, the paper's calibrated posterior,
   pop_{...}: posterior under the Tinker (2008) mass function at the cluster redshift.

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["ESTIMATORS", "ROW_KEYS", "estimator_rows", "comparison_summary"]
+__all__ = ["ESTIMATORS", "ROW_KEYS", "SURVEY_RANGE_KEYS", "estimator_rows",
+           "comparison_summary"]
 
 #: Estimator key -> (label, source, key prefix in its metrics JSON).
 ESTIMATORS = {
@@ -27,6 +28,12 @@ ESTIMATORS = {
 ROW_KEYS = ("n", "mean_residual_dex", "scatter_dex", "half_width_68_dex", "coverage_68",
             "coverage_68_err_halos", "coverage_95", "coverage_95_err_halos", "sigma_N_dex",
             "sigma_N_err_dex", "sigma_0_dex", "sigma_0_err_dex")
+
+#: Keys of the posterior estimators' ``survey_range`` report copied to their rows as
+#: ``survey_all_*`` (inside ``calibration.survey_mass_range``) and ``survey_top_*`` (its top
+#: 0.3 dex); None for the point estimators.
+SURVEY_RANGE_KEYS = ("n", "mean_residual_dex", "mean_residual_err_dex", "coverage_68",
+                     "coverage_95")
 
 _CATALOGUE_ORDER = ("contaminated", "pure")
 
@@ -67,6 +74,10 @@ def estimator_rows(catalogue: str, run: str, metrics: dict, flow_metrics: dict) 
                 row[k] = _num(m.get(prefix + k))
         if row["n"] is None and prefix == "":
             row["n"] = m.get("n_eval")
+        sr = (m.get("survey_range") or {}) if prefix == "" else {}
+        for part in ("all", "top"):
+            for k in SURVEY_RANGE_KEYS:
+                row[f"survey_{part}_{k}"] = _num((sr.get(part) or {}).get(k))
         rows.append(row)
     return rows
 

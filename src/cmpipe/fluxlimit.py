@@ -24,6 +24,32 @@ __all__ = ["draw_observer_distances", "apparent_magnitudes", "flux_limit"]
 log = logging.getLogger(__name__)
 
 
+def survey_depth_mpc_h(survey, cosmology) -> float:
+    """Comoving depth of the configured survey, h^-1 Mpc: ``survey.synthetic.radius_mpc_h``
+    for the synthetic survey, the comoving distance of ``survey.catalogue_volume.z_max``
+    for a catalogue (``survey`` is the :class:`cmpipe.sections.SurveySettings`)."""
+    if survey.source == "synthetic":
+        return float(survey.synthetic.radius_mpc_h)
+    return float(cosmology.comoving_distance_mpc_h(float(survey.catalogue_volume.z_max)))
+
+
+def observer_radius_mpc_h(s, cosmology) -> float:
+    """Radius of the mock's observer ball: ``mock.observer_radius_mpc_h``, or with null the
+    survey's depth (:func:`survey_depth_mpc_h`), so that the flux limit's effect is learnt
+    at every distance the survey reaches. An explicit radius short of the survey's depth
+    is logged: survey clusters beyond it are flagged ``beyond_mock_depth``."""
+    depth = survey_depth_mpc_h(s.survey, cosmology)
+    radius = s.mock.observer_radius_mpc_h
+    if radius is None:
+        return depth
+    if float(radius) < depth - 1e-6:
+        log.warning("mock.observer_radius_mpc_h = %g h^-1 Mpc is short of the survey's depth "
+                    "%.0f h^-1 Mpc: the calibration is extrapolated for survey clusters beyond "
+                    "it (flagged beyond_mock_depth); null ties the mock to the survey",
+                    float(radius), depth)
+    return float(radius)
+
+
 def draw_observer_distances(n: int, radius_mpc_h: float, rng: np.random.Generator):
     """Comoving observer distances uniform in a 3D ball of radius ``radius_mpc_h``."""
     return radius_mpc_h * rng.random(n) ** (1.0 / 3.0)

@@ -35,6 +35,8 @@ from scipy import optimize, stats
 
 __all__ = [
     "grouped_coverage_error",
+    "grouped_mean",
+    "mass_bin_edges",
     "DEFAULT_MASS_BINS",
     "NOMINAL_68",
     "NOMINAL_95",
@@ -59,6 +61,14 @@ NOMINAL_68 = math.erf(1.0 / math.sqrt(2.0))        # 0.682689
 #: Probability content of the 95% interval (tails 2.5% each).
 NOMINAL_95 = 0.95
 _Q16 = 0.5 * math.erfc(1.0 / math.sqrt(2.0))
+
+
+def mass_bin_edges(lo: float, hi: float, width: float = 0.2) -> np.ndarray:
+    """Bin edges ``lo, lo + width, ...`` up to the first edge >= ``hi`` (log10 h^-1 Msun):
+    the mass bins of a set of clusters from its selection threshold ``lo`` to its heaviest
+    cluster ``hi``."""
+    n = max(1, int(np.ceil((float(hi) - float(lo)) / width - 1e-9)))
+    return np.round(float(lo) + width * np.arange(n + 1), 10)
 
 
 def _as_1d(name, x, n=None, positive=False):
@@ -222,19 +232,47 @@ def grouped_coverage_error(inside, groups, *, n_boot: int = 1000, seed: int = 0)
         ``n_groups``.
     """
     inside = np.asarray(inside, dtype=bool).ravel()
+    g = grouped_mean(inside.astype(float), groups, n_boot=n_boot, seed=seed)
+    return dict(fraction=g["mean"], stderr_grouped=g["stderr_grouped"], n=g["n"],
+                n_groups=g["n_groups"])
+
+
+def grouped_mean(values, groups, *, n_boot: int = 1000, seed: int = 0) -> dict:
+    """Mean of ``values`` and its standard error from resampling whole ``groups``.
+
+    The sightlines of one halo share its shape, its neighbours and its galaxies, so their
+    residuals are correlated: the error of a mean over clusters comes from resampling the
+    halos (groups) with replacement, not from s.d./sqrt(N).
+
+    Parameters
+    ----------
+    values : array_like, shape (N,)
+    groups : array_like, shape (N,)
+        Group label of each value (the host halo id).
+    n_boot : int
+    seed : int
+
+    Returns
+    -------
+    dict
+        ``mean``, ``stderr_grouped`` (bootstrap s.d. of the mean; NaN with one group),
+        ``n`` and ``n_groups``.
+    """
+    values = np.asarray(values, dtype=float).ravel()
     _, g = np.unique(np.asarray(groups).ravel(), return_inverse=True)
-    if g.size != inside.size:
-        raise ValueError("inside and groups differ in length")
-    if inside.size == 0:
-        return dict(fraction=float("nan"), stderr_grouped=float("nan"), n=0, n_groups=0)
+    if g.size != values.size:
+        raise ValueError("values and groups differ in length")
+    if values.size == 0:
+        return dict(mean=float("nan"), stderr_grouped=float("nan"), n=0, n_groups=0)
     n_g = int(g.max()) + 1
-    hits = np.bincount(g, weights=inside.astype(float), minlength=n_g)
+    sums = np.bincount(g, weights=values, minlength=n_g)
     sizes = np.bincount(g, minlength=n_g).astype(float)
     rng = np.random.default_rng(seed)
     c = rng.multinomial(n_g, np.full(n_g, 1.0 / n_g), size=n_boot).astype(float)
-    frac = (c @ hits) / (c @ sizes)
-    return dict(fraction=float(inside.mean()), stderr_grouped=float(frac.std(ddof=1)),
-                n=int(inside.size), n_groups=n_g)
+    means = (c @ sums) / (c @ sizes)
+    err = float(means.std(ddof=1)) if n_g > 1 else float("nan")
+    return dict(mean=float(values.mean()), stderr_grouped=err, n=int(values.size),
+                n_groups=n_g)
 
 
 def interval_coverage(log10_m_true, summaries: dict, *, bins=DEFAULT_MASS_BINS,

@@ -14,11 +14,57 @@ def _arr(values):
     return np.asarray([np.nan if v is None else v for v in values], dtype=float)
 
 
+def _seed_panel(ax, summary: dict) -> None:
+    """The overall scatter of every network at every training seed (points; filled: seed
+    0, the single-run product) and its mean +- s.d. over seeds, with each step of
+    dimensionality in units of its combined standard error of the mean."""
+    methods = summary["methods"]
+    nets = [n for n in _NETWORK_STYLE if n in methods]
+    by_seeds = summary.get("precision_order_seeds") or {}
+    top = 0.0
+    for x, name in enumerate(nets):
+        m = methods[name]
+        colour, marker = _NETWORK_STYLE[name]
+        seeds = m.get("seeds") or [dict(seed=0, scatter_dex=m["scatter_dex"])]
+        sc = _arr([s["scatter_dex"] for s in seeds])
+        dx = np.linspace(-0.12, 0.12, sc.size) if sc.size > 1 else np.zeros(1)
+        ax.scatter(x - 0.12 + dx, sc, s=36, marker=marker, facecolors="none",
+                   edgecolors=colour, lw=1.3, zorder=3,
+                   label="one seed (filled: seed 0)" if x == 0 else None)
+        ax.scatter(x - 0.12 + dx[:1], sc[:1], s=36, marker=marker, color=colour, zorder=4)
+        mean = m.get("scatter_mean_dex", m["scatter_dex"])
+        sd = m.get("scatter_sd_dex")
+        ax.errorbar(x + 0.22, mean, yerr=sd if sd is not None else None, fmt="D",
+                    color=colour, ms=7, capsize=6, lw=2, zorder=4,
+                    label="mean \u00b1 s.d. over seeds" if x == 0 else None)
+        text = f"{mean:.3f}" + (f"\n\u00b1{sd:.3f}" if sd is not None else "")
+        ax.annotate(text, (x + 0.32, mean), fontsize=8, va="center", color=colour)
+        top = max(top, np.nanmax(sc), mean + (sd or 0.0))
+    for i, step in enumerate(by_seeds.get("steps", [])[:len(nets) - 1]):
+        z = step.get("change_in_sem")
+        label = (f"\u0394 {step['scatter_change_dex']:+.3f} dex" + ("" if z is None else
+                 f"\n({z:+.1f} s.e.m.)"))
+        ax.annotate(label, (i + 0.5, 1.0), xycoords=("data", "axes fraction"),
+                    xytext=(0, -4), textcoords="offset points", ha="center", va="top",
+                    fontsize=8, color="0.3")
+    ax.set_xticks(range(len(nets)), [methods[n]["label"].split(" ")[0] for n in nets])
+    ax.set_xlim(-0.6, len(nets) - 0.05)
+    lo = ax.get_ylim()[0]
+    ax.set_ylim(lo, top + 0.35 * (top - lo))
+    ax.set_ylabel("overall residual scatter (sd) [dex]")
+    n = summary.get("n_seeds", 1)
+    falls = {True: "yes", False: "no"}.get(by_seeds.get("monotonic"), "n/a")
+    ax.set_title(f"Scatter over {n} training seed{'s' if n != 1 else ''}; mean falls with "
+                 f"dimensionality: {falls}", fontsize=9)
+    ax.legend(fontsize=7, loc="best")
+
+
 def ablation_figure(summary: dict, path) -> None:
     """Paper Figs. 7 and 8: residual bias and scatter per true-mass bin of CNN1D/2D/3D
-    (+ SBI) and the classical baselines, and the eq. (7) fit sigma_N against sigma_0."""
-    fig, (ax, sx, px) = plt.subplots(1, 3, figsize=(15, 4.4),
-                                     gridspec_kw=dict(width_ratios=[1, 1, 0.8]))
+    (+ SBI) and the classical baselines, the eq. (7) fit sigma_N against sigma_0, and each
+    network's overall scatter at every training seed with its mean +- s.d."""
+    fig, (ax, sx, px, gx) = plt.subplots(1, 4, figsize=(20, 4.6),
+                                         gridspec_kw=dict(width_ratios=[1, 1, 0.8, 0.9]))
     methods = summary["methods"]
     k = 3
     lim = [0.0, 0.0]
@@ -54,7 +100,7 @@ def ablation_figure(summary: dict, path) -> None:
     sx.legend(fontsize=7)
     ax.set_title(f"Bias per mass bin (eval set, n = {summary['n_eval']})")
     po = summary.get("precision_order", {})
-    sx.set_title("Scatter per mass bin; falls with dimensionality: "
+    sx.set_title("Scatter per mass bin (seed 0); falls with dimensionality: "
                  f"{'yes' if po.get('monotonic') else 'no'}")
     px.set_xlabel(r"$\sigma_0$ [dex] (richness-independent)")
     px.set_ylabel(r"$\sigma_N$ [dex] (at $N_\mathrm{mem}$ = 100)")
@@ -63,6 +109,7 @@ def ablation_figure(summary: dict, path) -> None:
     px.set_xlim(0, 1.15 * lim[0] + 0.01)
     px.set_ylim(0, 1.15 * lim[1] + 0.01)
     px.legend(fontsize=7, loc="best")
+    _seed_panel(gx, summary)
     fig.tight_layout()
     save(fig, path)
 

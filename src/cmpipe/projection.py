@@ -136,10 +136,15 @@ class Projector:
         clusters. Set it an order of magnitude below the cluster selection: mass ratios
         down to ~0.1 stay exact (the paper's diagnostic needs ratios > 1), and the search
         tree no longer holds the millions of small halos of a large box.
+    ghost_halo_ids : array_like, optional
+        Halos that only their own windows see (the training tail, :mod:`cmpipe.tail`):
+        their galaxies enter no other halo's window and they are never another window's
+        interloper halo, so the box's clusters are projected as without them.
     """
 
     def __init__(self, halos, galaxies, *, box_size_mpc_h, redshift, hubble_kms_per_mpc_h,
-                 half_width_mpc_h=1.6, v_max_kms=2200.0, interloper_log10_m_min=None):
+                 half_width_mpc_h=1.6, v_max_kms=2200.0, interloper_log10_m_min=None,
+                 ghost_halo_ids=None):
         self.L = float(box_size_mpc_h)
         self.a = 1.0 / (1.0 + redshift)
         self.a_h = self.a * hubble_kms_per_mpc_h  # km/s per comoving h^-1 Mpc
@@ -151,6 +156,8 @@ class Projector:
         self.g_id = np.asarray(galaxies["galaxy_id"])
         self.g_halo = np.asarray(galaxies["halo_id"])
         self.g_mag = np.asarray(galaxies["mag_r"])
+        ghosts = np.asarray([] if ghost_halo_ids is None else ghost_halo_ids, dtype=np.int64)
+        self.g_ghost = np.isin(self.g_halo, ghosts)
 
         host = np.asarray(halos["upid"]) == -1
         if interloper_log10_m_min is not None:
@@ -162,6 +169,7 @@ class Projector:
         self.h_logm = np.asarray(halos["log10_m200c"])[host]
         self.h_r200 = np.asarray(halos["r200c_mpc_h"])[host]
         self._h_index = {int(h): i for i, h in enumerate(self.h_id)}
+        self.h_ghost = np.isin(self.h_id, ghosts)
 
         # central galaxy of each host: phase-space origin of its projections
         cen = np.flatnonzero(np.asarray(galaxies["is_central"]).astype(bool))
@@ -218,6 +226,7 @@ class Projector:
             gidx = self.g_index.candidates(c, n, speed_c)
             x, y, v, par = self._window(self.g_pos, self.g_vel, gidx, c, vc, e1, e2, n)
             ins = (np.abs(x) <= self.W) & (np.abs(y) <= self.W) & (np.abs(v) <= self.V)
+            ins &= ~self.g_ghost[gidx] | (self.g_halo[gidx] == halo_id)
             order = np.argsort(gidx[ins], kind="stable")
             sel = gidx[ins][order]
             rec = dict(
@@ -230,7 +239,7 @@ class Projector:
                 is_member=(self.g_halo[sel] == halo_id).astype(np.int8),
             )
             hidx = self.h_index.candidates(c, n, speed_c)
-            hidx = hidx[self.h_id[hidx] != halo_id]
+            hidx = hidx[(self.h_id[hidx] != halo_id) & ~self.h_ghost[hidx]]
             hx, hy, hv, _ = self._window(self.h_pos, self.h_vel, hidx, c, vc, e1, e2, n)
             hk = np.flatnonzero((np.hypot(hx, hy) <= self.W) & (np.abs(hv) <= self.V))
             if len(hk):

@@ -29,7 +29,8 @@ __all__ = [
     "MockSettings", "SplitSettings", "KDESettings", "TrainSection", "CalibrationSettings",
     "BaselineSettings", "FlowSection", "CompareSettings", "SurveySyntheticSettings",
     "CatalogueVolumeSettings", "PopulationPriorSettings", "MassFunctionSettings",
-    "SurveySettings", "AblationSettings", "RobustnessSettings", "SaliencySettings",
+    "SurveySettings", "AblationSettings", "TailSection", "RobustnessSettings",
+    "SaliencySettings",
 ]
 
 
@@ -97,6 +98,16 @@ class SyntheticSettings(Section):
 
 
 @dataclass(frozen=True)
+class TailSection(Section):
+    """``simulation.tail``: training-only massive halos (:mod:`cmpipe.tail`)."""
+
+    enabled: bool
+    log10_m_min: float
+    log10_m_max: float
+    halos_per_dex: float
+
+
+@dataclass(frozen=True)
 class MDPL2Settings(Section):
     """``simulation.mdpl2``: real ROCKSTAR hlist and galaxy files."""
 
@@ -135,7 +146,7 @@ class MockSettings(Section):
     limit, before the richness cut, so every later stage sees bound members only).
     """
 
-    observer_radius_mpc_h: float
+    observer_radius_mpc_h: float | None
     mag_r_limit: float
     min_galaxies: int
     halo_batch_size: int
@@ -204,6 +215,7 @@ class CalibrationSettings(Section):
     distance_nodes: int
     distance_window: float
     recalibrate_flow: bool
+    survey_mass_range: tuple
 
 
 @dataclass(frozen=True)
@@ -322,6 +334,7 @@ class AblationSettings(Section):
 
     enabled: bool
     n_grid: int | None
+    seeds: int
     layers_1d: tuple | None
     layers_2d: tuple | None
 

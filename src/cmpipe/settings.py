@@ -17,7 +17,8 @@ import numpy as np
 from .sections import (AblationSettings, BaselineSettings, CalibrationSettings, CompareSettings,
                        FlowSection, KDESettings, MDPL2Settings, MockSettings,
                        RobustnessSettings, SaliencySettings, SightlineSettings, SplitSettings,
-                       SurveySettings, SyntheticSettings, TrainSection, WindowSettings)
+                       SurveySettings, SyntheticSettings, TailSection, TrainSection,
+                       WindowSettings)
 
 __all__ = [
     "ConfigError",
@@ -57,6 +58,7 @@ class Settings:
     source: str
     redshift: float
     synthetic: SyntheticSettings
+    tail: TailSection
     mdpl2: MDPL2Settings
     log10_m200c_min: float
     window: WindowSettings
@@ -85,6 +87,7 @@ class Settings:
             source=sim["source"],
             redshift=float(sim["redshift"]),
             synthetic=SyntheticSettings.from_dict(sim["synthetic"]),
+            tail=TailSection.from_dict(sim["tail"]),
             mdpl2=MDPL2Settings.from_dict(sim["mdpl2"]),
             log10_m200c_min=float(config["selection"]["log10_m200c_min"]),
             window=WindowSettings.from_dict(config["window"]),

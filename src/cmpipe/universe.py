@@ -24,6 +24,15 @@ a stand-in box from the same physics an N-body halo catalogue encodes:
    Jeans velocities (``NFWPhaseSpace``) inside R200c. Luminosities (h^-2 Lsun in the
    ^{0.1}r band) become absolute magnitudes with :data:`MSUN_R_01`.
 
+6. **Training tail** (optional, :class:`TailSettings`): extra halos drawn uniformly in
+   log M above the box's natural range of massive halos (a 500 h^-1 Mpc box holds ~2
+   above 10^15), placed in the *same* lognormal field with their own bias and the same
+   linear velocity field, with concentrations and CLF galaxies as every other halo. They
+   are written apart from the box (``tail_halos.h5``, ``tail_galaxies.h5``) and only the
+   training catalogue sees them, as "ghosts": a tail cluster's window holds its own
+   galaxies and the box's, while no other window sees a tail halo or its galaxies, so the
+   box, its interlopers and the survey keep the true abundance.
+
 All randomness flows from one seed through :class:`numpy.random.SeedSequence` children,
 so a seed fixes every array.
 """
@@ -38,9 +47,12 @@ import numpy as np
 from .cosmology import Cosmology
 from .io.catalogues import GALAXY_SCHEMA, HALO_SCHEMA
 from .lognormal import LognormalBox, trilinear_interpolate, wrap_periodic
+from .tail import TailSettings, tail_masses
 
 __all__ = [
     "UniverseSettings",
+    "TailSettings",
+    "tail_masses",
     "MSUN_R_01",
     "NOMINAL_PARTICLE_MASS",
     "CONCENTRATION_SCATTER_DEX",
@@ -269,8 +281,31 @@ def sample_halo_masses(settings: UniverseSettings, cosmology: Cosmology,
     return np.interp(u, n_above[::-1], lgm[::-1])
 
 
+def _place(field, lgm, z, cosmology, rng, label):
+    """Lognormal positions of halos ``lgm`` in ``field``, grouped in bins of ln b."""
+    from tqdm.auto import tqdm
+
+    n = lgm.size
+    pos = np.empty((n, 3))
+    if not n:
+        return pos
+    b = halo_bias(lgm, z, cosmology)
+    lnb = np.log(b)
+    ibin = np.floor((lnb - lnb.min()) / BIAS_BIN_DLNB).astype(np.int64)
+    order = np.argsort(ibin, kind="stable")
+    bins, starts = np.unique(ibin[order], return_index=True)
+    stops = np.append(starts[1:], n)
+    log.info("%s: %d bias bins, b = %.3g..%.3g", label, len(bins), b.min(), b.max())
+    for a, e in tqdm(list(zip(starts, stops)), desc=f"lognormal bias bins ({label})",
+                     disable=None, leave=False):
+        sel = order[a:e]
+        b_bin = float(np.sqrt(np.mean(b[sel] ** 2)))
+        pos[sel] = field.sample_positions(b_bin, sel.size, rng)
+    return pos
+
+
 def clustered_positions(log10_m200c, settings: UniverseSettings, cosmology: Cosmology,
-                        rng: np.random.Generator):
+                        rng: np.random.Generator, *, tail_log10_m=None, tail_rng=None):
     """Lognormal positions and linear-theory velocities of halos of given masses.
 
     Parameters
@@ -280,6 +315,11 @@ def clustered_positions(log10_m200c, settings: UniverseSettings, cosmology: Cosm
     settings : UniverseSettings
     cosmology : Cosmology
     rng : numpy.random.Generator
+    tail_log10_m : array_like, optional
+        Masses of training-tail halos placed in the same field and velocity field after
+        the box's halos, with ``tail_rng`` (so the box's halos do not depend on the tail).
+    tail_rng : numpy.random.Generator, optional
+        Required with ``tail_log10_m``.
 
     Returns
     -------
@@ -288,9 +328,9 @@ def clustered_positions(log10_m200c, settings: UniverseSettings, cosmology: Cosm
     vel : ndarray, shape (N, 3)
         Peculiar velocities, km/s: linear theory plus a Gaussian term of
         ``halo_velocity_sigma_kms`` per component.
+    tail_pos, tail_vel : ndarray
+        The same for the tail halos; returned only with ``tail_log10_m``.
     """
-    from tqdm.auto import tqdm
-
     lgm = np.asarray(log10_m200c, dtype=float)
     z, box = settings.redshift, settings.box_size_mpc_h
     n = lgm.size
@@ -298,25 +338,20 @@ def clustered_positions(log10_m200c, settings: UniverseSettings, cosmology: Cosm
     t0 = time.perf_counter()
     field = LognormalBox(lambda k: cosmology.colossus.matterPowerSpectrum(k, z), box,
                          int(settings.grid_cells), rng)
-    pos = np.empty((n, 3))
-    if n:
-        b = halo_bias(lgm, z, cosmology)
-        lnb = np.log(b)
-        ibin = np.floor((lnb - lnb.min()) / BIAS_BIN_DLNB).astype(np.int64)
-        order = np.argsort(ibin, kind="stable")
-        bins, starts = np.unique(ibin[order], return_index=True)
-        stops = np.append(starts[1:], n)
-        log.info("lognormal field %d^3 (cell %.3g h^-1 Mpc, sigma_lin = %.3g); %d bias "
-                 "bins, b = %.3g..%.3g", settings.grid_cells, field.cell,
-                 field.sigma_lin_cell, len(bins), b.min(), b.max())
-        for a, e in tqdm(list(zip(starts, stops)), desc="lognormal bias bins",
-                         disable=None, leave=False):
-            sel = order[a:e]
-            b_bin = float(np.sqrt(np.mean(b[sel] ** 2)))
-            pos[sel] = field.sample_positions(b_bin, sel.size, rng)
+    log.info("lognormal field %d^3 (cell %.3g h^-1 Mpc, sigma_lin = %.3g)",
+             settings.grid_cells, field.cell, field.sigma_lin_cell)
+    pos = _place(field, lgm, z, cosmology, rng, "box halos")
+    tail = None
+    if tail_log10_m is not None:
+        if tail_rng is None:
+            raise ValueError("clustered_positions: tail_log10_m needs tail_rng")
+        tail = np.asarray(tail_log10_m, dtype=float)
+        tail_pos = _place(field, tail, z, cosmology, tail_rng, "training tail")
     a_h_f = (cosmology.hubble_kms_per_mpc_h(z) / (1.0 + z)) * growth_rate(z, cosmology)
     grids = field.linear_velocity_grids(a_h_f)
     vel = np.column_stack([trilinear_interpolate(g, pos, box) for g in grids])
+    if tail is not None:
+        tail_vel = np.column_stack([trilinear_interpolate(g, tail_pos, box) for g in grids])
     del grids, field
     if n:
         log.info("linear halo velocities: aHf = %.4g km/s per h^-1 Mpc, rms/component "
@@ -324,11 +359,38 @@ def clustered_positions(log10_m200c, settings: UniverseSettings, cosmology: Cosm
                  float(np.sqrt(np.mean(vel ** 2))), settings.halo_velocity_sigma_kms)
     vel += rng.normal(0.0, settings.halo_velocity_sigma_kms, size=(n, 3))
     log.info("positions and velocities of %d halos in %.1f s", n, time.perf_counter() - t0)
-    return pos, vel
+    if tail is None:
+        return pos, vel
+    tail_vel += tail_rng.normal(0.0, settings.halo_velocity_sigma_kms, size=(tail.size, 3))
+    return pos, vel, tail_pos, tail_vel
 
 
-def make_halos(settings: UniverseSettings, cosmology: Cosmology, seed) -> dict:
-    """Build the halo table of the synthetic box.
+def _halo_table(lgm, pos, vel, first_id, settings, cosmology, rng) -> dict:
+    """HALO_SCHEMA columns of host halos: concentrations (``rng``), R200c, ids from
+    ``first_id``."""
+    from colossus.halo import concentration, mass_so
+
+    z = settings.redshift
+    m = 10.0 ** lgm
+    _activate(cosmology)
+    c_med = np.asarray(concentration.concentration(m, "200c", z,
+                                                   model=settings.concentration_model),
+                       dtype=float) if m.size else np.zeros(0)
+    scatter = rng.normal(0.0, CONCENTRATION_SCATTER_DEX, lgm.size)
+    c200c = np.clip(c_med * 10.0 ** scatter, *CONCENTRATION_RANGE)
+    r200c = (mass_so.M_to_R(m, z, "200c") / 1e3 if m.size  # proper kpc/h -> Mpc/h
+             else np.zeros(0))
+    ids = np.arange(first_id, first_id + lgm.size, dtype=np.int64)
+    cols = dict(halo_id=ids, upid=np.full(lgm.size, -1, dtype=np.int64), log10_m200c=lgm,
+                r200c_mpc_h=np.asarray(r200c, dtype=float), c200c=c200c,
+                x_mpc_h=pos[:, 0], y_mpc_h=pos[:, 1], z_mpc_h=pos[:, 2],
+                vx_kms=vel[:, 0], vy_kms=vel[:, 1], vz_kms=vel[:, 2])
+    return {k: np.ascontiguousarray(cols[k], dtype=HALO_SCHEMA[k][0]) for k in HALO_SCHEMA}
+
+
+def make_halos(settings: UniverseSettings, cosmology: Cosmology, seed,
+               tail: TailSettings | None = None):
+    """Build the halo table of the synthetic box (and, with ``tail``, the training tail).
 
     Parameters
     ----------
@@ -336,32 +398,31 @@ def make_halos(settings: UniverseSettings, cosmology: Cosmology, seed) -> dict:
     cosmology : Cosmology
     seed : int or numpy.random.SeedSequence
         Fixes every random step (masses, phases, placements, velocities, concentrations).
+        The tail uses its own streams: the box is the same with or without it.
+    tail : TailSettings, optional
 
     Returns
     -------
     dict of ndarray
         Exactly the :data:`~cmpipe.io.catalogues.HALO_SCHEMA` columns, all host halos
-        (``upid = -1``), sorted by decreasing mass, ``halo_id = 1..N``.
+        (``upid = -1``), sorted by decreasing mass, ``halo_id = 1..N``. With ``tail``, a
+        pair ``(halos, tail_halos)``; the tail's ids continue after the box's
+        (``N+1..N+K``).
     """
-    from colossus.halo import concentration, mass_so
-
-    z = settings.redshift
     lgm = np.sort(sample_halo_masses(settings, cosmology, _rng(seed, 0)))[::-1]
-    pos, vel = clustered_positions(lgm, settings, cosmology, _rng(seed, 1))
-    m = 10.0 ** lgm
-    _activate(cosmology)
-    c_med = np.asarray(concentration.concentration(m, "200c", z,
-                                                   model=settings.concentration_model),
-                       dtype=float)
-    scatter = _rng(seed, 2).normal(0.0, CONCENTRATION_SCATTER_DEX, lgm.size)
-    c200c = np.clip(c_med * 10.0 ** scatter, *CONCENTRATION_RANGE)
-    r200c = mass_so.M_to_R(m, z, "200c") / 1e3  # proper kpc/h -> proper Mpc/h
-    ids = np.arange(1, lgm.size + 1, dtype=np.int64)
-    cols = dict(halo_id=ids, upid=np.full(lgm.size, -1, dtype=np.int64), log10_m200c=lgm,
-                r200c_mpc_h=np.asarray(r200c, dtype=float), c200c=c200c,
-                x_mpc_h=pos[:, 0], y_mpc_h=pos[:, 1], z_mpc_h=pos[:, 2],
-                vx_kms=vel[:, 0], vy_kms=vel[:, 1], vz_kms=vel[:, 2])
-    return {k: np.ascontiguousarray(cols[k], dtype=HALO_SCHEMA[k][0]) for k in HALO_SCHEMA}
+    if tail is None:
+        pos, vel = clustered_positions(lgm, settings, cosmology, _rng(seed, 1))
+        return _halo_table(lgm, pos, vel, 1, settings, cosmology, _rng(seed, 2))
+    t_lgm = tail_masses(tail, _rng(seed, 3))
+    pos, vel, t_pos, t_vel = clustered_positions(lgm, settings, cosmology, _rng(seed, 1),
+                                                 tail_log10_m=t_lgm, tail_rng=_rng(seed, 4))
+    halos = _halo_table(lgm, pos, vel, 1, settings, cosmology, _rng(seed, 2))
+    tail_halos = _halo_table(t_lgm, t_pos, t_vel, lgm.size + 1, settings, cosmology,
+                             _rng(seed, 5))
+    log.info("training tail: %d halos, log10 M200c %.2f..%.2f (the box holds %d above "
+             "%.2f)", t_lgm.size, tail.log10_m_min, tail.log10_m_max,
+             int((lgm >= tail.log10_m_min).sum()), tail.log10_m_min)
+    return halos, tail_halos
 
 
 # ---------------------------------------------------------------------------- galaxies
@@ -472,26 +533,37 @@ def populate_galaxies(halos: dict, settings: UniverseSettings, cosmology: Cosmol
             for k in GALAXY_SCHEMA}
 
 
-def generate_universe(settings: UniverseSettings, cosmology: Cosmology, seed):
-    """Build the synthetic box: halos, then galaxies.
+def generate_universe(settings: UniverseSettings, cosmology: Cosmology, seed,
+                      tail: TailSettings | None = None):
+    """Build the synthetic box: halos, then galaxies (and, with ``tail``, the training
+    tail's halos and galaxies).
 
     Parameters
     ----------
     settings : UniverseSettings
     cosmology : Cosmology
     seed : int or numpy.random.SeedSequence
-        Master seed; halos use its child 0, galaxies its child 1.
+        Master seed; halos use its child 0, galaxies its child 1, tail galaxies child 2.
+    tail : TailSettings, optional
 
     Returns
     -------
     halos, galaxies : dict of ndarray
         :data:`~cmpipe.io.catalogues.HALO_SCHEMA` and
-        :data:`~cmpipe.io.catalogues.GALAXY_SCHEMA` column tables.
+        :data:`~cmpipe.io.catalogues.GALAXY_SCHEMA` column tables. With ``tail`` also
+        ``tail_halos, tail_galaxies`` (ids continuing after the box's).
     """
     t0 = time.perf_counter()
     log.info("synthetic universe: %s, cosmology %s", asdict(settings), cosmology.name)
-    halos = make_halos(settings, cosmology, _child(seed, 0))
+    if tail is None:
+        halos = make_halos(settings, cosmology, _child(seed, 0))
+    else:
+        halos, tail_halos = make_halos(settings, cosmology, _child(seed, 0), tail)
     galaxies = populate_galaxies(halos, settings, cosmology, _child(seed, 1))
     log.info("synthetic universe done: %d halos, %d galaxies in %.1f s",
              halos["halo_id"].size, galaxies["galaxy_id"].size, time.perf_counter() - t0)
-    return halos, galaxies
+    if tail is None:
+        return halos, galaxies
+    tail_galaxies = populate_galaxies(tail_halos, settings, cosmology, _child(seed, 2))
+    tail_galaxies["galaxy_id"] = tail_galaxies["galaxy_id"] + galaxies["galaxy_id"].size
+    return halos, galaxies, tail_halos, tail_galaxies

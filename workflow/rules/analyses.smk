@@ -3,13 +3,57 @@
 #   snakemake ablation | robustness | saliency | analyses
 
 
+# Seeds (ablation.seeds): seed 0 is the single-run product, ablation/{dim}/ for the CNN1D/2D
+# and the main CNN3D (model/, evaluation/metrics.json); seeds k = 1 .. seeds-1 retrain every
+# network on the same inputs with another seed, in ablation/{dim}/seeds/{k}/ (the CNN3D on
+# cubes/). The {seeddir} wildcard is "" (seed 0) or "seeds/{k}/".
+
+
+def ablation_params():
+    """The ablation section as a rerun trigger, without `seeds`: how many seeds there are
+    changes no input and no single seed's network."""
+    return {k: v for k, v in config["ablation"].items() if k != "seeds"}
+
+
+def ablation_seed_metrics(dim):
+    """metrics.json of network `dim` at seeds 1 .. ablation.seeds - 1 (seed 0 is named on
+    its own)."""
+    return [res(f"ablation/{dim}/seeds/{k}/metrics.json")
+            for k in range(1, config["ablation"]["seeds"])]
+
+
+def ablation_network_inputs(wildcards, splits):
+    """The input files of network {dim}: ablation/{dim}/inputs/ (1d, 2d) or the CNN3D's
+    cubes/ (3d: seeds >= 1 only, seed 0 is the main model/)."""
+    from snakemake.exceptions import WorkflowError
+
+    if wildcards.dim != "3d":
+        return {s: res(f"ablation/{wildcards.dim}/inputs/{s}.h5") for s in splits}
+    if not wildcards.seeddir:
+        raise WorkflowError("ablation/3d/ holds the CNN3D's seeds >= 1 only (ablation/3d/"
+                            "seeds/{k}/): seed 0 is the main model/cnn3d.keras and "
+                            "evaluation/metrics.json (rules train, evaluate)")
+    return {s: res(f"cubes/{s}.h5") for s in splits}
+
+
+def ablation_train_inputs(wildcards):
+    return ablation_network_inputs(wildcards, ("train", "validation"))
+
+
+def ablation_evaluate_inputs(wildcards):
+    return dict(ablation_network_inputs(wildcards, ("test", "eval")),
+                model=res(f"ablation/{wildcards.dim}/{wildcards.seeddir}model/"
+                          f"cnn{wildcards.dim}.keras"),
+                clusters=res("mock/clusters.h5"))
+
+
 rule ablation_inputs:
     input:
         clusters=res("mock/clusters.h5"),
     output:
         **{s: res(f"ablation/{{dim}}/inputs/{s}.h5") for s in SPLITS},
     params:
-        ablation=config["ablation"],
+        ablation=ablation_params(),
         kde=config["kde"],
         window=config["window"],
     wildcard_constraints:
@@ -29,26 +73,28 @@ rule ablation_inputs:
 
 rule ablation_train:
     input:
-        train=res("ablation/{dim}/inputs/train.h5"),
-        validation=res("ablation/{dim}/inputs/validation.h5"),
+        unpack(ablation_train_inputs),
     output:
-        model=res("ablation/{dim}/model/cnn{dim}.keras"),
-        history=res("ablation/{dim}/model/history.csv"),
-        normalisation=res("ablation/{dim}/model/normalisation.json"),
+        model=res("ablation/{dim}/{seeddir}model/cnn{dim}.keras"),
+        history=res("ablation/{dim}/{seeddir}model/history.csv"),
+        normalisation=res("ablation/{dim}/{seeddir}model/normalisation.json"),
     params:
         train=config["train"],
-        ablation=config["ablation"],
+        # the CNN3D's seeds train as rule train does: the ablation section does not apply
+        ablation=lambda wildcards: {} if wildcards.dim == "3d" else ablation_params(),
         seed=config["seed"],
     wildcard_constraints:
-        dim="1d|2d",
+        dim="1d|2d|3d",
+        seeddir=r"(seeds/[1-9][0-9]*/)?",
     log:
-        res("logs/ablation/{dim}-train.log"),
+        res("logs/ablation/{seeddir}{dim}-train.log"),
     benchmark:
-        res("benchmarks/ablation/{dim}-train.tsv")
+        res("benchmarks/ablation/{seeddir}{dim}-train.tsv")
     threads: 2
     resources:
-        mem_mb=4000,
-        runtime=120,
+        # the CNN3D's seeds: rule train's memory and time
+        mem_mb=lambda wildcards: 8000 if wildcards.dim == "3d" else 4000,
+        runtime=lambda wildcards: 240 if wildcards.dim == "3d" else 120,
     conda:
         "../../envs/train.yaml"
     script:
@@ -57,23 +103,21 @@ rule ablation_train:
 
 rule ablation_evaluate:
     input:
-        model=res("ablation/{dim}/model/cnn{dim}.keras"),
-        test=res("ablation/{dim}/inputs/test.h5"),
-        eval=res("ablation/{dim}/inputs/eval.h5"),
-        clusters=res("mock/clusters.h5"),
+        unpack(ablation_evaluate_inputs),
     output:
-        test=res("ablation/{dim}/summaries/test.h5"),
-        eval=res("ablation/{dim}/summaries/eval.h5"),
-        joint_pdf=res("ablation/{dim}/joint_pdf.h5"),
-        metrics=res("ablation/{dim}/metrics.json"),
+        test=res("ablation/{dim}/{seeddir}summaries/test.h5"),
+        eval=res("ablation/{dim}/{seeddir}summaries/eval.h5"),
+        joint_pdf=res("ablation/{dim}/{seeddir}joint_pdf.h5"),
+        metrics=res("ablation/{dim}/{seeddir}metrics.json"),
     params:
         calibration=config["calibration"],
     wildcard_constraints:
-        dim="1d|2d",
+        dim="1d|2d|3d",
+        seeddir=r"(seeds/[1-9][0-9]*/)?",
     log:
-        res("logs/ablation/{dim}-evaluate.log"),
+        res("logs/ablation/{seeddir}{dim}-evaluate.log"),
     benchmark:
-        res("benchmarks/ablation/{dim}-evaluate.tsv")
+        res("benchmarks/ablation/{seeddir}{dim}-evaluate.tsv")
     threads: 2
     resources:
         mem_mb=4000,
@@ -89,6 +133,9 @@ rule ablation_summary:
         metrics_1d=res("ablation/1d/metrics.json"),
         metrics_2d=res("ablation/2d/metrics.json"),
         metrics_3d=res("evaluation/metrics.json"),
+        seeds_1d=ablation_seed_metrics("1d"),
+        seeds_2d=ablation_seed_metrics("2d"),
+        seeds_3d=ablation_seed_metrics("3d"),
     output:
         summary=res("ablation/summary.json"),
     log:

@@ -7,6 +7,8 @@ rule catalogue:
     output:
         halos=res("catalogue/halos.h5"),
         galaxies=res("catalogue/galaxies.h5"),
+        tail_halos=res("catalogue/tail_halos.h5"),
+        tail_galaxies=res("catalogue/tail_galaxies.h5"),
     params:
         simulation=config["simulation"],
         cosmology=config["cosmology"],

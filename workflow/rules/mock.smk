@@ -4,6 +4,7 @@
 rule select_halos:
     input:
         halos=res("catalogue/halos.h5"),
+        tail_halos=res("catalogue/tail_halos.h5"),
     output:
         hosts=res("mock/hosts.h5"),
     params:
@@ -43,12 +44,15 @@ rule project:
     input:
         halos=res("catalogue/halos.h5"),
         galaxies=res("catalogue/galaxies.h5"),
+        tail_halos=res("catalogue/tail_halos.h5"),
+        tail_galaxies=res("catalogue/tail_galaxies.h5"),
         hosts=res("mock/hosts.h5"),
         sightlines=res("mock/sightlines.h5"),
     output:
         projected=res("mock/projected.h5"),
     params:
         window=config["window"],
+        selection=config["selection"],
         cosmology=config["cosmology"],
     log:
         res("logs/project.log"),
@@ -70,6 +74,8 @@ rule flux_limit:
         fluxlimited=res("mock/fluxlimited.h5"),
     params:
         mock=config["mock"],
+        survey_depth=(config["survey"]["source"], config["survey"]["synthetic"]["radius_mpc_h"],
+                      config["survey"]["catalogue_volume"]["z_max"]),
         cosmology=config["cosmology"],
         seed=config["seed"],
     log:

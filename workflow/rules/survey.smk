@@ -165,6 +165,7 @@ rule mass_function:
         ),
     params:
         mass_function=config["survey"]["mass_function"],
+        distance_aware=config["calibration"]["distance_aware"],
         cosmology=config["cosmology"],
         seed=config["seed"],
     log:

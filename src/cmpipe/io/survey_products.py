@@ -77,6 +77,9 @@ def survey_posterior_schema() -> Schema:
                                  "fewer galaxies than the training windows of its mass had")
     cols["log10_m_pred"] = ("f8", "log10(h^-1 Msun)", "network point prediction d~")
     cols["extrapolated"] = ("i1", "", "1: d~ outside the calibrated range (edge row used)")
+    cols["outside_calibrated_range"] = (
+        "i1", "", "1: flat-prior posterior median within 0.2 dex of an end of the "
+        "calibrated mass range (the test set's true masses) or beyond it")
     what = {"map": "posterior peak (MAP)", "median": "posterior median",
             "mean": "posterior mean", "sd": "posterior standard deviation",
             "lo68": "15.87% quantile (lower end of the 68.27% interval, '16%')",

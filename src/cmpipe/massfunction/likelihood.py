@@ -14,12 +14,13 @@ import logging
 
 import numpy as np
 
-from ..calibration import JointPDF
-from ..calibration.posterior import posterior_rows
+from ..calibration import DistanceJointPDF, JointPDF
+from ..calibration.posterior import calibration_rows
 from ..cosmology import Cosmology
 from .priors import prior_from_joint_pdf, summaries_under_priors
 
-__all__ = ["likelihood_columns", "likelihood_pit", "observe_through_calibration"]
+__all__ = ["likelihood_columns", "likelihood_pit", "draw_predictions",
+           "observe_through_calibration"]
 
 
 def likelihood_columns(pdf: JointPDF, m_true):
@@ -61,7 +62,26 @@ def likelihood_pit(pdf: JointPDF, d_pred, m_true) -> np.ndarray:
     return u
 
 
-def observe_through_calibration(pdf: JointPDF, m_true, cosmology: Cosmology, *,
+def draw_predictions(pdf, m_true, u, rng, distance=None):
+    """Predictions ``d~`` drawn by inverse CDF (uniforms ``u``) from ``P(d~ | M)``: the
+    joint PDF's column at each mass, or, for a :class:`DistanceJointPDF`, the column of
+    one of the two distance nodes around each cluster's ``distance`` (chosen with the
+    blend's weights), shifted by the drift ``s(D)``."""
+    d = np.full(m_true.size, np.nan)
+    if not isinstance(pdf, DistanceJointPDF):
+        for sel, c in likelihood_columns(pdf, m_true):
+            d[sel] = np.interp(u[sel] * c[-1], c, pdf.d_grid)
+        return d
+    lo, hi, w = pdf.node_weights(distance)
+    node = np.where(rng.random(m_true.size) < w, hi, lo)
+    for k, nd in enumerate(pdf.nodes):
+        rows = np.flatnonzero(node == k)
+        for sel, c in likelihood_columns(nd, m_true[rows]):
+            d[rows[sel]] = np.interp(u[rows[sel]] * c[-1], c, nd.d_grid)
+    return d + pdf.drift(distance)
+
+
+def observe_through_calibration(pdf, m_true, cosmology: Cosmology, *,
                                 rng: np.random.Generator, z=0.1, prior: str = "flat",
                                 estimate: str = "median", log10_m_range=None):
     """Mock observations of clusters of known true mass through the calibration: a network
@@ -69,6 +89,10 @@ def observe_through_calibration(pdf: JointPDF, m_true, cosmology: Cosmology, *,
     (``P(d~ | M)``, inverse CDF over ``pdf.d_grid``, nearest mass node), then its posterior
     under ``prior`` ("flat" = the test-set prior, or "population" at redshift ``z``,
     truncated to ``log10_m_range``) summarised by ``estimate`` and the posterior sd.
+
+    With a distance-aware calibration (:class:`cmpipe.calibration.DistanceJointPDF`) each
+    cluster is observed at the comoving distance of its redshift ``z``: ``d~`` from
+    ``P(d~ | M, D)`` and its posterior sliced at ``D``, as the survey's posteriors are.
 
     Returns
     -------
@@ -79,12 +103,13 @@ def observe_through_calibration(pdf: JointPDF, m_true, cosmology: Cosmology, *,
         raise ValueError(f"prior must be 'flat' or 'population', got {prior!r}")
     m_true = np.asarray(m_true, dtype=float)
     n = m_true.size
-    d = np.full(n, np.nan)
     u = rng.random(n)
-    for sel, c in likelihood_columns(pdf, m_true):
-        d[sel] = np.interp(u[sel] * c[-1], c, pdf.d_grid)
     zs = np.broadcast_to(np.asarray(z, dtype=float), (n,))
-    test_prior = prior_from_joint_pdf(pdf)
+    dist = None
+    if isinstance(pdf, DistanceJointPDF):
+        dist = np.asarray(cosmology.comoving_distance_mpc_h(zs), dtype=float).reshape(n)
+    d = draw_predictions(pdf, m_true, u, rng, dist)
+    test_prior = prior_from_joint_pdf(getattr(pdf, "blind", pdf))
     m_est = np.full(n, np.nan)
     sd = np.full(n, np.nan)
     key = "test_prior" if prior == "flat" else "population_prior"
@@ -95,7 +120,8 @@ def observe_through_calibration(pdf: JointPDF, m_true, cosmology: Cosmology, *,
     try:
         for c0 in range(0, idx.size, 2048):
             sel = idx[c0:c0 + 2048]
-            su = summaries_under_priors(pdf.m_grid, posterior_rows(pdf, d[sel]), zs[sel],
+            rows = calibration_rows(pdf, d[sel], None if dist is None else dist[sel])
+            su = summaries_under_priors(pdf.m_grid, rows, zs[sel],
                                         cosmology, test_prior,
                                         log10_m_range=log10_m_range)[key]
             m_est[sel], sd[sel] = su[estimate], su["sd"]

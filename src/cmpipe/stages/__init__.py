@@ -12,15 +12,16 @@ module per group of rules:
   curve too, drawn without Keras), the report's tables;
 - :mod:`.survey`: the run's config records, survey catalogue, cubes, posteriors, mass
   function; :mod:`.infer`: ``cmpipe infer``;
-- :mod:`.analyses`: dimensionality ablation, robustness to survey perturbations
-  (``perturbed_eval``), saliency (``saliency_maps``);
+- :mod:`.ablation`: dimensionality ablation (CNN1D/2D/3D at every seed, summary, figure);
+- :mod:`.analyses`: robustness to survey perturbations (``perturbed_eval``), saliency
+  (``saliency_maps``);
 - :mod:`.flow`: the neural-flow estimator (images, training, posteriors, figures);
 - :mod:`.compare`: the estimators side by side (rule ``compare``).
 """
 from .common import run_rule
-from .analyses import (ablation_evaluate, ablation_inputs, ablation_plots, ablation_summary,
-                       ablation_train, perturbed_eval, robustness_plots, saliency_maps,
-                       saliency_plots)
+from .ablation import (ablation_evaluate, ablation_inputs, ablation_plots, ablation_summary,
+                       ablation_train)
+from .analyses import perturbed_eval, robustness_plots, saliency_maps, saliency_plots
 from .compare import compare
 from .cubes import SPLIT_NAMES, kde_gather, kde_shard, n_shards, split_counts
 # training_plots lives in .evaluate: it draws history.csv without Keras (envs/plots.yaml)

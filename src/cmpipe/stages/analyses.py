@@ -1,12 +1,8 @@
-"""Rules of the paper's remaining analyses: dimensionality ablation, robustness, saliency.
+"""Rules of the paper's remaining analyses: robustness, saliency (the dimensionality
+ablation's are in :mod:`.ablation`).
 
 Products under ``results/{run}/`` (``docs/data-products.md``, "Analyses"):
 
-- ``ablation_inputs``   -> ``ablation/{dim}/inputs/{split}.h5`` (dim 1d | 2d)
-- ``ablation_train``    -> ``ablation/{dim}/model/cnn{dim}.keras``, history, normalisation
-- ``ablation_evaluate`` -> ``ablation/{dim}/summaries/{test,eval}.h5``,
-  ``ablation/{dim}/joint_pdf.h5``, ``ablation/{dim}/metrics.json``
-- ``ablation_summary``  -> ``ablation/summary.json``; ``ablation_plots`` -> ``ablation/scatter.png``
 - ``perturbed_eval``    -> ``robustness/summary.json``, ``robustness/predictions.h5``;
   ``robustness_plots``  -> ``robustness/robustness.png``
 - ``saliency_maps``     -> ``saliency/saliency.h5``, ``saliency/summary.json``;
@@ -22,21 +18,12 @@ import numpy as np
 from .. import io
 from ..io.mock import galaxy_offsets
 from ..io.tables import CatalogueError, atomic_output, read_table, write_table
-from ..settings import SPLIT_CODES, stage_rng, stage_seed
+from ..settings import stage_rng
 from .common import jsonable, settings_of, log
 from .cubes import split_galaxies
-from .train import PREDICTION_SCHEMA, train_settings
-
-#: Classical estimators carried into the ablation table from ``evaluation/metrics.json``.
-_BASELINE_LABELS = {"msigma_gapper": "M-sigma (gapper)",
-                    "msigma_biweight": "M-sigma (biweight)", "virial": "virial"}
 
 
 # -- helpers ------------------------------------------------------------------------------
-
-def _ablation_grid(s) -> int:
-    return int(s.ablation.n_grid or s.kde.n_grid)
-
 
 def _read_json(path, what, fix):
     try:
@@ -55,178 +42,6 @@ def _load_network(model, normalisation):
         raise CatalogueError(model, "model", "trained model missing", "run the train rule")
     norm = _read_json(normalisation, "normalisation", "rerun the train rule")
     return keras.saving.load_model(model, compile=False), norm
-
-
-def _split_rows(clusters, split_name):
-    cl, attrs = read_table(clusters, group="clusters",
-                           columns=["cluster_id", "split", "log10_m200c", "n_gal", "n_members"])
-    sel = cl["split"] == SPLIT_CODES[split_name]
-    return {c: cl[c][sel] for c in ("cluster_id", "log10_m200c", "n_gal", "n_members")}
-
-
-# -- dimensionality ablation ----------------------------------------------------------------
-
-def ablation_inputs(*, config, clusters, dim, outs, progress=True):
-    """Rule ``ablation_inputs``: 1-D ``v_los`` or 2-D ``(R_proj, v_los)`` KDE inputs.
-
-    One file per split (``outs``: split name -> path), same clusters, order and per-cube
-    columns as ``cubes/{split}.h5``, same window, bandwidth and truncation.
-    """
-    from tqdm.auto import tqdm
-
-    from ..images import AXES, ablation_inputs as make_inputs, input_shape
-    from ..io.cubes import CubeWriter
-    from ..kde import KDEInputError
-
-    s = settings_of(config)
-    n = _ablation_grid(s)
-    shape = input_shape(dim, n)
-    batch = 256
-    for split_name, out in dict(outs).items():
-        rows = _split_rows(clusters, split_name)
-        n_cl = len(rows["cluster_id"])
-        attrs = dict(n_grid=n, half_width_mpc_h=s.window.half_width_mpc_h,
-                     v_max_kms=s.window.v_max_kms, h0=s.kde.h0, truncation=s.kde.truncation,
-                     normalisation="each input sums to 1", split=split_name, axes=AXES[dim],
-                     dimensionality=dim,
-                     r_proj_range_mpc_h="[0, sqrt(2) half_width]" if dim == "2d" else "")
-        with CubeWriter(out, n_cl, shape, attrs) as w:
-            if n_cl:
-                gal = split_galaxies(clusters, rows["cluster_id"])
-                offsets = galaxy_offsets(rows["cluster_id"], gal["cluster_id"])
-                bar = tqdm(total=n_cl, desc=f"ablation {dim} {split_name}", unit="input",
-                           disable=not progress)
-                for b0 in range(0, n_cl, batch):
-                    b1 = min(b0 + batch, n_cl)
-                    o = offsets[b0:b1 + 1]
-                    r = slice(int(o[0]), int(o[-1]))
-                    try:
-                        x = make_inputs(gal["x_proj_mpc_h"][r], gal["y_proj_mpc_h"][r],
-                                        gal["v_los_kms"][r], o - o[0], dim, n=n,
-                                        half_width_mpc_h=s.window.half_width_mpc_h,
-                                        v_max_kms=s.window.v_max_kms, h0=s.kde.h0,
-                                        truncation=s.kde.truncation,
-                                        ids=rows["cluster_id"][b0:b1].tolist())
-                    except KDEInputError as err:
-                        raise CatalogueError(clusters, "galaxies", str(err),
-                                             "rebuild the mock (mock.min_galaxies >= 3)") \
-                            from err
-                    w.write(x, {c: v[b0:b1] for c, v in rows.items()})
-                    bar.update(b1 - b0)
-                bar.close()
-        log.info("ablation %s %s: %d inputs of %s voxels", dim, split_name, n_cl,
-                 "x".join(map(str, shape)))
-
-
-def ablation_train_settings(s, dim):
-    """The CNN3D training settings with this dimensionality's layers and its own seed."""
-    from ..training import TrainSettings
-
-    base = train_settings(s).to_dict()
-    layers = getattr(s.ablation, f"layers_{dim}") or s.train.layers
-    if layers:
-        base["layers"] = layers
-    else:
-        base.pop("layers")                      # the default spec, in 1-D or 2-D
-    if base.get("augment"):
-        log.info("train.augment (D4 sky symmetries) does not apply to %s inputs; off", dim)
-    base["augment"] = False
-    base["seed"] = stage_seed(s.seed, f"ablation_train_{dim}") % (2 ** 31)
-    return TrainSettings.from_dict(base)
-
-
-def ablation_train(*, config, dim, train_inputs, validation_inputs, model_out):
-    """Rule ``ablation_train``: CNN1D/CNN2D with the CNN3D's training code and settings."""
-    from ..training import train
-
-    s = settings_of(config)
-    result = train(train_inputs, validation_inputs, Path(model_out).parent,
-                   ablation_train_settings(s, dim), model_file=Path(model_out).name)
-    log.info("ablation %s: %d parameters, best epoch %d of %d (val MSE %.4g), stopped "
-             "early: %s", dim, result.n_params, result.best_epoch, result.epochs_run,
-             result.best_val_loss, result.stopped_early)
-
-
-def ablation_evaluate(*, config, dim, model, test_inputs, eval_inputs, clusters, test_out,
-                      eval_out, joint_pdf_out, metrics_out):
-    """Rule ``ablation_evaluate``: predictions, the network's own SBI calibration (joint
-    PDF of its test-set predictions, as the ``calibrate`` rule), eval-set metrics."""
-    from ..ablation import network_report
-    from ..calibration import load_calibration
-    from ..training import predict
-    from .evaluate import calibrate, observer_distances
-
-    s = settings_of(config)
-    bs = s.train.batch_size
-    preds = {}
-    for split_name, cubes, out in (("test", test_inputs, test_out),
-                                   ("eval", eval_inputs, eval_out)):
-        preds[split_name] = predict(Path(model).parent, cubes, batch_size=bs,
-                                    model_file=Path(model).name)
-        write_table(out, preds[split_name], group="predictions", schema=PREDICTION_SCHEMA,
-                    attrs=dict(split=split_name, model=str(model), dimensionality=dim))
-    calibrate(config=s, test_predictions=test_out, clusters=clusters, out=joint_pdf_out)
-    if len(preds["eval"]["cluster_id"]) == 0:
-        raise CatalogueError(eval_out, "cluster_id", "the eval split is empty",
-                             "raise splits.fractions.eval")
-    point = s.calibration.point_estimate
-    pdf = load_calibration(joint_pdf_out, distance_aware=s.calibration.distance_aware)
-    rep = network_report(pdf, preds["eval"], point=point,
-                         distance=observer_distances(clusters, preds["eval"]["cluster_id"]))
-    metrics = dict(run=s.run, dimensionality=dim, point_estimate=point,
-                   n_eval=rep["overall"]["n"], n_test_pairs=len(preds["test"]["cluster_id"]),
-                   network=rep)
-    io.write_json(metrics_out, jsonable(metrics))
-    log.info("ablation %s eval: n=%d, mean residual %.3f dex, scatter %.3f dex, coverage "
-             "68%% %.3f, 95%% %.3f", dim, rep["overall"]["n"], rep["overall"]["mean"],
-             rep["overall"]["std"], rep["coverage"]["68"]["fraction"],
-             rep["coverage"]["95"]["fraction"])
-
-
-def ablation_summary(*, config, metrics_1d, metrics_2d, metrics_3d, out):
-    """Rule ``ablation_summary``: one table of CNN1D/2D/3D (+ SBI) and the baselines."""
-    from ..ablation import method_entry, precision_order
-
-    s = settings_of(config)
-    fix = "rerun the evaluate / ablation_evaluate rules"
-    m3 = _read_json(metrics_3d, "network", fix)
-    methods = {}
-    n_eval = {}
-    for name, path in (("cnn1d", metrics_1d), ("cnn2d", metrics_2d)):
-        m = _read_json(path, "network", fix)
-        methods[name] = method_entry(m["network"], label=f"CNN{name[3:].upper()} + SBI",
-                                     kind="network")
-        n_eval[name] = m["n_eval"]
-    methods["cnn3d"] = method_entry(m3["network"], label="CNN3D + SBI", kind="network")
-    n_eval["cnn3d"] = m3["n_eval"]
-    if len(set(n_eval.values())) != 1:
-        raise CatalogueError(metrics_3d, "n_eval", f"the networks were evaluated on "
-                             f"different numbers of eval clusters {n_eval}",
-                             "rerun the ablation and evaluate rules on one mock")
-    for name, rep in m3.get("baselines", {}).items():
-        methods[name] = method_entry(rep, label=_BASELINE_LABELS.get(name, name),
-                                     kind="baseline")
-    order = precision_order(methods)
-    summary = dict(
-        run=s.run, n_eval=n_eval["cnn3d"], point_estimate=m3.get("point_estimate", "map"),
-        residual="eps = log10(M_true / M_pred), dex; networks: posterior point estimate of "
-                 "their own test-set joint PDF; baselines: one offset fitted on the test set",
-        inputs={"cnn1d": "KDE of v_los", "cnn2d": "KDE of (R_proj, v_los)",
-                "cnn3d": "KDE of (x_proj, y_proj, v_los)"},
-        methods=methods, precision_order=order,
-        expectation="paper (Figs. 7, 8): scatter CNN1D > CNN2D > CNN3D",
-        matches_expectation=order["monotonic"])
-    io.write_json(out, jsonable(summary))
-    log.info("ablation: scatter %s dex; falls with dimensionality: %s",
-             ", ".join(f"{k} {v:.3f}" for k, v in order["scatter_dex"].items()),
-             order["monotonic"])
-
-
-def ablation_plots(*, summary, png):
-    """Rule ``ablation_plots``: residual bias/scatter per mass bin and sigma_N/sigma_0."""
-    from ..plots_analyses import ablation_figure
-
-    ablation_figure(_read_json(summary, "methods", "rerun ablation_summary"), png)
 
 
 # -- robustness -------------------------------------------------------------------------------

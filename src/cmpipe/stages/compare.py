@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from .. import io
-from ..comparison import ROW_KEYS, comparison_summary
+from ..comparison import ROW_KEYS, SURVEY_RANGE_KEYS, comparison_summary
 from ..io.tables import CatalogueError, atomic_output
 from ..settings import ConfigError
 from .common import jsonable, settings_of, log
@@ -32,7 +32,8 @@ def write_comparison_csv(path, summary: dict) -> None:
     """The rows of :func:`cmpipe.comparison.comparison_summary` as CSV (atomically): one
     row per catalogue and estimator, residuals in dex, empty cells for None, floats with 6
     significant digits."""
-    cols = ("catalogue", "run", "estimator", "label") + ROW_KEYS
+    cols = ("catalogue", "run", "estimator", "label") + ROW_KEYS + tuple(
+        f"survey_{part}_{k}" for part in ("all", "top") for k in SURVEY_RANGE_KEYS)
     with atomic_output(path) as tmp:
         with open(tmp, "w", newline="") as fh:
             w = csv.writer(fh)

@@ -111,7 +111,8 @@ def evaluate(*, config, joint_pdf, test_predictions, eval_predictions, clusters,
     kw = dict(test_pred=test_pred, eval_pred=eval_pred, eval_clusters=eval_rows,
               test_baselines=_baselines_for(s, clusters, test_pred, z, cosmo),
               eval_baselines=_baselines_for(s, clusters, eval_pred, z, cosmo),
-              point=s.calibration.point_estimate)
+              point=s.calibration.point_estimate,
+              bins=eval_mass_bins(s, eval_pred["log10_m200c_true"]))
     metrics, post, curves = run_evaluation(pdf=pdf, distance=dist, **kw)
     metrics = dict(run=s.run, prior="test-set prior (flat in log M by construction)",
                    calibration=("distance-aware: P(d~, log M | D) at the cluster's observer "
@@ -120,6 +121,8 @@ def evaluate(*, config, joint_pdf, test_predictions, eval_predictions, clusters,
                                 "paper's)"), **metrics)
     metrics.update(_coverage_checks(s, cl, test_pred, eval_pred, post))
     metrics["by_observer_distance"] = _by_distance(eval_rows, post)
+    metrics["survey_range"] = survey_range_report(s, eval_rows, post,
+                                                  pdf.calibrated_mass_range)
     if s.calibration.distance_aware:
         blind, blind_post, _ = run_evaluation(pdf=pdf.blind, **kw)
         metrics["distance_blind"] = dict(
@@ -146,6 +149,76 @@ def evaluate(*, config, joint_pdf, test_predictions, eval_predictions, clusters,
              metrics["n_eval"], metrics["mean_residual_dex"], metrics["scatter_dex"],
              metrics["coverage_68"], metrics["coverage_95"], metrics["sigma_N_dex"],
              metrics["sigma_0_dex"], metrics["msigma_gapper_scatter_dex"])
+
+
+def eval_mass_bins(s, log10_m_true) -> np.ndarray:
+    """0.2-dex mass bins of the eval metrics, from the selection threshold to the heaviest
+    eval cluster (the training tail's top with ``simulation.tail``)."""
+    from ..metrics import mass_bin_edges
+
+    top = float(np.max(log10_m_true)) if len(log10_m_true) else s.log10_m200c_min + 0.2
+    return mass_bin_edges(s.log10_m200c_min, top + 1e-6)
+
+
+#: Width of the top and bottom slices of the survey's mass range in the eval report, dex.
+RANGE_END_DEX = 0.3
+
+
+def survey_range_report(s, eval_rows, post, calibrated_range) -> dict:
+    """Eval residuals and coverage inside the survey's mass range
+    (``calibration.survey_mass_range``), in its top and bottom :data:`RANGE_END_DEX`, and
+    how far the calibrated range (the test set's true masses) reaches beyond it.
+
+    Errors of the means resample whole halos (a halo's sightlines are correlated)."""
+    from ..metrics import grouped_mean
+
+    lo, hi = (float(v) for v in s.calibration.survey_mass_range)
+    cal_lo, cal_hi = (float(v) for v in calibrated_range)
+    t = np.asarray(post["log10_m200c_true"], dtype=float)
+    fin = np.isfinite(post["point"])
+    halo = np.asarray(eval_rows["halo_id"])
+    seed = stage_seed(s.seed, "survey_range") % (2 ** 32)
+
+    def block(a, b):
+        sel = fin & (t >= a) & (t <= b)
+        if sel.sum() < 2:
+            return dict(log10_m_range=[a, b], n=int(sel.sum()))
+        eps = t[sel] - post["point"][sel]
+        r = grouped_mean(eps, halo[sel], seed=seed)
+        out = dict(log10_m_range=[a, b], n=int(sel.sum()), n_halos=r["n_groups"],
+                   mean_residual_dex=r["mean"], mean_residual_err_dex=r["stderr_grouped"],
+                   scatter_dex=float(eps.std(ddof=1)))
+        for lvl in ("68", "95"):
+            inside = (t[sel] >= post[f"lo{lvl}"][sel]) & (t[sel] <= post[f"hi{lvl}"][sel])
+            c = grouped_mean(inside.astype(float), halo[sel], seed=seed)
+            out[f"coverage_{lvl}"] = c["mean"]
+            out[f"coverage_{lvl}_err_halos"] = c["stderr_grouped"]
+        return out
+
+    margins = (lo - cal_lo, cal_hi - hi)
+    rep = dict(log10_m_range=[lo, hi], calibrated_log10_m_range=[cal_lo, cal_hi],
+               margin_below_dex=margins[0], margin_above_dex=margins[1],
+               edge_free=bool(min(margins) >= 0.2), all=block(lo, hi),
+               top=block(hi - RANGE_END_DEX, hi), bottom=block(lo, lo + RANGE_END_DEX),
+               note="eval clusters with true log10 M in calibration.survey_mass_range; "
+                    "top/bottom: its highest/lowest 0.3 dex; residual log10 M_true - point "
+                    "estimate, errors from resampling whole halos; edge_free: the "
+                    "calibrated range (test-set true masses) reaches >= 0.2 dex beyond both "
+                    "ends, so no survey mass sits at a training edge")
+    if not rep["edge_free"]:
+        log.warning("the calibrated range %.2f-%.2f reaches only %.2f / %.2f dex beyond the "
+                    "survey's %.2f-%.2f: clusters at its ends sit at a training edge (lower "
+                    "selection.log10_m200c_min, raise simulation.tail.log10_m_max)",
+                    cal_lo, cal_hi, *margins, lo, hi)
+    log.info("survey range %.2f-%.2f: residual %.3f +- %.3f dex, coverage 68%% %.3f; top "
+             "%.2f-%.2f: residual %.3f +- %.3f dex (n=%d), coverage 68%% %.3f", lo, hi,
+             rep["all"].get("mean_residual_dex", np.nan),
+             rep["all"].get("mean_residual_err_dex", np.nan),
+             rep["all"].get("coverage_68", np.nan), hi - RANGE_END_DEX, hi,
+             rep["top"].get("mean_residual_dex", np.nan),
+             rep["top"].get("mean_residual_err_dex", np.nan), rep["top"]["n"],
+             rep["top"].get("coverage_68", np.nan))
+    return rep
 
 
 def _by_distance(eval_rows, post) -> dict:

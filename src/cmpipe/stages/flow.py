@@ -26,6 +26,7 @@ from ..io.tables import CatalogueError, TableWriter, read_table
 from ..settings import SPLIT_CODES, ConfigError, stage_seed
 from .common import jsonable, settings_of, log
 from .cubes import split_galaxies
+from .evaluate import eval_mass_bins, survey_range_report
 
 #: Clusters per batch of KDE images (bounds memory; one write per batch).
 _IMAGE_BATCH = 256
@@ -309,7 +310,8 @@ def flow_evaluate(*, config, model, images, clusters, metrics_out, posteriors_ou
         log.warning("%d eval clusters have a vanishing flow density on the grid and are "
                     "left out", int((~ok).sum()))
     rep = evaluation_report(t[ok], {k: v[ok] for k, v in summ.items()}, pit=summ["pit"][ok],
-                            n_mem=np.maximum(cols["n_members"], 1)[ok], point="point")
+                            n_mem=np.maximum(cols["n_members"], 1)[ok], point="point",
+                            bins=eval_mass_bins(s, t))
     inter = interloper_diagnostic(residuals(t, summ["point"])[ok],
                                   rows["interloper_mass_ratio"][ok],
                                   rows["interloper_distance"][ok], log10_m_true=t[ok])
@@ -333,6 +335,12 @@ def flow_evaluate(*, config, model, images, clusters, metrics_out, posteriors_ou
                      if not (isinstance(v, np.ndarray) and v.size == ok.sum())})
     if joint_pdf is not None:
         metrics["uncalibrated"] = _uncalibrated_metrics(t, raw)
+    from ..calibration import load_calibration
+
+    cal_range = (load_calibration(joint_pdf, distance_aware=False).calibrated_mass_range
+                 if joint_pdf is not None else meta["training_mass_range"])
+    metrics["survey_range"] = survey_range_report(
+        s, rows, dict(log10_m200c_true=t, **summ), cal_range)
     io.write_json(metrics_out, jsonable(metrics))
     _write_flow_posteriors(posteriors_out, cols, rows, t, raw, summ, mass, grid, curves,
                            prior, point)
@@ -419,7 +427,7 @@ def flow_survey_posteriors(*, config, model, images, phase_space, out, csv_out=N
     """
     from ..io.survey_products import SURVEY_POSTERIOR_KEYS, survey_posterior_schema
     from ..massfunction import summaries_under_priors
-    from ..survey.posteriors import posterior_table_base
+    from ..survey.posteriors import flag_calibration_edge, posterior_table_base
 
     s = settings_of(config)
     _set_threads(threads)
@@ -457,6 +465,7 @@ def flow_survey_posteriors(*, config, model, images, phase_space, out, csv_out=N
             for key in SURVEY_POSTERIOR_KEYS:
                 table[f"{p}_{key}"][row[sl]] = su[name][key]
     table["log10_m_pred"] = table[f"flat_{point}"]
+    flag_calibration_edge(table, meta["training_mass_range"])
     schema = dict(survey_posterior_schema())
     schema["log10_m_pred"] = ("f8", "log10(h^-1 Msun)",
                               f"flow point estimate (posterior {point}, training-set prior)")
@@ -475,6 +484,7 @@ def flow_survey_posteriors(*, config, model, images, phase_space, out, csv_out=N
         n_clusters=int(n), n_with_posterior=int(np.isfinite(table["flat_median"]).sum()),
         n_skipped=int(cl["skipped"].sum()), n_extrapolated=int(table["extrapolated"].sum()),
         n_beyond_mock_depth=int(table["beyond_mock_depth"].sum()),
+        n_outside_calibrated_range=int(table["outside_calibrated_range"].sum()),
         comments=["flat_*: the flow's posterior (training-set prior, flat in log M)",
                   "pop_*: posterior under the Tinker (2008) mass function at the cluster "
                   f"redshift, truncated to log10 M in [{m_range[0]:.3f}, {m_range[1]:.3f}]",

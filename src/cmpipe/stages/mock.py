@@ -13,15 +13,22 @@ from ..settings import stage_rng, stage_seed
 from .common import box_attrs, settings_of, log
 
 
-def catalogue(*, config, halos_out, galaxies_out):
-    """Rule ``catalogue``: write halos.h5 and galaxies.h5 from the configured source."""
+def catalogue(*, config, halos_out, galaxies_out, tail_halos_out, tail_galaxies_out):
+    """Rule ``catalogue``: write halos.h5 and galaxies.h5 from the configured source, and
+    the training tail (``simulation.tail``; empty tables when off or with MDPL2)."""
     s = settings_of(config)
     cosmo = make_cosmology(s.cosmology)
+    tail = None
     if s.source == "synthetic":
-        from ..universe import UniverseSettings, generate_universe
+        from ..universe import TailSettings, UniverseSettings, generate_universe
 
         us = UniverseSettings(redshift=s.redshift, **s.synthetic.to_dict())
-        halos, galaxies = generate_universe(us, cosmo, stage_seed(s.seed, "universe"))
+        if s.tail.enabled:
+            tail = TailSettings(log10_m_min=s.tail.log10_m_min,
+                                log10_m_max=s.tail.log10_m_max,
+                                halos_per_dex=s.tail.halos_per_dex)
+        made = generate_universe(us, cosmo, stage_seed(s.seed, "universe"), tail=tail)
+        halos, galaxies = made[:2]
         box = us.box_size_mpc_h
     else:
         from ..io.mdpl2 import load_mdpl2
@@ -44,22 +51,53 @@ def catalogue(*, config, halos_out, galaxies_out):
              len(galaxies["galaxy_id"]), s.source)
     io.write_halos(halos_out, halos, **meta)
     io.write_galaxies(galaxies_out, galaxies, **meta)
+    if tail is None:
+        if s.source != "synthetic" and s.tail.enabled:
+            log.info("simulation.tail applies to the synthetic source only: no tail with %s",
+                     s.source)
+        tail_h = {k: v[:0] for k, v in halos.items()}
+        tail_g = {k: v[:0] for k, v in galaxies.items()}
+    else:
+        tail_h, tail_g = made[2:]
+    tail_meta = dict(meta, source=f"{s.source} training tail")
+    io.write_halos(tail_halos_out, tail_h, **tail_meta)
+    io.write_galaxies(tail_galaxies_out, tail_g, **tail_meta)
+    log.info("training tail: %d halos, %d galaxies", len(tail_h["halo_id"]),
+             len(tail_g["galaxy_id"]))
+
+
+def _with_tail(table, tail):
+    """``table`` with the ``tail`` rows appended (same columns)."""
+    import numpy as np
+
+    return {k: np.concatenate([table[k], tail[k]]) for k in table}
 
 
 # -- mock stages -------------------------------------------------------------------------
 
-def select_halos(*, config, halos, out):
-    """Rule ``select_halos``: host halos above the mass threshold."""
+def select_halos(*, config, halos, tail_halos, out):
+    """Rule ``select_halos``: host halos above the mass threshold, the box's and the
+    training tail's (``tail_first_halo_id`` in the attributes marks where the tail's ids
+    begin; -1 without a tail)."""
     from ..selection import select_hosts
 
     s = settings_of(config)
     cols, attrs = io.read_halos(halos)
+    tail, _ = io.read_halos(tail_halos)
     hosts = select_hosts(cols, s.log10_m200c_min)
+    tail_hosts = select_hosts(tail, s.log10_m200c_min)
+    first_tail = int(tail["halo_id"].min()) if len(tail["halo_id"]) else -1
+    if len(tail_hosts["halo_id"]):
+        log.info("training tail: %d hosts (halo_id >= %d), log10 M200c %.2f..%.2f",
+                 len(tail_hosts["halo_id"]), first_tail, tail_hosts["log10_m200c"].min(),
+                 tail_hosts["log10_m200c"].max())
+        hosts = _with_tail(hosts, tail_hosts)
     if len(hosts["halo_id"]) == 0:
         raise CatalogueError(halos, "log10_m200c", "no host halo reaches the selection "
                              f"threshold {s.log10_m200c_min}",
                              "lower selection.log10_m200c_min or use a larger box")
-    io.write_halos(out, hosts, **box_attrs(attrs))
+    write_table(out, hosts, group="halos", schema=io.HALO_SCHEMA,
+                attrs=dict(box_attrs(attrs), tail_first_halo_id=first_tail))
 
 
 def sightlines(*, config, hosts, out):
@@ -80,20 +118,29 @@ def sightlines(*, config, hosts, out):
                 attrs=box_attrs(attrs))
 
 
-def project(*, config, halos, galaxies, hosts, sightlines, out, progress=True):
-    """Rule ``project``: every galaxy of the box inside each cluster's window."""
+def project(*, config, halos, galaxies, tail_halos, tail_galaxies, hosts, sightlines, out,
+            progress=True):
+    """Rule ``project``: every galaxy of the box inside each cluster's window; the
+    training tail's halos are ghosts (their windows see the box, no other window sees
+    them)."""
     from ..projection import Projector, project_batches
 
     s = settings_of(config)
     cosmo = make_cosmology(s.cosmology)
     h, attrs = io.read_halos(halos)
     g, _ = io.read_galaxies(galaxies)
+    th, _ = io.read_halos(tail_halos)
+    tg, _ = io.read_galaxies(tail_galaxies)
+    ghosts = th["halo_id"]
+    if len(ghosts):
+        h, g = _with_tail(h, th), _with_tail(g, tg)
     hs, _ = io.read_halos(hosts)
     sl, _ = read_table(sightlines, group="sightlines", required=SIGHTLINE_SCHEMA)
     proj = Projector(h, g, box_size_mpc_h=attrs["box_size_mpc_h"], redshift=attrs["redshift"],
                      hubble_kms_per_mpc_h=cosmo.hubble_kms_per_mpc_h(attrs["redshift"]),
                      half_width_mpc_h=s.window.half_width_mpc_h, v_max_kms=s.window.v_max_kms,
-                     interloper_log10_m_min=s.log10_m200c_min - 1.0)
+                     interloper_log10_m_min=s.log10_m200c_min - 1.0,
+                     ghost_halo_ids=ghosts)
     del h
     log.info("project: searching +-%.1f h^-1 Mpc (comoving) along each line of sight for "
              "galaxies slower than %.0f km/s; %d faster ones searched separately",
@@ -125,7 +172,8 @@ def flux_limit(*, config, projected, out, chunk_clusters=2000):
     dropped first, so the richness cut and everything downstream see bound members only;
     the observers are the same as in the contaminated catalogue of the same seed.
     """
-    from ..fluxlimit import draw_observer_distances, flux_limit as limit_by_flux
+    from ..fluxlimit import (draw_observer_distances, flux_limit as limit_by_flux,
+                             observer_radius_mpc_h)
 
     s = settings_of(config)
     cosmo = make_cosmology(s.cosmology)
@@ -133,8 +181,8 @@ def flux_limit(*, config, projected, out, chunk_clusters=2000):
     g_cid, _ = read_table(projected, group="galaxies", columns=["cluster_id"])
     offsets = galaxy_offsets(clusters["cluster_id"], g_cid["cluster_id"])
     rng = stage_rng(s.seed, "flux_limit")
-    dist = draw_observer_distances(len(clusters["cluster_id"]), s.mock.observer_radius_mpc_h,
-                                   rng)
+    radius = observer_radius_mpc_h(s, cosmo)
+    dist = draw_observer_distances(len(clusters["cluster_id"]), radius, rng)
     totals = {}
     with TableWriter(out) as w:
         w.add_group("clusters", FLUX_CLUSTER_SCHEMA, attrs)
@@ -157,7 +205,7 @@ def flux_limit(*, config, projected, out, chunk_clusters=2000):
                 totals[k] = totals.get(k, 0) + v
         w.set_attrs("clusters", dict(flux_limit_counts=totals, members=s.mock.members,
                                      mag_r_limit=s.mock.mag_r_limit,
-                                     observer_radius_mpc_h=s.mock.observer_radius_mpc_h,
+                                     observer_radius_mpc_h=radius,
                                      min_galaxies=s.mock.min_galaxies))
     log.info("flux limit r < %.2f: kept %d of %d clusters (%d dropped with < %d galaxies), "
              "%d of %d galaxies", s.mock.mag_r_limit, totals.get("n_clusters_kept", 0),

@@ -264,7 +264,7 @@ def mass_function(*, config, posteriors, meta, truth, out, pulls_out, mass_funct
     exist (:mod:`cmpipe.survey.stats`; docs/data-products.md for every definition).
     """
     from .. import plots
-    from ..calibration import JointPDF
+    from ..calibration import load_calibration
     from ..survey.mass_function import compare_with_tinker, mass_function_sample
     from ..survey.stats import (eddington_shift, likelihood_check, pulls_record,
                                 reference_masses, survey_pulls)
@@ -283,7 +283,8 @@ def mass_function(*, config, posteriors, meta, truth, out, pulls_out, mass_funct
                              "or lower survey.min_galaxies")
     tr = read_table_columns(truth)
     refs = reference_masses(post, tr, bool(info.get("has_truth")))
-    pdf = JointPDF.load(joint_pdf) if joint_pdf is not None else None
+    pdf = (load_calibration(joint_pdf, distance_aware=s.calibration.distance_aware)
+           if joint_pdf is not None else None)
     cmp = compare_with_tinker(sample, info, refs, cosmo, pdf=pdf, seed=s.seed,
                               synthetic_log10_m_min=s.survey.synthetic.log10_m_min,
                               **mf.to_dict())
@@ -291,7 +292,9 @@ def mass_function(*, config, posteriors, meta, truth, out, pulls_out, mass_funct
     if pdf is not None and refs.kind == "truth":
         test_set = (read_test_set_truth(test_predictions, mock_clusters)
                     if test_predictions is not None and mock_clusters is not None else None)
-        likelihood = likelihood_check(pdf, post, refs.log10_m, sample.use, cosmo, test_set)
+        # the PIT in the distance-blind table, matched to the test set's distances
+        likelihood = likelihood_check(getattr(pdf, "blind", pdf), post, refs.log10_m,
+                                      sample.use, cosmo, test_set)
     pulls, per_cluster = survey_pulls(post, refs.log10_m, refs.err, cmp.log10_m_complete)
     result = pulls_record(
         run=s.run, meta=info, post=post, refs=refs, log10_m_complete=cmp.log10_m_complete,

@@ -55,6 +55,32 @@ def population_mass_range(s: Settings, measured_range, measured_what: str = "the
     return float(lo), float(hi)
 
 
+#: A posterior whose median lies within this distance of an end of the calibrated mass
+#: range (the test set's true masses) is flagged: the flat prior's edge pulls it inward.
+CALIBRATION_EDGE_DEX = 0.2
+
+
+def flag_calibration_edge(table, calibrated_range, edge_dex: float = CALIBRATION_EDGE_DEX):
+    """Set ``table["outside_calibrated_range"]`` (int8): 1 where the flat-prior posterior
+    median lies outside ``[lo + edge_dex, hi - edge_dex]`` of ``calibrated_range`` (lo, hi
+    in log10 h^-1 Msun), i.e. within ``edge_dex`` of an end of the masses the calibration
+    was measured on, or beyond; NaN medians are not flagged. Returns the number flagged."""
+    lo, hi = (float(v) for v in calibrated_range)
+    med = np.asarray(table["flat_median"], dtype=np.float64)
+    fin = np.isfinite(med)
+    flag = fin & ((med < lo + edge_dex) | (med > hi - edge_dex))
+    table["outside_calibrated_range"] = flag.astype(np.int8)
+    n = int(flag.sum())
+    if n:
+        log.warning("%d survey cluster(s) have a posterior median outside the calibrated "
+                    "range [%.2f, %.2f] (the test set's masses %.2f-%.2f less %.1f dex at "
+                    "each end, where the flat prior's edge pulls posteriors inward; column "
+                    "outside_calibrated_range): extend the training masses (selection."
+                    "log10_m200c_min, simulation.tail) to cover them", n, lo + edge_dex,
+                    hi - edge_dex, lo, hi, edge_dex)
+    return n
+
+
 def posterior_table_base(s: Settings, cosmo: Cosmology, cl: Mapping) -> dict:
     """The cluster columns of a survey posterior table (``survey/posteriors.ecsv`` and the
     flow's), with each cluster's comoving distance [h^-1 Mpc] and whether it lies beyond
@@ -64,7 +90,9 @@ def posterior_table_base(s: Settings, cosmo: Cosmology, cl: Mapping) -> dict:
                                 "n_mem", "log10_m_cat", "log10_m_cat_err", "skipped")}
     r = np.asarray(cosmo.comoving_distance_mpc_h(np.asarray(cl["z"], dtype=float)),
                    dtype=float).reshape(-1)
-    depth = float(s.mock.observer_radius_mpc_h)
+    from ..fluxlimit import observer_radius_mpc_h
+
+    depth = observer_radius_mpc_h(s, cosmo)
     table["comoving_distance_mpc_h"] = r
     table["beyond_mock_depth"] = (r > depth).astype(np.int8)
     n_far = int(table["beyond_mock_depth"].sum())
@@ -147,6 +175,7 @@ def survey_posterior_table(s: Settings, cosmo: Cosmology, cl: Mapping, d, pdf,
         for p, name in (("flat", "test_prior"), ("pop", "population_prior")):
             for key in SURVEY_POSTERIOR_KEYS:
                 table[f"{p}_{key}"][sel] = su[name][key]
+    flag_calibration_edge(table, pdf.calibrated_mass_range)
     return table
 
 
@@ -162,6 +191,8 @@ def survey_posterior_meta(s: Settings, table: Mapping, cl: Mapping, m_range, *, 
         n_clusters=int(n), n_with_posterior=int(np.isfinite(table["flat_median"]).sum()),
         n_skipped=int(cl["skipped"].sum()), n_extrapolated=int(table["extrapolated"].sum()),
         n_beyond_mock_depth=int(table["beyond_mock_depth"].sum()),
+        n_outside_calibrated_range=int(table["outside_calibrated_range"].sum()),
+        calibration_edge_dex=CALIBRATION_EDGE_DEX,
         comments=["flat_*: posterior under the test-set prior (flat in log M): "
                   "the paper's calibrated posterior",
                   "pop_*: posterior under the Tinker (2008) mass function at the cluster "

@@ -101,26 +101,44 @@ def test_cubes_match_the_split_tables(tiny_run):
                 assert r.attrs["h0"] == pytest.approx(0.175)
 
 
+#: The mock stages of test_same_seed_gives_identical_mock, run as a Snakemake job runs
+#: them: in their own process with one BLAS thread.
+_MOCK_STAGES = """
+import sys
+from pathlib import Path
+from cmpipe import stages
+from cmpipe.settings import load_config
+wd, schema, cat, out = (Path(a) for a in sys.argv[1:5])
+cfg = load_config(wd / "config.yaml", schema, overlays=[wd / "configs/tiny.yaml"])
+stages.select_halos(config=cfg, halos=cat / "halos.h5", tail_halos=cat / "tail_halos.h5",
+                    out=out / "hosts.h5")
+stages.sightlines(config=cfg, hosts=out / "hosts.h5", out=out / "sl.h5")
+stages.project(config=cfg, halos=cat / "halos.h5", galaxies=cat / "galaxies.h5",
+               tail_halos=cat / "tail_halos.h5", tail_galaxies=cat / "tail_galaxies.h5",
+               hosts=out / "hosts.h5", sightlines=out / "sl.h5", out=out / "proj.h5",
+               progress=False)
+stages.flux_limit(config=cfg, projected=out / "proj.h5", out=out / "flux.h5")
+stages.split(config=cfg, fluxlimited=out / "flux.h5", out=out / "clusters.h5")
+"""
+
+
 def test_same_seed_gives_identical_mock(tiny_run, tmp_path):
     """Rerunning the mock stages from the same catalogue reproduces every array.
 
-    Integer columns (ids, counts, splits) are identical; floats agree to 1e-12 relative:
-    the Snakemake job runs with one BLAS thread and this process with several, and the
-    sightline optimiser's scipy/BLAS calls round differently in the last bit."""
+    The stages run in a fresh process with one BLAS thread, as the Snakemake jobs do
+    (threads: 1): the sightline packings are found by an optimiser whose SLSQP polish
+    rounds differently with the BLAS thread count, which can pick another, equally good
+    orientation of a packing. Integer columns are identical; floats agree to 1e-12."""
+    import os
+
     wd, res = tiny_run
-    # tiny.yaml is an overlay on config.yaml, merged as snakemake does
-    cfg = load_config(wd / "config.yaml", ROOT / "workflow/schemas/config.schema.yaml",
-                      overlays=[wd / "configs/tiny.yaml"])
-    cat = res / "catalogue"
-    stages.select_halos(config=cfg, halos=cat / "halos.h5", tail_halos=cat / "tail_halos.h5",
-                        out=tmp_path / "hosts.h5")
-    stages.sightlines(config=cfg, hosts=tmp_path / "hosts.h5", out=tmp_path / "sl.h5")
-    stages.project(config=cfg, halos=cat / "halos.h5", galaxies=cat / "galaxies.h5",
-                   tail_halos=cat / "tail_halos.h5", tail_galaxies=cat / "tail_galaxies.h5",
-                   hosts=tmp_path / "hosts.h5", sightlines=tmp_path / "sl.h5",
-                   out=tmp_path / "proj.h5", progress=False)
-    stages.flux_limit(config=cfg, projected=tmp_path / "proj.h5", out=tmp_path / "flux.h5")
-    stages.split(config=cfg, fluxlimited=tmp_path / "flux.h5", out=tmp_path / "clusters.h5")
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1",
+               MKL_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-c", _MOCK_STAGES, str(wd),
+                           str(ROOT / "workflow/schemas/config.schema.yaml"),
+                           str(res / "catalogue"), str(tmp_path)],
+                          env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-4000:]
     for group in ("clusters", "galaxies"):
         a, _ = read_table(res / "mock/clusters.h5", group=group)
         b, _ = read_table(tmp_path / "clusters.h5", group=group)
@@ -357,6 +375,13 @@ def test_flow_products_are_consistent(tiny_run):
     # estimate is the summary d~, and its own numbers stand beside
     assert "test-set prior" in m["prior"] and set(m["uncalibrated"]) >= {
         "scatter_dex", "coverage_68", "coverage_95"}
+    assert 0.0 < m["test_cv_coverage_68"] < m["test_cv_coverage_95"] <= 1.0
+    # the survey-range report counts the eval clusters inside calibration.survey_mass_range
+    lo, hi = cnn["survey_range"]["log10_m_range"]
+    t = post["log10_m200c_true"]
+    for rep in (m["survey_range"], cnn["survey_range"]):
+        assert rep["all"]["n"] == int(((t >= lo) & (t <= hi)).sum())
+        assert rep["top"]["log10_m_range"] == pytest.approx([hi - 0.3, hi])
     from cmpipe.calibration import load_calibration
     fpdf = load_calibration(res / "flow/joint_pdf.h5")
     assert fpdf.n_pairs == int(np.sum(cl["split"] == SPLIT_CODES["test"]))
@@ -373,6 +398,9 @@ def test_flow_products_are_consistent(tiny_run):
     assert set(rows) == {"cnn3d_sbi", "flow", "msigma_gapper", "virial"}
     assert rows["flow"]["scatter_dex"] == pytest.approx(m["scatter_dex"])
     assert rows["cnn3d_sbi"]["coverage_68"] == pytest.approx(cnn["coverage_68"])
+    assert rows["cnn3d_sbi"]["survey_top_mean_residual_dex"] == pytest.approx(
+        cnn["survey_range"]["top"].get("mean_residual_dex"))
+    assert rows["virial"]["survey_top_coverage_68"] is None
     assert rows["virial"]["scatter_dex"] == pytest.approx(cnn["virial_scatter_dex"])
     assert comp["ratios"]["contaminated"]["msigma_over_flow_scatter"] == pytest.approx(
         cnn["msigma_gapper_scatter_dex"] / m["scatter_dex"])

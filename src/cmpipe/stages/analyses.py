@@ -127,6 +127,7 @@ def _perturbed(predict, pdf, s, p, gal, offsets, ids, truth, ref, min_gal, eval_
     """One perturbation of the eval clusters: the galaxies left, the clusters kept
     (>= ``min_gal`` galaxies) and the paired comparison of their predictions."""
     from ..robustness import compare, perturb_galaxies
+    from .evaluate import eval_mass_bins
 
     pg = perturb_galaxies(gal["x_mpc_h"], gal["y_mpc_h"], gal["v_kms"], offsets, p,
                           stage_rng(s.seed, f"robustness/{p.key}"),
@@ -137,7 +138,8 @@ def _perturbed(predict, pdf, s, p, gal, offsets, ids, truth, ref, min_gal, eval_
                              f"{int(kept.sum())} eval clusters with >= {min_gal} galaxies",
                              "lower the perturbation level or robustness.min_galaxies")
     pred = predict(pg, pg["offsets"], ids[kept])
-    res = compare(pdf, truth[kept], ref[kept], pred, point=point, distance=distance[kept])
+    res = compare(pdf, truth[kept], ref[kept], pred, point=point, distance=distance[kept],
+                  bins=eval_mass_bins(s, truth))
     return pg, pred, res
 
 
@@ -188,7 +190,7 @@ def perturbed_eval(*, config, model, normalisation, joint_pdf, clusters, eval_pr
 
     from ..calibration import load_calibration
     from ..robustness import Perturbation, compare, perturbations, verdict
-    from .evaluate import observer_distances
+    from .evaluate import eval_mass_bins, observer_distances
 
     s = settings_of(config)
     r = s.robustness
@@ -217,7 +219,8 @@ def perturbed_eval(*, config, model, normalisation, joint_pdf, clusters, eval_pr
         predict, s, ref_table, gal, offsets, ids, checks, eval_predictions, bar)
     rows = []
     results = []
-    reference = compare(pdf, truth, ref, ref, point=point, distance=dist)
+    reference = compare(pdf, truth, ref, ref, point=point, distance=dist,
+                        bins=eval_mass_bins(s, truth))
     for i, p in enumerate(perts):
         pg, pred, res = _perturbed(predict, pdf, s, p, gal, offsets, ids, truth, ref, min_gal,
                                    eval_predictions, point, dist)

@@ -258,10 +258,8 @@ def _coverage_checks(s, cl, test_pred, eval_pred, post) -> dict:
     """How sure the coverage numbers are: the eval-set coverage with errors from
     resampling whole halos (sightlines of one halo are correlated), and the test set's own
     out-of-sample coverage by 5-fold cross-validation over halos (3-4x the eval pairs)."""
-    from ..calibration import cross_validated_pit
-    from ..metrics import NOMINAL_68, grouped_coverage_error
+    from ..metrics import grouped_coverage_error
 
-    c = s.calibration
     halo = dict(zip(cl["cluster_id"].tolist(), cl["halo_id"].tolist()))
     eval_halos = np.array([halo[i] for i in eval_pred["cluster_id"].tolist()])
     test_halos = np.array([halo[i] for i in test_pred["cluster_id"].tolist()])
@@ -274,17 +272,8 @@ def _coverage_checks(s, cl, test_pred, eval_pred, post) -> dict:
         inside = (m >= post[lo][fin]) & (m <= post[hi][fin])
         out[f"coverage_{lvl}_err_halos"] = grouped_coverage_error(
             inside, eval_halos, seed=seed)["stderr_grouped"]
-    pit = cross_validated_pit(test_pred["log10_m200c_pred"], test_pred["log10_m200c_true"],
-                              test_halos, seed=seed, bandwidth=c.bandwidth,
-                              shrink=c.shrink,
-                              n_d=c.n_grid_pred, n_m=c.n_grid_mass)
-    ok = np.isfinite(pit)
-    for lvl, half in (("68", 0.5 * NOMINAL_68), ("95", 0.475)):
-        inside = np.abs(pit[ok] - 0.5) < half
-        g = grouped_coverage_error(inside, test_halos[ok], seed=seed)
-        out[f"test_cv_coverage_{lvl}"] = g["fraction"]
-        out[f"test_cv_coverage_{lvl}_err_halos"] = g["stderr_grouped"]
-    out["n_test_halos"] = int(np.unique(test_halos).size)
+    out.update(cross_validated_coverage(s, test_pred["log10_m200c_pred"],
+                                test_pred["log10_m200c_true"], test_halos))
     out["coverage_checks"] = (
         "coverage_*_err_halos: s.d. of the coverage over 1000 resamplings of whole halos; "
         "test_cv_coverage_*: the test set's out-of-sample coverage, each of 5 halo folds "
@@ -294,6 +283,36 @@ def _coverage_checks(s, cl, test_pred, eval_pred, post) -> dict:
                                                  & (m <= post["hi68"][fin]))),
              out["coverage_68_err_halos"], out["n_eval_halos"], out["test_cv_coverage_68"],
              out["test_cv_coverage_68_err_halos"], out["n_test_halos"])
+    return out
+
+
+def cross_validated_coverage(s, d_pred, m_true, halos) -> dict:
+    """The test set's own out-of-sample coverage: each of 5 folds of whole halos calibrated
+    (distance-blind, ``calibration.*`` bandwidth and grids) on the other four
+    (:func:`cmpipe.calibration.cross_validated_pit`), with errors from resampling halos.
+
+    Returns
+    -------
+    dict
+        ``test_cv_coverage_68``, ``test_cv_coverage_95`` (+ ``_err_halos``),
+        ``n_test_halos``.
+    """
+    from ..calibration import cross_validated_pit
+    from ..metrics import NOMINAL_68, grouped_coverage_error
+
+    c = s.calibration
+    halos = np.asarray(halos)
+    seed = stage_seed(s.seed, "evaluate") % (2 ** 32)
+    pit = cross_validated_pit(d_pred, m_true, halos, seed=seed, bandwidth=c.bandwidth,
+                              shrink=c.shrink, n_d=c.n_grid_pred, n_m=c.n_grid_mass)
+    ok = np.isfinite(pit)
+    out = {}
+    for lvl, half in (("68", 0.5 * NOMINAL_68), ("95", 0.475)):
+        inside = np.abs(pit[ok] - 0.5) < half
+        g = grouped_coverage_error(inside, halos[ok], seed=seed)
+        out[f"test_cv_coverage_{lvl}"] = g["fraction"]
+        out[f"test_cv_coverage_{lvl}_err_halos"] = g["stderr_grouped"]
+    out["n_test_halos"] = int(np.unique(halos).size)
     return out
 
 

@@ -195,7 +195,7 @@ def flow_calibrate(*, config, model, images, clusters, out, threads=1):
     ``calibrate``) is sliced at each eval or survey cluster's d~ by ``flow_evaluate`` and
     ``flow_survey_posteriors``.
     """
-    from .evaluate import tabulate_calibration
+    from .evaluate import cross_validated_coverage, tabulate_calibration
 
     s = settings_of(config)
     _set_threads(threads)
@@ -206,7 +206,15 @@ def flow_calibrate(*, config, model, images, clusters, out, threads=1):
     pred = dict(cluster_id=cols["cluster_id"][fin], log10_m200c_pred=d[fin],
                 log10_m200c_true=cols["log10_m200c"][fin].astype(np.float64))
     pdf = tabulate_calibration(s, pred, clusters, images)
+    halos, _ = read_table(clusters, group="clusters", columns=["cluster_id", "halo_id"])
+    row = np.searchsorted(halos["cluster_id"], pred["cluster_id"])
+    cv = cross_validated_coverage(s, pred["log10_m200c_pred"], pred["log10_m200c_true"],
+                                  halos["halo_id"][row])
+    getattr(pdf, "blind", pdf).meta.update(cv)         # read back by flow_evaluate
     pdf.save(out)
+    log.info("flow calibration: test set cross-validated coverage 68%% %.3f +- %.3f, 95%% "
+             "%.3f (%d halos)", cv["test_cv_coverage_68"], cv["test_cv_coverage_68_err_halos"],
+             cv["test_cv_coverage_95"], cv["n_test_halos"])
     log.info("flow calibration: joint PDF of %d test clusters (%d without a flow density "
              "left out), the flow's posterior %s as d~", int(fin.sum()), int((~fin).sum()),
              s.calibration.point_estimate)
@@ -337,8 +345,12 @@ def flow_evaluate(*, config, model, images, clusters, metrics_out, posteriors_ou
         metrics["uncalibrated"] = _uncalibrated_metrics(t, raw)
     from ..calibration import load_calibration
 
-    cal_range = (load_calibration(joint_pdf, distance_aware=False).calibrated_mass_range
-                 if joint_pdf is not None else meta["training_mass_range"])
+    blind = load_calibration(joint_pdf, distance_aware=False) if joint_pdf else None
+    cal_range = blind.calibrated_mass_range if blind else meta["training_mass_range"]
+    if blind is not None:                  # the test set's own, from rule flow_calibrate
+        metrics.update({k: blind.meta[k] for k in (
+            "test_cv_coverage_68", "test_cv_coverage_68_err_halos", "test_cv_coverage_95",
+            "test_cv_coverage_95_err_halos", "n_test_halos") if k in blind.meta})
     metrics["survey_range"] = survey_range_report(
         s, rows, dict(log10_m200c_true=t, **summ), cal_range)
     io.write_json(metrics_out, jsonable(metrics))

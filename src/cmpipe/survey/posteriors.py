@@ -97,12 +97,15 @@ def posterior_table_base(s: Settings, cosmo: Cosmology, cl: Mapping) -> dict:
     table["beyond_mock_depth"] = (r > depth).astype(np.int8)
     n_far = int(table["beyond_mock_depth"].sum())
     if n_far:
+        fix = ("their redshifts carry peculiar velocities beyond the survey's depth, which the "
+               "mock's observers reach (mock.observer_radius_mpc_h: null); set it a little "
+               "deeper to cover them" if s.mock.observer_radius_mpc_h is None else
+               "raise mock.observer_radius_mpc_h to the survey's depth (or null) and rerun")
         log.warning("%d of %d survey cluster(s) lie beyond the mock's observers (comoving "
-                    "distance > mock.observer_radius_mpc_h = %g h^-1 Mpc, z up to %.3f): the "
-                    "network and its calibration never saw clusters that far, so their "
-                    "posteriors are extrapolated (column beyond_mock_depth); raise "
-                    "mock.observer_radius_mpc_h to the survey's depth and rerun", n_far,
-                    r.size, depth, float(np.nanmax(np.asarray(cl["z"], dtype=float))))
+                    "distance > %g h^-1 Mpc, z up to %.3f): the network and its calibration "
+                    "never saw clusters that far, so their posteriors are extrapolated "
+                    "(column beyond_mock_depth); %s", n_far, r.size, depth,
+                    float(np.nanmax(np.asarray(cl["z"], dtype=float))), fix)
     return table
 
 

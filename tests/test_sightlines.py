@@ -176,3 +176,40 @@ def test_basis_for_random_directions_scalar_and_batched():
         np.testing.assert_allclose(s2, e2[k], atol=1e-15)
     with pytest.raises(ValueError, match="zero"):
         basis_for([0.0, 0.0, 0.0])
+
+
+def test_default_packings_are_the_one_thread_optimiser_s(tmp_path):
+    """The tabulated default packings are what the optimiser finds with one BLAS thread,
+    as every workflow job runs it: regenerated in a fresh one-thread process, the table
+    is identical, bit for bit (JSON keeps every float exactly)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from cmpipe.sightlines import PACKING_TABLE
+
+    out = tmp_path / "packings.json"
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1",
+               MKL_NUM_THREADS="1")
+    subprocess.run([sys.executable, "-c", "from cmpipe.sightlines import tabulate_packings; "
+                    f"tabulate_packings({str(out)!r})"], env=env, check=True)
+    assert json.loads(out.read_text()) == json.loads(PACKING_TABLE.read_text())
+
+
+def test_default_sets_come_from_the_table_whatever_the_threads():
+    """line_directions and halo_sightlines use the table for the default seed and starts
+    (n <= 25), so a session with several BLAS threads draws the workflow's sightlines; other
+    seeds, and n > 25, are optimised."""
+    import json
+
+    from cmpipe.sightlines import PACKING_TABLE
+
+    table = json.loads(PACKING_TABLE.read_text())["packings"]
+    assert sorted(map(int, table)) == list(range(1, 26))
+    for n in (8, 22, 25):
+        np.testing.assert_array_equal(line_directions(n), np.asarray(table[str(n)]))
+        rot = random_rotation(np.random.default_rng(4))
+        np.testing.assert_allclose(halo_sightlines(n, np.random.default_rng(4)),
+                                   np.asarray(table[str(n)]) @ rot.T, rtol=0, atol=1e-14)
+    assert min_line_angle_deg(line_directions(26)) > 0.0

@@ -126,9 +126,10 @@ def test_same_seed_gives_identical_mock(tiny_run, tmp_path):
     """Rerunning the mock stages from the same catalogue reproduces every array.
 
     The stages run in a fresh process with one BLAS thread, as the Snakemake jobs do
-    (threads: 1): the sightline packings are found by an optimiser whose SLSQP polish
-    rounds differently with the BLAS thread count, which can pick another, equally good
-    orientation of a packing. Integer columns are identical; floats agree to 1e-12."""
+    (threads: 1). The default sightline packings come from a table
+    (cmpipe.sightlines.PACKING_TABLE), so the thread count no longer matters there; before
+    it, the optimiser's SLSQP polish chose another orientation of the 8-line packing with
+    two threads. Integer columns are identical; floats agree to 1e-12."""
     import os
 
     wd, res = tiny_run

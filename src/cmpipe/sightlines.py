@@ -29,19 +29,32 @@ to 25 and comes within 0.1 deg of it for the others (n = 15, 22, 23, 25 with see
 process (:func:`functools.lru_cache`); :func:`halo_sightlines` hands every halo its own
 Haar-random rotation of the cached set.
 
+The default sets (seed 0, 64 starts, n = 1..25, what :func:`halo_sightlines` uses) are
+not recomputed: they are read from ``data/line_packings.json``, written once by
+:func:`tabulate_packings` with one BLAS thread, as a Snakemake job runs. The optimiser's
+final SLSQP polish rounds differently with the BLAS thread count and can then choose
+another orientation (n = 8) or another local optimum (n = 22) of a packing, so a mock made
+from a Python session with several threads would differ from the workflow's; the table
+makes the sightlines the same whatever the thread count.
+
 All vectors here are dimensionless unit vectors in the simulation box frame; angles are in
 degrees.
 """
 from __future__ import annotations
 
 import functools
+import json
 import operator
+from pathlib import Path
 
 import numpy as np
 from scipy.optimize import minimize
 from scipy.spatial.transform import Rotation
 
 __all__ = [
+    "PACKING_TABLE",
+    "computed_lines",
+    "tabulate_packings",
     "line_directions",
     "min_line_angle_deg",
     "random_rotation",
@@ -324,9 +337,60 @@ def _canonical_sign(u: np.ndarray) -> np.ndarray:
     return u
 
 
-@functools.lru_cache(maxsize=None)
+#: The tabulated default packings (:func:`tabulate_packings`).
+PACKING_TABLE = Path(__file__).with_name("data") / "line_packings.json"
+
+#: Largest ``n`` of the table (:data:`PACKING_TABLE`).
+TABLE_N_MAX = 25
+
+
+@functools.lru_cache(maxsize=1)
+def _table() -> dict:
+    """The tabulated default packings, ``{n: read-only (n, 3) array}``."""
+    rows = json.loads(PACKING_TABLE.read_text())["packings"]
+    out = {}
+    for key, vec in rows.items():
+        a = np.asarray(vec, dtype=np.float64)
+        a.setflags(write=False)
+        out[int(key)] = a
+    return out
+
+
 def _cached_lines(n: int, seed: int, restarts: int) -> np.ndarray:
-    """Read-only optimal line set; one computation per (n, seed, restarts) per process."""
+    """Read-only optimal line set: the table for the default seed and starts, else one
+    computation per (n, seed, restarts) per process."""
+    if seed == _DEFAULT_SEED and restarts == _DEFAULT_RESTARTS and n <= TABLE_N_MAX:
+        return _table()[n]
+    return computed_lines(n, seed, restarts)
+
+
+def tabulate_packings(path=PACKING_TABLE, n_max: int = TABLE_N_MAX) -> None:
+    """Write the default packings (n = 1..``n_max``) computed by :func:`computed_lines` to
+    ``path`` (JSON, full float precision), atomically. Run it with one BLAS thread
+    (``OPENBLAS_NUM_THREADS=1``), as the workflow's jobs run, so the table holds the sets
+    every earlier workflow run used::
+
+        OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 python -c \
+            "from cmpipe.sightlines import tabulate_packings; tabulate_packings()"
+    """
+    rows = {str(n): computed_lines(n, _DEFAULT_SEED, _DEFAULT_RESTARTS).tolist()
+            for n in range(1, n_max + 1)}
+    head = dict(note="best line packings of cmpipe.sightlines (seed 0, 64 starts), unit "
+                     "vectors with the canonical sign; written by tabulate_packings with "
+                     "one BLAS thread", seed=_DEFAULT_SEED, restarts=_DEFAULT_RESTARTS)
+    lines = [json.dumps(head)[:-1] + ', "packings": {']
+    lines += [f' "{n}": {json.dumps(v)}' + ("," if i < len(rows) - 1 else "")
+              for i, (n, v) in enumerate(rows.items())]
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("\n".join(lines) + "\n}}\n")
+    tmp.replace(path)
+
+
+@functools.lru_cache(maxsize=None)
+def computed_lines(n: int, seed: int, restarts: int) -> np.ndarray:
+    """Read-only optimal line set found by the optimiser (module docstring); one
+    computation per (n, seed, restarts) per process."""
     if n == 1:
         out = np.array([[0.0, 0.0, 1.0]])
     else:

@@ -181,3 +181,47 @@ def final_targets():
                                              "posteriors")],
         *analyses_targets(),
     ]
+
+
+# Seeds (ablation.seeds): seed 0 is the single-run product, ablation/{dim}/ for the CNN1D/2D
+# and the main CNN3D (model/, evaluation/metrics.json); seeds k = 1 .. seeds-1 retrain every
+# network on the same inputs with another seed, in ablation/{dim}/seeds/{k}/ (the CNN3D on
+# cubes/). The {seeddir} wildcard is "" (seed 0) or "seeds/{k}/".
+
+
+def ablation_params():
+    """The ablation section as a rerun trigger, without `seeds`: how many seeds there are
+    changes no input and no single seed's network."""
+    return {k: v for k, v in config["ablation"].items() if k != "seeds"}
+
+
+def ablation_seed_metrics(dim):
+    """metrics.json of network `dim` at seeds 1 .. ablation.seeds - 1 (seed 0 is named on
+    its own)."""
+    return [res(f"ablation/{dim}/seeds/{k}/metrics.json")
+            for k in range(1, config["ablation"]["seeds"])]
+
+
+def ablation_network_inputs(wildcards, splits):
+    """The input files of network {dim}: ablation/{dim}/inputs/ (1d, 2d) or the CNN3D's
+    cubes/ (3d: seeds >= 1 only, seed 0 is the main model/)."""
+    from snakemake.exceptions import WorkflowError
+
+    if wildcards.dim != "3d":
+        return {s: res(f"ablation/{wildcards.dim}/inputs/{s}.h5") for s in splits}
+    if not wildcards.seeddir:
+        raise WorkflowError("ablation/3d/ holds the CNN3D's seeds >= 1 only (ablation/3d/"
+                            "seeds/{k}/): seed 0 is the main model/cnn3d.keras and "
+                            "evaluation/metrics.json (rules train, evaluate)")
+    return {s: res(f"cubes/{s}.h5") for s in splits}
+
+
+def ablation_train_inputs(wildcards):
+    return ablation_network_inputs(wildcards, ("train", "validation"))
+
+
+def ablation_evaluate_inputs(wildcards):
+    return dict(ablation_network_inputs(wildcards, ("test", "eval")),
+                model=res(f"ablation/{wildcards.dim}/{wildcards.seeddir}model/"
+                          f"cnn{wildcards.dim}.keras"),
+                clusters=res("mock/clusters.h5"))

@@ -8,7 +8,8 @@ from ..cosmology import make_cosmology
 from ..io.mock import (FLUX_CLUSTER_SCHEMA, FLUX_GALAXY_SCHEMA, PROJECTED_CLUSTER_SCHEMA,
                       SIGHTLINE_SCHEMA, SPLIT_CLUSTER_SCHEMA, WINDOW_GALAXY_SCHEMA,
                       galaxy_offsets)
-from ..io.tables import CatalogueError, TableWriter, read_table, table_length, write_table
+from ..io.tables import (CatalogueError, TableWriter, append_rows, read_table,
+                         table_length, write_table)
 from ..settings import stage_rng, stage_seed
 from .common import box_attrs, settings_of, log
 
@@ -66,12 +67,6 @@ def catalogue(*, config, halos_out, galaxies_out, tail_halos_out, tail_galaxies_
              len(tail_g["galaxy_id"]))
 
 
-def _with_tail(table, tail):
-    """``table`` with the ``tail`` rows appended (same columns)."""
-    import numpy as np
-
-    return {k: np.concatenate([table[k], tail[k]]) for k in table}
-
 
 # -- mock stages -------------------------------------------------------------------------
 
@@ -91,7 +86,7 @@ def select_halos(*, config, halos, tail_halos, out):
         log.info("training tail: %d hosts (halo_id >= %d), log10 M200c %.2f..%.2f",
                  len(tail_hosts["halo_id"]), first_tail, tail_hosts["log10_m200c"].min(),
                  tail_hosts["log10_m200c"].max())
-        hosts = _with_tail(hosts, tail_hosts)
+        hosts = append_rows([hosts, tail_hosts])
     if len(hosts["halo_id"]) == 0:
         raise CatalogueError(halos, "log10_m200c", "no host halo reaches the selection "
                              f"threshold {s.log10_m200c_min}",
@@ -133,7 +128,7 @@ def project(*, config, halos, galaxies, tail_halos, tail_galaxies, hosts, sightl
     tg, _ = io.read_galaxies(tail_galaxies)
     ghosts = th["halo_id"]
     if len(ghosts):
-        h, g = _with_tail(h, th), _with_tail(g, tg)
+        h, g = append_rows([h, th]), append_rows([g, tg])
     hs, _ = io.read_halos(hosts)
     sl, _ = read_table(sightlines, group="sightlines", required=SIGHTLINE_SCHEMA)
     proj = Projector(h, g, box_size_mpc_h=attrs["box_size_mpc_h"], redshift=attrs["redshift"],

@@ -86,7 +86,8 @@ def write_random(path, n_cubes, n, rng):
             b = min(32, n_cubes - i)
             w.write(random_cubes(rng, b, n),
                     dict(cluster_id=np.arange(i, i + b), log10_m200c=rng.uniform(13.7, 15.0, b),
-                         n_gal=np.full(b, 50), n_members=np.full(b, 40)))
+                         n_gal=np.full(b, 50), n_members=np.full(b, 40),
+                         distance_mpc_h=np.linspace(20.0, 250.0, b)))
 
 
 def device_info():

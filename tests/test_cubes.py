@@ -13,7 +13,7 @@ def _write(path, cubes, start_id):
     b = len(cubes)
     cols = dict(cluster_id=np.arange(start_id, start_id + b),
                 log10_m200c=np.linspace(13.7, 15.0, b), n_gal=np.arange(b) + 10,
-                n_members=np.arange(b) + 5)
+                n_members=np.arange(b) + 5, distance_mpc_h=np.linspace(20.0, 240.0, b))
     with CubeWriter(path, b, N, dict(n_grid=N, split="test", h0=0.175)) as w:
         for i in range(0, b, 4):
             w.write(cubes[i:i + 4], {k: v[i:i + 4] for k, v in cols.items()})
@@ -58,7 +58,8 @@ def test_content_digest_follows_content_not_sharding(tmp_path):
     rng = np.random.default_rng(2)
     cubes = rng.random((9, N, N, N)).astype(np.float32)
     cols = dict(cluster_id=np.arange(9), log10_m200c=rng.uniform(13.7, 15.0, 9),
-                n_gal=np.arange(9) + 10, n_members=np.arange(9) + 5)
+                n_gal=np.arange(9) + 10, n_members=np.arange(9) + 5,
+                distance_mpc_h=np.linspace(20.0, 240.0, 9))
 
     def write(path, sl, **change):
         c = {k: v[sl].copy() for k, v in cols.items()}
@@ -92,6 +93,13 @@ def test_content_digest_follows_content_not_sharding(tmp_path):
         f["log10_m200c"][0] = cols["log10_m200c"][0]
         del f["cube_sha256"]
     assert cube_digest(tmp_path / "mass.h5") == d_one
+    # the networks' distance input is part of the content too
+    write(tmp_path / "dist.h5", slice(None), distance_mpc_h=(2, 99.0))
+    assert cube_digest(tmp_path / "dist.h5") != d_one
+    with h5py.File(tmp_path / "dist.h5", "r+") as f:  # a file from before the column
+        del f["distance_mpc_h"]
+    with pytest.raises(CatalogueError, match="distance_mpc_h.*rerun the kde rules"):
+        CubeReader(tmp_path / "dist.h5")
 
 
 def test_failed_write_leaves_no_file(tmp_path):
@@ -99,7 +107,7 @@ def test_failed_write_leaves_no_file(tmp_path):
     with pytest.raises(RuntimeError, match="wrote 2 of 4"):
         with CubeWriter(tmp_path / "b.h5", 4, N, {}) as w:
             w.write(cubes[:2], dict(cluster_id=[0, 1], log10_m200c=[14, 14], n_gal=[3, 3],
-                                    n_members=[3, 3]))
+                                    n_members=[3, 3], distance_mpc_h=[100.0, 200.0]))
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(ZeroDivisionError):
         with CubeWriter(tmp_path / "c.h5", 4, N, {}):

@@ -2,6 +2,7 @@
 import logging
 import math
 
+import keras
 import numpy as np
 import pytest
 
@@ -151,3 +152,23 @@ def test_forward_pass_shapes():
     y = m.predict_on_batch(x)
     assert y.shape == (5, 1) and np.all(np.isfinite(y))
     assert math.prod(m.input.shape[1:]) == 8000
+
+
+@pytest.mark.parametrize("layers", [DEFAULT_LAYERS, [{"conv": 4, "kernel": 3}, {"pool": 2}]])
+def test_distance_input_joins_before_the_dense_layers(layers):
+    """The distance enters once, beside the flattened features: one weight more per unit
+    of the first dense layer (or of the output without one), and the output changes with
+    the distance alone."""
+    keras.utils.set_random_seed(2)
+    blind = build_cnn((24, 24, 24), layers)
+    keras.utils.set_random_seed(2)
+    aware = build_cnn((24, 24, 24), layers, distance_input=True)
+    first_dense = next((s["dense"] for s in layers if "dense" in s), 1)
+    assert parameter_count(aware, log=False) == parameter_count(blind, log=False) + first_dense
+    assert sorted(aware.input) == ["distance", "kde"]
+    joined = aware.get_layer("with_distance")
+    assert joined.output.shape[-1] == aware.get_layer("flatten").output.shape[-1] + 1
+    x = np.random.default_rng(3).random((4, 24, 24, 24)).astype(np.float32)
+    near = aware({"kde": x, "distance": np.full((4, 1), -1.0, np.float32)})
+    far = aware({"kde": x, "distance": np.full((4, 1), 1.0, np.float32)})
+    assert np.all(np.asarray(near) != np.asarray(far))

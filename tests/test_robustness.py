@@ -115,11 +115,39 @@ def test_predict_inputs_is_bit_identical_to_training_predict(network, tmp_path):
     model.save(d / "cnn3d.keras")
     (d / "normalisation.json").write_text(json.dumps(norm))
     cols = dict(cluster_id=np.arange(9), log10_m200c=np.full(9, 14.0), n_gal=np.diff(off),
-                n_members=np.diff(off))
+                n_members=np.diff(off), distance_mpc_h=np.linspace(50.0, 250.0, 9))
     with CubeWriter(tmp_path / "c.h5", 9, GRID.n, {}) as w:
         w.write(cubes, cols)
     ref = predict(d, tmp_path / "c.h5", batch_size=4)["log10_m200c_pred"]
     np.testing.assert_array_equal(predict_inputs(model, norm, cubes, batch_size=4), ref)
+
+
+def test_predict_inputs_with_a_distance_input_matches_training_predict(tmp_path):
+    """A network trained with the distance input: predict_inputs takes the distances the
+    cube file holds, and gives the predictions of cmpipe.training.predict on that file."""
+    keras.utils.set_random_seed(4)
+    model = build_cnn(GRID.shape, TINY, distance_input=True)
+    norm = {"input": {"scale": float(GRID.n ** 3), "grid": list(GRID.shape)},
+            "target": {"mean": 14.3, "std": 0.4}, "distance": {"mean": 150.0, "std": 60.0}}
+    x, y, v, off = clusters(np.random.default_rng(5), 9)
+    cubes = kde_cubes(x, y, v, off, grid=GRID)
+    dist = np.linspace(50.0, 250.0, 9)
+    d = tmp_path / "model"
+    d.mkdir()
+    model.save(d / "cnn3d.keras")
+    (d / "normalisation.json").write_text(json.dumps(norm))
+    cols = dict(cluster_id=np.arange(9), log10_m200c=np.full(9, 14.0), n_gal=np.diff(off),
+                n_members=np.diff(off), distance_mpc_h=dist)
+    with CubeWriter(tmp_path / "c.h5", 9, GRID.n, {}) as w:
+        w.write(cubes, cols)
+    ref = predict(d, tmp_path / "c.h5", batch_size=4)["log10_m200c_pred"]
+    got = predict_inputs(model, norm, cubes, batch_size=4, distance_mpc_h=dist)
+    np.testing.assert_array_equal(got, ref)
+    # the distance matters, and a distance-input network refuses to run without it
+    assert not np.allclose(predict_inputs(model, norm, cubes, batch_size=4,
+                                          distance_mpc_h=dist[::-1]), ref)
+    with pytest.raises(ValueError, match="distance input"):
+        predict_inputs(model, norm, cubes, batch_size=4)
 
 
 @pytest.fixture(scope="module")

@@ -62,6 +62,43 @@ def test_gradients_match_finite_differences_of_a_cnn():
         np.testing.assert_allclose(g[(slice(None), *idx)], fd, rtol=2e-2, atol=1e-2)
 
 
+def test_gradients_of_a_distance_input_cnn_hold_the_distance_fixed():
+    """With the distance input the gradient is d log M / d cube at each cluster's own
+    distance: finite differences of the cube with the distance held, and another distance
+    gives another gradient."""
+    keras.utils.set_random_seed(5)
+    model = build_cnn((N, N, N), [{"conv": 3, "kernel": 3}, {"pool": 2, "type": "average"},
+                                  {"dense": 6, "activation": "tanh"}], distance_input=True)
+    norm = dict(NORM, distance={"mean": 150.0, "std": 60.0})
+    c = cubes(np.random.default_rng(6), 2).astype(np.float64)
+    dist = np.array([60.0, 240.0])
+    g = input_gradients(model, norm, c.astype(np.float32), dist)
+    dz = ((dist - 150.0) / 60.0).astype(np.float32)[:, None]
+
+    def dlogm(x):
+        z = np.asarray(model.predict_on_batch(
+            {"kde": (x * NORM["input"]["scale"]).astype(np.float32), "distance": dz}))
+        return z[:, 0].astype(np.float64) * NORM["target"]["std"]
+
+    h = 2e-5
+    rng = np.random.default_rng(7)
+    for _ in range(4):
+        idx = tuple(rng.integers(0, N, 3))
+        d = np.zeros_like(c)
+        d[(slice(None), *idx)] = h
+        fd = (dlogm(c + d) - dlogm(c - d)) / (2 * h)
+        np.testing.assert_allclose(g[(slice(None), *idx)], fd, rtol=2e-2, atol=1e-2)
+    g_other = input_gradients(model, norm, c.astype(np.float32), dist[::-1])
+    assert not np.allclose(g, g_other)
+    with pytest.raises(ValueError, match="distance input"):
+        input_gradients(model, norm, c.astype(np.float32))
+    # binned: the distance travels with its batch
+    sal = binned_saliency(model, norm, [(c.astype(np.float32), np.array([14.0, 14.6]), dist)],
+                          [13.5, 14.3, 15.0])
+    np.testing.assert_allclose(sal["mean"][0], g[0], rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(sal["mean"][1], g[1], rtol=1e-6, atol=1e-9)
+
+
 def test_batch_gradients_are_per_cluster_and_binned_means_are_averages():
     model = one_voxel_model()
     rng = np.random.default_rng(4)

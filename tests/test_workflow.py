@@ -252,7 +252,14 @@ def _check_ablation_seeds(wd, res, ab, m3):
                       overlays=[wd / "configs/tiny.yaml"])
     n_seeds = cfg["ablation"]["seeds"]
     assert ab["n_seeds"] == n_seeds
-    main = json.loads((res / "model/normalisation.json").read_text())["provenance"]
+    main_norm = json.loads((res / "model/normalisation.json").read_text())
+    main = main_norm["provenance"]
+    # every network takes the distance (train.distance_input), standardised alike
+    assert main["settings"]["distance_input"] is True
+    for d in ("1d", "2d"):
+        nd = json.loads((res / f"ablation/{d}/model/normalisation.json").read_text())
+        for key in ("mean", "std"):          # the same training clusters
+            assert nd["distance"][key] == pytest.approx(main_norm["distance"][key], rel=1e-12)
     for d in ("1d", "2d", "3d"):
         for k in range(1, n_seeds):
             sd = res / f"ablation/{d}/seeds/{k}"
@@ -362,6 +369,11 @@ def test_flow_products_are_consistent(tiny_run):
     cnn = json.loads((res / "evaluation/metrics.json").read_text())
     assert m["n_eval"] == len(eval_ids) == cnn["n_eval"]
     assert m["members"] == "all" and m["input"] == "2d"
+    # the flow takes the distance (flow.distance_input), the images carry the observer's
+    assert m["distance_input"] is True
+    with CubeReader(res / "flow/images/eval.h5") as r:
+        np.testing.assert_array_equal(r.column("distance_mpc_h"), cl["observer_distance_mpc_h"][
+            cl["split"] == SPLIT_CODES["eval"]])
     assert 0.0 <= m["coverage_68"] <= m["coverage_95"] <= 1.0
     post, _ = read_table(res / "flow/posteriors.h5", group="posteriors")
     np.testing.assert_array_equal(post["cluster_id"], eval_ids)

@@ -41,7 +41,8 @@ import keras  # noqa: E402
 
 from .io.cubes import CubeReader  # noqa: E402
 
-__all__ = ["N_D4", "d4_transform", "INPUT_TRANSFORMS", "transform_inputs", "CubeDataset"]
+__all__ = ["N_D4", "d4_transform", "INPUT_TRANSFORMS", "transform_inputs", "DISTANCE_COLUMN",
+           "standardised_distance", "network_inputs", "CubeDataset"]
 
 logger = logging.getLogger(__name__)
 
@@ -99,12 +100,52 @@ def transform_inputs(x: np.ndarray, scale: float, function: str = "linear") -> n
     return x
 
 
+#: The per-cube column of the cluster's comoving distance from the observer (h^-1 Mpc).
+DISTANCE_COLUMN = "distance_mpc_h"
+
+
+def standardised_distance(distance_mpc_h, mean: float, std: float, *, source=None):
+    """``(D - mean) / std`` as float32 ``(N, 1)``: the networks' distance input.
+
+    ``mean`` and ``std`` are the training split's (``normalisation.json`` ``distance``).
+    A non-finite distance raises :class:`~cmpipe.io.tables.CatalogueError` naming
+    ``source`` (the cube file) when given, else :class:`ValueError`."""
+    d = np.asarray(distance_mpc_h, dtype=np.float64)
+    bad = ~np.isfinite(d)
+    if bad.any():
+        msg = (f"{int(bad.sum())} of {d.size} clusters have no finite distance from the "
+               "observer, which the distance-input network needs")
+        if source is not None:
+            from .io.tables import CatalogueError
+            raise CatalogueError(source, DISTANCE_COLUMN, msg,
+                                 "give every cluster a redshift (survey) or an observer "
+                                 "distance (mock) and rebuild the cubes")
+        raise ValueError(msg)
+    return ((d - float(mean)) / float(std)).astype(np.float32)[:, None]
+
+
+def network_inputs(x: np.ndarray, normalisation: dict, distance_mpc_h=None, *, source=None):
+    """What the network is called with: the transformed cubes ``x`` alone, or, for a
+    network trained with a distance input (``normalisation["distance"]``), the dict
+    ``{"kde": x, "distance": (D - mean) / std}`` of :func:`cmpipe.model.build_cnn`."""
+    dn = normalisation.get("distance")
+    if not dn:
+        return x
+    if distance_mpc_h is None:
+        raise ValueError("the network was trained with a distance input: give the "
+                         "clusters' distances from the observer (h^-1 Mpc)")
+    return {"kde": x, "distance": standardised_distance(distance_mpc_h, dn["mean"], dn["std"],
+                                                        source=source)}
+
+
 class CubeDataset(keras.utils.PyDataset):
     """Batches ``(x, z)`` of a cube file, for ``keras.Model.fit``: in memory or streamed.
 
     ``x`` is the network input (:func:`transform_inputs` of the cubes, float32,
-    ``(b, n, n, n)``), ``z`` the standardised ``(log10 M200c - target_mean) / target_std``
-    (float32, ``(b, 1)``). The per-cube columns (a few numbers per cube) are always read once.
+    ``(b, n, n, n)``; with ``distance`` the dict ``{"kde": cubes, "distance": (D - mean) /
+    std}``, :func:`network_inputs`), ``z`` the standardised ``(log10 M200c - target_mean) /
+    target_std`` (float32, ``(b, 1)``). The per-cube columns (a few numbers per cube) are
+    always read once.
 
     Two ways to get the cubes, with identical batches (same cubes, same order, same
     augmentation, bit for bit):
@@ -139,6 +180,9 @@ class CubeDataset(keras.utils.PyDataset):
         ``(seed, epoch, batch)``, never on the order Keras asks for batches.
     seed : int
         Seed for shuffling and augmentation.
+    distance : dict, optional
+        ``{"mean": ..., "std": ...}`` (h^-1 Mpc, the training split's): the network also
+        takes the standardised ``distance_mpc_h`` column; ``None``: the cubes alone.
     epoch : int
         First epoch (set on resume); :meth:`set_epoch` moves it on.
     memory_mb : float or None
@@ -154,8 +198,9 @@ class CubeDataset(keras.utils.PyDataset):
     def __init__(self, path, batch_size: int = 100, *, target_mean: float = 0.0,
                  target_std: float = 1.0, input_scale: float | None = None,
                  input_transform: str = "linear", shuffle: bool = False,
-                 augment: bool = False, seed: int = 0, epoch: int = 0,
-                 memory_mb: float | None = 0.0, prefetch: int = 2, **kwargs):
+                 augment: bool = False, seed: int = 0, distance: dict | None = None,
+                 epoch: int = 0, memory_mb: float | None = 0.0, prefetch: int = 2,
+                 **kwargs):
         super().__init__(**kwargs)
         self.path = Path(path)
         self.batch_size = int(batch_size)
@@ -178,6 +223,9 @@ class CubeDataset(keras.utils.PyDataset):
                              f"got {input_transform!r}")
         self.input_transform = input_transform
         self.log10_m200c = r.column("log10_m200c").astype(np.float64)
+        self.distance_mpc_h = r.column(DISTANCE_COLUMN).astype(np.float64)
+        self._distance = None if not distance else standardised_distance(
+            self.distance_mpc_h, distance["mean"], distance["std"], source=self.path)
         self._epoch = int(epoch)
         self._perm_cache = (None, None)
         self.nbytes = 4 * self.n_cubes * math.prod(self.grid)
@@ -278,6 +326,13 @@ class CubeDataset(keras.utils.PyDataset):
                     x[j] = d4_transform(x[j], t).copy()
         return x, sel
 
+    def model_inputs(self, x: np.ndarray, sel: np.ndarray):
+        """The network's call argument for cubes ``x`` at indices ``sel``: ``x``, or with a
+        distance input ``{"kde": x, "distance": ...}`` (:func:`network_inputs`)."""
+        if self._distance is None:
+            return x
+        return {"kde": x, "distance": self._distance[sel]}
+
     def _fetch(self, idx: int, epoch: int):
         """Batch ``idx`` of ``epoch``: from the prefetch thread when it has it; then queue
         the next ``prefetch`` batches of the same epoch."""
@@ -307,7 +362,8 @@ class CubeDataset(keras.utils.PyDataset):
         shuffled or augmented): the validation data Keras evaluates in batches."""
         if self._data is None:
             raise ValueError(f"{self.path}: arrays() needs the cubes in memory")
-        return self._data, self.targets(np.arange(self.n_cubes))
+        every = np.arange(self.n_cubes)
+        return self.model_inputs(self._data, every), self.targets(every)
 
     def targets(self, sel) -> np.ndarray:
         """Standardised targets ``(b, 1)`` float32 of the cubes ``sel``."""
@@ -340,16 +396,18 @@ class CubeDataset(keras.utils.PyDataset):
             while True:
                 for i in range(n):
                     x, sel = self._fetch(i, epoch)
-                    yield x, self.targets(sel)
+                    yield self.model_inputs(x, sel), self.targets(sel)
                 epoch += 1
 
-        sig = (tf.TensorSpec((None, *self.grid), tf.float32),
-               tf.TensorSpec((None, 1), tf.float32))
+        x_sig = tf.TensorSpec((None, *self.grid), tf.float32)
+        if self._distance is not None:
+            x_sig = {"kde": x_sig, "distance": tf.TensorSpec((None, 1), tf.float32)}
+        sig = (x_sig, tf.TensorSpec((None, 1), tf.float32))
         return tf.data.Dataset.from_generator(batches, output_signature=sig) \
             .prefetch(max(1, int(prefetch)))
 
     def __getitem__(self, idx):
         epoch = self._epoch
         x, sel = self._fetch(int(idx), epoch)
-        return x, self.targets(sel)
+        return self.model_inputs(x, sel), self.targets(sel)
 

@@ -11,6 +11,14 @@ minimising the negative log-likelihood -- neural posterior estimation (NPE). Her
 - the summary is a small convolutional embedding network (Conv2d over the (R_proj, v)
   image, or Conv3d over the (x, y, v) cubes of the CNN3D when ``input`` is ``3d``), trained
   jointly with the flow;
+- with ``distance_input`` (config ``flow.distance_input``) the flow is conditioned on the
+  cluster's comoving distance from the observer as well, ``P(log M | image, D)``: the
+  image files' ``distance_mpc_h`` (a mock cluster's observer distance, a survey cluster's
+  from its redshift), standardised by the training split's mean and sd, is appended to the
+  embedding as the flow's context. The flux limit thins a far cluster's galaxies, so the
+  same image means a larger mass farther away. Every density (training, validation,
+  posteriors, PIT) then takes the clusters' distances; a missing or non-finite one is an
+  error naming the file;
 - training uses the pipeline's own splits: the training split for the gradient steps and
   the validation split (halo-disjoint from it) for early stopping, with the best weights
   restored; every random stream is seeded;
@@ -44,8 +52,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .flow_model import (META_FILE, MODEL_FILE, FlowModel, FlowSettings, ImageEmbedding,
-                         build_flow)
+from .flow_model import (DISTANCE_COLUMN, META_FILE, MODEL_FILE, FlowModel, FlowSettings,
+                         ImageEmbedding, build_flow)
 from .io.cubes import CubeReader
 from .io.tables import CatalogueError
 from .io.training import read_flow_history, write_flow_history
@@ -53,7 +61,8 @@ from .settings import ConfigError
 
 __all__ = ["FlowSettings", "FlowResult", "FlowModel", "ImageEmbedding", "build_flow",
            "train_flow", "mass_grid", "training_prior", "pit_from_curves",
-           "read_flow_history", "grid_of", "MODEL_FILE", "META_FILE", "HISTORY_FILE"]
+           "read_flow_history", "grid_of", "distance_standardisation", "MODEL_FILE",
+           "META_FILE", "HISTORY_FILE", "DISTANCE_COLUMN"]
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +107,14 @@ def pit_from_curves(m_grid, curves, log10_m_true) -> np.ndarray:
     return (1.0 - f) * cdf[rows, k] + f * cdf[rows, k + 1]
 
 
+def distance_standardisation(distance_mpc_h) -> dict:
+    """``distance_mean`` and ``distance_sd`` (ddof 0; 1 when all distances are equal) of
+    the training clusters' comoving distances, h^-1 Mpc."""
+    d = np.asarray(distance_mpc_h, dtype=np.float64)
+    sd = float(d.std()) if np.ptp(d) > 0 else 1.0
+    return dict(distance_mean=float(d.mean()), distance_sd=sd)
+
+
 def grid_of(meta: dict) -> np.ndarray:
     """The posterior grid stored with a trained flow (``flow.json``)."""
     g = meta["mass_grid"]
@@ -109,13 +126,15 @@ def grid_of(meta: dict) -> np.ndarray:
 # ----------------------------------------------------------------------------------------
 
 class _Images:
-    """Images and masses of one cube/image file: in memory when small, else per batch."""
+    """Images, masses and distances of one cube/image file: images in memory when small,
+    else read per batch."""
 
     def __init__(self, path, max_memory_mb: float):
         self.path = Path(path)
         self.reader = CubeReader(path)
         self.shape = self.reader.shape[1:]
         self.log10_m = self.reader.column("log10_m200c").astype(np.float64)
+        self.distance = self.reader.column(DISTANCE_COLUMN).astype(np.float64)
         size_mb = 4.0 * self.reader.shape[0] * int(np.prod(self.shape)) / 2 ** 20
         self.data = self.reader.cubes(0, len(self.reader)) if size_mb <= max_memory_mb \
             else None
@@ -181,22 +200,29 @@ class FlowResult:
     history: list = field(default_factory=list)
 
 
-def _mean_nll(model, images: _Images, t_all, batch_size) -> float:
+def _mean_nll(model, images: _Images, t_all, d_all, batch_size) -> float:
     model.eval()
     tot = 0.0
     with torch.no_grad():
         for b0 in range(0, len(images), batch_size):
             idx = np.arange(b0, min(b0 + batch_size, len(images)))
-            tot += float(model.nll(model.images_to_tensor(images.batch(idx)),
-                                   t_all[idx]).sum())
+            tot += float(model.nll(model.images_to_tensor(images.batch(idx)), t_all[idx],
+                                   None if d_all is None else d_all[idx]).sum())
     return tot / len(images)
 
 
 def _check_images(tr: _Images, va: _Images, train_path, validation_path,
                   s: FlowSettings) -> None:
-    """Finite true masses, enough clusters, one grid, and inputs of ``flow.input``."""
+    """Finite true masses (and distances with ``distance_input``), enough clusters, one
+    grid, and inputs of ``flow.input``."""
     for imgs, name in ((tr, "training"), (va, "validation")):
         _check_finite(imgs, name)
+        bad = int(np.count_nonzero(~np.isfinite(imgs.distance)))
+        if s.distance_input and bad:
+            raise CatalogueError(imgs.path, DISTANCE_COLUMN, f"{bad} {name} clusters have "
+                                 "no finite distance from the observer, which "
+                                 "flow.distance_input needs", "rebuild the images from the "
+                                 "mock, or set flow.distance_input: false")
     if len(tr) < 2 or len(va) < 1:
         raise CatalogueError(train_path if len(tr) < 2 else validation_path, "cubes",
                              f"{len(tr)} training and {len(va)} validation clusters",
@@ -211,13 +237,17 @@ def _check_images(tr: _Images, va: _Images, train_path, validation_path,
 
 
 def _standardisation(tr: _Images, s: FlowSettings) -> dict:
-    """Mean and sd of the training masses (log10 h^-1 Msun; sd at least 1e-3 dex) and of
-    the transformed training image values."""
+    """Mean and sd of the training masses (log10 h^-1 Msun; sd at least 1e-3 dex), of
+    the transformed training image values, and with ``distance_input`` of the training
+    distances (:func:`distance_standardisation`)."""
     n_vox = int(np.prod(tr.shape))
     img_mean, img_sd = tr.moments(n_vox, s.input_transform)
-    return dict(mass_mean=float(tr.log10_m.mean()),
-                mass_sd=float(max(tr.log10_m.std(), 1e-3)),
-                image_mean=float(img_mean), image_sd=float(img_sd))
+    std = dict(mass_mean=float(tr.log10_m.mean()),
+               mass_sd=float(max(tr.log10_m.std(), 1e-3)),
+               image_mean=float(img_mean), image_sd=float(img_sd))
+    if s.distance_input:
+        std.update(distance_standardisation(tr.distance))
+    return std
 
 
 def _optimizer(model: FlowModel, s: FlowSettings):
@@ -227,9 +257,11 @@ def _optimizer(model: FlowModel, s: FlowSettings):
                    **({"weight_decay": s.weight_decay} if s.weight_decay > 0 else {}))
 
 
-def _train_epoch(model: FlowModel, opt, tr: _Images, t_tr, rng, s: FlowSettings) -> float:
+def _train_epoch(model: FlowModel, opt, tr: _Images, t_tr, d_tr, rng,
+                 s: FlowSettings) -> float:
     """One pass over the training set in a fresh permutation from ``rng`` (then one D4
-    element per batch from ``rng`` when augmenting); the summed NLL (nats of t)."""
+    element per batch from ``rng`` when augmenting); the summed NLL (nats of t). ``d_tr``:
+    the standardised distances, or ``None`` for a distance-blind flow."""
     model.train()
     perm = rng.permutation(len(tr))
     tot = 0.0
@@ -238,7 +270,7 @@ def _train_epoch(model: FlowModel, opt, tr: _Images, t_tr, rng, s: FlowSettings)
         x = model.images_to_tensor(tr.batch(idx))
         if s.augment:
             x = _d4(x, int(rng.integers(8)))
-        loss = model.nll(x, t_tr[idx]).mean()
+        loss = model.nll(x, t_tr[idx], None if d_tr is None else d_tr[idx]).mean()
         opt.zero_grad()
         loss.backward()
         if s.clip_grad_norm > 0:
@@ -257,13 +289,15 @@ def _fit(model: FlowModel, opt, tr: _Images, va: _Images, rng, shift: float,
 
     t_tr = model.masses_to_tensor(tr.log10_m)
     t_va = model.masses_to_tensor(va.log10_m)
+    d_tr = model.distances_to_tensor(tr.distance, len(tr), source=tr.path)
+    d_va = model.distances_to_tensor(va.distance, len(va), source=va.path)
     best, best_state, wait, history = math.inf, None, 0, []
     bar = tqdm(range(1, s.epochs + 1), desc="flow", unit="epoch", disable=not progress)
     for epoch in bar:
         t0 = time.perf_counter()
-        tot = _train_epoch(model, opt, tr, t_tr, rng, s)
+        tot = _train_epoch(model, opt, tr, t_tr, d_tr, rng, s)
         train_nll = tot / len(tr) + shift
-        val_nll = _mean_nll(model, va, t_va, 4 * s.batch_size) + shift
+        val_nll = _mean_nll(model, va, t_va, d_va, 4 * s.batch_size) + shift
         if not (math.isfinite(train_nll) and math.isfinite(val_nll)):
             raise ConfigError(f"flow training diverged at epoch {epoch} (NLL "
                               f"{train_nll}, validation {val_nll}). Fix: lower "
@@ -293,7 +327,8 @@ def train_flow(train_path, validation_path, model_dir, settings: FlowSettings, *
     ----------
     train_path, validation_path : path-like
         Image/cube files (:mod:`cmpipe.io.cubes` layout) of the training and validation
-        splits, with the true ``log10_m200c`` of each.
+        splits, with the true ``log10_m200c`` of each (and its ``distance_mpc_h``, which
+        must be finite with ``settings.distance_input``).
     model_dir : path-like
         Where ``flow.pt``, ``flow.json`` and ``history.csv`` are written.
     settings : FlowSettings
@@ -318,10 +353,10 @@ def train_flow(train_path, validation_path, model_dir, settings: FlowSettings, *
         n_params = sum(p.numel() for p in model.parameters())
         opt = _optimizer(model, s)
         shift = math.log(std["mass_sd"])          # NLL of t -> NLL of log10 M (per dex)
-        log.info("flow: %s (%d transforms) on a %s embedding of %s inputs, %d parameters; "
-                 "%d training, %d validation clusters", s.model, s.transforms,
+        log.info("flow: %s (%d transforms) on a %s embedding of %s inputs%s, %d "
+                 "parameters; %d training, %d validation clusters", s.model, s.transforms,
                  "x".join(str(c) for c in s.embedding_channels), "x".join(map(str, tr.shape)),
-                 n_params, len(tr), len(va))
+                 " and the distance" if s.distance_input else "", n_params, len(tr), len(va))
         best, history = _fit(model, opt, tr, va, rng, shift, s, progress)
         best_epoch = int(np.argmin([h["val_loss"] for h in history])) + 1
         g = mass_grid(tr.log10_m, s)

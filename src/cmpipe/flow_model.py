@@ -5,7 +5,9 @@ The flow is a neural spline flow (or a MAF) from `zuko <https://github.com/proba
 (the library the ``sbi`` package builds its ``zuko_nsf`` / ``zuko_maf`` posterior estimators
 from), conditioned on a learned summary of the image (:class:`ImageEmbedding`: Conv2d over
 the (R_proj, v) image, or Conv3d over the (x, y, v) cubes of the CNN3D when ``input`` is
-``3d``). Training, the posterior grid and the prior are :mod:`cmpipe.flow`'s.
+``3d``) and, with ``distance_input``, on the cluster's standardised comoving distance from
+the observer as well (the flow's context is then the embedding with that one number
+appended). Training, the posterior grid and the prior are :mod:`cmpipe.flow`'s.
 
 Units: masses are log10(M200c / h^-1 Msun); densities per dex; image values are the
 normalised KDE (each image sums to 1).
@@ -26,11 +28,15 @@ from .io.tables import CatalogueError, write_json
 from .io.training import save_torch_state
 
 __all__ = ["FlowSettings", "ImageEmbedding", "FlowModel", "build_flow", "MODEL_FILE",
-           "META_FILE"]
+           "META_FILE", "DISTANCE_COLUMN"]
 
 #: Files of a trained flow in its model directory.
 MODEL_FILE = "flow.pt"
 META_FILE = "flow.json"
+
+#: The image/cube files' per-cluster comoving distance from the observer (h^-1 Mpc), the
+#: flow's second input with ``distance_input``.
+DISTANCE_COLUMN = "distance_mpc_h"
 
 _FLOWS = {"nsf": "NSF", "maf": "MAF"}
 
@@ -66,6 +72,11 @@ class FlowSettings:
         Gradient-norm clipping (0: none).
     augment : bool
         ``3d`` only: a random one of the 8 sky-plane symmetries of each training cube.
+    distance_input : bool
+        Condition the flow on the cluster's comoving distance from the observer (the image
+        files' ``distance_mpc_h``, standardised by the training split's mean and sd) as
+        well as on the image embedding: the flux limit makes a near cluster richer than a
+        far one of the same mass. ``False``: the image alone (the talk's flow).
     n_grid_mass : int
         Nodes of the posterior grid.
     mass_margin_dex : float
@@ -98,6 +109,7 @@ class FlowSettings:
     patience: int = 30
     clip_grad_norm: float = 5.0
     augment: bool = False
+    distance_input: bool = False
     n_grid_mass: int = 1000
     mass_margin_dex: float = 0.5
     prior_bandwidth: float = 0.2
@@ -121,6 +133,10 @@ class FlowSettings:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"FlowSettings.{name} must be a positive integer, got {v!r}")
+        if not isinstance(self.distance_input, (bool, np.bool_)):
+            raise ValueError(f"FlowSettings.distance_input must be true or false, got "
+                             f"{self.distance_input!r}")
+        object.__setattr__(self, "distance_input", bool(self.distance_input))
         if not self.embedding_channels or min(self.embedding_channels) < 1:
             raise ValueError("FlowSettings.embedding_channels must list >= 1 positive ints")
         if self.embedding_kernel < 1 or self.embedding_kernel % 2 == 0:
@@ -188,7 +204,11 @@ class FlowModel(nn.Module):
     The flow models ``t = (log10 M - mass_mean) / mass_sd`` given the embedding of the
     standardised image ``(f(image * n_voxels) - image_mean) / image_sd`` (``f`` = log1p or
     the identity, ``settings.input_transform``); densities in log10 M
-    are the flow's divided by ``mass_sd``. Build with :func:`build_flow`, load with
+    are the flow's divided by ``mass_sd``. With ``settings.distance_input`` the flow's
+    context is the embedding with the standardised distance
+    ``(D - distance_mean) / distance_sd`` appended (``D`` in comoving h^-1 Mpc; the
+    standardisation must then hold ``distance_mean`` and ``distance_sd``), and every
+    density needs the clusters' distances. Build with :func:`build_flow`, load with
     :meth:`load`.
     """
 
@@ -197,10 +217,19 @@ class FlowModel(nn.Module):
         self.settings = settings
         self.shape = tuple(int(s) for s in shape)
         self.standardisation = {k: float(v) for k, v in standardisation.items()}
+        if settings.distance_input:
+            missing = {"distance_mean", "distance_sd"} - set(self.standardisation)
+            if missing:
+                raise ValueError(f"a distance-input flow needs {', '.join(sorted(missing))} "
+                                 "in its standardisation")
+            if not self.standardisation["distance_sd"] > 0:
+                raise ValueError(f"distance_sd must be > 0, got "
+                                 f"{self.standardisation['distance_sd']!r}")
         self.embedding = ImageEmbedding(self.shape, settings.embedding_channels,
                                         settings.embedding_kernel, settings.embedding_units,
                                         settings.embedding_features)
-        kw = dict(features=1, context=settings.embedding_features,
+        kw = dict(features=1,
+                  context=settings.embedding_features + int(settings.distance_input),
                   transforms=settings.transforms,
                   hidden_features=(settings.hidden_features,) * 2)
         if settings.model == "nsf":
@@ -229,28 +258,87 @@ class FlowModel(nn.Module):
         t = (np.asarray(log10_m, dtype=np.float64) - s["mass_mean"]) / s["mass_sd"]
         return torch.as_tensor(t, dtype=torch.float32).reshape(-1, 1)
 
+    def distances_to_tensor(self, distance_mpc_h, n: int | None = None, *,
+                            source=None) -> torch.Tensor | None:
+        """Standardised float32 ``(N, 1)`` distances of ``N`` (= ``n`` when given)
+        clusters, or ``None`` for a distance-blind flow (which ignores any distances).
+
+        Raises :class:`~cmpipe.io.tables.CatalogueError` naming ``source`` (the image file)
+        and its ``distance_mpc_h`` when given, else :class:`ValueError`, for a
+        distance-input flow given no distances, the wrong number, or non-finite ones."""
+        if not self.settings.distance_input:
+            return None
+        problem = fix = None
+        if distance_mpc_h is None:
+            problem = ("the flow was trained with flow.distance_input but was given no "
+                       "distances from the observer")
+            fix = "pass the clusters' distance_mpc_h (comoving h^-1 Mpc)"
+        else:
+            d = np.asarray(distance_mpc_h, dtype=np.float64).reshape(-1)
+            bad = int(np.count_nonzero(~np.isfinite(d)))
+            if n is not None and d.size != n:
+                problem = f"{d.size} distances for {n} clusters"
+                fix = "give one distance per image"
+            elif bad:
+                problem = (f"{bad} of {d.size} clusters have no finite distance from the "
+                           "observer, which the distance-input flow needs")
+                fix = ("give every cluster a redshift (survey) or an observer distance "
+                       "(mock) and rebuild the images")
+        if problem is not None:
+            if source is not None:
+                raise CatalogueError(source, DISTANCE_COLUMN, problem, fix)
+            raise ValueError(f"{DISTANCE_COLUMN}: {problem}. Fix: {fix}")
+        s = self.standardisation
+        t = (d - s["distance_mean"]) / s["distance_sd"]
+        return torch.as_tensor(t, dtype=torch.float32).reshape(-1, 1)
+
+    def context(self, x: torch.Tensor, d: torch.Tensor | None = None) -> torch.Tensor:
+        """The flow's context: the embedding of standardised images ``x``, with the
+        standardised distances ``d`` (:meth:`distances_to_tensor`) appended for a
+        distance-input flow."""
+        e = self.embedding(x)
+        if not self.settings.distance_input:
+            return e
+        if d is None:
+            raise ValueError("the flow was trained with flow.distance_input: give the "
+                             "clusters' standardised distances (distances_to_tensor)")
+        if d.shape != (e.shape[0], 1):
+            raise ValueError(f"distances of shape {tuple(d.shape)} for {e.shape[0]} images")
+        return torch.cat([e, d.to(e.dtype)], dim=1)
+
     # -- densities ---------------------------------------------------------------------
-    def nll(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Per-cluster negative log density of standardised masses ``t`` (nats)."""
-        return -self.flow(self.embedding(x)).log_prob(t)
+    def nll(self, x: torch.Tensor, t: torch.Tensor,
+            d: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-cluster negative log density of standardised masses ``t`` (nats), given
+        standardised images ``x`` (and distances ``d`` for a distance-input flow)."""
+        return -self.flow(self.context(x, d)).log_prob(t)
 
     @torch.no_grad()
-    def log_density(self, images, m_grid, *, batch_size: int = 256) -> np.ndarray:
-        """``ln P(log10 M | image)`` on ``m_grid`` (log10 h^-1 Msun), shape (N, G), in
-        ln(dex^-1); the flow density itself, not renormalised on the grid."""
+    def log_density(self, images, m_grid, distance_mpc_h=None, *, batch_size: int = 256,
+                    source=None) -> np.ndarray:
+        """``ln P(log10 M | image[, distance])`` on ``m_grid`` (log10 h^-1 Msun), shape
+        (N, G), in ln(dex^-1); the flow density itself, not renormalised on the grid.
+
+        ``distance_mpc_h`` (N,): the clusters' comoving distances from the observer, needed
+        by a distance-input flow (ignored otherwise); ``source``: the file they come from,
+        named by the error when they are missing or not finite."""
         self.eval()
         images = np.asarray(images)
+        d_all = self.distances_to_tensor(distance_mpc_h, len(images), source=source)
         t = self.masses_to_tensor(m_grid).reshape(-1, 1, 1)
         out = np.empty((len(images), t.shape[0]))
         shift = math.log(self.standardisation["mass_sd"])
         for b0 in range(0, len(images), batch_size):
             x = self.images_to_tensor(images[b0:b0 + batch_size])
-            lp = self.flow(self.embedding(x)).log_prob(t)          # (G, b)
+            d = None if d_all is None else d_all[b0:b0 + batch_size]
+            lp = self.flow(self.context(x, d)).log_prob(t)          # (G, b)
             out[b0:b0 + len(x)] = lp.double().numpy().T - shift
         return out
 
-    def posterior_curves(self, images, m_grid, *, batch_size: int = 256):
-        """Posterior densities on ``m_grid``, normalised there (trapezoid), dex^-1.
+    def posterior_curves(self, images, m_grid, distance_mpc_h=None, *,
+                         batch_size: int = 256, source=None):
+        """Posterior densities on ``m_grid``, normalised there (trapezoid), dex^-1
+        (``distance_mpc_h``, ``source``: as for :meth:`log_density`).
 
         Returns
         -------
@@ -259,7 +347,8 @@ class FlowModel(nn.Module):
             The flow's probability inside the grid before renormalisation (1 when the
             grid holds the whole posterior).
         """
-        lp = self.log_density(images, m_grid, batch_size=batch_size)
+        lp = self.log_density(images, m_grid, distance_mpc_h, batch_size=batch_size,
+                              source=source)
         g = np.asarray(m_grid, dtype=np.float64)
         dm = (g[-1] - g[0]) / (g.size - 1)
         p = np.exp(lp)
@@ -270,19 +359,22 @@ class FlowModel(nn.Module):
         return curves, mass
 
     @torch.no_grad()
-    def sample(self, images, n_samples: int, *, seed: int = 0,
-               batch_size: int = 256) -> np.ndarray:
-        """``n_samples`` posterior draws of log10 M per image, shape (N, n_samples)."""
+    def sample(self, images, n_samples: int, distance_mpc_h=None, *, seed: int = 0,
+               batch_size: int = 256, source=None) -> np.ndarray:
+        """``n_samples`` posterior draws of log10 M per image, shape (N, n_samples)
+        (``distance_mpc_h``, ``source``: as for :meth:`log_density`)."""
         self.eval()
+        images = np.asarray(images)
+        d_all = self.distances_to_tensor(distance_mpc_h, len(images), source=source)
         gen_state = torch.random.get_rng_state()
         torch.manual_seed(int(seed))
         try:
-            images = np.asarray(images)
             out = np.empty((len(images), int(n_samples)))
             s = self.standardisation
             for b0 in range(0, len(images), batch_size):
                 x = self.images_to_tensor(images[b0:b0 + batch_size])
-                t = self.flow(self.embedding(x)).sample((int(n_samples),))[..., 0]  # (S, b)
+                d = None if d_all is None else d_all[b0:b0 + batch_size]
+                t = self.flow(self.context(x, d)).sample((int(n_samples),))[..., 0]  # (S, b)
                 out[b0:b0 + len(x)] = t.double().numpy().T * s["mass_sd"] + s["mass_mean"]
             return out
         finally:
@@ -290,8 +382,9 @@ class FlowModel(nn.Module):
 
     # -- persistence -------------------------------------------------------------------
     def save(self, model_dir, meta: dict) -> None:
-        """Weights to ``flow.pt`` and settings + standardisation + ``meta`` to ``flow.json``
-        (both atomically)."""
+        """Weights to ``flow.pt`` and settings + standardisation (with ``distance_mean``,
+        ``distance_sd`` for a distance-input flow) + ``meta`` to ``flow.json`` (both
+        atomically)."""
         model_dir = Path(model_dir)
         model_dir.mkdir(parents=True, exist_ok=True)
         save_torch_state(self.state_dict(), model_dir / MODEL_FILE)
@@ -302,7 +395,8 @@ class FlowModel(nn.Module):
 
     @classmethod
     def load(cls, model_dir) -> tuple["FlowModel", dict]:
-        """The trained flow of ``model_dir`` and its metadata (``flow.json``)."""
+        """The trained flow of ``model_dir`` and its metadata (``flow.json``); a flow saved
+        before ``distance_input`` existed loads as distance-blind."""
         model_dir = Path(model_dir)
         meta_path, weights = model_dir / META_FILE, model_dir / MODEL_FILE
         for p in (meta_path, weights):

@@ -167,7 +167,7 @@ _POOL = {
 
 
 def build_cnn(input_shape, layers=DEFAULT_LAYERS, *, name: str | None = None,
-              dtype_policy: str | None = None) -> keras.Model:
+              dtype_policy: str | None = None, distance_input: bool = False) -> keras.Model:
     """Build a 1D, 2D or 3D CNN regressor with a scalar linear output.
 
     Parameters
@@ -182,12 +182,18 @@ def build_cnn(input_shape, layers=DEFAULT_LAYERS, *, name: str | None = None,
     dtype_policy : str, optional
         Keras dtype policy of the hidden layers, e.g. ``"mixed_float16"`` on a GPU. The
         output layer always computes in float32.
+    distance_input : bool
+        Add a second input ``"distance"`` of shape ``(batch, 1)`` (the cluster's
+        standardised comoving distance from the observer), concatenated with the flattened
+        convolutional features before the first dense layer (before the output layer when
+        there is none).
 
     Returns
     -------
     keras.Model
-        Uncompiled functional model, input ``(batch, *input_shape)`` float32, output
-        ``(batch, 1)``: the (standardised) log10 M200c.
+        Uncompiled functional model, output ``(batch, 1)``: the (standardised) log10 M200c.
+        Input: ``(batch, *input_shape)`` float32; with ``distance_input`` a dict
+        ``{"kde": (batch, *input_shape), "distance": (batch, 1)}``.
 
     Raises
     ------
@@ -204,8 +210,16 @@ def build_cnn(input_shape, layers=DEFAULT_LAYERS, *, name: str | None = None,
     kw = {} if dtype_policy is None else {"dtype": dtype_policy}
     inputs = keras.Input(shape=shape, name="kde", dtype="float32")
     x = keras.layers.Reshape(shape + (1,), name="add_channel", **kw)(inputs)
+    dist = keras.Input(shape=(1,), name="distance", dtype="float32") if distance_input \
+        else None
     grid = shape
     flat = False
+
+    def flatten(x):
+        x = keras.layers.Flatten(name="flatten", **kw)(x)
+        if dist is None:
+            return x
+        return keras.layers.Concatenate(name="with_distance", **kw)([x, dist])
     for i, s in enumerate(spec):
         lname = f"{next(k for k in s if k in _KINDS)}_{i}"
         if "conv" in s:
@@ -228,14 +242,16 @@ def build_cnn(input_shape, layers=DEFAULT_LAYERS, *, name: str | None = None,
             x = _POOL[(s["type"], ndim)](p, name=lname, **kw)(x)
         elif "dense" in s:
             if not flat:
-                x = keras.layers.Flatten(name="flatten", **kw)(x)
+                x = flatten(x)
                 flat = True
             x = keras.layers.Dense(s["dense"], activation=s["activation"], name=lname, **kw)(x)
         else:
             x = keras.layers.Dropout(s["dropout"], name=lname, **kw)(x)
     if not flat:
-        x = keras.layers.Flatten(name="flatten", **kw)(x)
+        x = flatten(x)
     outputs = keras.layers.Dense(1, activation="linear", name="log10_m200c", dtype="float32")(x)
+    if dist is not None:
+        return keras.Model({"kde": inputs, "distance": dist}, outputs, name=name)
     return keras.Model(inputs, outputs, name=name)
 
 

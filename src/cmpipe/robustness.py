@@ -162,7 +162,7 @@ def perturb_galaxies(x_mpc_h, y_mpc_h, v_kms, offsets, perturbation: Perturbatio
 
 
 def predict_inputs(model, normalisation: dict, inputs: np.ndarray, *,
-                   batch_size: int = 100) -> np.ndarray:
+                   batch_size: int = 100, distance_mpc_h=None) -> np.ndarray:
     """Network predictions (log10 h^-1 Msun) for in-memory inputs.
 
     Applies exactly the transforms of :func:`cmpipe.training.predict`
@@ -180,12 +180,16 @@ def predict_inputs(model, normalisation: dict, inputs: np.ndarray, *,
         Normalised KDE inputs (each sums to 1), float32.
     batch_size : int
         Inputs per forward pass.
+    distance_mpc_h : array_like, shape (N,), optional
+        The clusters' comoving distances from the observer (h^-1 Mpc); needed when the
+        network was trained with a distance input (``normalisation["distance"]``).
 
     Returns
     -------
     numpy.ndarray
         Shape (N,), float64, log10 h^-1 Msun.
     """
+    from .cubedata import network_inputs
     from .training import transform_inputs
 
     scale = np.float32(normalisation["input"]["scale"])
@@ -195,7 +199,9 @@ def predict_inputs(model, normalisation: dict, inputs: np.ndarray, *,
     for b0 in range(0, len(inputs), batch_size):
         x = np.array(inputs[b0:b0 + batch_size], dtype=np.float32)   # a copy
         transform_inputs(x, scale, normalisation["input"].get("function", "linear"))
-        z = np.asarray(model.predict_on_batch(x), dtype=np.float64)[:, 0]
+        d = None if distance_mpc_h is None else distance_mpc_h[b0:b0 + batch_size]
+        z = np.asarray(model.predict_on_batch(network_inputs(x, normalisation, d)),
+                       dtype=np.float64)[:, 0]
         out[b0:b0 + len(x)] = z * std + mean
     return out
 

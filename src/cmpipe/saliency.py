@@ -39,8 +39,10 @@ logger = logging.getLogger(__name__)
 PLANES = {"xy": 2, "xv": 1, "yv": 0}
 
 
-def input_gradients(model, normalisation: dict, cubes: np.ndarray) -> np.ndarray:
-    """``d log10 M_pred / d cube`` for a batch of cubes.
+def input_gradients(model, normalisation: dict, cubes: np.ndarray,
+                    distance_mpc_h=None) -> np.ndarray:
+    """``d log10 M_pred / d cube`` for a batch of cubes (at fixed distance, for a network
+    with a distance input).
 
     Parameters
     ----------
@@ -50,6 +52,9 @@ def input_gradients(model, normalisation: dict, cubes: np.ndarray) -> np.ndarray
         Contents of ``normalisation.json``: ``input.scale``, ``target.std``.
     cubes : numpy.ndarray, shape (B, *grid)
         Normalised KDE inputs (each sums to 1).
+    distance_mpc_h : array_like, shape (B,), optional
+        The clusters' comoving distances from the observer (h^-1 Mpc); needed when the
+        network was trained with a distance input (``normalisation["distance"]``).
 
     Returns
     -------
@@ -57,6 +62,8 @@ def input_gradients(model, normalisation: dict, cubes: np.ndarray) -> np.ndarray
         Shape ``(B, *grid)``, float32: dex per unit voxel probability.
     """
     import tensorflow as tf
+
+    from .cubedata import network_inputs
 
     scale = np.float32(normalisation["input"]["scale"])
     function = normalisation["input"].get("function", "linear")
@@ -67,7 +74,10 @@ def input_gradients(model, normalisation: dict, cubes: np.ndarray) -> np.ndarray
         x = cube * scale                   # cmpipe.training.transform_inputs, in TF
         if function == "log1p":
             x = tf.math.log1p(x)
-        z = model(x, training=False)
+        inputs = network_inputs(x, normalisation, distance_mpc_h)
+        if isinstance(inputs, dict):                # Keras: all tensors, or none
+            inputs = {k: tf.convert_to_tensor(v) for k, v in inputs.items()}
+        z = model(inputs, training=False)
         total = tf.reduce_sum(tf.cast(z, tf.float32))
     grad = tape.gradient(total, cube)
     if grad is None:
@@ -83,9 +93,10 @@ def binned_saliency(model, normalisation: dict, batches, bins) -> dict:
     model : keras.Model
     normalisation : dict
         Contents of ``normalisation.json``.
-    batches : iterable of (numpy.ndarray, numpy.ndarray)
-        ``(cubes, log10_m200c_true)`` pairs, cubes ``(B, *grid)``, masses in log10 h^-1
-        Msun; streamed, so only one batch of gradients is held at a time.
+    batches : iterable of tuples
+        ``(cubes, log10_m200c_true)`` or ``(cubes, log10_m200c_true, distance_mpc_h)``
+        (the distance for a network with a distance input), cubes ``(B, *grid)``, masses in
+        log10 h^-1 Msun; streamed, so only one batch of gradients is held at a time.
     bins : array_like
         Increasing bin edges of true log10 M200c (half-open ``[lo, hi)``, last one closed);
         clusters outside are skipped.
@@ -105,7 +116,8 @@ def binned_saliency(model, normalisation: dict, batches, bins) -> dict:
     total = total_abs = None
     counts = np.zeros(nb, dtype=np.int64)
     outside = 0
-    for cubes, logm in batches:
+    for cubes, logm, *distance in batches:
+        dist = np.asarray(distance[0], dtype=np.float64) if distance else None
         logm = np.asarray(logm, dtype=np.float64)
         idx = np.searchsorted(edges, logm, side="right") - 1
         idx[logm == edges[-1]] = nb - 1
@@ -113,7 +125,8 @@ def binned_saliency(model, normalisation: dict, batches, bins) -> dict:
         outside += int((idx < 0).sum())
         if not (idx >= 0).any():
             continue
-        g = input_gradients(model, normalisation, cubes[idx >= 0]).astype(np.float64)
+        g = input_gradients(model, normalisation, cubes[idx >= 0],
+                            None if dist is None else dist[idx >= 0]).astype(np.float64)
         idx = idx[idx >= 0]
         if total is None:
             total = np.zeros((nb, *g.shape[1:]))

@@ -195,6 +195,7 @@ class TrainSection(Section):
     beta_2: float
     patience: int
     augment: bool
+    distance_input: bool
     input_transform: str
     mixed_precision: bool
     xla: bool
@@ -247,6 +248,7 @@ class FlowSection(Section):
     patience: int
     clip_grad_norm: float
     augment: bool
+    distance_input: bool
     n_grid_mass: int
     mass_margin_dex: float
     prior_bandwidth: float

@@ -53,8 +53,8 @@ import keras  # noqa: E402
 
 from .checkpoint import (EpochState, assign_variables, fingerprint,  # noqa: E402
                          initial_state, resume, seed32)
-from .cubedata import (INPUT_TRANSFORMS, N_D4, CubeDataset, d4_transform,  # noqa: E402
-                       transform_inputs)
+from .cubedata import (DISTANCE_COLUMN, INPUT_TRANSFORMS, N_D4, CubeDataset,  # noqa: E402
+                       d4_transform, standardised_distance, transform_inputs)
 from .io.cubes import CubeReader, cube_digest  # noqa: E402
 from .io.tables import CatalogueError, write_json  # noqa: E402
 from .io.training import (HISTORY_COLUMNS, read_history, save_keras_model,  # noqa: E402
@@ -110,6 +110,11 @@ class TrainSettings:
     augment : bool
         Apply a random one of the 8 sky-plane symmetries (D4 on the x, y axes) to each
         training cube; validation cubes are never augmented.
+    distance_input : bool
+        The network also takes the cluster's comoving distance from the observer (the cube
+        files' ``distance_mpc_h``, standardised by the training split's mean and sd, stored
+        in ``normalisation.json`` ``distance``), concatenated with the flattened convolutional
+        features before the dense layers (:func:`cmpipe.model.build_cnn`).
     seed : int
         Seeds the weight initialisation, the per-epoch shuffling and the augmentation.
     mixed_precision : bool
@@ -139,6 +144,7 @@ class TrainSettings:
     beta_2: float = 0.999
     patience: int = 5
     augment: bool = False
+    distance_input: bool = False
     input_transform: str = "linear"
     seed: int = 0
     mixed_precision: bool = False
@@ -268,13 +274,22 @@ def _normalisation(train_path, grid, n_train: int, settings: TrainSettings) -> d
         logger.warning("%s: all training masses are equal; using target std 1", train_path)
         std = 1.0
     scale = float(math.prod(grid))
-    return {
+    norm = {
         "input": {"scale": scale, "grid": list(grid), "function": settings.input_transform,
                   "transform": INPUT_TRANSFORMS[settings.input_transform]},
         "target": {"column": "log10_m200c", "unit": "log10(h^-1 Msun)", "mean": mean,
                    "std": std, "transform": "z = (log10_m200c - mean) / std",
                    "from": str(train_path), "n_train": n_train},
     }
+    if settings.distance_input:
+        with CubeReader(train_path) as r:
+            d = r.column(DISTANCE_COLUMN).astype(np.float64)
+        standardised_distance(d, 0.0, 1.0, source=train_path)     # all finite, or raise
+        d_std = float(d.std()) if d.std() > 0 else 1.0
+        norm["distance"] = {"column": DISTANCE_COLUMN, "unit": "h^-1 Mpc (comoving)",
+                            "mean": float(d.mean()), "std": d_std,
+                            "transform": "(distance_mpc_h - mean) / std, input 'distance'"}
+    return norm
 
 
 def _datasets(train_path, val_path, settings: TrainSettings, normalisation: dict):
@@ -284,7 +299,8 @@ def _datasets(train_path, val_path, settings: TrainSettings, normalisation: dict
     ds_kw = dict(target_mean=normalisation["target"]["mean"],
                  target_std=normalisation["target"]["std"],
                  input_scale=normalisation["input"]["scale"],
-                 input_transform=settings.input_transform, seed=settings.seed)
+                 input_transform=settings.input_transform, seed=settings.seed,
+                 distance=normalisation.get("distance"))
     budget = float(settings.in_memory_max_mb)
     train_ds = CubeDataset(train_path, settings.batch_size, shuffle=True,
                            augment=settings.augment, memory_mb=budget, **ds_kw)
@@ -301,7 +317,8 @@ def _datasets(train_path, val_path, settings: TrainSettings, normalisation: dict
 def _compiled_model(grid, settings: TrainSettings, policy, xla: bool):
     """The CNN (weights from the global seed) compiled with Adam and the MSE loss, its
     optimizer variables built (so that a checkpoint can be restored into them)."""
-    model = build_cnn(grid, settings.layers, dtype_policy=policy)
+    model = build_cnn(grid, settings.layers, dtype_policy=policy,
+                      distance_input=settings.distance_input)
     n_params = parameter_count(model)
     opt = keras.optimizers.Adam(learning_rate=settings.learning_rate, beta_1=settings.beta_1,
                                 beta_2=settings.beta_2)
@@ -416,8 +433,9 @@ def train(train_path, val_path, out_dir, settings: TrainSettings | None = None, 
     normalisation = _normalisation(train_path, grid, n_train, settings)
     train_ds, val_ds = _datasets(train_path, val_path, settings, normalisation)
     model, n_params = _compiled_model(grid, settings, policy, xla)
-    logger.info("training %s (%d parameters) on %d cubes of %s voxels, validating on %d; "
-                "device %s%s%s", model.name, n_params, n_train, "x".join(map(str, grid)), n_val,
+    logger.info("training %s (%d parameters) on %d cubes of %s voxels%s, validating on %d; "
+                "device %s%s%s", model.name, n_params, n_train, "x".join(map(str, grid)),
+                " and their distances" if settings.distance_input else "", n_val,
                 "GPU" if gpu else "CPU", ", XLA" if xla else "",
                 ", mixed precision" if policy else "")
 
@@ -454,7 +472,8 @@ def predict(model_dir, cube_path, *, batch_size: int = 100,
     model_dir : path-like
         A :func:`train` output directory (``cnn3d.keras`` and ``normalisation.json``).
     cube_path : path-like
-        Cube file on the same grid.
+        Cube file on the same grid (a network trained with a distance input also reads its
+        ``distance_mpc_h`` column, which must then be finite).
     batch_size : int
         Cubes per forward pass (memory only; results do not depend on it beyond float
         round-off).
@@ -484,7 +503,8 @@ def predict(model_dir, cube_path, *, batch_size: int = 100,
         raise CatalogueError(norm_path, "target/input", f"incomplete normalisation record "
                              f"({type(err).__name__}: {err})", fix) from err
     ds = CubeDataset(cube_path, batch_size, target_mean=mean, target_std=std,
-                     input_scale=scale, input_transform=norm["input"].get("function", "linear"))
+                     input_scale=scale, input_transform=norm["input"].get("function", "linear"),
+                     distance=norm.get("distance"))
     if list(ds.grid) != grid and ds.n_cubes:
         ds.close()
         raise CatalogueError(cube_path, "cubes", f"grid {ds.grid} differs from the grid "
@@ -501,7 +521,7 @@ def predict(model_dir, cube_path, *, batch_size: int = 100,
         return out
     model = load_keras_model(model_dir / model_file, fix, compile=False)
     for x, sel in ds.iter_inputs():
-        z = np.asarray(model.predict_on_batch(x), dtype=np.float64)[:, 0]
+        z = np.asarray(model.predict_on_batch(ds.model_inputs(x, sel)), dtype=np.float64)[:, 0]
         out["log10_m200c_pred"][sel] = z * std + mean
     ds.close()
     return out

@@ -5,7 +5,9 @@ Layout (one file per split; shards have the same layout):
 - ``cubes``: float32, shape ``(N, n, n, n)``, axis order ``(x_proj, y_proj, v_los)``, one
   HDF5 chunk per cube, gzip level 1 with the shuffle filter. Each cube sums to 1.
 - ``cluster_id`` (i8), ``log10_m200c`` (f8, log10(h^-1 Msun)), ``n_gal`` (i8),
-  ``n_members`` (i8): one value per cube, same order.
+  ``n_members`` (i8), ``distance_mpc_h`` (f8, comoving h^-1 Mpc from the observer: a mock
+  cluster's observer distance, a survey cluster's from its redshift; the networks and
+  their calibration are conditioned on it): one value per cube, same order.
 - attributes: ``n_grid``, ``half_width_mpc_h``, ``v_max_kms``, ``h0``, ``truncation``,
   ``normalisation`` ("each cube sums to 1"), ``split``, and ``content_digest``.
 - ``cube_sha256`` (u1, ``(N, 32)``): the SHA-256 of each float32 cube's bytes, computed
@@ -39,7 +41,8 @@ from .tables import AtomicH5File, CatalogueError, atomic_output
 __all__ = ["CUBE_COLUMNS", "CubeWriter", "CubeReader", "gather_shards", "cube_digest"]
 
 #: Per-cube columns stored beside the cubes.
-CUBE_COLUMNS = {"cluster_id": "i8", "log10_m200c": "f8", "n_gal": "i8", "n_members": "i8"}
+CUBE_COLUMNS = {"cluster_id": "i8", "log10_m200c": "f8", "n_gal": "i8", "n_members": "i8",
+                "distance_mpc_h": "f8"}
 
 
 class CubeWriter(AtomicH5File):
@@ -112,7 +115,8 @@ class CubeReader:
         for k in ("cubes", *CUBE_COLUMNS):
             if k not in self._f:
                 self._f.close()
-                raise CatalogueError(path, k, "dataset missing from cube file",
+                raise CatalogueError(path, k, "dataset missing from cube file (a cube file "
+                                     "from before that column existed?)",
                                      "delete it and rerun the kde rules")
         self.attrs = {k: (v.item() if isinstance(v, np.generic) else v)
                       for k, v in self._f.attrs.items()}
@@ -217,7 +221,7 @@ def _cube_hashes(cubes: np.ndarray) -> np.ndarray:
 def content_digest(cube_sha256: np.ndarray, columns: dict) -> str:
     """SHA-256 (hex) of a cube file's content: the per-cube hashes in order, then each
     per-cube column (in :data:`CUBE_COLUMNS` order, at its stored dtype)."""
-    h = hashlib.sha256(b"cmpipe-cubes-1")
+    h = hashlib.sha256(b"cmpipe-cubes-2")
     h.update(np.ascontiguousarray(cube_sha256, dtype=np.uint8))
     for k, dt in CUBE_COLUMNS.items():
         h.update(k.encode())

@@ -27,7 +27,7 @@ from ..io.mock import galaxy_offsets
 from ..io.tables import CatalogueError, read_table, write_table
 from ..settings import SPLIT_CODES
 from .common import jsonable, settings_of, log
-from .cubes import split_galaxies
+from .cubes import cube_rows, split_galaxies
 from .evaluate import eval_mass_bins
 from .train import PREDICTION_SCHEMA, train_settings
 
@@ -47,9 +47,9 @@ def _ablation_grid(s) -> int:
 
 def _split_rows(clusters, split_name):
     cl, attrs = read_table(clusters, group="clusters",
-                           columns=["cluster_id", "split", "log10_m200c", "n_gal", "n_members"])
-    sel = cl["split"] == SPLIT_CODES[split_name]
-    return {c: cl[c][sel] for c in ("cluster_id", "log10_m200c", "n_gal", "n_members")}
+                           columns=["cluster_id", "split", "log10_m200c", "n_gal", "n_members",
+                                    "observer_distance_mpc_h"])
+    return cube_rows(cl, cl["split"] == SPLIT_CODES[split_name])
 
 
 # -- inputs -------------------------------------------------------------------------------------

@@ -58,8 +58,10 @@ ROBUSTNESS_SCHEMA = io.Schema({
 })
 
 
-def _cubes_and_predict(model, norm, gal, offsets, ids, grid, k, batch_size, chunk=256):
-    """KDE cubes of the clusters in ``offsets`` (chunked) -> network predictions."""
+def _cubes_and_predict(model, norm, gal, offsets, ids, grid, k, batch_size, distance,
+                       chunk=256):
+    """KDE cubes of the clusters in ``offsets`` (chunked) -> network predictions
+    (``distance``: the clusters' observer distances, h^-1 Mpc)."""
     from ..kde import kde_cube_batches
     from ..robustness import predict_inputs
 
@@ -67,7 +69,8 @@ def _cubes_and_predict(model, norm, gal, offsets, ids, grid, k, batch_size, chun
     for b0, b1, cubes in kde_cube_batches(gal["x_mpc_h"], gal["y_mpc_h"], gal["v_kms"], offsets,
                                           grid=grid, h0=k.h0, truncation=k.truncation,
                                           batch_size=chunk, ids=ids):
-        pred[b0:b1] = predict_inputs(model, norm, cubes, batch_size=batch_size)
+        pred[b0:b1] = predict_inputs(model, norm, cubes, batch_size=batch_size,
+                                     distance_mpc_h=distance[b0:b1])
     return pred
 
 
@@ -212,8 +215,11 @@ def perturbed_eval(*, config, model, normalisation, joint_pdf, clusters, eval_pr
     bar = tqdm(total=1 + len(checks) + len(perts), desc="robustness", unit="perturbation",
                disable=not progress)
 
+    dist_of = dict(zip(ids.tolist(), dist))
+
     def predict(g, offs, cl_ids):
-        return _cubes_and_predict(net, norm, g, offs, cl_ids, grid, k, bs)
+        d = np.array([dist_of[int(i)] for i in cl_ids], dtype=np.float64)
+        return _cubes_and_predict(net, norm, g, offs, cl_ids, grid, k, bs, d)
 
     ref, max_diff_stored, zero = _reference_predictions(
         predict, s, ref_table, gal, offsets, ids, checks, eval_predictions, bar)
@@ -285,6 +291,7 @@ def saliency_maps(*, config, model, normalisation, eval_cubes, out, summary_out,
         n_all = len(r)
         grid_shape = r.shape[1:]
         logm = r.column("log10_m200c").astype(np.float64)
+        dist = r.column("distance_mpc_h").astype(np.float64)
     if n_all == 0:
         raise CatalogueError(eval_cubes, "cubes", "the eval cube file is empty",
                              "raise splits.fractions.eval")
@@ -299,7 +306,7 @@ def saliency_maps(*, config, model, normalisation, eval_cubes, out, summary_out,
         with CubeReader(eval_cubes) as rr:
             for b0 in range(0, n_use, batch):
                 b1 = min(b0 + batch, n_use)
-                yield rr.cubes(b0, b1), logm[b0:b1]
+                yield rr.cubes(b0, b1), logm[b0:b1], dist[b0:b1]
                 bar.update(b1 - b0)
 
     sal = binned_saliency(net, norm, batches(), bins)

@@ -42,6 +42,14 @@ def split_galaxies(clusters_path, cluster_ids):
     return {k: v[keep] for k, v in g.items()}
 
 
+def cube_rows(cl, sel) -> dict:
+    """The cube files' per-cube columns (:data:`cmpipe.io.cubes.CUBE_COLUMNS`) of the
+    mock clusters ``sel`` of a ``clusters`` table (the distance is the observer's)."""
+    rows = {c: cl[c][sel] for c in ("cluster_id", "log10_m200c", "n_gal", "n_members")}
+    rows["distance_mpc_h"] = cl["observer_distance_mpc_h"][sel]
+    return rows
+
+
 def kde_shard(*, config, clusters, split_name, shard, out, threads=1, progress=True):
     """Rule ``kde_shard``: cubes of one shard of one split.
 
@@ -56,10 +64,11 @@ def kde_shard(*, config, clusters, split_name, shard, out, threads=1, progress=T
     s = settings_of(config)
     k = s.kde
     cl, attrs = read_table(clusters, group="clusters",
-                           columns=["cluster_id", "split", "log10_m200c", "n_gal", "n_members"])
+                           columns=["cluster_id", "split", "log10_m200c", "n_gal", "n_members",
+                                    "observer_distance_mpc_h"])
     sel = np.flatnonzero(cl["split"] == SPLIT_CODES[split_name])
     sel = sel[shard * k.shard_size:(shard + 1) * k.shard_size]
-    rows = {c: cl[c][sel] for c in ("cluster_id", "log10_m200c", "n_gal", "n_members")}
+    rows = cube_rows(cl, sel)
     gal = split_galaxies(clusters, rows["cluster_id"]) if len(sel) else None
     grid = Grid3D(n=k.n_grid, half_width_mpc_h=s.window.half_width_mpc_h,
                   v_max_kms=s.window.v_max_kms)

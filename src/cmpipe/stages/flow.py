@@ -25,7 +25,7 @@ from ..io.mock import galaxy_offsets
 from ..io.tables import CatalogueError, TableWriter, read_table
 from ..settings import SPLIT_CODES, ConfigError, stage_seed
 from .common import jsonable, settings_of, log
-from .cubes import split_galaxies
+from .cubes import cube_rows, split_galaxies
 from .evaluate import eval_mass_bins, survey_range_report
 
 #: Clusters per batch of KDE images (bounds memory; one write per batch).
@@ -98,12 +98,13 @@ def _write_images(out, ids, gal, rows, s, split_name, source, progress):
 
 def flow_images(*, config, clusters, split_name, out, progress=False):
     """Rule ``flow_images``: the normalised 2-D KDE of (R_proj, v_los) of every cluster of
-    one split (:func:`cmpipe.kde.kde_2d`, the cubes' bandwidth factor and window)."""
+    one split (:func:`cmpipe.kde.kde_2d`, the cubes' bandwidth factor and window), with
+    the cube files' per-cluster columns (the distance is the observer's)."""
     s = settings_of(config)
     cl, _ = read_table(clusters, group="clusters",
-                       columns=["cluster_id", "split", "log10_m200c", "n_gal", "n_members"])
-    sel = cl["split"] == SPLIT_CODES[split_name]
-    rows = {c: cl[c][sel] for c in ("cluster_id", "log10_m200c", "n_gal", "n_members")}
+                       columns=["cluster_id", "split", "log10_m200c", "n_gal", "n_members",
+                                "observer_distance_mpc_h"])
+    rows = cube_rows(cl, cl["split"] == SPLIT_CODES[split_name])
     ids = rows["cluster_id"]
     gal = split_galaxies(clusters, ids) if len(ids) else {}
     _write_images(out, ids, gal, rows, s, split_name, clusters, progress)
@@ -111,16 +112,21 @@ def flow_images(*, config, clusters, split_name, out, progress=False):
 
 def flow_survey_images(*, config, phase_space, out, progress=False):
     """Rule ``flow_survey_images``: 2-D KDE images of the survey clusters that have a cube
-    (``skipped == 0`` in ``survey/phase_space.h5``); true masses NaN."""
+    (``skipped == 0`` in ``survey/phase_space.h5``); true masses NaN. The distance is the
+    comoving one of the cluster redshift, ``(1 + z) d_A`` from the phase-space table (equal
+    to the run cosmology's comoving distance in flat LCDM; this rule's environment has no
+    astropy)."""
     s = settings_of(config)
     cl, _ = read_table(phase_space, group="clusters",
-                       columns=["cluster_id", "n_gal", "n_members", "skipped"])
+                       columns=["cluster_id", "n_gal", "n_members", "skipped", "z",
+                                "d_a_mpc_h"])
     kept = cl["skipped"] == 0
     ids = cl["cluster_id"][kept]
     order = np.argsort(ids, kind="stable")
     ids = ids[order]
     rows = dict(cluster_id=ids, log10_m200c=np.full(ids.size, np.nan),
-                n_gal=cl["n_gal"][kept][order], n_members=cl["n_members"][kept][order])
+                n_gal=cl["n_gal"][kept][order], n_members=cl["n_members"][kept][order],
+                distance_mpc_h=((1.0 + cl["z"]) * cl["d_a_mpc_h"])[kept][order])
     g, _ = read_table(phase_space, group="galaxies",
                       columns=["cluster_id", "x_proj_mpc_h", "y_proj_mpc_h", "v_los_kms"],
                       finite=["x_proj_mpc_h", "y_proj_mpc_h", "v_los_kms"])
@@ -156,11 +162,13 @@ def _load(model):
 
 
 def _curves(fm, grid, images, chunk=1024):
-    """Posterior curves and in-grid probability of every image/cube of a file."""
+    """Posterior curves and in-grid probability of every image/cube of a file (given its
+    ``distance_mpc_h`` when the flow takes the distance)."""
     from ..io.cubes import CubeReader
 
     with CubeReader(images) as r:
-        cols = {c: r.column(c) for c in ("cluster_id", "log10_m200c", "n_gal", "n_members")}
+        cols = {c: r.column(c) for c in ("cluster_id", "log10_m200c", "n_gal", "n_members",
+                                         "distance_mpc_h")}
         if len(r) and tuple(r.shape[1:]) != fm.shape:
             raise CatalogueError(images, "cubes", f"inputs of shape {tuple(r.shape[1:])}, the "
                                  f"flow was trained on {fm.shape}",
@@ -169,7 +177,8 @@ def _curves(fm, grid, images, chunk=1024):
         mass = np.empty(len(r))
         for i0 in range(0, len(r), chunk):
             i1 = min(i0 + chunk, len(r))
-            curves[i0:i1], mass[i0:i1] = fm.posterior_curves(r.cubes(i0, i1), grid)
+            curves[i0:i1], mass[i0:i1] = fm.posterior_curves(
+                r.cubes(i0, i1), grid, cols["distance_mpc_h"][i0:i1], source=images)
     return cols, curves, mass
 
 
@@ -329,7 +338,8 @@ def flow_evaluate(*, config, model, images, clusters, metrics_out, posteriors_ou
     prior = FLOW_PRIOR if joint_pdf is None else FLOW_SBI_PRIOR
     metrics = dict(
         run=s.run, estimator="neural flow", members=s.mock.members, input=fm.settings.input,
-        flow=fm.settings.model, prior=prior, n_eval=int(ok.sum()),
+        flow=fm.settings.model, distance_input=fm.settings.distance_input, prior=prior,
+        n_eval=int(ok.sum()),
         n_train=training.get("n_train"), n_validation=training.get("n_validation"),
         n_params=training.get("n_params"), best_epoch=training.get("best_epoch"),
         point_estimate=point, **flat_keys("", rep),

@@ -176,15 +176,16 @@ def survey_cubes(*, config, clusters, cubes_out, phase_space_out, galaxies=None,
     warn_degenerate_windows(ids, sel.galaxies,
                             galaxies if galaxies is not None else phase_space_in)
     _write_survey_cubes(s, cubes_out, ids, sel, threads=threads, progress=progress,
-                        clusters=clusters)
+                        clusters=clusters, cosmo=cosmo)
     log.info("survey cubes: %d of %d clusters (%d skipped), %d window galaxies, %d^3 voxels",
              ids.size, len(cl["cluster_id"]), sel.skipped_ids.size,
              sel.counts["n_window_galaxies_kept"], s.kde.n_grid)
 
 
-def _write_survey_cubes(s, cubes_out, ids, sel, *, threads, progress, clusters):
+def _write_survey_cubes(s, cubes_out, ids, sel, *, threads, progress, clusters, cosmo):
     """The KDE cubes of the kept clusters (:func:`cmpipe.kde.kde_cube_batches`), written
-    batch by batch; a singular window stops with the cluster table named."""
+    batch by batch, with each cluster's comoving distance from its redshift; a singular
+    window stops with the cluster table named."""
     import numba
 
     from ..io.cubes import CubeWriter
@@ -193,8 +194,10 @@ def _write_survey_cubes(s, cubes_out, ids, sel, *, threads, progress, clusters):
     k, g = s.kde, sel.galaxies
     W, V = s.window.half_width_mpc_h, s.window.v_max_kms
     n_gal = sel.clusters["n_gal"]
+    z = np.asarray(sel.clusters["z"], dtype=np.float64)[sel.kept]
     rows = dict(cluster_id=ids, log10_m200c=np.full(ids.size, np.nan), n_gal=n_gal[sel.kept],
-                n_members=sel.n_members[sel.kept])
+                n_members=sel.n_members[sel.kept],
+                distance_mpc_h=np.asarray(cosmo.comoving_distance_mpc_h(z), dtype=np.float64))
     grid = Grid3D(n=k.n_grid, half_width_mpc_h=W, v_max_kms=V)
     file_attrs = dict(n_grid=k.n_grid, half_width_mpc_h=W, v_max_kms=V, h0=k.h0,
                       truncation=k.truncation, normalisation="each cube sums to 1",

@@ -39,7 +39,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import keras  # noqa: E402
 
-from .io.cubes import CubeReader  # noqa: E402
+from .io.cubes import DISTANCE_COLUMN, CubeReader  # noqa: E402
 
 __all__ = ["N_D4", "d4_transform", "INPUT_TRANSFORMS", "transform_inputs", "DISTANCE_COLUMN",
            "standardised_distance", "network_inputs", "CubeDataset"]
@@ -98,10 +98,6 @@ def transform_inputs(x: np.ndarray, scale: float, function: str = "linear") -> n
         raise ValueError(f"unknown input transform {function!r}; one of "
                          f"{sorted(INPUT_TRANSFORMS)}")
     return x
-
-
-#: The per-cube column of the cluster's comoving distance from the observer (h^-1 Mpc).
-DISTANCE_COLUMN = "distance_mpc_h"
 
 
 def standardised_distance(distance_mpc_h, mean: float, std: float, *, source=None):

@@ -24,6 +24,7 @@ import torch
 import zuko
 from torch import nn
 
+from .io.cubes import DISTANCE_COLUMN
 from .io.tables import CatalogueError, write_json
 from .io.training import save_torch_state
 
@@ -33,10 +34,6 @@ __all__ = ["FlowSettings", "ImageEmbedding", "FlowModel", "build_flow", "MODEL_F
 #: Files of a trained flow in its model directory.
 MODEL_FILE = "flow.pt"
 META_FILE = "flow.json"
-
-#: The image/cube files' per-cluster comoving distance from the observer (h^-1 Mpc), the
-#: flow's second input with ``distance_input``.
-DISTANCE_COLUMN = "distance_mpc_h"
 
 _FLOWS = {"nsf": "NSF", "maf": "MAF"}
 

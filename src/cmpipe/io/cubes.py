@@ -38,11 +38,14 @@ import numpy as np
 
 from .tables import AtomicH5File, CatalogueError, atomic_output
 
-__all__ = ["CUBE_COLUMNS", "CubeWriter", "CubeReader", "gather_shards", "cube_digest"]
+__all__ = ["CUBE_COLUMNS", "DISTANCE_COLUMN", "CubeWriter", "CubeReader", "gather_shards", "cube_digest"]
+
+#: The per-cube comoving distance from the observer (h^-1 Mpc): the networks' second input.
+DISTANCE_COLUMN = "distance_mpc_h"
 
 #: Per-cube columns stored beside the cubes.
 CUBE_COLUMNS = {"cluster_id": "i8", "log10_m200c": "f8", "n_gal": "i8", "n_members": "i8",
-                "distance_mpc_h": "f8"}
+                DISTANCE_COLUMN: "f8"}
 
 
 class CubeWriter(AtomicH5File):

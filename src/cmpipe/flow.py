@@ -55,6 +55,7 @@ from torch import nn
 from .flow_model import (DISTANCE_COLUMN, META_FILE, MODEL_FILE, FlowModel, FlowSettings,
                          ImageEmbedding, build_flow)
 from .io.cubes import CubeReader
+from .io.cubes import distance_standardisation as io_distance_standardisation
 from .io.tables import CatalogueError
 from .io.training import read_flow_history, write_flow_history
 from .settings import ConfigError
@@ -108,11 +109,10 @@ def pit_from_curves(m_grid, curves, log10_m_true) -> np.ndarray:
 
 
 def distance_standardisation(distance_mpc_h) -> dict:
-    """``distance_mean`` and ``distance_sd`` (ddof 0; 1 when all distances are equal) of
-    the training clusters' comoving distances, h^-1 Mpc."""
-    d = np.asarray(distance_mpc_h, dtype=np.float64)
-    sd = float(d.std()) if np.ptp(d) > 0 else 1.0
-    return dict(distance_mean=float(d.mean()), distance_sd=sd)
+    """``distance_mean`` and ``distance_sd`` of the training clusters' comoving distances,
+    h^-1 Mpc (:func:`cmpipe.io.cubes.distance_standardisation`, as for the CNNs)."""
+    mean, sd = io_distance_standardisation(distance_mpc_h)
+    return dict(distance_mean=mean, distance_sd=sd)
 
 
 def grid_of(meta: dict) -> np.ndarray:

@@ -55,7 +55,7 @@ from .checkpoint import (EpochState, assign_variables, fingerprint,  # noqa: E40
                          initial_state, resume, seed32)
 from .cubedata import (DISTANCE_COLUMN, INPUT_TRANSFORMS, N_D4, CubeDataset,  # noqa: E402
                        d4_transform, standardised_distance, transform_inputs)
-from .io.cubes import CubeReader, cube_digest  # noqa: E402
+from .io.cubes import CubeReader, cube_digest, distance_standardisation  # noqa: E402
 from .io.tables import CatalogueError, write_json  # noqa: E402
 from .io.training import (HISTORY_COLUMNS, read_history, save_keras_model,  # noqa: E402
                           write_history)
@@ -285,9 +285,9 @@ def _normalisation(train_path, grid, n_train: int, settings: TrainSettings) -> d
         with CubeReader(train_path) as r:
             d = r.column(DISTANCE_COLUMN).astype(np.float64)
         standardised_distance(d, 0.0, 1.0, source=train_path)     # all finite, or raise
-        d_std = float(d.std()) if d.std() > 0 else 1.0
+        d_mean, d_std = distance_standardisation(d)
         norm["distance"] = {"column": DISTANCE_COLUMN, "unit": "h^-1 Mpc (comoving)",
-                            "mean": float(d.mean()), "std": d_std,
+                            "mean": d_mean, "std": d_std,
                             "transform": "(distance_mpc_h - mean) / std, input 'distance'"}
     return norm
 

@@ -38,10 +38,17 @@ import numpy as np
 
 from .tables import AtomicH5File, CatalogueError, atomic_output
 
-__all__ = ["CUBE_COLUMNS", "DISTANCE_COLUMN", "CubeWriter", "CubeReader", "gather_shards", "cube_digest"]
+__all__ = ["CUBE_COLUMNS", "DISTANCE_COLUMN", "distance_standardisation", "CubeWriter", "CubeReader", "gather_shards", "cube_digest"]
 
 #: The per-cube comoving distance from the observer (h^-1 Mpc): the networks' second input.
 DISTANCE_COLUMN = "distance_mpc_h"
+
+def distance_standardisation(distance_mpc_h) -> tuple[float, float]:
+    """Mean and sd (ddof 0; 1 when all are equal) of a training split's ``distance_mpc_h``
+    (h^-1 Mpc): the networks' and the flow's distance input is (D - mean) / sd."""
+    d = np.asarray(distance_mpc_h, dtype=np.float64)
+    return float(d.mean()), (float(d.std()) if np.ptp(d) > 0 else 1.0)
+
 
 #: Per-cube columns stored beside the cubes.
 CUBE_COLUMNS = {"cluster_id": "i8", "log10_m200c": "f8", "n_gal": "i8", "n_members": "i8",

@@ -297,6 +297,16 @@ def test_ablation_train_settings_of_every_seed():
     assert one.augment is False and one.epochs == main.epochs
     assert ablation_train_settings(s, "1d", 1) == dataclasses.replace(
         one, seed=training_seed(s.seed, "1d", 1))
+    # the cube-only CNN3D (ablation.cube_only) is the main CNN3D without the distance
+    # input: same seed, layers, augmentation and schedule
+    assert main.distance_input is True                      # config.yaml's network
+    assert ablation_train_settings(s, "3dcube", 0) == dataclasses.replace(
+        main, distance_input=False)
+    from cmpipe.stages.ablation import _check_network
+    with pytest.raises(ValueError, match="seed 0 only"):
+        _check_network("3dcube", 1)
+    with pytest.raises(ValueError, match="3dcube"):
+        _check_network("4d", 0)
 
 
 def _metrics_file(path, rep, n, seed=None, **extra):

@@ -509,6 +509,41 @@ def test_default_run_names_the_command_for_a_missing_pure_run(tmp_path):
     assert "compare" in out and "flow_train" in out
 
 
+def test_distance_variant_rows_sit_beside_the_cnn3d(tmp_path):
+    """comparison/summary.json shows the distance-aware CNN3D + SBI beside the same network
+    under the distance-blind calibration and the cube-only CNN3D under both (issue 16)."""
+    from cmpipe.comparison import DISTANCE_VARIANTS
+
+    m = _metrics(0.11, {"msigma_gapper": 0.4, "virial": 0.35})
+    m["distance_blind"] = dict(mean_residual_dex=-0.006, scatter_dex=0.115, coverage_68=0.72,
+                               coverage_95=0.97, sigma_N_dex=0.05, sigma_0_dex=0.08)
+
+    def rep(sd, cov68):
+        return dict(overall=dict(n=100, mean=0.002, std=sd, half_width_68=sd),
+                    coverage={"68": {"fraction": cov68}, "95": {"fraction": 0.95}},
+                    precision=dict(sigma_N_dex=0.06, sigma_N_err_dex=0.01, sigma_0_dex=0.09,
+                                   sigma_0_err_dex=0.01))
+    cube = dict(n_eval=100, network=rep(0.12, 0.69), network_distance_blind=rep(0.14, 0.71))
+    s = comparison_summary({"contaminated": dict(run="c", metrics=m,
+                                                 flow=_metrics(0.09, {}), cube_only=cube),
+                            "pure": dict(run="p", metrics=_metrics(0.08, {"msigma_gapper": 0.2,
+                                                                         "virial": 0.2}),
+                                         flow=_metrics(0.06, {}))})
+    rows = {(r["catalogue"], r["estimator"]): r for r in s["rows"]}
+    got = [r["estimator"] for r in s["rows"] if r["catalogue"] == "contaminated"]
+    assert got == ["cnn3d_sbi", "flow", "msigma_gapper", "virial", *DISTANCE_VARIANTS]
+    assert rows["contaminated", "cnn3d_sbi_blind_calibration"]["scatter_dex"] == 0.115
+    assert rows["contaminated", "cnn3d_sbi_blind_calibration"]["n"] == 100
+    assert rows["contaminated", "cnn3d_cube_only_sbi"]["scatter_dex"] == 0.12
+    assert rows["contaminated", "cnn3d_cube_only_sbi"]["coverage_68"] == 0.69
+    assert rows["contaminated", "cnn3d_cube_only_sbi_blind_calibration"]["sigma_0_dex"] == 0.09
+    # a run without a distance-blind block and without the cube-only network has none
+    assert not any(k[0] == "pure" and k[1] in DISTANCE_VARIANTS for k in rows)
+    write_comparison_csv(tmp_path / "s.csv", s)
+    with open(tmp_path / "s.csv") as fh:
+        assert len(list(csv.DictReader(fh))) == 4 + len(DISTANCE_VARIANTS) + 4
+
+
 def test_recalibrated_flow_is_labelled_as_such():
     from cmpipe.comparison import estimator_rows
 

@@ -408,7 +408,38 @@ def test_flow_products_are_consistent(tiny_run):
     comp = json.loads((res / "comparison/summary.json").read_text())
     assert comp["runs"] == {"contaminated": "tiny"}        # tiny.yaml: compare.pure_run null
     rows = {r["estimator"]: r for r in comp["rows"]}
-    assert set(rows) == {"cnn3d_sbi", "flow", "msigma_gapper", "virial"}
+    # the four estimators, then the CNN3D with the distance switched off (issue 16): the
+    # same network under the distance-blind calibration, and the cube-only CNN3D
+    # (ablation.cube_only, inherited from config.yaml) under either calibration
+    from cmpipe.comparison import DISTANCE_VARIANTS
+    assert [r["estimator"] for r in comp["rows"]] == [
+        "cnn3d_sbi", "flow", "msigma_gapper", "virial", *DISTANCE_VARIANTS]
+    assert rows["cnn3d_sbi_blind_calibration"]["scatter_dex"] == pytest.approx(
+        cnn["distance_blind"]["scatter_dex"])
+    cube = json.loads((res / "ablation/3dcube/metrics.json").read_text())
+    assert cube["distance_input"] is False and cube["seed"] == 0
+    nd = json.loads((res / "ablation/3dcube/model/normalisation.json").read_text())
+    assert "distance" not in nd                         # the network sees the cube alone
+    assert rows["cnn3d_cube_only_sbi"]["scatter_dex"] == pytest.approx(
+        cube["network"]["overall"]["std"])
+    assert rows["cnn3d_cube_only_sbi_blind_calibration"]["coverage_68"] == pytest.approx(
+        cube["network_distance_blind"]["coverage"]["68"]["fraction"])
+    # the calibration's outlier tail, chosen on the test split, and the distance-aware
+    # cross-validated coverage per distance third
+    from cmpipe.calibration import TAIL_WEIGHTS, TAIL_WIDTHS
+    for met in (cnn, m):
+        tail = met["calibration_tail"]
+        assert tail["weight"] in TAIL_WEIGHTS and tail["width"] in TAIL_WIDTHS
+        chosen = next(c for c in tail["candidates"]
+                      if (c["weight"], c["width"]) == (tail["weight"], tail["width"]))
+        assert tail["cv_log_score"] >= tail["cv_log_score_best"] - chosen["se_vs_best"]
+        assert len(tail["candidates"]) == 1 + 2 * (len(TAIL_WEIGHTS) - 1)
+    assert cnn["test_cv_calibration"].startswith("distance-aware")
+    thirds = cnn["test_cv_by_observer_distance"]
+    assert len(thirds) == 3 and sum(t["n"] for t in thirds.values()) == fpdf.n_pairs
+    assert all(0 < t["coverage_68_err_halos"] < 0.2 for t in thirds.values())
+    assert all("coverage_68_err_halos" in v for k, v in cnn["by_observer_distance"].items()
+               if k != "note")
     assert rows["flow"]["scatter_dex"] == pytest.approx(m["scatter_dex"])
     assert rows["cnn3d_sbi"]["coverage_68"] == pytest.approx(cnn["coverage_68"])
     assert rows["cnn3d_sbi"]["survey_top_mean_residual_dex"] == pytest.approx(

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["ESTIMATORS", "ROW_KEYS", "SURVEY_RANGE_KEYS", "estimator_rows",
-           "comparison_summary"]
+__all__ = ["ESTIMATORS", "DISTANCE_VARIANTS", "ROW_KEYS", "SURVEY_RANGE_KEYS",
+           "estimator_rows", "distance_variant_rows", "comparison_summary"]
 
 #: Estimator key -> (label, source, key prefix in its metrics JSON).
 ESTIMATORS = {
@@ -22,6 +22,20 @@ ESTIMATORS = {
     "flow": ("neural flow", "flow", ""),
     "msigma_gapper": ("M-sigma (gapper)", "metrics", "msigma_gapper_"),
     "virial": ("virial", "metrics", "virial_"),
+}
+
+#: The CNN3D + SBI with the distance switched off, side by side with the run's own row:
+#: estimator key -> label. ``cnn3d_sbi_blind_calibration``: the run's network under the
+#: distance-blind calibration (``evaluation/metrics.json`` ``distance_blind``);
+#: ``cnn3d_cube_only_sbi`` and ``..._blind_calibration``: the CNN3D trained without the
+#: distance input (``ablation.cube_only``, ``ablation/3dcube/metrics.json``) under the
+#: run's distance-aware calibration and under the distance-blind one (the paper's
+#: pipeline).
+DISTANCE_VARIANTS = {
+    "cnn3d_sbi_blind_calibration": "CNN3D + SBI, distance-blind calibration",
+    "cnn3d_cube_only_sbi": "CNN3D cube only + SBI",
+    "cnn3d_cube_only_sbi_blind_calibration": "CNN3D cube only + SBI, distance-blind "
+                                             "calibration (the paper's)",
 }
 
 #: Columns of a comparison row (after ``catalogue``, ``run``, ``estimator``, ``label``).
@@ -82,6 +96,58 @@ def estimator_rows(catalogue: str, run: str, metrics: dict, flow_metrics: dict) 
     return rows
 
 
+def _report_row(rep: dict, n_eval) -> dict:
+    """:data:`ROW_KEYS` of a network report (:func:`cmpipe.ablation.network_report`)."""
+    o, cov, p = rep["overall"], rep.get("coverage") or {}, rep.get("precision") or {}
+    return dict(n=o.get("n", n_eval), mean_residual_dex=o.get("mean"),
+                scatter_dex=o.get("std"), half_width_68_dex=o.get("half_width_68"),
+                coverage_68=(cov.get("68") or {}).get("fraction"),
+                coverage_68_err_halos=None,
+                coverage_95=(cov.get("95") or {}).get("fraction"),
+                coverage_95_err_halos=None,
+                **{k: p.get(k) for k in ("sigma_N_dex", "sigma_N_err_dex", "sigma_0_dex",
+                                         "sigma_0_err_dex")})
+
+
+def distance_variant_rows(catalogue: str, run: str, metrics: dict,
+                          cube_only_metrics: dict | None = None) -> list:
+    """Rows of :data:`DISTANCE_VARIANTS` that the products hold (none for a distance-blind
+    run without ``ablation.cube_only``): the same eval clusters as the run's CNN3D + SBI row.
+
+    Parameters
+    ----------
+    catalogue, run : str
+        As :func:`estimator_rows`.
+    metrics : dict
+        The run's ``evaluation/metrics.json`` (its ``distance_blind`` block).
+    cube_only_metrics : dict, optional
+        ``ablation/3dcube/metrics.json`` (``network`` and ``network_distance_blind``).
+    """
+    found = {}
+    blind = metrics.get("distance_blind")
+    if blind:
+        found["cnn3d_sbi_blind_calibration"] = dict(
+            {k: None for k in ROW_KEYS}, n=metrics.get("n_eval"),
+            **{k: blind.get(k) for k in ("mean_residual_dex", "scatter_dex", "coverage_68",
+                                         "coverage_95", "sigma_N_dex", "sigma_0_dex")})
+    if cube_only_metrics:
+        n = cube_only_metrics.get("n_eval")
+        found["cnn3d_cube_only_sbi"] = _report_row(cube_only_metrics["network"], n)
+        if "network_distance_blind" in cube_only_metrics:
+            found["cnn3d_cube_only_sbi_blind_calibration"] = _report_row(
+                cube_only_metrics["network_distance_blind"], n)
+    rows = []
+    for key, label in DISTANCE_VARIANTS.items():
+        if key in found:
+            row = dict(catalogue=catalogue, run=run, estimator=key, label=label)
+            row.update({k: _num(found[key].get(k)) for k in ROW_KEYS})
+            for part in ("all", "top"):
+                for k in SURVEY_RANGE_KEYS:
+                    row[f"survey_{part}_{k}"] = None
+            rows.append(row)
+    return rows
+
+
 def _ratio(a, b):
     return float(a / b) if a is not None and b not in (None, 0) else None
 
@@ -92,12 +158,14 @@ def comparison_summary(catalogues: dict) -> dict:
     Parameters
     ----------
     catalogues : dict
-        ``{"contaminated" | "pure": {"run": str, "metrics": dict, "flow": dict}}``.
+        ``{"contaminated" | "pure": {"run": str, "metrics": dict, "flow": dict}}``, each
+        optionally with ``cube_only`` (the cube-only CNN3D's metrics).
 
     Returns
     -------
     dict
-        ``runs`` (catalogue -> run), ``rows`` (:func:`estimator_rows` of each catalogue),
+        ``runs`` (catalogue -> run), ``rows`` (:func:`estimator_rows` of each catalogue, then
+        its :func:`distance_variant_rows`),
         ``ratios`` per catalogue (scatters of CNN3D + SBI, flow and M-sigma, dex, and
         ``msigma_over_flow_scatter``, ``msigma_over_cnn3d_sbi_scatter``,
         ``flow_over_cnn3d_sbi_scatter``), and ``n_eval`` per catalogue and estimator.
@@ -108,7 +176,7 @@ def comparison_summary(catalogues: dict) -> dict:
         c = catalogues[cat]
         runs[cat] = c["run"]
         r = estimator_rows(cat, c["run"], c["metrics"], c["flow"])
-        rows += r
+        rows += r + distance_variant_rows(cat, c["run"], c["metrics"], c.get("cube_only"))
         sc = {x["estimator"]: x["scatter_dex"] for x in r}
         ratios[cat] = dict(
             cnn3d_sbi_scatter_dex=sc["cnn3d_sbi"], flow_scatter_dex=sc["flow"],
@@ -128,4 +196,9 @@ def comparison_summary(catalogues: dict) -> dict:
             sigma_N_sigma_0="fit of sigma^2 = sigma_N^2 (N_mem/100)^-1 + sigma_0^2 to the "
                             "residuals (cmpipe.metrics.fit_precision_model)",
             msigma_over_flow_scatter="M-sigma (gapper) scatter / flow scatter; the talk "
-                                     "quotes about 4 on contaminated MDPL2 mocks"))
+                                     "quotes about 4 on contaminated MDPL2 mocks",
+            distance_variants="the CNN3D + SBI with the cluster's distance switched off: "
+                              "the same network under the distance-blind calibration, and "
+                              "the CNN3D trained on the cube alone (ablation.cube_only, the "
+                              "main CNN3D's training seed) under either calibration; same "
+                              "eval clusters"))

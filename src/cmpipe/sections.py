@@ -204,8 +204,9 @@ class TrainSection(Section):
 
 @dataclass(frozen=True)
 class CalibrationSettings(Section):
-    """``calibration``: the joint-PDF kernel bandwidth, grids and point estimate, and the
-    distance conditioning (nodes, window)."""
+    """``calibration``: the joint-PDF kernel bandwidth, grids and point estimate, the
+    distance conditioning (nodes, window) and the outlier tail (weight, width: a number or
+    ``"auto"``)."""
 
     bandwidth: float
     shrink: bool
@@ -215,6 +216,8 @@ class CalibrationSettings(Section):
     distance_aware: bool
     distance_nodes: int
     distance_window: float
+    tail_weight: float | str
+    tail_width: float | str
     recalibrate_flow: bool
     survey_mass_range: tuple
 
@@ -337,6 +340,7 @@ class AblationSettings(Section):
     enabled: bool
     n_grid: int | None
     seeds: int
+    cube_only: bool
     layers_1d: tuple | None
     layers_2d: tuple | None
 

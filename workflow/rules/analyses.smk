@@ -36,11 +36,12 @@ rule ablation_train:
         normalisation=res("ablation/{dim}/{seeddir}model/normalisation.json"),
     params:
         train=config["train"],
-        # the CNN3D's seeds train as rule train does: the ablation section does not apply
-        ablation=lambda wildcards: {} if wildcards.dim == "3d" else ablation_params(),
+        # the CNN3D's seeds (and the cube-only CNN3D) train as rule train does: the ablation
+        # section does not apply
+        ablation=lambda wildcards: {} if wildcards.dim.startswith("3d") else ablation_params(),
         seed=config["seed"],
     wildcard_constraints:
-        dim="1d|2d|3d",
+        dim="1d|2d|3d|3dcube",
         seeddir=r"(seeds/[1-9][0-9]*/)?",
     log:
         res("logs/ablation/{seeddir}{dim}-train.log"),
@@ -48,9 +49,10 @@ rule ablation_train:
         res("benchmarks/ablation/{seeddir}{dim}-train.tsv")
     threads: 2
     resources:
-        # the CNN3D's seeds: rule train's memory and time
-        mem_mb=lambda wildcards: 8000 if wildcards.dim == "3d" else 4000,
-        runtime=lambda wildcards: 240 if wildcards.dim == "3d" else 120,
+        # the CNN3Ds (extra seeds, cube-only): rule train's GPU, memory and time
+        gpu=lambda wildcards: 1 if wildcards.dim.startswith("3d") else 0,
+        mem_mb=lambda wildcards: 8000 if wildcards.dim.startswith("3d") else 4000,
+        runtime=lambda wildcards: 240 if wildcards.dim.startswith("3d") else 120,
     conda:
         "../../envs/train.yaml"
     script:
@@ -68,7 +70,7 @@ rule ablation_evaluate:
     params:
         calibration=config["calibration"],
     wildcard_constraints:
-        dim="1d|2d|3d",
+        dim="1d|2d|3d|3dcube",
         seeddir=r"(seeds/[1-9][0-9]*/)?",
     log:
         res("logs/ablation/{seeddir}{dim}-evaluate.log"),

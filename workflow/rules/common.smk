@@ -98,7 +98,7 @@ def compare_inputs(wildcards):
     from snakemake.exceptions import WorkflowError
 
     inputs = {"metrics": res("evaluation/metrics.json"),
-              "flow_metrics": res("flow/metrics.json")}
+              "flow_metrics": res("flow/metrics.json"), **cube_only_metrics()}
     pure = config["compare"]["pure_run"]
     if pure:
         other = {"pure_metrics": f"results/{pure}/evaluation/metrics.json",
@@ -117,8 +117,10 @@ def compare_inputs(wildcards):
 
 
 def ablation_products():
-    """Dimensionality ablation: the table and the figure (paper Figs. 7, 8)."""
-    return [res("ablation/summary.json"), res("ablation/scatter.png")]
+    """Dimensionality ablation: the table and the figure (paper Figs. 7, 8), and the
+    cube-only CNN3D's metrics (ablation.cube_only)."""
+    return [res("ablation/summary.json"), res("ablation/scatter.png"),
+            *cube_only_metrics().values()]
 
 
 def robustness_products():
@@ -190,9 +192,19 @@ def final_targets():
 
 
 def ablation_params():
-    """The ablation section as a rerun trigger, without `seeds`: how many seeds there are
-    changes no input and no single seed's network."""
-    return {k: v for k, v in config["ablation"].items() if k != "seeds"}
+    """The ablation section as a rerun trigger, without `seeds` and `cube_only`: how many
+    seeds there are, or whether the cube-only CNN3D is trained too, changes no input and no
+    other network."""
+    return {k: v for k, v in config["ablation"].items() if k not in ("seeds", "cube_only")}
+
+
+def cube_only_metrics():
+    """metrics.json of the CNN3D without the distance input (ablation.cube_only; none when
+    the ablation is off or the main CNN3D is cube-only itself, train.distance_input false)."""
+    a = config["ablation"]
+    if a["enabled"] and a["cube_only"] and config["train"]["distance_input"]:
+        return {"cube_only_metrics": res("ablation/3dcube/metrics.json")}
+    return {}
 
 
 def ablation_seed_metrics(dim):
@@ -204,9 +216,11 @@ def ablation_seed_metrics(dim):
 
 def ablation_network_inputs(wildcards, splits):
     """The input files of network {dim}: ablation/{dim}/inputs/ (1d, 2d) or the CNN3D's
-    cubes/ (3d: seeds >= 1 only, seed 0 is the main model/)."""
+    cubes/ (3d: seeds >= 1 only, seed 0 is the main model/; 3dcube: the cube-only CNN3D)."""
     from snakemake.exceptions import WorkflowError
 
+    if wildcards.dim == "3dcube":
+        return {s: res(f"cubes/{s}.h5") for s in splits}
     if wildcards.dim != "3d":
         return {s: res(f"ablation/{wildcards.dim}/inputs/{s}.h5") for s in splits}
     if not wildcards.seeddir:

@@ -5,5 +5,6 @@ inp = snakemake.input
 run_rule(compare, snakemake.log[0], config=snakemake.config, metrics=inp.metrics,
          flow_metrics=inp.flow_metrics, pure_metrics=inp.get("pure_metrics"),
          pure_flow_metrics=inp.get("pure_flow_metrics"), pure_config=inp.get("pure_config"),
+         cube_only_metrics=inp.get("cube_only_metrics"),
          summary_out=snakemake.output.summary, csv_out=snakemake.output.csv,
          png=snakemake.output.figure)

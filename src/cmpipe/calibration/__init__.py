@@ -19,14 +19,21 @@ Modules
     :func:`tabulate_by_distance` and :class:`DistanceJointPDF`: ``P(d~, log M | D)`` at
     distance nodes, blended at each cluster's observer distance ``D``;
     :func:`load_calibration` reads either kind.
+``tails``
+    :func:`select_tail` and :func:`with_tail`: the outlier component mixed into every table
+    (:func:`tail_mixture`), its weight and width chosen by the test split's cross-validated
+    log score.
 """
-from .joint_pdf import (DEFAULT_BANDWIDTH, DEFAULT_GRID_SIZE, DEFAULT_TRUNCATION, JointPDF,
-                        kernel_covariance, tabulate_joint_pdf)
+from .joint_pdf import (DEFAULT_BANDWIDTH, DEFAULT_GRID_SIZE, DEFAULT_TAIL_WIDTH,
+                        DEFAULT_TRUNCATION, JointPDF, kernel_covariance, tabulate_joint_pdf,
+                        tail_mixture)
 from .posterior import (QUANTILE_LEVELS, calibration_rows, cdf_quantiles, cross_validated_pit,
-                        is_extrapolated, normalise_rows, posterior, posterior_cdf,
-                        posterior_cdf_at, posterior_map, posterior_rows, summarise)
+                        cv_fold_tables, is_extrapolated, normalise_rows, posterior,
+                        posterior_cdf, posterior_cdf_at, posterior_density_at, posterior_map,
+                        posterior_rows, summarise)
 from .distance import (DEFAULT_DISTANCE_NODES, DEFAULT_DISTANCE_WINDOW,
                        DistanceJointPDF, load_calibration, tabulate_by_distance)
+from .tails import TAIL_WEIGHTS, TAIL_WIDTHS, select_tail, selection_json, with_tail
 
 __all__ = [
     "DEFAULT_BANDWIDTH",
@@ -52,4 +59,13 @@ __all__ = [
     "load_calibration",
     "DEFAULT_DISTANCE_NODES",
     "DEFAULT_DISTANCE_WINDOW",
+    "DEFAULT_TAIL_WIDTH",
+    "tail_mixture",
+    "posterior_density_at",
+    "cv_fold_tables",
+    "TAIL_WEIGHTS",
+    "TAIL_WIDTHS",
+    "select_tail",
+    "selection_json",
+    "with_tail",
 ]

@@ -66,7 +66,9 @@ __all__ = [
     "DEFAULT_BANDWIDTH",
     "DEFAULT_GRID_SIZE",
     "DEFAULT_TRUNCATION",
+    "DEFAULT_TAIL_WIDTH",
     "JointPDF",
+    "tail_mixture",
     "kernel_covariance",
     "tabulate_joint_pdf",
 ]
@@ -79,6 +81,9 @@ DEFAULT_BANDWIDTH = 0.20
 DEFAULT_GRID_SIZE = 1000
 #: Mahalanobis truncation radius of each kernel; exp(-7.5**2 / 2) = 6.1e-13.
 DEFAULT_TRUNCATION = 7.5
+#: Width of the outlier component (:func:`tail_mixture`) when none is chosen, in units of
+#: the table's scatter of d~ at each mass.
+DEFAULT_TAIL_WIDTH = 3.0
 #: Largest accepted truncation radius.
 _MAX_TRUNCATION = 20.0
 
@@ -227,6 +232,63 @@ def _tabulate(d_sorted, m_sorted, d0, dd, nd, m0, dm, nm, h_dd, beta, s2, r_t, n
                 add_gaussian_run(row, i0, i1, u, prec, math.exp(-0.5 * qd))
 
 
+def tail_mixture(table, d_grid, weight: float, width: float) -> np.ndarray:
+    """Mix an outlier component into a joint-PDF table: ``(1 - w) T + w B``.
+
+    Why: the kernel covariance is a fraction of the pairs' covariance, and the pairs lie
+    along a tight relation (d~ ~ log M, correlation ~0.98), so a kernel's width *across*
+    the relation is ``bandwidth * sd * sqrt(1 - rho**2)``, about 0.02 dex, far below the
+    relation's scatter (0.07-0.15 dex). Beyond the most extreme test pair the likelihood
+    ``P(d~ | M)`` then falls on that 0.02-dex scale: a cluster 0.1 dex beyond it is ruled out
+    at ~e^-18, and a posterior pressed against a prior's edge (a population prior's mass
+    threshold) shrinks to a few thousandths of a dex around the wrong mass. The component
+    gives the likelihood tails of the relation's own scatter.
+
+    ``B(d, m) = P(m) N(d; mu(m), (width * sigma(m))**2) / Z(m)``: ``P(m)``, ``mu(m)`` and
+    ``sigma(m)`` are the table's own ``log M`` marginal and the mean and standard deviation
+    of ``d~`` in each mass column (trapezoid over the ``d~`` grid), and ``Z(m)`` the normal's
+    integral over the grid, so the marginal ``P(m)`` (the test-set prior) is unchanged.
+    Columns whose marginal is below 1e-12 of its maximum get no component.
+
+    Parameters
+    ----------
+    table : ndarray, shape (n_d, n_m)
+        Density on the grid, dex^-2 (rows ``d~``, columns ``log M``).
+    d_grid : ndarray, shape (n_d,)
+        Uniform grid of ``d~``, log10 h^-1 Msun.
+    weight : float
+        ``w`` in [0, 0.5).
+    width : float
+        Width of the component in units of ``sigma(m)``, >= 1.
+
+    Returns
+    -------
+    ndarray, shape (n_d, n_m)
+    """
+    w, k = float(weight), float(width)
+    if not 0.0 <= w < 0.5:
+        raise ValueError(f"tail weight must be in [0, 0.5), got {weight}")
+    if not (k >= 1.0 and math.isfinite(k)):
+        raise ValueError(f"tail width must be >= 1 (units of the scatter), got {width}")
+    t = np.asarray(table, dtype=np.float64)
+    if w == 0.0:
+        return t
+    g = np.asarray(d_grid, dtype=np.float64)
+    dd = float((g[-1] - g[0]) / (g.size - 1))
+    wd = np.full(g.size, dd)
+    wd[[0, -1]] *= 0.5                                   # trapezoid weights along d~
+    marg = wd @ t
+    ok = marg > 1e-12 * marg.max()
+    safe = np.where(ok, marg, 1.0)
+    mu = (wd * g) @ t / safe
+    var = wd @ (t * (g[:, None] - mu[None, :]) ** 2) / safe
+    sig = k * np.sqrt(np.maximum(var, dd * dd))
+    comp = np.exp(-0.5 * ((g[:, None] - mu[None, :]) / sig[None, :]) ** 2)
+    z = wd @ comp
+    comp *= np.where(ok & (z > 0), marg / np.where(z > 0, z, 1.0), 0.0)[None, :]
+    return (1.0 - w) * t + w * comp
+
+
 def _check_pairs(d_pred, m_true):
     d = np.asarray(d_pred, dtype=np.float64).ravel()
     m = np.asarray(m_true, dtype=np.float64).ravel()
@@ -293,6 +355,7 @@ def tabulate_joint_pdf(d_pred, m_true, *, bandwidth: float = DEFAULT_BANDWIDTH,
                        m_range: tuple[float, float] | None = None,
                        d_margin: float = 2.0, m_margin: float | None = None,
                        truncation: float = DEFAULT_TRUNCATION, shrink: bool = False,
+                       tail_weight: float = 0.0, tail_width: float = DEFAULT_TAIL_WIDTH,
                        meta: dict | None = None) -> JointPDF:
     """Tabulate the bivariate Gaussian KDE of (prediction, truth) pairs on a grid.
 
@@ -325,6 +388,11 @@ def tabulate_joint_pdf(d_pred, m_true, *, bandwidth: float = DEFAULT_BANDWIDTH,
         the posterior widths are then those of the data, not ``sqrt(1 + bandwidth**2)``
         (2% at 0.2) wider, which over-covers the 68% interval by ~0.01. Needs
         ``bandwidth < 1``.
+    tail_weight, tail_width : float
+        The outlier component mixed into the table (:func:`tail_mixture`): its weight in
+        [0, 0.5) (0: the plain KDE) and its width in units of the table's own scatter of
+        ``d~`` at each mass (>= 1). :func:`cmpipe.calibration.select_tail` chooses both by
+        cross-validation.
     meta : dict, optional
         Provenance stored with the table (scalars and strings).
 
@@ -364,6 +432,8 @@ def tabulate_joint_pdf(d_pred, m_true, *, bandwidth: float = DEFAULT_BANDWIDTH,
     _tabulate(d_s, m_s, float(d_grid[0]), float(dd), d_grid.size, float(m_grid[0]),
               float(dm), m_grid.size, h_dd, beta, s2, float(truncation), n_chunks, table)
     table *= 1.0 / (2.0 * math.pi * math.sqrt(det) * d.size)
+    if tail_weight:
+        table = tail_mixture(table, d_grid, tail_weight, tail_width)
     logger.info("joint PDF of %d pairs tabulated on %d x %d nodes (d~ %.3f..%.3f, log M "
                 "%.3f..%.3f), bandwidth %.3g", d.size, d_grid.size, m_grid.size,
                 d_grid[0], d_grid[-1], m_grid[0], m_grid[-1], bandwidth)
@@ -371,6 +441,8 @@ def tabulate_joint_pdf(d_pred, m_true, *, bandwidth: float = DEFAULT_BANDWIDTH,
     meta.setdefault("m_true_min", m_lo)
     meta.setdefault("m_true_max", m_hi)
     meta.setdefault("shrink", int(bool(shrink)))
+    meta["tail_weight"] = float(tail_weight)
+    meta["tail_width"] = float(tail_width)
     return JointPDF(d_grid=d_grid, m_grid=m_grid, table=table, bandwidth=float(bandwidth),
                     n_pairs=int(d.size), kernel_covariance=H, truncation=float(truncation),
                     meta=meta)

@@ -7,7 +7,8 @@ empty for seed 0 and ``seeds/{k}/`` for seeds k = 1 .. ``ablation.seeds`` - 1:
 - ``ablation_inputs``   -> ``ablation/{dim}/inputs/{split}.h5`` (dim 1d | 2d)
 - ``ablation_train``    -> ``ablation/{dim}/{seeddir}model/cnn{dim}.keras``, ``history.csv``,
   ``normalisation.json`` (dim 1d | 2d; 3d for k >= 1 only, on ``cubes/``: seed 0 of the
-  CNN3D is rule ``train``'s ``model/``)
+  CNN3D is rule ``train``'s ``model/``; 3dcube, seed 0 only: the CNN3D without the distance
+  input, ``ablation.cube_only``)
 - ``ablation_evaluate`` -> ``ablation/{dim}/{seeddir}summaries/{test,eval}.h5``,
   ``joint_pdf.h5``, ``metrics.json`` (3d seed 0: rule ``evaluate``'s
   ``evaluation/metrics.json``)
@@ -108,12 +109,19 @@ def ablation_inputs(*, config, clusters, dim, outs, progress=True):
 
 # -- training and evaluation, every seed ----------------------------------------------------
 
+#: The cube-only CNN3D (``ablation.cube_only``): the main CNN3D without the distance input.
+CUBE_ONLY = "3dcube"
+
+
 def _check_network(dim, seed):
-    if dim not in ("1d", "2d", "3d"):
-        raise ValueError(f"ablation network dimensionality must be 1d, 2d or 3d, got {dim!r}")
+    if dim not in ("1d", "2d", "3d", CUBE_ONLY):
+        raise ValueError("ablation network must be 1d, 2d, 3d or 3dcube (the cube-only "
+                         f"CNN3D), got {dim!r}")
     if dim == "3d" and seed == 0:
         raise ValueError("seed 0 of the CNN3D is the main model (rule train, "
                          "model/cnn3d.keras): the ablation retrains it for seeds >= 1 only")
+    if dim == CUBE_ONLY and seed != 0:
+        raise ValueError("the cube-only CNN3D (ablation/3dcube/) has seed 0 only")
 
 
 def ablation_train_settings(s, dim, seed=0):
@@ -122,12 +130,18 @@ def ablation_train_settings(s, dim, seed=0):
     Those of rule ``train`` (:func:`cmpipe.stages.train.train_settings`) with the seed of
     :func:`cmpipe.ablation.training_seed`; for 1d/2d also the dimensionality's layers
     (``ablation.layers_{dim}``, else ``train.layers``, else the default pattern) and no D4
-    augmentation (it acts on the sky-plane axes of the 3D cubes only).
+    augmentation (it acts on the sky-plane axes of the 3D cubes only). ``3dcube`` is the
+    main CNN3D (its training seed too) without the distance input, so the two networks
+    differ in that alone.
     """
     from ..ablation import training_seed
     from ..training import TrainSettings
 
     base = train_settings(s).to_dict()
+    if dim == CUBE_ONLY:
+        base["distance_input"] = False
+        base["seed"] = training_seed(s.seed, "3d", 0)
+        return TrainSettings.from_dict(base)
     if dim != "3d":
         layers = getattr(s.ablation, f"layers_{dim}") or s.train.layers
         if layers:
@@ -185,13 +199,20 @@ def ablation_evaluate(*, config, dim, model, test_inputs, eval_inputs, clusters,
                              "raise splits.fractions.eval")
     point = s.calibration.point_estimate
     pdf = load_calibration(joint_pdf_out, distance_aware=s.calibration.distance_aware)
-    rep = network_report(pdf, preds["eval"], point=point,
-                         bins=eval_mass_bins(s, preds["eval"]["log10_m200c_true"]),
+    bins = eval_mass_bins(s, preds["eval"]["log10_m200c_true"])
+    rep = network_report(pdf, preds["eval"], point=point, bins=bins,
                          distance=observer_distances(clusters, preds["eval"]["cluster_id"]))
     metrics = dict(run=s.run, dimensionality=dim, seed=seed,
-                   training_seed=training_seed(s.seed, dim, seed), point_estimate=point,
-                   n_eval=rep["overall"]["n"], n_test_pairs=len(preds["test"]["cluster_id"]),
-                   network=rep)
+                   training_seed=training_seed(s.seed, "3d" if dim == CUBE_ONLY else dim,
+                                               seed),
+                   distance_input=ablation_train_settings(s, dim, seed).distance_input,
+                   calibration=("distance-aware" if s.calibration.distance_aware else
+                                "distance-blind"),
+                   point_estimate=point, n_eval=rep["overall"]["n"],
+                   n_test_pairs=len(preds["test"]["cluster_id"]), network=rep)
+    if s.calibration.distance_aware:       # the same network, the paper's calibration
+        metrics["network_distance_blind"] = network_report(pdf.blind, preds["eval"],
+                                                           point=point, bins=bins)
     io.write_json(metrics_out, jsonable(metrics))
     log.info("ablation %s seed %d eval: n=%d, mean residual %.3f dex, scatter %.3f dex, "
              "coverage 68%% %.3f, 95%% %.3f", dim, seed, rep["overall"]["n"],

@@ -44,14 +44,16 @@ def write_comparison_csv(path, summary: dict) -> None:
 
 
 def compare(*, config, metrics, flow_metrics, summary_out, csv_out, png,
-            pure_metrics=None, pure_flow_metrics=None, pure_config=None):
+            pure_metrics=None, pure_flow_metrics=None, pure_config=None,
+            cube_only_metrics=None):
     """Rule ``compare``: CNN3D + SBI, neural flow, M-sigma and virial side by side on this
     run's eval set and, with ``compare.pure_run``, on the pure run's.
 
     The pure run must be a finished run with ``mock.members: bound`` (its
     ``config.resolved.yaml`` is checked); settings that make the two runs' eval sets differ
     in more than their interlopers (seed, simulation, sightlines, window, splits) are
-    reported as warnings.
+    reported as warnings. ``cube_only_metrics`` (``ablation/3dcube/metrics.json``, with
+    ``ablation.cube_only``) adds the cube-only CNN3D's rows to this run's catalogue.
     """
     import yaml
 
@@ -61,6 +63,8 @@ def compare(*, config, metrics, flow_metrics, summary_out, csv_out, png,
     label = {"all": "contaminated", "bound": "pure"}
     cats = {label[s.mock.members]: dict(run=s.run, metrics=_read_json(metrics, "metrics"),
                                         flow=_read_json(flow_metrics, "flow metrics"))}
+    if cube_only_metrics is not None:
+        cats[label[s.mock.members]]["cube_only"] = _read_json(cube_only_metrics, "network")
     pure_run = s.compare.pure_run
     if pure_run:
         if s.mock.members == "bound":

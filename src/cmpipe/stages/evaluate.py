@@ -31,8 +31,10 @@ def calibrate(*, config, test_predictions, clusters, out):
 def tabulate_calibration(s, pred, clusters, source):
     """The calibration of ``calibration.*`` from test predictions ``pred``
     (``cluster_id``, ``log10_m200c_pred``, ``log10_m200c_true``): the joint PDF and, when
-    distance-aware, its distance nodes (observer distances from ``clusters``). ``source``
-    (the predictions' file) is named in errors and recorded."""
+    distance-aware, its distance nodes (observer distances from ``clusters``), every table
+    with the outlier tail of ``calibration.tail_weight``/``tail_width``
+    (:func:`calibration_tail`; ``auto`` chooses it on these pairs). ``source`` (the
+    predictions' file) is named in errors and recorded."""
     from ..calibration import tabulate_by_distance, tabulate_joint_pdf
 
     c = s.calibration
@@ -40,28 +42,101 @@ def tabulate_calibration(s, pred, clusters, source):
         raise CatalogueError(source, "log10_m200c_pred",
                              f"only {len(pred['cluster_id'])} test clusters to calibrate on",
                              "raise splits.fractions.test or sightlines.target_per_bin")
-    kw = dict(bandwidth=c.bandwidth, shrink=c.shrink, meta=dict(source=str(source)))
+    rows = cluster_columns(clusters, pred["cluster_id"], ["observer_distance_mpc_h", "halo_id"])
+    dist = (np.asarray(rows["observer_distance_mpc_h"], dtype=np.float64)
+            if c.distance_aware else None)
+    tail, tail_meta = calibration_tail(s, pred["log10_m200c_pred"], pred["log10_m200c_true"],
+                                       rows["halo_id"], dist)
+    kw = dict(bandwidth=c.bandwidth, shrink=c.shrink, tail_weight=tail[0], tail_width=tail[1],
+              meta=dict(source=str(source), **tail_meta))
     pdf = tabulate_joint_pdf(pred["log10_m200c_pred"], pred["log10_m200c_true"],
                              n_d=c.n_grid_pred, n_m=c.n_grid_mass, **kw)
     if c.distance_aware:
-        dist = observer_distances(clusters, pred["cluster_id"])
         pdf = tabulate_by_distance(pred["log10_m200c_pred"], pred["log10_m200c_true"], dist,
                                    n_nodes=c.distance_nodes, window=c.distance_window,
                                    blind=pdf, **kw)
     return pdf
 
 
-def observer_distances(clusters, cluster_ids) -> np.ndarray:
-    """Observer distances (comoving h^-1 Mpc) of ``cluster_ids`` from the cluster table."""
-    cl, _ = read_table(clusters, group="clusters",
-                       columns=["cluster_id", "observer_distance_mpc_h"])
+def calibration_tail(s, d_pred, m_true, halos, distance=None) -> tuple[tuple, dict]:
+    """The outlier tail ``(weight, width)`` of ``calibration.tail_weight``/``tail_width``
+    and its provenance for the joint PDF's metadata: fixed numbers as given, ``auto`` chosen
+    on these test pairs by :func:`cmpipe.calibration.select_tail` (distance-aware folds
+    when ``distance`` is given, the run's bandwidth and grids)."""
+    from ..calibration import TAIL_WEIGHTS, TAIL_WIDTHS, select_tail, selection_json
+
+    c = s.calibration
+    weights = TAIL_WEIGHTS if c.tail_weight == "auto" else (float(c.tail_weight),)
+    widths = TAIL_WIDTHS if c.tail_width == "auto" else (float(c.tail_width),)
+    if len(weights) == 1 and (len(widths) == 1 or weights[0] == 0.0):
+        tail = (weights[0], widths[-1])
+        log.info("calibration tail: weight %g, width %g (fixed by calibration.tail_weight/"
+                 "tail_width)", *tail)
+        return tail, dict(tail_rule="fixed by calibration.tail_weight/tail_width")
+    sel = select_tail(d_pred, m_true, halos, weights=weights, widths=widths,
+                      seed=stage_seed(s.seed, "calibration_tail") % (2 ** 32),
+                      distance=distance, n_nodes=c.distance_nodes, window=c.distance_window,
+                      bandwidth=c.bandwidth, shrink=c.shrink, n_d=c.n_grid_pred,
+                      n_m=c.n_grid_mass)
+    log.info("calibration tail: weight %g, width %g chosen (cross-validated log score %.4f "
+             "nats per pair; best %.4f, without a tail %.4f; %d pairs, %d halos)",
+             sel["weight"], sel["width"], sel["cv_log_score"], sel["cv_log_score_best"],
+             sel["cv_log_score_no_tail"], sel["n_pairs"], sel["n_halos"])
+    return (sel["weight"], sel["width"]), dict(
+        tail_rule=sel["rule"], tail_cv_log_score=sel["cv_log_score"],
+        tail_cv_log_score_best=sel["cv_log_score_best"],
+        tail_cv_log_score_no_tail=sel["cv_log_score_no_tail"],
+        tail_candidates=selection_json(sel))
+
+
+def tail_of(pdf) -> tuple[float, float]:
+    """``(weight, width)`` of a calibration's outlier tail (0 weight: none)."""
+    meta = getattr(pdf, "blind", pdf).meta
+    return float(meta.get("tail_weight", 0.0)), float(meta.get("tail_width", 3.0))
+
+
+def tail_report(pdf) -> dict:
+    """The calibration's outlier tail as read back from its metadata
+    (``evaluation/metrics.json`` ``calibration_tail``)."""
+    import json
+
+    meta = getattr(pdf, "blind", pdf).meta
+    out = dict(weight=float(meta.get("tail_weight", 0.0)),
+               width=float(meta.get("tail_width", 0.0)), rule=meta.get("tail_rule", "none"))
+    for k in ("cv_log_score", "cv_log_score_best", "cv_log_score_no_tail"):
+        if f"tail_{k}" in meta:
+            out[k] = float(meta[f"tail_{k}"])
+    if "tail_candidates" in meta:
+        out["candidates"] = [dict(weight=w, width=k, cv_log_score=sc, se_vs_best=se)
+                             for w, k, sc, se in json.loads(meta["tail_candidates"])]
+    out["note"] = ("outlier component mixed into every joint-PDF table "
+                   "(cmpipe.calibration.tail_mixture); cv_log_score: mean log P(m_true | d~) "
+                   "of the test pairs, each from a calibration of the other halo folds")
+    return out
+
+
+def cluster_columns(clusters, cluster_ids, columns) -> dict:
+    """``columns`` of the cluster table for ``cluster_ids`` (in their order).
+
+    Raises
+    ------
+    CatalogueError
+        An id is not in the table.
+    """
+    cl, _ = read_table(clusters, group="clusters", columns=["cluster_id", *columns])
     row = np.searchsorted(cl["cluster_id"], cluster_ids)
     row = np.clip(row, 0, max(len(cl["cluster_id"]) - 1, 0))
     if len(cluster_ids) and not np.array_equal(cl["cluster_id"][row], cluster_ids):
         raise CatalogueError(clusters, "cluster_id", "predicted clusters missing from the "
                              "cluster table", "rebuild the predictions (snakemake ... "
                              "--forcerun summaries)")
-    return np.asarray(cl["observer_distance_mpc_h"][row], dtype=np.float64)
+    return {c: cl[c][row] for c in columns}
+
+
+def observer_distances(clusters, cluster_ids) -> np.ndarray:
+    """Observer distances (comoving h^-1 Mpc) of ``cluster_ids`` from the cluster table."""
+    return np.asarray(cluster_columns(clusters, cluster_ids, ["observer_distance_mpc_h"])[
+        "observer_distance_mpc_h"], dtype=np.float64)
 
 
 POSTERIOR_SCHEMA_UNITS = {
@@ -119,8 +194,10 @@ def evaluate(*, config, joint_pdf, test_predictions, eval_predictions, clusters,
                                 "distance" if s.calibration.distance_aware else
                                 "distance-blind: P(d~, log M) over all distances (the "
                                 "paper's)"), **metrics)
-    metrics.update(_coverage_checks(s, cl, test_pred, eval_pred, post))
-    metrics["by_observer_distance"] = _by_distance(eval_rows, post)
+    metrics.update(_coverage_checks(s, cl, test_pred, eval_pred, post, tail_of(pdf)))
+    metrics["calibration_tail"] = tail_report(pdf)
+    seed = stage_seed(s.seed, "evaluate") % (2 ** 32)
+    metrics["by_observer_distance"] = _by_distance(eval_rows, post, seed)
     metrics["survey_range"] = survey_range_report(s, eval_rows, post,
                                                   pdf.calibrated_mass_range)
     if s.calibration.distance_aware:
@@ -129,7 +206,7 @@ def evaluate(*, config, joint_pdf, test_predictions, eval_predictions, clusters,
             note="the same eval clusters under the distance-blind calibration (the paper's)",
             **{k: blind.get(k) for k in ("mean_residual_dex", "scatter_dex", "coverage_68",
                                      "coverage_95", "sigma_N_dex", "sigma_0_dex")},
-            by_observer_distance=_by_distance(eval_rows, blind_post))
+            by_observer_distance=_by_distance(eval_rows, blind_post, seed))
     io.write_json(metrics_out, jsonable(metrics))
     post["extrapolated"] = post["extrapolated"].astype(np.int8)
     schema = io.Schema({k: (np.asarray(v).dtype.str, POSTERIOR_SCHEMA_UNITS.get(k, ""), k)
@@ -221,16 +298,19 @@ def survey_range_report(s, eval_rows, post, calibrated_range) -> dict:
     return rep
 
 
-def _by_distance(eval_rows, post) -> dict:
-    """Residuals and coverage of the eval posteriors in thirds of the observer distance.
+def _by_distance(eval_rows, post, seed=0) -> dict:
+    """Residuals and coverage of the eval posteriors in thirds of the observer distance,
+    the coverage with its error from resampling whole halos (``halo_id`` of
+    ``eval_rows``; a halo's sightlines are correlated).
 
     The flux limit makes a nearby cluster richer than a distant one of the same mass, and
     the network reads richness: a calibration averaged over the mock's observer distances
     leaves nearby clusters too heavy and distant ones too light, which these rows show (a
     distance-aware calibration should leave every third unbiased)."""
-    from ..metrics import residuals
+    from ..metrics import grouped_coverage_error, residuals
 
     r = np.asarray(eval_rows["observer_distance_mpc_h"], dtype=float)
+    halo = np.asarray(eval_rows["halo_id"])
     fin = np.isfinite(post["point"])
     if fin.sum() < 3:
         return {}
@@ -243,18 +323,22 @@ def _by_distance(eval_rows, post) -> dict:
             continue
         eps = residuals(post["log10_m200c_true"][sel], post["point"][sel])
         t = post["log10_m200c_true"][sel]
+        inside = (t >= post["lo68"][sel]) & (t <= post["hi68"][sel])
         out[f"{q[j]:.0f}-{q[j + 1]:.0f}"] = dict(
             n=n, mean_residual_dex=float(eps.mean()),
             mean_residual_err_dex=float(eps.std(ddof=1) / np.sqrt(n)),
             scatter_dex=float(eps.std(ddof=1)),
-            coverage_68=float(np.mean((t >= post["lo68"][sel]) & (t <= post["hi68"][sel]))))
+            coverage_68=float(np.mean(inside)),
+            coverage_68_err_halos=grouped_coverage_error(inside, halo[sel],
+                                                         seed=seed)["stderr_grouped"])
     out["note"] = ("eval clusters in thirds of their observer distance (comoving h^-1 Mpc): "
-                   "residual log10 M_true - point estimate; the flux limit makes nearby "
-                   "clusters richer, which a distance-blind calibration does not know")
+                   "residual log10 M_true - point estimate, 68% coverage with its error from "
+                   "resampling whole halos; the flux limit makes nearby clusters richer, "
+                   "which a distance-blind calibration does not know")
     return out
 
 
-def _coverage_checks(s, cl, test_pred, eval_pred, post) -> dict:
+def _coverage_checks(s, cl, test_pred, eval_pred, post, tail=(0.0, 3.0)) -> dict:
     """How sure the coverage numbers are: the eval-set coverage with errors from
     resampling whole halos (sightlines of one halo are correlated), and the test set's own
     out-of-sample coverage by 5-fold cross-validation over halos (3-4x the eval pairs)."""
@@ -272,12 +356,19 @@ def _coverage_checks(s, cl, test_pred, eval_pred, post) -> dict:
         inside = (m >= post[lo][fin]) & (m <= post[hi][fin])
         out[f"coverage_{lvl}_err_halos"] = grouped_coverage_error(
             inside, eval_halos, seed=seed)["stderr_grouped"]
+    test_dist = None
+    if s.calibration.distance_aware:
+        dist = dict(zip(cl["cluster_id"].tolist(), cl["observer_distance_mpc_h"].tolist()))
+        test_dist = np.array([dist[i] for i in test_pred["cluster_id"].tolist()])
     out.update(cross_validated_coverage(s, test_pred["log10_m200c_pred"],
-                                test_pred["log10_m200c_true"], test_halos))
+                                        test_pred["log10_m200c_true"], test_halos,
+                                        distance=test_dist, tail=tail))
     out["coverage_checks"] = (
         "coverage_*_err_halos: s.d. of the coverage over 1000 resamplings of whole halos; "
         "test_cv_coverage_*: the test set's out-of-sample coverage, each of 5 halo folds "
-        "calibrated on the other four (cmpipe.calibration.cross_validated_pit)")
+        "calibrated on the other four as the run is (cmpipe.calibration.cross_validated_pit; "
+        "test_cv_calibration says how), test_cv_by_observer_distance the same in thirds of "
+        "the test pairs' distance")
     log.info("coverage 68%%: eval %.3f +- %.3f (%d halos); test set cross-validated %.3f "
              "+- %.3f (%d halos)", float(np.mean((m >= post["lo68"][fin])
                                                  & (m <= post["hi68"][fin]))),
@@ -286,16 +377,20 @@ def _coverage_checks(s, cl, test_pred, eval_pred, post) -> dict:
     return out
 
 
-def cross_validated_coverage(s, d_pred, m_true, halos) -> dict:
+def cross_validated_coverage(s, d_pred, m_true, halos, distance=None, tail=(0.0, 3.0)) -> dict:
     """The test set's own out-of-sample coverage: each of 5 folds of whole halos calibrated
-    (distance-blind, ``calibration.*`` bandwidth and grids) on the other four
-    (:func:`cmpipe.calibration.cross_validated_pit`), with errors from resampling halos.
+    on the other four (:func:`cmpipe.calibration.cross_validated_pit`) as the run is:
+    ``calibration.*`` bandwidth and grids, the outlier ``tail`` (weight, width) and, with
+    ``distance`` (the pairs' observer distances, comoving h^-1 Mpc), the distance nodes;
+    errors from resampling halos.
 
     Returns
     -------
     dict
         ``test_cv_coverage_68``, ``test_cv_coverage_95`` (+ ``_err_halos``),
-        ``n_test_halos``.
+        ``n_test_halos``, ``test_cv_calibration`` and, with ``distance``,
+        ``test_cv_by_observer_distance`` (68% coverage in thirds of the test pairs'
+        distance, with halo errors).
     """
     from ..calibration import cross_validated_pit
     from ..metrics import NOMINAL_68, grouped_coverage_error
@@ -303,8 +398,11 @@ def cross_validated_coverage(s, d_pred, m_true, halos) -> dict:
     c = s.calibration
     halos = np.asarray(halos)
     seed = stage_seed(s.seed, "evaluate") % (2 ** 32)
+    D = None if distance is None else np.asarray(distance, dtype=np.float64)
     pit = cross_validated_pit(d_pred, m_true, halos, seed=seed, bandwidth=c.bandwidth,
-                              shrink=c.shrink, n_d=c.n_grid_pred, n_m=c.n_grid_mass)
+                              shrink=c.shrink, n_d=c.n_grid_pred, n_m=c.n_grid_mass,
+                              tail_weight=tail[0], tail_width=tail[1], distance=D,
+                              n_nodes=c.distance_nodes, window=c.distance_window)
     ok = np.isfinite(pit)
     out = {}
     for lvl, half in (("68", 0.5 * NOMINAL_68), ("95", 0.475)):
@@ -313,6 +411,21 @@ def cross_validated_coverage(s, d_pred, m_true, halos) -> dict:
         out[f"test_cv_coverage_{lvl}"] = g["fraction"]
         out[f"test_cv_coverage_{lvl}_err_halos"] = g["stderr_grouped"]
     out["n_test_halos"] = int(np.unique(halos).size)
+    out["test_cv_calibration"] = ("distance-aware" if D is not None else "distance-blind") + (
+        f", outlier tail weight {tail[0]:g} width {tail[1]:g}" if tail[0] else ", no tail")
+    if D is not None and ok.sum() >= 3:
+        q = np.quantile(D[ok], [0.0, 1 / 3, 2 / 3, 1.0])
+        thirds = {}
+        for j in range(3):
+            sel = ok & (D >= q[j]) & ((D < q[j + 1]) if j < 2 else (D <= q[j + 1]))
+            if sel.sum() < 2:
+                continue
+            g = grouped_coverage_error(np.abs(pit[sel] - 0.5) < 0.5 * NOMINAL_68, halos[sel],
+                                       seed=seed)
+            thirds[f"{q[j]:.0f}-{q[j + 1]:.0f}"] = dict(
+                n=int(sel.sum()), coverage_68=g["fraction"],
+                coverage_68_err_halos=g["stderr_grouped"])
+        out["test_cv_by_observer_distance"] = thirds
     return out
 
 

@@ -204,7 +204,8 @@ def flow_calibrate(*, config, model, images, clusters, out, threads=1):
     ``calibrate``) is sliced at each eval or survey cluster's d~ by ``flow_evaluate`` and
     ``flow_survey_posteriors``.
     """
-    from .evaluate import cross_validated_coverage, tabulate_calibration
+    from .evaluate import (cluster_columns, cross_validated_coverage, tabulate_calibration,
+                           tail_of)
 
     s = settings_of(config)
     _set_threads(threads)
@@ -215,10 +216,13 @@ def flow_calibrate(*, config, model, images, clusters, out, threads=1):
     pred = dict(cluster_id=cols["cluster_id"][fin], log10_m200c_pred=d[fin],
                 log10_m200c_true=cols["log10_m200c"][fin].astype(np.float64))
     pdf = tabulate_calibration(s, pred, clusters, images)
-    halos, _ = read_table(clusters, group="clusters", columns=["cluster_id", "halo_id"])
-    row = np.searchsorted(halos["cluster_id"], pred["cluster_id"])
-    cv = cross_validated_coverage(s, pred["log10_m200c_pred"], pred["log10_m200c_true"],
-                                  halos["halo_id"][row])
+    rows = cluster_columns(clusters, pred["cluster_id"],
+                           ["halo_id", "observer_distance_mpc_h"])
+    cv = cross_validated_coverage(
+        s, pred["log10_m200c_pred"], pred["log10_m200c_true"], rows["halo_id"],
+        distance=rows["observer_distance_mpc_h"] if s.calibration.distance_aware else None,
+        tail=tail_of(pdf))
+    cv.pop("test_cv_by_observer_distance", None)       # HDF5 attributes hold scalars
     getattr(pdf, "blind", pdf).meta.update(cv)         # read back by flow_evaluate
     pdf.save(out)
     log.info("flow calibration: test set cross-validated coverage 68%% %.3f +- %.3f, 95%% "
@@ -360,7 +364,11 @@ def flow_evaluate(*, config, model, images, clusters, metrics_out, posteriors_ou
     if blind is not None:                  # the test set's own, from rule flow_calibrate
         metrics.update({k: blind.meta[k] for k in (
             "test_cv_coverage_68", "test_cv_coverage_68_err_halos", "test_cv_coverage_95",
-            "test_cv_coverage_95_err_halos", "n_test_halos") if k in blind.meta})
+            "test_cv_coverage_95_err_halos", "n_test_halos", "test_cv_calibration")
+            if k in blind.meta})
+        from .evaluate import tail_report
+
+        metrics["calibration_tail"] = tail_report(blind)
     metrics["survey_range"] = survey_range_report(
         s, rows, dict(log10_m200c_true=t, **summ), cal_range)
     io.write_json(metrics_out, jsonable(metrics))

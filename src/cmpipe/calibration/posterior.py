@@ -263,25 +263,37 @@ def posterior_cdf_at(pdf: JointPDF, d_obs, m_true, distance=None) -> np.ndarray 
         PIT values in [0, 1] (NaN for rows of vanishing density); a float for scalar input.
     """
     scalar = np.ndim(d_obs) == 0 and np.ndim(m_true) == 0
+    out = _at_true_mass(pdf, d_obs, m_true, distance, "posterior_cdf_at",
+                        lambda p: posterior_cdf(p, pdf.m_step), outside=None)
+    return float(out[0]) if scalar else out
+
+
+def _at_true_mass(pdf, d_obs, m_true, distance, name, of_rows, outside):
+    """``of_rows`` (a function of the normalised posterior rows on the mass grid) linearly
+    interpolated at each true mass; ``outside`` the value beyond the grid (None: the edge
+    node's)."""
     d, mt = np.broadcast_arrays(np.atleast_1d(np.asarray(d_obs, dtype=np.float64)),
                                 np.atleast_1d(np.asarray(m_true, dtype=np.float64)))
     d, mt = d.ravel(), mt.ravel()
     dist = None if distance is None else np.broadcast_to(
         np.asarray(distance, dtype=np.float64).ravel(), d.shape)
     if not np.all(np.isfinite(mt)):
-        raise ValueError("posterior_cdf_at: true masses must be finite (got NaN/inf)")
+        raise ValueError(f"{name}: true masses must be finite (got NaN/inf)")
     m0, dm, nm = float(pdf.m_grid[0]), pdf.m_step, pdf.m_grid.size
     out = np.empty(d.size)
     for s in range(0, d.size, _CHUNK_ROWS):
         sl = slice(s, min(s + _CHUNK_ROWS, d.size))
-        rows = calibration_rows(pdf, d[sl], None if dist is None else dist[sl])
-        cdf = posterior_cdf(normalise_rows(rows, dm), dm)
-        u = np.clip((mt[sl] - m0) / dm, 0.0, nm - 1.0)
+        vals = of_rows(normalise_rows(
+            calibration_rows(pdf, d[sl], None if dist is None else dist[sl]), dm))
+        u = (mt[sl] - m0) / dm
+        inside = (u >= 0.0) & (u <= nm - 1.0)
+        u = np.clip(u, 0.0, nm - 1.0)
         k = np.minimum(u.astype(np.int64), nm - 2)
         f = u - k
-        rows = np.arange(cdf.shape[0])
-        out[sl] = (1.0 - f) * cdf[rows, k] + f * cdf[rows, k + 1]
-    return float(out[0]) if scalar else out
+        r = np.arange(vals.shape[0])
+        got = (1.0 - f) * vals[r, k] + f * vals[r, k + 1]
+        out[sl] = got if outside is None else np.where(inside, got, outside)
+    return out
 
 
 def posterior_density_at(pdf: JointPDF, d_obs, m_true, distance=None) -> np.ndarray:
@@ -290,28 +302,10 @@ def posterior_density_at(pdf: JointPDF, d_obs, m_true, distance=None) -> np.ndar
     vanishing density). Its log averaged over held-out pairs is the cross-validated log
     score of :func:`cmpipe.calibration.select_tail`.
 
-    Parameters are those of :func:`posterior_cdf_at`; arrays of equal length.
+    Parameters are those of :func:`posterior_cdf_at`; returns an array.
     """
-    d = np.atleast_1d(np.asarray(d_obs, dtype=np.float64)).ravel()
-    mt = np.broadcast_to(np.asarray(m_true, dtype=np.float64).ravel(), d.shape)
-    dist = None if distance is None else np.broadcast_to(
-        np.asarray(distance, dtype=np.float64).ravel(), d.shape)
-    if not np.all(np.isfinite(mt)):
-        raise ValueError("posterior_density_at: true masses must be finite (got NaN/inf)")
-    m0, dm, nm = float(pdf.m_grid[0]), pdf.m_step, pdf.m_grid.size
-    out = np.empty(d.size)
-    for s in range(0, d.size, _CHUNK_ROWS):
-        sl = slice(s, min(s + _CHUNK_ROWS, d.size))
-        p = normalise_rows(calibration_rows(pdf, d[sl], None if dist is None else dist[sl]),
-                           dm)
-        u = (mt[sl] - m0) / dm
-        inside = (u >= 0.0) & (u <= nm - 1.0)
-        u = np.clip(u, 0.0, nm - 1.0)
-        k = np.minimum(u.astype(np.int64), nm - 2)
-        f = u - k
-        r = np.arange(p.shape[0])
-        out[sl] = np.where(inside, (1.0 - f) * p[r, k] + f * p[r, k + 1], 0.0)
-    return out
+    return _at_true_mass(pdf, d_obs, m_true, distance, "posterior_density_at",
+                         lambda p: p, outside=0.0)
 
 
 def cv_fold_tables(d_pred, m_true, groups, *, n_folds: int = 5, seed: int = 0,

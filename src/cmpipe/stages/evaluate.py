@@ -101,8 +101,8 @@ def tail_report(pdf) -> dict:
     import json
 
     meta = getattr(pdf, "blind", pdf).meta
-    out = dict(weight=float(meta.get("tail_weight", 0.0)),
-               width=float(meta.get("tail_width", 0.0)), rule=meta.get("tail_rule", "none"))
+    weight, width = tail_of(pdf)
+    out = dict(weight=weight, width=width, rule=meta.get("tail_rule", "none"))
     for k in ("cv_log_score", "cv_log_score_best", "cv_log_score_no_tail"):
         if f"tail_{k}" in meta:
             out[k] = float(meta[f"tail_{k}"])

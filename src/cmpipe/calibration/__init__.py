@@ -33,7 +33,8 @@ from .posterior import (QUANTILE_LEVELS, calibration_rows, cdf_quantiles, cross_
                         posterior_rows, summarise)
 from .distance import (DEFAULT_DISTANCE_NODES, DEFAULT_DISTANCE_WINDOW,
                        DistanceJointPDF, load_calibration, tabulate_by_distance)
-from .tails import TAIL_WEIGHTS, TAIL_WIDTHS, select_tail, selection_json, with_tail
+from .tails import (TAIL_WEIGHTS, TAIL_WIDTHS, select_tail, selection_json, tail_of,
+                    tail_record, with_tail)
 
 __all__ = [
     "DEFAULT_BANDWIDTH",
@@ -68,4 +69,6 @@ __all__ = [
     "select_tail",
     "selection_json",
     "with_tail",
+    "tail_of",
+    "tail_record",
 ]

@@ -23,11 +23,11 @@ import json
 import numpy as np
 
 from .distance import DistanceJointPDF
-from .joint_pdf import JointPDF, tail_mixture
+from .joint_pdf import DEFAULT_TAIL_WIDTH, JointPDF, tail_mixture
 from .posterior import cv_fold_tables, posterior_density_at
 
 __all__ = ["TAIL_WEIGHTS", "TAIL_WIDTHS", "LOG_DENSITY_FLOOR", "with_tail", "select_tail",
-           "selection_json"]
+           "selection_json", "tail_of", "tail_record"]
 
 #: Candidate weights of the outlier component (0: the plain KDE).
 TAIL_WEIGHTS = (0.0, 0.01, 0.02, 0.05, 0.1)
@@ -151,3 +151,30 @@ def selection_json(selection: dict) -> str:
     """The candidates of :func:`select_tail` as a compact JSON string (HDF5 attribute)."""
     return json.dumps([[c["weight"], c["width"], round(c["cv_log_score"], 5),
                         round(c["se_vs_best"], 5)] for c in selection["candidates"]])
+
+
+def tail_of(pdf) -> tuple[float, float]:
+    """``(weight, width)`` of a calibration's outlier tail, read from its metadata (weight
+    0: none, e.g. a table made before tails)."""
+    meta = getattr(pdf, "blind", pdf).meta
+    return (float(meta.get("tail_weight", 0.0)),
+            float(meta.get("tail_width", DEFAULT_TAIL_WIDTH)))
+
+
+def tail_record(pdf) -> dict:
+    """The calibration's outlier tail for a metrics file (``calibration_tail``): ``weight``,
+    ``width``, ``rule`` and, when it was chosen by :func:`select_tail`, the cross-validated
+    log scores and every candidate (decoded from :func:`selection_json`)."""
+    meta = getattr(pdf, "blind", pdf).meta
+    weight, width = tail_of(pdf)
+    out = dict(weight=weight, width=width, rule=meta.get("tail_rule", "none"))
+    for k in ("cv_log_score", "cv_log_score_best", "cv_log_score_no_tail"):
+        if f"tail_{k}" in meta:
+            out[k] = float(meta[f"tail_{k}"])
+    if "tail_candidates" in meta:
+        out["candidates"] = [dict(weight=w, width=k, cv_log_score=sc, se_vs_best=se)
+                             for w, k, sc, se in json.loads(meta["tail_candidates"])]
+    out["note"] = ("outlier component mixed into every joint-PDF table "
+                   "(cmpipe.calibration.tail_mixture); cv_log_score: mean log P(m_true | d~) "
+                   "of the test pairs, each from a calibration of the other halo folds")
+    return out

@@ -177,7 +177,7 @@ def ablation_evaluate(*, config, dim, model, test_inputs, eval_inputs, clusters,
     """Rule ``ablation_evaluate``: predictions of one network at one seed, its own SBI
     calibration (joint PDF of its test-set predictions, as the ``calibrate`` rule) and its
     eval-set metrics (``metrics.json``: ``network`` as in ``evaluation/metrics.json``)."""
-    from ..ablation import network_report, training_seed
+    from ..ablation import network_report
     from ..calibration import load_calibration
     from ..training import predict
     from .evaluate import calibrate, observer_distances
@@ -202,10 +202,9 @@ def ablation_evaluate(*, config, dim, model, test_inputs, eval_inputs, clusters,
     bins = eval_mass_bins(s, preds["eval"]["log10_m200c_true"])
     rep = network_report(pdf, preds["eval"], point=point, bins=bins,
                          distance=observer_distances(clusters, preds["eval"]["cluster_id"]))
-    metrics = dict(run=s.run, dimensionality=dim, seed=seed,
-                   training_seed=training_seed(s.seed, "3d" if dim == CUBE_ONLY else dim,
-                                               seed),
-                   distance_input=ablation_train_settings(s, dim, seed).distance_input,
+    trained = ablation_train_settings(s, dim, seed)
+    metrics = dict(run=s.run, dimensionality=dim, seed=seed, training_seed=trained.seed,
+                   distance_input=trained.distance_input,
                    calibration=("distance-aware" if s.calibration.distance_aware else
                                 "distance-blind"),
                    point_estimate=point, n_eval=rep["overall"]["n"],

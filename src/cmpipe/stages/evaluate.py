@@ -89,32 +89,6 @@ def calibration_tail(s, d_pred, m_true, halos, distance=None) -> tuple[tuple, di
         tail_candidates=selection_json(sel))
 
 
-def tail_of(pdf) -> tuple[float, float]:
-    """``(weight, width)`` of a calibration's outlier tail (0 weight: none)."""
-    meta = getattr(pdf, "blind", pdf).meta
-    return float(meta.get("tail_weight", 0.0)), float(meta.get("tail_width", 3.0))
-
-
-def tail_report(pdf) -> dict:
-    """The calibration's outlier tail as read back from its metadata
-    (``evaluation/metrics.json`` ``calibration_tail``)."""
-    import json
-
-    meta = getattr(pdf, "blind", pdf).meta
-    weight, width = tail_of(pdf)
-    out = dict(weight=weight, width=width, rule=meta.get("tail_rule", "none"))
-    for k in ("cv_log_score", "cv_log_score_best", "cv_log_score_no_tail"):
-        if f"tail_{k}" in meta:
-            out[k] = float(meta[f"tail_{k}"])
-    if "tail_candidates" in meta:
-        out["candidates"] = [dict(weight=w, width=k, cv_log_score=sc, se_vs_best=se)
-                             for w, k, sc, se in json.loads(meta["tail_candidates"])]
-    out["note"] = ("outlier component mixed into every joint-PDF table "
-                   "(cmpipe.calibration.tail_mixture); cv_log_score: mean log P(m_true | d~) "
-                   "of the test pairs, each from a calibration of the other halo folds")
-    return out
-
-
 def cluster_columns(clusters, cluster_ids, columns) -> dict:
     """``columns`` of the cluster table for ``cluster_ids`` (in their order).
 
@@ -194,8 +168,10 @@ def evaluate(*, config, joint_pdf, test_predictions, eval_predictions, clusters,
                                 "distance" if s.calibration.distance_aware else
                                 "distance-blind: P(d~, log M) over all distances (the "
                                 "paper's)"), **metrics)
+    from ..calibration import tail_of, tail_record
+
     metrics.update(_coverage_checks(s, cl, test_pred, eval_pred, post, tail_of(pdf)))
-    metrics["calibration_tail"] = tail_report(pdf)
+    metrics["calibration_tail"] = tail_record(pdf)
     seed = stage_seed(s.seed, "evaluate") % (2 ** 32)
     metrics["by_observer_distance"] = _by_distance(eval_rows, post, seed)
     metrics["survey_range"] = survey_range_report(s, eval_rows, post,
@@ -298,6 +274,20 @@ def survey_range_report(s, eval_rows, post, calibrated_range) -> dict:
     return rep
 
 
+def distance_thirds(distance, ok):
+    """``(label, mask)`` of the thirds (by quantile) of the finite rows ``ok`` in observer
+    distance, labelled ``"lo-hi"`` (comoving h^-1 Mpc); thirds of fewer than 2 rows, or
+    all of them with fewer than 3 rows, are left out."""
+    if ok.sum() < 3:
+        return
+    q = np.quantile(distance[ok], [0.0, 1 / 3, 2 / 3, 1.0])
+    for j in range(3):
+        sel = ok & (distance >= q[j]) & ((distance < q[j + 1]) if j < 2
+                                         else (distance <= q[j + 1]))
+        if sel.sum() >= 2:
+            yield f"{q[j]:.0f}-{q[j + 1]:.0f}", sel
+
+
 def _by_distance(eval_rows, post, seed=0) -> dict:
     """Residuals and coverage of the eval posteriors in thirds of the observer distance,
     the coverage with its error from resampling whole halos (``halo_id`` of
@@ -314,17 +304,13 @@ def _by_distance(eval_rows, post, seed=0) -> dict:
     fin = np.isfinite(post["point"])
     if fin.sum() < 3:
         return {}
-    q = np.quantile(r[fin], [0.0, 1 / 3, 2 / 3, 1.0])
     out = {}
-    for j in range(3):
-        sel = fin & (r >= q[j]) & ((r < q[j + 1]) if j < 2 else (r <= q[j + 1]))
+    for label, sel in distance_thirds(r, fin):
         n = int(sel.sum())
-        if n < 2:
-            continue
         eps = residuals(post["log10_m200c_true"][sel], post["point"][sel])
         t = post["log10_m200c_true"][sel]
         inside = (t >= post["lo68"][sel]) & (t <= post["hi68"][sel])
-        out[f"{q[j]:.0f}-{q[j + 1]:.0f}"] = dict(
+        out[label] = dict(
             n=n, mean_residual_dex=float(eps.mean()),
             mean_residual_err_dex=float(eps.std(ddof=1) / np.sqrt(n)),
             scatter_dex=float(eps.std(ddof=1)),
@@ -338,7 +324,7 @@ def _by_distance(eval_rows, post, seed=0) -> dict:
     return out
 
 
-def _coverage_checks(s, cl, test_pred, eval_pred, post, tail=(0.0, 3.0)) -> dict:
+def _coverage_checks(s, cl, test_pred, eval_pred, post, tail=None) -> dict:
     """How sure the coverage numbers are: the eval-set coverage with errors from
     resampling whole halos (sightlines of one halo are correlated), and the test set's own
     out-of-sample coverage by 5-fold cross-validation over halos (3-4x the eval pairs)."""
@@ -377,10 +363,11 @@ def _coverage_checks(s, cl, test_pred, eval_pred, post, tail=(0.0, 3.0)) -> dict
     return out
 
 
-def cross_validated_coverage(s, d_pred, m_true, halos, distance=None, tail=(0.0, 3.0)) -> dict:
+def cross_validated_coverage(s, d_pred, m_true, halos, distance=None, tail=None) -> dict:
     """The test set's own out-of-sample coverage: each of 5 folds of whole halos calibrated
     on the other four (:func:`cmpipe.calibration.cross_validated_pit`) as the run is:
-    ``calibration.*`` bandwidth and grids, the outlier ``tail`` (weight, width) and, with
+    ``calibration.*`` bandwidth and grids, the outlier ``tail`` ((weight, width); None: none)
+    and, with
     ``distance`` (the pairs' observer distances, comoving h^-1 Mpc), the distance nodes;
     errors from resampling halos.
 
@@ -392,13 +379,14 @@ def cross_validated_coverage(s, d_pred, m_true, halos, distance=None, tail=(0.0,
         ``test_cv_by_observer_distance`` (68% coverage in thirds of the test pairs'
         distance, with halo errors).
     """
-    from ..calibration import cross_validated_pit
+    from ..calibration import DEFAULT_TAIL_WIDTH, cross_validated_pit
     from ..metrics import NOMINAL_68, grouped_coverage_error
 
     c = s.calibration
     halos = np.asarray(halos)
     seed = stage_seed(s.seed, "evaluate") % (2 ** 32)
     D = None if distance is None else np.asarray(distance, dtype=np.float64)
+    tail = tail or (0.0, DEFAULT_TAIL_WIDTH)
     pit = cross_validated_pit(d_pred, m_true, halos, seed=seed, bandwidth=c.bandwidth,
                               shrink=c.shrink, n_d=c.n_grid_pred, n_m=c.n_grid_mass,
                               tail_weight=tail[0], tail_width=tail[1], distance=D,
@@ -413,18 +401,13 @@ def cross_validated_coverage(s, d_pred, m_true, halos, distance=None, tail=(0.0,
     out["n_test_halos"] = int(np.unique(halos).size)
     out["test_cv_calibration"] = ("distance-aware" if D is not None else "distance-blind") + (
         f", outlier tail weight {tail[0]:g} width {tail[1]:g}" if tail[0] else ", no tail")
-    if D is not None and ok.sum() >= 3:
-        q = np.quantile(D[ok], [0.0, 1 / 3, 2 / 3, 1.0])
+    if D is not None:
         thirds = {}
-        for j in range(3):
-            sel = ok & (D >= q[j]) & ((D < q[j + 1]) if j < 2 else (D <= q[j + 1]))
-            if sel.sum() < 2:
-                continue
+        for label, sel in distance_thirds(D, ok):
             g = grouped_coverage_error(np.abs(pit[sel] - 0.5) < 0.5 * NOMINAL_68, halos[sel],
                                        seed=seed)
-            thirds[f"{q[j]:.0f}-{q[j + 1]:.0f}"] = dict(
-                n=int(sel.sum()), coverage_68=g["fraction"],
-                coverage_68_err_halos=g["stderr_grouped"])
+            thirds[label] = dict(n=int(sel.sum()), coverage_68=g["fraction"],
+                                 coverage_68_err_halos=g["stderr_grouped"])
         out["test_cv_by_observer_distance"] = thirds
     return out
 

@@ -204,8 +204,8 @@ def flow_calibrate(*, config, model, images, clusters, out, threads=1):
     ``calibrate``) is sliced at each eval or survey cluster's d~ by ``flow_evaluate`` and
     ``flow_survey_posteriors``.
     """
-    from .evaluate import (cluster_columns, cross_validated_coverage, tabulate_calibration,
-                           tail_of)
+    from ..calibration import tail_of
+    from .evaluate import cluster_columns, cross_validated_coverage, tabulate_calibration
 
     s = settings_of(config)
     _set_threads(threads)
@@ -366,9 +366,9 @@ def flow_evaluate(*, config, model, images, clusters, metrics_out, posteriors_ou
             "test_cv_coverage_68", "test_cv_coverage_68_err_halos", "test_cv_coverage_95",
             "test_cv_coverage_95_err_halos", "n_test_halos", "test_cv_calibration")
             if k in blind.meta})
-        from .evaluate import tail_report
+        from ..calibration import tail_record
 
-        metrics["calibration_tail"] = tail_report(blind)
+        metrics["calibration_tail"] = tail_record(blind)
     metrics["survey_range"] = survey_range_report(
         s, rows, dict(log10_m200c_true=t, **summ), cal_range)
     io.write_json(metrics_out, jsonable(metrics))

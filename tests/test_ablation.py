@@ -327,14 +327,24 @@ def _fake_run(tmp_path, n_seeds=3, n=300):
     for d, base in sd.items():
         for k in range(n_seeds):
             rep = _report(base + 0.004 * (k - 1), n=n, seed=10 * k + len(files))
+            thirds = _thirds(d, k)
             if d == "3d" and k == 0:
                 files[d, k] = _metrics_file(tmp_path / "evaluation.json", rep, n,
                                             point_estimate="map",
-                                            baselines={"virial": _report(0.3, n=n)})
+                                            baselines={"virial": _report(0.3, n=n)},
+                                            by_observer_distance=thirds)
             else:
                 files[d, k] = _metrics_file(tmp_path / f"{d}-{k}.json", rep, n,
-                                            seed=k if k or d == "1d" else None)
+                                            seed=k if k or d == "1d" else None,
+                                            by_observer_distance=thirds)
     return files
+
+
+def _thirds(d, k):
+    """Hand-made ``by_observer_distance`` of network ``d`` at seed ``k``."""
+    return {lab: dict(n=100, coverage_68=0.6 + 0.01 * j + 0.02 * k + 0.001 * int(d[0]),
+                      mean_residual_dex=0.01 * (j - 1) - 0.002 * k)
+            for j, lab in enumerate(("10-100", "100-200", "200-250"))} | {"note": "thirds"}
 
 
 def _summary_kwargs(files, n_seeds):
@@ -370,6 +380,17 @@ def test_ablation_summary_and_figure_over_seeds(tmp_path):
         assert m["scatter_mean_dex"] == pytest.approx(np.mean(sc))
         assert m["scatter_sd_dex"] == pytest.approx(np.std(sc, ddof=1))
         assert m["scatter_sem_dex"] == pytest.approx(np.std(sc, ddof=1) / math.sqrt(3))
+        # each seed's distance thirds, and their mean and spread over seeds
+        th = m["by_observer_distance_seeds"]
+        assert list(th) == ["10-100", "100-200", "200-250"]             # nearest first
+        for lab, v in th.items():
+            cov = [_thirds(d, k)[lab]["coverage_68"] for k in range(3)]
+            res = [_thirds(d, k)[lab]["mean_residual_dex"] for k in range(3)]
+            assert v["coverage_68_seeds"] == pytest.approx(cov)
+            assert v["coverage_68_mean"] == pytest.approx(np.mean(cov))
+            assert v["coverage_68_sd"] == pytest.approx(np.std(cov, ddof=1))
+            assert v["mean_residual_seeds_dex"] == pytest.approx(res)
+            assert v["mean_residual_mean_dex"] == pytest.approx(np.mean(res))
     assert "seeds" not in ab["methods"]["virial"]
     assert ab["precision_order"]["monotonic"] is ab["matches_expectation"] is True
     po = ab["precision_order_seeds"]
@@ -382,6 +403,8 @@ def test_ablation_summary_and_figure_over_seeds(tmp_path):
     stages.ablation_summary(config=cfg, out=out, **_summary_kwargs(files, 1))
     ab = json.loads(out.read_text())
     assert ab["n_seeds"] == 1 and ab["methods"]["cnn2d"]["scatter_sd_dex"] is None
+    assert ab["methods"]["cnn2d"]["by_observer_distance_seeds"]["10-100"][
+        "coverage_68_sd"] is None
     # errors name the file
     kw = _summary_kwargs(files, 3)
     kw["seeds_2d"] = kw["seeds_2d"][::-1]

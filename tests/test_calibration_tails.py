@@ -4,8 +4,9 @@ its weight and width chosen by the cross-validated log score over halos.
 References
 ----------
 * the mixture: its defining properties, computed independently from the table (the
-  ``log M`` marginal unchanged, each mass column's mean of d~ unchanged and its variance
-  ``(1 - w + w k^2)`` times the KDE's);
+  ``log M`` marginal unchanged, each mass column's mean of d~ unchanged, its variance
+  ``((1 - w) s^2 + w k^2)`` times the KDE's and its probability within the KDE's +-1 sd
+  unchanged, with ``s`` solved independently here from the normal CDF);
 * the selection: the exact Bayes posterior of the generating model (flat prior, a
   contaminated Gaussian likelihood, closed form on a grid), whose held-out log score no
   calibration can beat on average.
@@ -14,7 +15,8 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from cmpipe.calibration import (TAIL_WEIGHTS, cross_validated_pit, posterior_cdf_at,
+from cmpipe.calibration import (TAIL_WEIGHTS, core_scale, cross_validated_pit,
+                                posterior_cdf_at,
                                 posterior_density_at, select_tail, tabulate_by_distance,
                                 tabulate_joint_pdf, tail_mixture, with_tail)
 from cmpipe.massfunction import prior_from_joint_pdf
@@ -52,7 +54,18 @@ def contaminated():
     return _pairs(rng, 2400), _pairs(rng, 3000)
 
 
-def test_mixture_keeps_the_mass_marginal_and_column_means():
+@pytest.mark.parametrize("w, k", [(0.05, 2.0), (0.1, 3.0)])
+def test_core_scale_keeps_one_sigma_of_a_normal(w, k):
+    s = core_scale(w, k)
+    assert 0.85 < s < 1.0
+    # (1 - w) N(0, s^2) + w N(0, k^2) holds the normal's 68.27% within +-1
+    inside = (1 - w) * (2 * norm.cdf(1 / s) - 1) + w * (2 * norm.cdf(1 / k) - 1)
+    assert inside == pytest.approx(2 * norm.cdf(1) - 1, abs=1e-9)
+    assert core_scale(0.0, 3.0) == 1.0
+    assert core_scale(0.05, 3.0) < core_scale(0.05, 2.0) < core_scale(0.02, 2.0)
+
+
+def test_mixture_keeps_the_mass_marginal_column_means_and_core_intervals():
     rng = np.random.default_rng(3)
     d, m, _ = _pairs(rng, 1500, f_out=0.0)
     pdf = tabulate_joint_pdf(d, m, **GRID)
@@ -66,8 +79,12 @@ def test_mixture_keeps_the_mass_marginal_and_column_means():
     inner = (pdf.m_grid > M_LO + 0.1) & (pdf.m_grid < M_HI - 0.1)
     np.testing.assert_allclose(p1[inner], p0[inner], rtol=1e-10)
     # per column (masses well inside the grid, so the broad normal is not cut by it):
-    # mean of d~ unchanged, variance (1 - w + w k^2) times the KDE's
+    # mean of d~ unchanged, variance ((1 - w) s^2 + w k^2) times the KDE's, the same
+    # probability within the KDE's mean +- sd, and more beyond 3 sd
     g = pdf.d_grid
+    s = norm.ppf(0.5 + 0.5 * ((2 * norm.cdf(1) - 1) - w * (2 * norm.cdf(1 / k) - 1))
+                 / (1 - w)) ** -1
+    checked = 0
     for j in np.flatnonzero(inner)[::40]:
         c0, c1 = pdf.table[:, j], mixed[:, j]
         mu0 = np.sum(g * c0) / c0.sum()
@@ -76,7 +93,14 @@ def test_mixture_keeps_the_mass_marginal_and_column_means():
         v1 = np.sum((g - mu1) ** 2 * c1) / c1.sum()
         assert abs(mu1 - mu0) < 1e-3, j
         if M_LO + 0.5 < pdf.m_grid[j] < M_HI - 0.5:
-            assert v1 == pytest.approx((1 - w + w * k * k) * v0, rel=0.02), j
+            assert v1 == pytest.approx(((1 - w) * s * s + w * k * k) * v0, rel=0.02), j
+            near = np.abs(g - mu0) <= np.sqrt(v0)
+            far = np.abs(g - mu0) > 3 * np.sqrt(v0)
+            assert c1[near].sum() / c1.sum() == pytest.approx(c0[near].sum() / c0.sum(),
+                                                             abs=0.01), j
+            assert c1[far].sum() > 3 * c0[far].sum(), j
+            checked += 1
+    assert checked >= 3
 
 
 def test_zero_weight_is_the_plain_kde_and_bad_settings_raise():
@@ -87,7 +111,7 @@ def test_zero_weight_is_the_plain_kde_and_bad_settings_raise():
     np.testing.assert_array_equal(tail_mixture(pdf.table, pdf.d_grid, 0.0, 3.0), pdf.table)
     same = tabulate_joint_pdf(d, m, tail_weight=0.02, tail_width=3.0, **GRID)
     np.testing.assert_allclose(same.table, with_tail(pdf, 0.02, 3.0).table, rtol=1e-12)
-    for w, k in ((0.5, 2.0), (-0.1, 2.0), (0.05, 0.5)):
+    for w, k in ((0.35, 2.0), (-0.1, 2.0), (0.05, 0.5)):
         with pytest.raises(ValueError, match="tail"):
             tail_mixture(pdf.table, pdf.d_grid, w, k)
     with pytest.raises(ValueError, match="already has an outlier component"):

@@ -280,6 +280,14 @@ def _check_ablation_seeds(wd, res, ab, m3):
         assert net["seeds"][0]["scatter_dex"] == net["scatter_dex"]
         # another seed is another network, not a copy
         assert len({s["scatter_dex"] for s in net["seeds"]}) == n_seeds
+        # each seed's distance thirds (seed 0 of the CNN3D: evaluation/metrics.json)
+        th = net["by_observer_distance_seeds"]
+        assert len(th) == 3 and all(len(v["coverage_68_seeds"]) == n_seeds
+                                    for v in th.values())
+        if d == "3d":
+            assert [v["coverage_68_seeds"][0] for v in th.values()] == [
+                v["coverage_68"] for k, v in m3["by_observer_distance"].items()
+                if k != "note"]
     po = ab["precision_order_seeds"]
     assert sorted(po["order"]) == ["cnn1d", "cnn2d", "cnn3d"] and len(po["steps"]) == 2
     assert po["monotonic"] is ab["matches_expectation_seeds"]

@@ -31,7 +31,7 @@ import re
 import numpy as np
 
 from .calibration import JointPDF
-from .evaluation import posterior_table
+from .evaluation import by_observer_distance, posterior_table
 from .images import AXES, DIMS, ablation_inputs, input_shape
 from .metrics import DEFAULT_MASS_BINS, evaluation_report
 from .settings import stage_seed
@@ -50,6 +50,7 @@ __all__ = [
     "training_seed",
     "seed_statistics",
     "network_seeds",
+    "thirds_over_seeds",
     "precision_order_seeds",
 ]
 
@@ -57,7 +58,7 @@ logger = logging.getLogger(__name__)
 
 
 def network_report(pdf: JointPDF, pred: dict, *, point: str = "map",
-                   bins=DEFAULT_MASS_BINS, distance=None) -> dict:
+                   bins=DEFAULT_MASS_BINS, distance=None, halos=None, seed: int = 0) -> dict:
     """Eval-set report of one network through the SBI calibration ``pdf``.
 
     The same computation as the network part of :func:`cmpipe.evaluation.evaluate`:
@@ -78,6 +79,9 @@ def network_report(pdf: JointPDF, pred: dict, *, point: str = "map",
     distance : array_like, optional
         Observer distances of the eval clusters, comoving h^-1 Mpc (a distance-aware
         calibration needs them).
+    halos, seed
+        Host halo of each eval cluster and the bootstrap seed: with ``distance`` too, the
+        report gains ``by_observer_distance`` (:func:`cmpipe.metrics.by_observer_distance`).
 
     Returns
     -------
@@ -93,6 +97,9 @@ def network_report(pdf: JointPDF, pred: dict, *, point: str = "map",
                             n_mem=n_mem[ok], point="point", bins=bins)
     rep["n_extrapolated"] = int(np.count_nonzero(summ["extrapolated"]))
     rep["n_left_out"] = int((~ok).sum())
+    if distance is not None and halos is not None:
+        rep["by_observer_distance"] = by_observer_distance(
+            distance, halos, t, summ["point"], summ["lo68"], summ["hi68"], seed=seed)
     return rep
 
 
@@ -296,6 +303,38 @@ def network_seeds(rows) -> dict:
                        for k, r in enumerate(rows)],
                 scatter_mean_dex=st["mean"], scatter_sd_dex=st["sd"],
                 scatter_sem_dex=st["sem"])
+
+
+def thirds_over_seeds(thirds) -> dict:
+    """A network's residual and 68% coverage per observer-distance third over seeds.
+
+    Parameters
+    ----------
+    thirds : sequence of dict
+        One :func:`cmpipe.metrics.by_observer_distance` per seed (seed 0 first), of the
+        same eval clusters (so the same third labels).
+
+    Returns
+    -------
+    dict
+        Per third: ``coverage_68_seeds`` and ``mean_residual_seeds_dex`` (per seed),
+        ``coverage_68_mean``, ``coverage_68_sd`` (sample s.d. over seeds, None for one
+        seed) and ``mean_residual_mean_dex``; empty when a seed has no thirds or the
+        seeds' thirds differ.
+    """
+    thirds = [t or {} for t in thirds]
+    labels = [[k for k, v in t.items() if isinstance(v, dict)] for t in thirds]   # near first
+    if not thirds or not labels[0] or any(lab != labels[0] for lab in labels):
+        return {}
+    out = {}
+    for label in labels[0]:
+        cov = [float(t[label]["coverage_68"]) for t in thirds]
+        res = [float(t[label]["mean_residual_dex"]) for t in thirds]
+        st = seed_statistics(cov)
+        out[label] = dict(coverage_68_seeds=cov, mean_residual_seeds_dex=res,
+                          coverage_68_mean=st["mean"], coverage_68_sd=st["sd"],
+                          mean_residual_mean_dex=float(np.mean(res)))
+    return out
 
 
 def _seed_statement(steps, ranked, mean, sem, monotonic, threshold_sem) -> str:

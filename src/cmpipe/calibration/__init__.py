@@ -25,8 +25,8 @@ Modules
     log score.
 """
 from .joint_pdf import (DEFAULT_BANDWIDTH, DEFAULT_GRID_SIZE, DEFAULT_TAIL_WIDTH,
-                        DEFAULT_TRUNCATION, JointPDF, kernel_covariance, tabulate_joint_pdf,
-                        tail_mixture)
+                        DEFAULT_TRUNCATION, MAX_TAIL_WEIGHT, JointPDF, core_scale,
+                        kernel_covariance, tabulate_joint_pdf, tail_mixture)
 from .posterior import (QUANTILE_LEVELS, calibration_rows, cdf_quantiles, cross_validated_pit,
                         cv_fold_tables, is_extrapolated, normalise_rows, posterior,
                         posterior_cdf, posterior_cdf_at, posterior_density_at, posterior_map,
@@ -62,6 +62,8 @@ __all__ = [
     "DEFAULT_DISTANCE_WINDOW",
     "DEFAULT_TAIL_WIDTH",
     "tail_mixture",
+    "core_scale",
+    "MAX_TAIL_WEIGHT",
     "posterior_density_at",
     "cv_fold_tables",
     "TAIL_WEIGHTS",

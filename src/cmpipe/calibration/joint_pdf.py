@@ -68,6 +68,8 @@ __all__ = [
     "DEFAULT_TRUNCATION",
     "DEFAULT_TAIL_WIDTH",
     "JointPDF",
+    "MAX_TAIL_WEIGHT",
+    "core_scale",
     "tail_mixture",
     "kernel_covariance",
     "tabulate_joint_pdf",
@@ -232,8 +234,43 @@ def _tabulate(d_sorted, m_sorted, d0, dd, nd, m0, dm, nm, h_dd, beta, s2, r_t, n
                 add_gaussian_run(row, i0, i1, u, prec, math.exp(-0.5 * qd))
 
 
+#: Largest accepted weight of the outlier component: the core keeps its central 68%
+#: interval only while ``w`` stays below ``1 - 0.683`` whatever the width.
+MAX_TAIL_WEIGHT = 0.3
+#: Probability of the central interval the outlier component leaves unchanged (1 sigma).
+_CORE_PROBABILITY = math.erf(1.0 / math.sqrt(2.0))
+
+
+def core_scale(weight: float, width: float) -> float:
+    """Factor ``s`` by which :func:`tail_mixture` narrows the KDE's core: for a Gaussian
+    column of sd ``sigma``, ``(1 - w) N(0, (s sigma)^2) + w N(0, (k sigma)^2)`` holds 68.27%
+    of its probability within ``+-sigma``, as ``N(0, sigma^2)`` does; 1 for ``w = 0``.
+
+    Raises
+    ------
+    ValueError
+        ``weight`` outside [0, 0.3] or ``width`` below 1.
+    """
+    from scipy.optimize import brentq       # here: the plots env reads tables without scipy
+    from scipy.special import erf
+
+    w, k = float(weight), float(width)
+    if not 0.0 <= w <= MAX_TAIL_WEIGHT:
+        raise ValueError(f"tail weight must be in [0, {MAX_TAIL_WEIGHT}], got {weight}")
+    if not (k >= 1.0 and math.isfinite(k)):
+        raise ValueError(f"tail width must be >= 1 (units of the scatter), got {width}")
+    outer = erf(1.0 / (k * math.sqrt(2.0)))               # the component's mass within 1 sd
+    if w == 0.0 or outer >= _CORE_PROBABILITY:
+        return 1.0
+
+    def excess(s):
+        return (1.0 - w) * erf(1.0 / (s * math.sqrt(2.0))) + w * outer - _CORE_PROBABILITY
+    return float(brentq(excess, 1e-3, 1.0, xtol=1e-12))
+
+
 def tail_mixture(table, d_grid, weight: float, width: float) -> np.ndarray:
-    """Mix an outlier component into a joint-PDF table: ``(1 - w) T + w B``.
+    """Mix an outlier component into a joint-PDF table, keeping the core's 68% intervals:
+    ``(1 - w) T_s + w B``.
 
     Why: the kernel covariance is a fraction of the pairs' covariance, and the pairs lie
     along a tight relation (d~ ~ log M, correlation ~0.98), so a kernel's width *across*
@@ -250,6 +287,14 @@ def tail_mixture(table, d_grid, weight: float, width: float) -> np.ndarray:
     integral over the grid, so the marginal ``P(m)`` (the test-set prior) is unchanged.
     Columns whose marginal is below 1e-12 of its maximum get no component.
 
+    Mixing alone would widen every posterior's core: the KDE's central intervals are
+    already calibrated, and the component adds probability outside them. So each column of
+    the KDE is narrowed about its mean by :func:`core_scale` ``s(w, k)`` (``T_s(d, m) =
+    T(mu + (d - mu) / s, m) / s``, linear between grid nodes, renormalised to ``P(m)``):
+    for a Gaussian column the mixture's ``+-sigma`` interval holds 68.27%, as the KDE's
+    does, while its tails are lifted. Column means and the marginal are unchanged; the
+    column variance is ``((1 - w) s^2 + w k^2) sigma^2``.
+
     Parameters
     ----------
     table : ndarray, shape (n_d, n_m)
@@ -257,7 +302,7 @@ def tail_mixture(table, d_grid, weight: float, width: float) -> np.ndarray:
     d_grid : ndarray, shape (n_d,)
         Uniform grid of ``d~``, log10 h^-1 Msun.
     weight : float
-        ``w`` in [0, 0.5).
+        ``w`` in [0, 0.3].
     width : float
         Width of the component in units of ``sigma(m)``, >= 1.
 
@@ -265,11 +310,8 @@ def tail_mixture(table, d_grid, weight: float, width: float) -> np.ndarray:
     -------
     ndarray, shape (n_d, n_m)
     """
+    s = core_scale(weight, width)                          # checks weight and width
     w, k = float(weight), float(width)
-    if not 0.0 <= w < 0.5:
-        raise ValueError(f"tail weight must be in [0, 0.5), got {weight}")
-    if not (k >= 1.0 and math.isfinite(k)):
-        raise ValueError(f"tail width must be >= 1 (units of the scatter), got {width}")
     t = np.asarray(table, dtype=np.float64)
     if w == 0.0:
         return t
@@ -282,11 +324,21 @@ def tail_mixture(table, d_grid, weight: float, width: float) -> np.ndarray:
     safe = np.where(ok, marg, 1.0)
     mu = (wd * g) @ t / safe
     var = wd @ (t * (g[:, None] - mu[None, :]) ** 2) / safe
+    per_column = np.where(ok, marg, 0.0)[None, :]
+
+    def normalised(c):
+        z = wd @ c
+        return c * np.where(ok & (z > 0), per_column[0] / np.where(z > 0, z, 1.0), 0.0)
+
+    # the core, narrowed by s about each column's mean
+    at = (mu[None, :] + (g[:, None] - mu[None, :]) / s - g[0]) / dd
+    i0 = np.clip(np.floor(at).astype(np.intp), 0, g.size - 2)
+    f = np.clip(at - i0, 0.0, 1.0)
+    cols = np.arange(t.shape[1])[None, :]
+    core = ((1.0 - f) * t[i0, cols] + f * t[i0 + 1, cols]) * ((at >= 0) & (at <= g.size - 1))
     sig = k * np.sqrt(np.maximum(var, dd * dd))
     comp = np.exp(-0.5 * ((g[:, None] - mu[None, :]) / sig[None, :]) ** 2)
-    z = wd @ comp
-    comp *= np.where(ok & (z > 0), marg / np.where(z > 0, z, 1.0), 0.0)[None, :]
-    return (1.0 - w) * t + w * comp
+    return (1.0 - w) * normalised(core) + w * normalised(comp)
 
 
 def _check_pairs(d_pred, m_true):
@@ -390,7 +442,7 @@ def tabulate_joint_pdf(d_pred, m_true, *, bandwidth: float = DEFAULT_BANDWIDTH,
         ``bandwidth < 1``.
     tail_weight, tail_width : float
         The outlier component mixed into the table (:func:`tail_mixture`): its weight in
-        [0, 0.5) (0: the plain KDE) and its width in units of the table's own scatter of
+        [0, 0.3] (0: the plain KDE) and its width in units of the table's own scatter of
         ``d~`` at each mass (>= 1). :func:`cmpipe.calibration.select_tail` chooses both by
         cross-validation.
     meta : dict, optional

@@ -22,11 +22,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from .. import io
 from ..io.artefacts import read_json_artefact
 from ..io.mock import galaxy_offsets
 from ..io.tables import CatalogueError, read_table, write_table
-from ..settings import SPLIT_CODES
+from ..settings import SPLIT_CODES, stage_seed
 from .common import jsonable, settings_of, log
 from .cubes import cube_rows, split_galaxies
 from .evaluate import eval_mass_bins
@@ -180,7 +182,7 @@ def ablation_evaluate(*, config, dim, model, test_inputs, eval_inputs, clusters,
     from ..ablation import network_report
     from ..calibration import load_calibration
     from ..training import predict
-    from .evaluate import calibrate, observer_distances
+    from .evaluate import calibrate, cluster_columns
 
     _check_network(dim, seed)
     s = settings_of(config)
@@ -200,15 +202,20 @@ def ablation_evaluate(*, config, dim, model, test_inputs, eval_inputs, clusters,
     point = s.calibration.point_estimate
     pdf = load_calibration(joint_pdf_out, distance_aware=s.calibration.distance_aware)
     bins = eval_mass_bins(s, preds["eval"]["log10_m200c_true"])
+    rows = cluster_columns(clusters, preds["eval"]["cluster_id"],
+                           ["observer_distance_mpc_h", "halo_id"])
     rep = network_report(pdf, preds["eval"], point=point, bins=bins,
-                         distance=observer_distances(clusters, preds["eval"]["cluster_id"]))
+                         distance=np.asarray(rows["observer_distance_mpc_h"], dtype=float),
+                         halos=rows["halo_id"],
+                         seed=stage_seed(s.seed, "evaluate") % (2 ** 32))
     trained = ablation_train_settings(s, dim, seed)
     metrics = dict(run=s.run, dimensionality=dim, seed=seed, training_seed=trained.seed,
                    distance_input=trained.distance_input,
                    calibration=("distance-aware" if s.calibration.distance_aware else
                                 "distance-blind"),
                    point_estimate=point, n_eval=rep["overall"]["n"],
-                   n_test_pairs=len(preds["test"]["cluster_id"]), network=rep)
+                   n_test_pairs=len(preds["test"]["cluster_id"]),
+                   by_observer_distance=rep.pop("by_observer_distance"), network=rep)
     if s.calibration.distance_aware:       # the same network, the paper's calibration
         metrics["network_distance_blind"] = network_report(pdf.blind, preds["eval"],
                                                            point=point, bins=bins)
@@ -255,7 +262,8 @@ def ablation_summary(*, config, metrics_1d, metrics_2d, metrics_3d, out, seeds_1
     ``metrics_{dim}`` are seed 0 (``metrics_3d``: the main ``evaluation/metrics.json``, which
     also holds the baselines), ``seeds_{dim}`` the metrics files of seeds 1, 2, ... (the same
     number for every network)."""
-    from ..ablation import method_entry, network_seeds, precision_order, precision_order_seeds
+    from ..ablation import (method_entry, network_seeds, precision_order,
+                            precision_order_seeds, thirds_over_seeds)
 
     s = settings_of(config)
     fix = "rerun the evaluate / ablation_evaluate rules"
@@ -266,6 +274,9 @@ def ablation_summary(*, config, metrics_1d, metrics_2d, metrics_3d, out, seeds_1
                          f"{ {k: len(v) for k, v in files.items()} } files")
     rows, n_eval = _network_rows(files, fix)
     methods = {name: dict(r[0], **network_seeds(r)) for name, r in rows.items()}
+    for name, paths in files.items():       # seed 0 of the CNN3D: evaluation/metrics.json
+        methods[name]["by_observer_distance_seeds"] = thirds_over_seeds(
+            [read_json_artefact(p, fix).get("by_observer_distance") for p in paths])
     m3 = read_json_artefact(metrics_3d, fix)
     for name, rep in m3.get("baselines", {}).items():
         methods[name] = method_entry(rep, label=_BASELINE_LABELS.get(name, name),
@@ -286,7 +297,9 @@ def ablation_summary(*, config, metrics_1d, metrics_2d, metrics_3d, out, seeds_1
                    "the main CNN3D); seeds 1.. retrain it with another seed "
                    "(ablation/{dim}/seeds/{k}/); precision_order_seeds ranks on the mean "
                    "scatter over seeds, steps in units of the combined standard error of the "
-                   "means (training noise only: every seed sees the same eval clusters)",
+                   "means (training noise only: every seed sees the same eval clusters); "
+                   "by_observer_distance_seeds: each seed's residual and 68% coverage in "
+                   "thirds of the observer distance, with the mean and s.d. over seeds",
         precision_order_seeds=by_seeds, matches_expectation_seeds=by_seeds["monotonic"])
     io.write_json(out, jsonable(summary))
     log.info("ablation (seed 0): scatter %s dex; falls with dimensionality: %s",

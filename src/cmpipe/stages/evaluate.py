@@ -274,54 +274,14 @@ def survey_range_report(s, eval_rows, post, calibrated_range) -> dict:
     return rep
 
 
-def distance_thirds(distance, ok):
-    """``(label, mask)`` of the thirds (by quantile) of the finite rows ``ok`` in observer
-    distance, labelled ``"lo-hi"`` (comoving h^-1 Mpc); thirds of fewer than 2 rows, or
-    all of them with fewer than 3 rows, are left out."""
-    if ok.sum() < 3:
-        return
-    q = np.quantile(distance[ok], [0.0, 1 / 3, 2 / 3, 1.0])
-    for j in range(3):
-        sel = ok & (distance >= q[j]) & ((distance < q[j + 1]) if j < 2
-                                         else (distance <= q[j + 1]))
-        if sel.sum() >= 2:
-            yield f"{q[j]:.0f}-{q[j + 1]:.0f}", sel
-
-
 def _by_distance(eval_rows, post, seed=0) -> dict:
-    """Residuals and coverage of the eval posteriors in thirds of the observer distance,
-    the coverage with its error from resampling whole halos (``halo_id`` of
-    ``eval_rows``; a halo's sightlines are correlated).
+    """:func:`cmpipe.metrics.by_observer_distance` of the eval posteriors ``post`` (the
+    clusters' ``observer_distance_mpc_h`` and ``halo_id`` from ``eval_rows``)."""
+    from ..evaluation import by_observer_distance
 
-    The flux limit makes a nearby cluster richer than a distant one of the same mass, and
-    the network reads richness: a calibration averaged over the mock's observer distances
-    leaves nearby clusters too heavy and distant ones too light, which these rows show (a
-    distance-aware calibration should leave every third unbiased)."""
-    from ..metrics import grouped_coverage_error, residuals
-
-    r = np.asarray(eval_rows["observer_distance_mpc_h"], dtype=float)
-    halo = np.asarray(eval_rows["halo_id"])
-    fin = np.isfinite(post["point"])
-    if fin.sum() < 3:
-        return {}
-    out = {}
-    for label, sel in distance_thirds(r, fin):
-        n = int(sel.sum())
-        eps = residuals(post["log10_m200c_true"][sel], post["point"][sel])
-        t = post["log10_m200c_true"][sel]
-        inside = (t >= post["lo68"][sel]) & (t <= post["hi68"][sel])
-        out[label] = dict(
-            n=n, mean_residual_dex=float(eps.mean()),
-            mean_residual_err_dex=float(eps.std(ddof=1) / np.sqrt(n)),
-            scatter_dex=float(eps.std(ddof=1)),
-            coverage_68=float(np.mean(inside)),
-            coverage_68_err_halos=grouped_coverage_error(inside, halo[sel],
-                                                         seed=seed)["stderr_grouped"])
-    out["note"] = ("eval clusters in thirds of their observer distance (comoving h^-1 Mpc): "
-                   "residual log10 M_true - point estimate, 68% coverage with its error from "
-                   "resampling whole halos; the flux limit makes nearby clusters richer, "
-                   "which a distance-blind calibration does not know")
-    return out
+    return by_observer_distance(eval_rows["observer_distance_mpc_h"], eval_rows["halo_id"],
+                                post["log10_m200c_true"], post["point"], post["lo68"],
+                                post["hi68"], seed=seed)
 
 
 def _coverage_checks(s, cl, test_pred, eval_pred, post, tail=None) -> dict:
@@ -380,6 +340,7 @@ def cross_validated_coverage(s, d_pred, m_true, halos, distance=None, tail=None)
         distance, with halo errors).
     """
     from ..calibration import DEFAULT_TAIL_WIDTH, cross_validated_pit
+    from ..evaluation import distance_thirds
     from ..metrics import NOMINAL_68, grouped_coverage_error
 
     c = s.calibration

@@ -285,7 +285,8 @@ def tail_mixture(table, d_grid, weight: float, width: float) -> np.ndarray:
     ``sigma(m)`` are the table's own ``log M`` marginal and the mean and standard deviation
     of ``d~`` in each mass column (trapezoid over the ``d~`` grid), and ``Z(m)`` the normal's
     integral over the grid, so the marginal ``P(m)`` (the test-set prior) is unchanged.
-    Columns whose marginal is below 1e-12 of its maximum get no component.
+    Columns whose marginal is below 1e-12 of its maximum get no component and keep their
+    KDE (times ``1 - w``).
 
     Mixing alone would widen every posterior's core: the KDE's central intervals are
     already calibrated, and the component adds probability outside them. So each column of
@@ -324,11 +325,10 @@ def tail_mixture(table, d_grid, weight: float, width: float) -> np.ndarray:
     safe = np.where(ok, marg, 1.0)
     mu = (wd * g) @ t / safe
     var = wd @ (t * (g[:, None] - mu[None, :]) ** 2) / safe
-    per_column = np.where(ok, marg, 0.0)[None, :]
 
-    def normalised(c):
+    def normalised(c):                                   # each column to the marginal P(m)
         z = wd @ c
-        return c * np.where(ok & (z > 0), per_column[0] / np.where(z > 0, z, 1.0), 0.0)
+        return c * np.where(ok & (z > 0), marg / np.where(z > 0, z, 1.0), 0.0)
 
     # the core, narrowed by s about each column's mean
     at = (mu[None, :] + (g[:, None] - mu[None, :]) / s - g[0]) / dd
@@ -338,7 +338,8 @@ def tail_mixture(table, d_grid, weight: float, width: float) -> np.ndarray:
     core = ((1.0 - f) * t[i0, cols] + f * t[i0 + 1, cols]) * ((at >= 0) & (at <= g.size - 1))
     sig = k * np.sqrt(np.maximum(var, dd * dd))
     comp = np.exp(-0.5 * ((g[:, None] - mu[None, :]) / sig[None, :]) ** 2)
-    return (1.0 - w) * normalised(core) + w * normalised(comp)
+    core = np.where(ok[None, :], normalised(core), t)    # empty columns kept as they are
+    return (1.0 - w) * core + w * normalised(comp)
 
 
 def _check_pairs(d_pred, m_true):

@@ -448,6 +448,13 @@ def test_flow_products_are_consistent(tiny_run):
     assert all(0 < t["coverage_68_err_halos"] < 0.2 for t in thirds.values())
     assert all("coverage_68_err_halos" in v for k, v in cnn["by_observer_distance"].items()
                if k != "note")
+    # the flow's too: cross-validated thirds through flow_calibrate's joint PDF, eval thirds
+    # of its posteriors
+    assert len(m["test_cv_by_observer_distance"]) == 3
+    assert all(0 < t["coverage_68"] < 1 for t in m["test_cv_by_observer_distance"].values())
+    flow_thirds = {k: v for k, v in m["by_observer_distance"].items() if k != "note"}
+    assert len(flow_thirds) == 3
+    assert sum(v["n"] for v in flow_thirds.values()) == m["n_eval"]
     assert rows["flow"]["scatter_dex"] == pytest.approx(m["scatter_dex"])
     assert rows["cnn3d_sbi"]["coverage_68"] == pytest.approx(cnn["coverage_68"])
     assert rows["cnn3d_sbi"]["survey_top_mean_residual_dex"] == pytest.approx(

@@ -222,7 +222,9 @@ def flow_calibrate(*, config, model, images, clusters, out, threads=1):
         s, pred["log10_m200c_pred"], pred["log10_m200c_true"], rows["halo_id"],
         distance=rows["observer_distance_mpc_h"] if s.calibration.distance_aware else None,
         tail=tail_of(pdf))
-    cv.pop("test_cv_by_observer_distance", None)       # HDF5 attributes hold scalars
+    thirds = cv.pop("test_cv_by_observer_distance", None)
+    if thirds is not None:                             # HDF5 attributes hold scalars
+        cv["test_cv_by_observer_distance"] = json.dumps(jsonable(thirds))
     getattr(pdf, "blind", pdf).meta.update(cv)         # read back by flow_evaluate
     pdf.save(out)
     log.info("flow calibration: test set cross-validated coverage 68%% %.3f +- %.3f, 95%% "
@@ -309,7 +311,7 @@ def flow_evaluate(*, config, model, images, clusters, metrics_out, posteriors_ou
     slices at the flow's point estimate, and the flow's own numbers go under
     ``uncalibrated``.
     """
-    from ..evaluation import flat_keys
+    from ..evaluation import by_observer_distance, flat_keys
     from ..metrics import evaluation_report, interloper_diagnostic, residuals
 
     s = settings_of(config)
@@ -355,6 +357,9 @@ def flow_evaluate(*, config, model, images, clusters, metrics_out, posteriors_ou
         network=rep,
         interlopers={k: v for k, v in inter.items()
                      if not (isinstance(v, np.ndarray) and v.size == ok.sum())})
+    metrics["by_observer_distance"] = by_observer_distance(
+        rows["observer_distance_mpc_h"], rows["halo_id"], t, summ["point"], summ["lo68"],
+        summ["hi68"], seed=stage_seed(s.seed, "evaluate") % (2 ** 32))
     if joint_pdf is not None:
         metrics["uncalibrated"] = _uncalibrated_metrics(t, raw)
     from ..calibration import load_calibration
@@ -366,6 +371,9 @@ def flow_evaluate(*, config, model, images, clusters, metrics_out, posteriors_ou
             "test_cv_coverage_68", "test_cv_coverage_68_err_halos", "test_cv_coverage_95",
             "test_cv_coverage_95_err_halos", "n_test_halos", "test_cv_calibration")
             if k in blind.meta})
+        if "test_cv_by_observer_distance" in blind.meta:
+            metrics["test_cv_by_observer_distance"] = json.loads(
+                blind.meta["test_cv_by_observer_distance"])
         from ..calibration import tail_record
 
         metrics["calibration_tail"] = tail_record(blind)

@@ -81,7 +81,8 @@ def network_report(pdf: JointPDF, pred: dict, *, point: str = "map",
         calibration needs them).
     halos, seed
         Host halo of each eval cluster and the bootstrap seed: with ``distance`` too, the
-        report gains ``by_observer_distance`` (:func:`cmpipe.metrics.by_observer_distance`).
+        report gains ``by_observer_distance``
+        (:func:`cmpipe.evaluation.by_observer_distance`).
 
     Returns
     -------
@@ -311,7 +312,7 @@ def thirds_over_seeds(thirds) -> dict:
     Parameters
     ----------
     thirds : sequence of dict
-        One :func:`cmpipe.metrics.by_observer_distance` per seed (seed 0 first), of the
+        One :func:`cmpipe.evaluation.by_observer_distance` per seed (seed 0 first), of the
         same eval clusters (so the same third labels).
 
     Returns

@@ -28,7 +28,7 @@ from .. import io
 from ..io.artefacts import read_json_artefact
 from ..io.mock import galaxy_offsets
 from ..io.tables import CatalogueError, read_table, write_table
-from ..settings import SPLIT_CODES, stage_seed
+from ..settings import SPLIT_CODES
 from .common import jsonable, settings_of, log
 from .cubes import cube_rows, split_galaxies
 from .evaluate import eval_mass_bins
@@ -182,7 +182,7 @@ def ablation_evaluate(*, config, dim, model, test_inputs, eval_inputs, clusters,
     from ..ablation import network_report
     from ..calibration import load_calibration
     from ..training import predict
-    from .evaluate import calibrate, cluster_columns
+    from .evaluate import bootstrap_seed, calibrate, cluster_columns
 
     _check_network(dim, seed)
     s = settings_of(config)
@@ -207,7 +207,7 @@ def ablation_evaluate(*, config, dim, model, test_inputs, eval_inputs, clusters,
     rep = network_report(pdf, preds["eval"], point=point, bins=bins,
                          distance=np.asarray(rows["observer_distance_mpc_h"], dtype=float),
                          halos=rows["halo_id"],
-                         seed=stage_seed(s.seed, "evaluate") % (2 ** 32))
+                         seed=bootstrap_seed(s))
     trained = ablation_train_settings(s, dim, seed)
     metrics = dict(run=s.run, dimensionality=dim, seed=seed, training_seed=trained.seed,
                    distance_input=trained.distance_input,

@@ -107,6 +107,12 @@ def cluster_columns(clusters, cluster_ids, columns) -> dict:
     return {c: cl[c][row] for c in columns}
 
 
+def bootstrap_seed(s) -> int:
+    """Seed of the halo bootstraps of the eval-set metrics: one stream for every estimator
+    judged on the eval clusters, so their coverage errors resample the same halos."""
+    return stage_seed(s.seed, "evaluate") % (2 ** 32)
+
+
 def observer_distances(clusters, cluster_ids) -> np.ndarray:
     """Observer distances (comoving h^-1 Mpc) of ``cluster_ids`` from the cluster table."""
     return np.asarray(cluster_columns(clusters, cluster_ids, ["observer_distance_mpc_h"])[
@@ -172,7 +178,7 @@ def evaluate(*, config, joint_pdf, test_predictions, eval_predictions, clusters,
 
     metrics.update(_coverage_checks(s, cl, test_pred, eval_pred, post, tail_of(pdf)))
     metrics["calibration_tail"] = tail_record(pdf)
-    seed = stage_seed(s.seed, "evaluate") % (2 ** 32)
+    seed = bootstrap_seed(s)
     metrics["by_observer_distance"] = _by_distance(eval_rows, post, seed)
     metrics["survey_range"] = survey_range_report(s, eval_rows, post,
                                                   pdf.calibrated_mass_range)
@@ -275,7 +281,7 @@ def survey_range_report(s, eval_rows, post, calibrated_range) -> dict:
 
 
 def _by_distance(eval_rows, post, seed=0) -> dict:
-    """:func:`cmpipe.metrics.by_observer_distance` of the eval posteriors ``post`` (the
+    """:func:`cmpipe.evaluation.by_observer_distance` of the eval posteriors ``post`` (the
     clusters' ``observer_distance_mpc_h`` and ``halo_id`` from ``eval_rows``)."""
     from ..evaluation import by_observer_distance
 
@@ -293,7 +299,7 @@ def _coverage_checks(s, cl, test_pred, eval_pred, post, tail=None) -> dict:
     halo = dict(zip(cl["cluster_id"].tolist(), cl["halo_id"].tolist()))
     eval_halos = np.array([halo[i] for i in eval_pred["cluster_id"].tolist()])
     test_halos = np.array([halo[i] for i in test_pred["cluster_id"].tolist()])
-    seed = stage_seed(s.seed, "evaluate") % (2 ** 32)
+    seed = bootstrap_seed(s)
     fin = np.isfinite(post["point"])                  # as the metrics: posterior rows > 0
     m = post["log10_m200c_true"][fin]
     eval_halos = eval_halos[fin]
@@ -326,10 +332,9 @@ def _coverage_checks(s, cl, test_pred, eval_pred, post, tail=None) -> dict:
 def cross_validated_coverage(s, d_pred, m_true, halos, distance=None, tail=None) -> dict:
     """The test set's own out-of-sample coverage: each of 5 folds of whole halos calibrated
     on the other four (:func:`cmpipe.calibration.cross_validated_pit`) as the run is:
-    ``calibration.*`` bandwidth and grids, the outlier ``tail`` ((weight, width); None: none)
-    and, with
-    ``distance`` (the pairs' observer distances, comoving h^-1 Mpc), the distance nodes;
-    errors from resampling halos.
+    ``calibration.*`` bandwidth and grids, the outlier ``tail`` ((weight, width); None:
+    none) and, with ``distance`` (the pairs' observer distances, comoving h^-1 Mpc), the
+    distance nodes; errors from resampling halos.
 
     Returns
     -------
@@ -345,7 +350,7 @@ def cross_validated_coverage(s, d_pred, m_true, halos, distance=None, tail=None)
 
     c = s.calibration
     halos = np.asarray(halos)
-    seed = stage_seed(s.seed, "evaluate") % (2 ** 32)
+    seed = bootstrap_seed(s)
     D = None if distance is None else np.asarray(distance, dtype=np.float64)
     tail = tail or (0.0, DEFAULT_TAIL_WIDTH)
     pit = cross_validated_pit(d_pred, m_true, halos, seed=seed, bandwidth=c.bandwidth,

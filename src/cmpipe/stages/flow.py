@@ -26,7 +26,7 @@ from ..io.tables import CatalogueError, TableWriter, read_table
 from ..settings import SPLIT_CODES, ConfigError, stage_seed
 from .common import jsonable, settings_of, log
 from .cubes import cube_rows, split_galaxies
-from .evaluate import eval_mass_bins, survey_range_report
+from .evaluate import bootstrap_seed, eval_mass_bins, survey_range_report
 
 #: Clusters per batch of KDE images (bounds memory; one write per batch).
 _IMAGE_BATCH = 256
@@ -359,7 +359,7 @@ def flow_evaluate(*, config, model, images, clusters, metrics_out, posteriors_ou
                      if not (isinstance(v, np.ndarray) and v.size == ok.sum())})
     metrics["by_observer_distance"] = by_observer_distance(
         rows["observer_distance_mpc_h"], rows["halo_id"], t, summ["point"], summ["lo68"],
-        summ["hi68"], seed=stage_seed(s.seed, "evaluate") % (2 ** 32))
+        summ["hi68"], seed=bootstrap_seed(s))
     if joint_pdf is not None:
         metrics["uncalibrated"] = _uncalibrated_metrics(t, raw)
     from ..calibration import load_calibration

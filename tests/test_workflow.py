@@ -293,6 +293,29 @@ def _check_ablation_seeds(wd, res, ab, m3):
     assert po["monotonic"] is ab["matches_expectation_seeds"]
 
 
+def _check_marginal_against_scipy(res, gal, cluster_id, l1, n):
+    """The L1 distance between a cluster's 3D cube's v marginal and its 1D KDE equals
+    scipy's (``gaussian_kde``, bandwidth factor ``kde.h0``, on the window's voxel
+    centres, each grid normalised to sum 1) to 1e-5."""
+    from scipy.stats import gaussian_kde
+
+    import yaml
+
+    cfg = yaml.safe_load((res / "config.resolved.yaml").read_text())
+    w, vmax, h0 = (cfg["window"]["half_width_mpc_h"], cfg["window"]["v_max_kms"],
+                   cfg["kde"]["h0"])
+    s = gal["cluster_id"] == cluster_id
+    pts = np.vstack([gal["x_proj_mpc_h"][s], gal["y_proj_mpc_h"][s], gal["v_los_kms"][s]])
+    cx = -w + (np.arange(n) + 0.5) * 2 * w / n
+    cv = -vmax + (np.arange(n) + 0.5) * 2 * vmax / n
+    X, Y, V = np.meshgrid(cx, cx, cv, indexing="ij")
+    d3 = gaussian_kde(pts, bw_method=h0)(np.vstack([X.ravel(), Y.ravel(), V.ravel()]))
+    d3 = d3.reshape(n, n, n) / d3.sum()
+    d1 = gaussian_kde(pts[2], bw_method=h0)(cv)
+    d1 /= d1.sum()
+    assert np.abs(d3.sum(axis=(0, 1)) - d1).sum() == pytest.approx(l1, abs=1e-5)
+
+
 def test_analyses_products(tiny_run):
     """Ablation, robustness and saliency products of the tiny run (configs/tiny.yaml)."""
     from cmpipe.kde import kde_1d, kde_2d
@@ -328,9 +351,13 @@ def test_analyses_products(tiny_run):
         np.testing.assert_array_equal(c1.cubes(0, 1)[0], kde_1d(v, n=n))
         np.testing.assert_array_equal(c2.cubes(0, 1)[0], kde_2d(x, y, v, n=n))
         # v marginals of the 3D cubes against the 1D inputs: edge losses and voxel sums of
-        # narrow kernels only (median L1 0.014 measured on this run)
+        # narrow kernels only (median L1 0.009 measured on this run). A compact cluster whose
+        # x/y kernels are narrower than a voxel differs more (the 3D KDE is point-sampled at
+        # voxel centres, the paper's convention): the worst cluster's difference must be
+        # exactly the one scipy's gaussian_kde gives for its galaxies (0.40 on this run).
         l1 = np.abs(c3.cubes(0, len(ids)).sum(axis=(1, 2)) - c1.cubes(0, len(ids))).sum(1)
-        assert np.median(l1) < 0.05 and l1.max() < 0.3
+        assert np.median(l1) < 0.05
+        _check_marginal_against_scipy(res, gal, int(ids[np.argmax(l1)]), float(l1.max()), n)
     _check_ablation_seeds(*tiny_run, ab, m3)
     rb = json.loads((res / "robustness/summary.json").read_text())
     assert rb["zero_perturbation_identical"] == {"incompleteness_0": True,

@@ -297,21 +297,20 @@ def _check_marginal_against_scipy(res, gal, cluster_id, l1, n):
     """The L1 distance between a cluster's 3D cube's v marginal and its 1D KDE equals
     scipy's (``gaussian_kde``, bandwidth factor ``kde.h0``, on the window's voxel
     centres, each grid normalised to sum 1) to 1e-5."""
+    import yaml
     from scipy.stats import gaussian_kde
 
-    import yaml
+    from cmpipe.kde.grid import Grid3D, grid_points
 
     cfg = yaml.safe_load((res / "config.resolved.yaml").read_text())
-    w, vmax, h0 = (cfg["window"]["half_width_mpc_h"], cfg["window"]["v_max_kms"],
-                   cfg["kde"]["h0"])
+    grid = Grid3D(n=n, half_width_mpc_h=cfg["window"]["half_width_mpc_h"],
+                  v_max_kms=cfg["window"]["v_max_kms"])
+    h0 = cfg["kde"]["h0"]
     s = gal["cluster_id"] == cluster_id
     pts = np.vstack([gal["x_proj_mpc_h"][s], gal["y_proj_mpc_h"][s], gal["v_los_kms"][s]])
-    cx = -w + (np.arange(n) + 0.5) * 2 * w / n
-    cv = -vmax + (np.arange(n) + 0.5) * 2 * vmax / n
-    X, Y, V = np.meshgrid(cx, cx, cv, indexing="ij")
-    d3 = gaussian_kde(pts, bw_method=h0)(np.vstack([X.ravel(), Y.ravel(), V.ravel()]))
-    d3 = d3.reshape(n, n, n) / d3.sum()
-    d1 = gaussian_kde(pts[2], bw_method=h0)(cv)
+    d3 = gaussian_kde(pts, bw_method=h0)(grid_points(grid)).reshape(grid.shape)
+    d3 /= d3.sum()
+    d1 = gaussian_kde(pts[2], bw_method=h0)(grid.v_centres)
     d1 /= d1.sum()
     assert np.abs(d3.sum(axis=(0, 1)) - d1).sum() == pytest.approx(l1, abs=1e-5)
 

@@ -6,7 +6,7 @@ Usage: ``python benchmarks/bench_augment.py [--run-dir results/demo] [--seeds 1 
 Prints one JSON object to stdout (progress goes to stderr through ``logging``).
 
 For each augment setting (``train.augment`` false / true: a random one of the 8 sky-plane
-symmetries, D4 on the x, y axes, per training cube per epoch, :mod:`cmpipe.cubedata`) and
+symmetries, D4 on the x, y axes, per training cube per epoch, :mod:`cmpipe.cnn.cubedata`) and
 each seed, the CNN3D is trained as the pipeline's ``train`` rule trains it, on the run's own
 ``cubes/train.h5`` early-stopped on ``cubes/validation.h5``:
 :func:`cmpipe.stages.train.train_settings` of the run's resolved config
@@ -17,7 +17,7 @@ replaced (``dataclasses.replace``) and, with ``--epochs``, the maximum number of
 system's), deleted afterwards. Then, as rules ``summaries``, ``calibrate`` and ``evaluate``
 do:
 
-* :func:`cmpipe.training.predict` on ``cubes/test.h5`` and ``cubes/eval.h5`` (batch size of
+* :func:`cmpipe.cnn.training.predict` on ``cubes/test.h5`` and ``cubes/eval.h5`` (batch size of
   the run's ``train.batch_size``);
 * the joint PDF of the finite test pairs, :func:`cmpipe.calibration.tabulate_joint_pdf`,
   and with ``calibration.distance_aware`` its distance nodes,
@@ -36,7 +36,7 @@ Per run (``runs``): ``scatter_dex`` (standard deviation, ``ddof=1``, of
 posterior interval), ``raw_scatter_dex`` (of the network's own predictions, before
 calibration), ``best_epoch``, ``epochs_run``, ``best_val_loss`` (standardised MSE),
 ``stopped_early``, ``train_seconds`` (sum of the epoch times in ``history.csv``) and
-``train_wall_s`` (the whole :func:`cmpipe.training.train` call, graph tracing and model
+``train_wall_s`` (the whole :func:`cmpipe.cnn.training.train` call, graph tracing and model
 saving included).
 
 Per augment setting (``summary``): mean and standard deviation (``ddof=1``, over seeds) of
@@ -138,7 +138,7 @@ def eval_metrics(s, test_pred, eval_pred, clusters, workdir):
     ----------
     s : cmpipe.settings.Settings
     test_pred, eval_pred : dict of numpy.ndarray
-        :func:`cmpipe.training.predict` of the test and eval cube files.
+        :func:`cmpipe.cnn.training.predict` of the test and eval cube files.
     clusters : path-like
         The run's cluster table.
     workdir : path-like
@@ -179,7 +179,7 @@ def one_run(s, run_dir, base, augment, seed, tmpdir):
     ----------
     s : cmpipe.settings.Settings
     run_dir : pathlib.Path
-    base : cmpipe.training.TrainSettings
+    base : cmpipe.cnn.training.TrainSettings
         The ``train`` rule's settings (``--epochs`` already applied).
     augment : bool
     seed : int
@@ -191,7 +191,7 @@ def one_run(s, run_dir, base, augment, seed, tmpdir):
     dict
         The run's entry of ``runs`` (see the module docstring).
     """
-    from cmpipe.training import predict, read_history, train
+    from cmpipe.cnn.training import predict, read_history, train
 
     cubes = run_dir / "cubes"
     settings = dataclasses.replace(base, seed=seed, augment=augment)

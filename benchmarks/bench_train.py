@@ -1,4 +1,4 @@
-"""Training throughput, FLOP efficiency and streaming memory of cmpipe.training.
+"""Training throughput, FLOP efficiency and streaming memory of cmpipe.cnn.training.
 
 Usage: ``python benchmarks/bench_train.py [--quick] [--seed SEED] [--skip-memory]
 [--tmpdir DIR]``, or the pipeline mode
@@ -10,18 +10,18 @@ Prints one JSON object to stdout (progress goes to stderr through ``logging``):
 * ``matmul_peak_gflops``: best of 3 ``tf.linalg.matmul`` of two float32 n x n matrices
   (n = 4096, 2048 with ``--quick``), 2 n^3 FLOPs each: the machine's practical peak.
 * ``model``: the default CNN3D on 50^3 cubes: parameters, forward FLOPs per sample (counted
-  analytically from the layer shapes by :func:`cmpipe.model.forward_flops`: a multiply-add is
+  analytically from the layer shapes by :func:`cmpipe.cnn.model.forward_flops`: a multiply-add is
   2 FLOPs, conv = 2 k^3 c_in c_out x output voxels, dense = 2 n_in n_out; bias, ReLU and
   pooling not counted) and training FLOPs per sample, taken as 3x forward (backward =
   gradients w.r.t. activations + w.r.t. weights, each about one forward).
 * ``throughput``: training samples/s with batch 100, Adam, MSE, float32:
-  ``streamed``: ``model.fit`` on a :class:`cmpipe.training.CubeDataset` reading a file of
+  ``streamed``: ``model.fit`` on a :class:`cmpipe.cnn.training.CubeDataset` reading a file of
   random cubes (gzip chunks decompressed on the fly), the first epoch (warm-up: graph
   tracing) excluded, mean over the timed epochs; ``in_memory``: ``train_on_batch`` on one
   batch already in memory (pure compute); ``in_memory_32``: the same network on 32^3 cubes.
   Each with the achieved training FLOP/s and its fraction of the matmul peak.
 * ``memory``: peak resident memory (``ru_maxrss`` from ``os.wait4``) of a fresh subprocess
-  that runs :func:`cmpipe.training.train` in streamed mode (``in_memory_max_mb=0``: batches
+  that runs :func:`cmpipe.cnn.training.train` in streamed mode (``in_memory_max_mb=0``: batches
   read from the file with the prefetch thread) for one full epoch over a cube file of about
   1 GB and one of about 5 GB on disk (0.2 / 0.6 GB with ``--quick``), plus a 64-cube
   validation file. The files are built by copying the compressed chunks of a 64-cube shard
@@ -34,7 +34,7 @@ Prints one JSON object to stdout (progress goes to stderr through ``logging``):
 
 Pipeline mode (``--pipeline results/demo``): the real ``train`` rule code path
 (:func:`cmpipe.stages.train.train`'s settings from the run's config, i.e.
-:func:`cmpipe.training.train` with its in-memory / streamed loader) on the run's own
+:func:`cmpipe.cnn.training.train` with its in-memory / streamed loader) on the run's own
 ``cubes/train.h5`` and ``cubes/validation.h5`` for ``--epochs`` epochs (default 3, a fresh
 output directory), beside the in-memory rate of the same network, grid and batch size
 (``train_on_batch`` on one batch already in memory), and their ratio. ``pipeline``: training
@@ -123,7 +123,7 @@ def matmul_peak(n):
 
 def compiled_model(n):
     import keras
-    from cmpipe.model import build_cnn3d
+    from cmpipe.cnn.model import build_cnn3d
     m = build_cnn3d(n)
     m.compile(optimizer=keras.optimizers.Adam(1e-4), loss="mse", jit_compile=False)
     return m
@@ -145,7 +145,7 @@ def in_memory_rate(n, rng, steps):
 def streamed_rate(path, n, epochs):
     """Samples/s of model.fit streaming ``path``; the first epoch is a warm-up."""
     import keras
-    from cmpipe.training import CubeDataset
+    from cmpipe.cnn.training import CubeDataset
 
     ds = CubeDataset(path, BATCH, shuffle=True, seed=0)
     m = compiled_model(n)
@@ -183,8 +183,8 @@ def build_big_file(path, target_bytes, shard):
 
 
 def child_train(train_path, val_path, out_dir, result_path):
-    """Run one epoch of cmpipe.training.train (in a fresh process) and record its timing."""
-    from cmpipe.training import TrainSettings, read_history, train
+    """Run one epoch of cmpipe.cnn.training.train (in a fresh process) and record its timing."""
+    from cmpipe.cnn.training import TrainSettings, read_history, train
     # streamed (in_memory_max_mb 0): memory must not grow with the file
     res = train(train_path, val_path, out_dir, TrainSettings(epochs=1, verbose=0,
                                                              in_memory_max_mb=0.0))
@@ -252,9 +252,9 @@ def pipeline_mode(args):
     import keras
     import tensorflow as tf
     from cmpipe.io.cubes import CubeReader
-    from cmpipe.model import build_cnn
+    from cmpipe.cnn.model import build_cnn
     from cmpipe.stages.train import train_settings
-    from cmpipe.training import read_history, train, transform_inputs
+    from cmpipe.cnn.training import read_history, train, transform_inputs
 
     run_dir = Path(args.pipeline)
     s = config_of(run_dir, args.config)
@@ -265,7 +265,7 @@ def pipeline_mode(args):
         batch = r.cubes(0, min(settings.batch_size, n_train))
     with CubeReader(val_path) as r:
         n_val = len(r)
-    result = {"benchmark": "cmpipe.training pipeline", "run_dir": str(run_dir),
+    result = {"benchmark": "cmpipe.cnn.training pipeline", "run_dir": str(run_dir),
               "device": device_info(), "tensorflow": tf.__version__,
               "keras": keras.__version__, "grid": list(grid), "batch_size": settings.batch_size,
               "n_train": n_train, "n_validation": n_val, "epochs": args.epochs,
@@ -356,7 +356,7 @@ def main(argv=None):
     epochs = 1 if args.quick else 2
     sizes_gb = (0.2, 0.6) if args.quick else (1.0, 5.0)
     t_start = time.perf_counter()
-    result = {"benchmark": "cmpipe.training", "quick": args.quick}
+    result = {"benchmark": "cmpipe.cnn.training", "quick": args.quick}
 
     with tempfile.TemporaryDirectory(prefix="cmpipe-bench-train-", dir=args.tmpdir) as tmp:
         tmp = Path(tmp)
@@ -387,7 +387,7 @@ def main(argv=None):
 
         import keras
         import tensorflow as tf
-        from cmpipe.model import forward_flops, parameter_count
+        from cmpipe.cnn.model import forward_flops, parameter_count
 
         keras.utils.set_random_seed(args.seed)
         result.update({"device": device_info(), "tensorflow": tf.__version__,

@@ -1,12 +1,24 @@
 """Size and layering of the package: the largest modules and functions, private names
-imported across modules, imports that run up a layer, and rules whose script or stage
-function goes by another name. Prints JSON; ``tests/test_layout.py`` holds the limits.
+imported across modules, import cycles, imports that run up a layer or against the DAG's
+order, and rules whose script or stage function goes by another name. Prints JSON;
+``tests/test_layout.py`` holds the limits.
 
     python benchmarks/code_size.py [--top 5]
 
-Layers, lowest first: ``cmpipe.io`` (files: read, validate, write) -> science modules
-(``cmpipe.*``) -> plotting modules (``cmpipe.plots*``) -> ``cmpipe.stages`` -> ``cmpipe.cli``.
-A module imports only from its own layer or below; ``io`` imports only ``io``.
+Layers, lowest first (``docs/architecture.md`` draws them beside the DAG):
+
+0. ``cmpipe.io``: files (read, validate, write); imports only ``io``.
+1. the foundations at the top of ``src/cmpipe/`` (:data:`FOUNDATIONS`: settings, config
+   sections, cosmology, devices, run state, numba kernels) and the version.
+2. the science packages, one per stage of the DAG, in :data:`SCIENCE_ORDER`: a package
+   imports only the ones before it (``massfunction`` precedes ``survey``: the survey's
+   population prior and volume use the mass-function theory).
+3. ``cmpipe.plots``: figures (the only layer that imports matplotlib).
+4. ``cmpipe.stages``: one function per rule.
+5. ``cmpipe.cli``.
+
+A module imports only from its own layer or below; no two modules import each other,
+directly or through others (function-level imports count).
 """
 from __future__ import annotations
 
@@ -33,19 +45,35 @@ def modules() -> dict[str, Path]:
     return out
 
 
+#: The foundation modules at the top of the package (layer 1), beside ``cli`` and the version.
+FOUNDATIONS = ("settings", "sections", "cosmology", "devices", "runstate", "kernels")
+#: The science packages (layer 2) in the order of the DAG: each imports only earlier ones.
+SCIENCE_ORDER = ("mock", "kde", "cnn", "flow", "calibration", "massfunction", "survey",
+                 "evaluation")
+
+
 def layer(name: str) -> int:
-    """0 io, 1 science, 2 plotting, 3 stages, 4 cli."""
+    """0 io, 1 foundations, 2 science, 3 plotting, 4 stages, 5 cli."""
     parts = name.split(".")
     sub = parts[1] if len(parts) > 1 else ""
     if sub == "io":
         return 0
-    if sub.startswith("plots"):
-        return 2
-    if sub == "stages":
+    if sub in FOUNDATIONS or sub == "":
+        return 1
+    if sub == "plots":
         return 3
-    if sub == "cli":
+    if sub == "stages":
         return 4
-    return 1
+    if sub == "cli":
+        return 5
+    return 2
+
+
+def science_rank(name: str) -> int | None:
+    """Position of a science module's package in :data:`SCIENCE_ORDER` (None elsewhere)."""
+    parts = name.split(".")
+    return SCIENCE_ORDER.index(parts[1]) if len(parts) > 1 and parts[1] in SCIENCE_ORDER \
+        else None
 
 
 def _imports(name: str, path: Path):
@@ -102,12 +130,67 @@ def upward_imports():
         for line, mod, names in _imports(name, path):
             targets = {f"{mod}.{n}" if f"{mod}.{n}" in known else mod for n in names} or {mod}
             for t in sorted(targets):
-                if layer(t) > layer(name) or (layer(name) == 0 and layer(t) != 0):
+                against_dag = (science_rank(t) is not None and science_rank(name) is not None
+                               and science_rank(t) > science_rank(name))
+                if (layer(t) > layer(name) or (layer(name) == 0 and layer(t) != 0)
+                        or against_dag):
                     bad.append(f"{path.relative_to(ROOT)}:{line} ({name}) imports {t}")
-        if layer(name) != 2 and re.search(r"^\s*(import|from) matplotlib", path.read_text(),
+        if layer(name) != 3 and re.search(r"^\s*(import|from) matplotlib", path.read_text(),
                                           re.M):
             bad.append(f"{path.relative_to(ROOT)} ({name}) imports matplotlib")
     return bad
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the package modules it imports (module level or inside functions); a
+    ``from pkg import name`` whose ``name`` is a module counts as an import of that module."""
+    known = modules()
+    graph = {}
+    for name, path in known.items():
+        deps = set()
+        for _, mod, names in _imports(name, path):
+            subs = {f"{mod}.{n}" for n in names if f"{mod}.{n}" in known}
+            deps |= subs if subs and len(subs) == len(names) else subs | {mod}
+        graph[name] = {d for d in deps if d in known and d != name}
+    return graph
+
+
+def import_cycles() -> list[list[str]]:
+    """Groups of modules that import each other, directly or through others (strongly
+    connected components of :func:`import_graph` with more than one module; Tarjan)."""
+    graph = import_graph()
+    index, low, stack, on, out = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return sorted(out)
+
+
+def top_level_modules() -> list[str]:
+    """The modules at the top of ``src/cmpipe/`` beside the subpackages (not ``__init__``)."""
+    return sorted(p.stem for p in PACKAGE.glob("*.py") if p.name != "__init__.py")
 
 
 def unresolved_imports():
@@ -168,6 +251,8 @@ def main(argv=None):
     print(json.dumps({
         "largest_modules": [{"module": m, "lines": n} for n, m in mods[:a.top]],
         "largest_functions": [{"function": f, "lines": n} for n, f in funcs[:a.top]],
+        "top_level_modules": top_level_modules(),
+        "import_cycles": import_cycles(),
         "private_imports": private_imports(),
         "upward_imports": upward_imports(),
         "rule_name_mismatches": name_mismatches(),

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from cmpipe.ablation import ablation_inputs, input_shape, method_entry, precision_order
+from cmpipe.evaluation.ablation import ablation_inputs, input_shape, method_entry, precision_order
 from cmpipe.kde import Grid3D, axis_centres, kde_1d, kde_2d, kde_cube
 
 H0 = 0.175
@@ -128,7 +128,7 @@ def test_ablation_inputs_are_the_single_cluster_kdes(dim):
 
 
 def _report(sd, n=400, seed=0):
-    from cmpipe.metrics import evaluation_report
+    from cmpipe.evaluation.metrics import evaluation_report
     rng = np.random.default_rng(seed)
     t = rng.uniform(13.7, 15.0, n)
     p = t + rng.normal(0, sd, n)
@@ -162,7 +162,7 @@ def _seed63(master, label):
 
 
 def test_seed_index_reads_the_seeddir_wildcard():
-    from cmpipe.ablation import seed_index
+    from cmpipe.evaluation.ablation import seed_index
     assert seed_index("") == 0 and seed_index(None) == 0
     assert seed_index("seeds/1/") == 1 and seed_index("seeds/12/") == 12
     assert seed_index("seeds/3") == 3
@@ -172,7 +172,7 @@ def test_seed_index_reads_the_seeddir_wildcard():
 
 
 def test_training_seed_derives_from_the_master_seed():
-    from cmpipe.ablation import training_seed
+    from cmpipe.evaluation.ablation import training_seed
     # seed 0: the single-run products' seeds (the CNN3D's is rule train's)
     assert training_seed(7, "3d", 0) == _seed63(7, "train") % 2 ** 31
     assert training_seed(7, "1d", 0) == _seed63(7, "ablation_train_1d") % 2 ** 31
@@ -188,7 +188,7 @@ def test_training_seed_derives_from_the_master_seed():
 
 
 def test_seed_statistics_by_hand():
-    from cmpipe.ablation import seed_statistics
+    from cmpipe.evaluation.ablation import seed_statistics
     st = seed_statistics([0.10, 0.12, 0.14])
     assert st["n"] == 3 and st["mean"] == pytest.approx(0.12)
     assert st["sd"] == pytest.approx(0.02)                  # sqrt((0.02^2 + 0 + 0.02^2) / 2)
@@ -206,7 +206,7 @@ def _row(scatter, bias=0.01, c68=0.68, c95=0.95):
 
 
 def test_network_seeds_lists_every_seed_and_the_spread():
-    from cmpipe.ablation import network_seeds
+    from cmpipe.evaluation.ablation import network_seeds
     ns = network_seeds([_row(0.15, bias=0.02), _row(0.15, c68=0.7), _row(0.18, c95=0.9)])
     assert ns["n_seeds"] == 3
     assert ns["seeds"] == [
@@ -226,13 +226,13 @@ def test_network_seeds_lists_every_seed_and_the_spread():
 
 
 def _seeded(*scatters):
-    from cmpipe.ablation import network_seeds
+    from cmpipe.evaluation.ablation import network_seeds
     rows = [_row(s) for s in scatters]
     return dict(rows[0], kind="network", **network_seeds(rows))
 
 
 def test_precision_order_seeds_by_hand():
-    from cmpipe.ablation import precision_order_seeds
+    from cmpipe.evaluation.ablation import precision_order_seeds
     methods = {"cnn1d": _seeded(0.30, 0.32, 0.34),      # mean 0.32, sem 0.02/sqrt(3)
                "cnn2d": _seeded(0.20, 0.21, 0.22),      # mean 0.21, sem 0.01/sqrt(3)
                "cnn3d": _seeded(0.15, 0.15, 0.18),      # mean 0.16, sem 0.01
@@ -266,7 +266,7 @@ def test_precision_order_seeds_by_hand():
 
 
 def test_precision_order_seeds_with_one_seed_has_no_significance():
-    from cmpipe.ablation import precision_order_seeds
+    from cmpipe.evaluation.ablation import precision_order_seeds
     po = precision_order_seeds({"cnn1d": _seeded(0.3), "cnn2d": _seeded(0.2),
                                 "cnn3d": _seeded(0.1)})
     assert po["monotonic"] is True and po["order"] == ["cnn3d", "cnn2d", "cnn1d"]
@@ -281,7 +281,7 @@ def test_ablation_train_settings_of_every_seed():
     keeps its single-run seed."""
     import dataclasses
 
-    from cmpipe.ablation import training_seed
+    from cmpipe.evaluation.ablation import training_seed
     from cmpipe.settings import Settings, load_config
     from cmpipe.stages.ablation import ablation_train_settings
     from cmpipe.stages.train import train_settings

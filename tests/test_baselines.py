@@ -1,16 +1,16 @@
-"""Tests of cmpipe.baselines: M-sigma (Evrard et al. 2008) with gapper/biweight dispersions
+"""Tests of cmpipe.evaluation.baselines: M-sigma (Evrard et al. 2008) with gapper/biweight dispersions
 and the projected virial estimator, against closed forms and synthetic systems."""
 import math
 
 import numpy as np
 import pytest
 
-from cmpipe.baselines import (EVRARD_ALPHA, apply_offset, baseline_masses,
+from cmpipe.evaluation.baselines import (EVRARD_ALPHA, apply_offset, baseline_masses,
                               biweight_dispersion, calibrate_offset, gapper_dispersion,
                               mass_from_velocity_dispersion, projected_virial_radius,
                               reject_interlopers, virial_mass)
 from cmpipe.cosmology import evrard_sigma_dm_kms, make_cosmology
-from cmpipe.projection import G_KMS2_MPC_MSUN as G
+from cmpipe.mock.projection import G_KMS2_MPC_MSUN as G
 
 
 @pytest.fixture

@@ -382,7 +382,7 @@ def test_evaluation_leaves_out_a_cluster_in_a_gap_of_the_test_set():
     """An eval prediction where the joint PDF vanishes (a gap between test-set masses wider
     than the truncated kernels) gets NaN summaries, is counted out of every metric with a
     warning, and does not stop the evaluation."""
-    from cmpipe.evaluation import BASELINES, evaluate
+    from cmpipe.evaluation.eval_set import BASELINES, evaluate
 
     rng = np.random.default_rng(8)
     m = np.concatenate([rng.uniform(13.7, 14.0, 300), rng.uniform(14.8, 15.1, 300)])

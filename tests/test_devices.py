@@ -36,7 +36,7 @@ import sys
 from cmpipe.stages import run_rule
 
 def healthy():
-    import keras  # noqa: F401  (imports tensorflow, as cmpipe.training does)
+    import keras  # noqa: F401  (imports tensorflow, as cmpipe.cnn.training does)
     import tensorflow as tf
     print("sum", float(tf.reduce_sum(tf.constant([1.0, 2.0]))), file=sys.stderr)
 

@@ -271,22 +271,22 @@ def test_the_environment_really_hides_other_packages():
     assert {"numpy", "scipy", "numba", "llvmlite", "h5py", "yaml", "cmpipe"} <= set(names)
     assert not {"astropy", "torch", "tensorflow", "keras", "matplotlib"} & set(names)
     failures = import_in_env(kde, {"numpy": ["numpy"], "astropy": ["astropy.table"],
-                                   "torch": ["torch"], "baselines": ["cmpipe.baselines"]})
+                                   "torch": ["torch"], "baselines": ["cmpipe.evaluation.baselines"]})
     assert "numpy" not in failures
     assert failures["astropy"]["missing"] == "astropy"
     assert failures["torch"]["missing"] == "torch"
     assert failures["baselines"]["missing"] == "astropy"
-    assert failures["baselines"]["chain"][0] == "cmpipe/baselines.py"
+    assert failures["baselines"]["chain"][0] == "cmpipe/evaluation/baselines.py"
 
 
 def test_reached_modules_follow_lazy_imports():
     """The call-graph walk sees imports inside functions, through helpers and classes."""
-    # training_plots -> (loss curve) -> matplotlib through cmpipe.plots
+    # training_plots -> (loss curve) -> matplotlib through cmpipe.plots.pipeline
     mods = rule_modules(ROOT / "workflow/scripts/training_plots.py")
-    assert "cmpipe.plots" in mods
-    # evaluate -> cmpipe.evaluation.evaluate -> baselines (module level of evaluation)
+    assert "cmpipe.plots.pipeline" in mods
+    # evaluate -> cmpipe.evaluation.eval_set.evaluate -> baselines (module level of evaluation)
     mods = rule_modules(ROOT / "workflow/scripts/evaluate.py")
-    assert {"cmpipe.evaluation", "cmpipe.calibration"} <= set(mods)
+    assert {"cmpipe.evaluation.eval_set", "cmpipe.calibration"} <= set(mods)
 
 
 def test_every_rule_imports_with_only_its_conda_env():

@@ -1,5 +1,5 @@
-"""The neural-flow estimator (cmpipe.flow) on a toy problem with a known posterior, its
-posterior gridding, reproducibility, and the estimator comparison (cmpipe.comparison).
+"""The neural-flow estimator (cmpipe.flow.training) on a toy problem with a known posterior, its
+posterior gridding, reproducibility, and the estimator comparison (cmpipe.evaluation.comparison).
 
 The toy problem: a scalar feature s ~ U(0, 1) is drawn as the row position of a Gaussian
 blob in a 16 x 16 image (the flow must read it through its convolutional embedding), and
@@ -22,13 +22,13 @@ import torch
 import yaml
 
 from cmpipe import stages
-from cmpipe.comparison import comparison_summary
-from cmpipe.flow import (FlowModel, FlowSettings, grid_of, pit_from_curves, train_flow,
+from cmpipe.evaluation.comparison import comparison_summary
+from cmpipe.flow.training import (FlowModel, FlowSettings, grid_of, pit_from_curves, train_flow,
                          training_prior)
 from cmpipe.io.cubes import CubeWriter
 from cmpipe.io.tables import CatalogueError
 from cmpipe.massfunction import summarise_grid_posteriors
-from cmpipe.metrics import pit_curve
+from cmpipe.evaluation.metrics import pit_curve
 from cmpipe.settings import ConfigError, load_config
 from cmpipe.stages.compare import write_comparison_csv
 
@@ -180,7 +180,7 @@ def test_3d_cubes_train_with_sky_symmetries_and_give_normalised_posteriors(tmp_p
                                                                            one_thread):
     """flow.input 3d: a Conv3d embedding over (x, y, v) cubes, D4 augmentation; the
     augmentation maps are exact symmetries of the cube's sky axes."""
-    from cmpipe.flow import _d4
+    from cmpipe.flow.training import _d4
 
     rng = np.random.default_rng(2)
     n = 8
@@ -342,7 +342,7 @@ def test_missing_or_nan_distances_raise(tmp_path, one_thread):
     """A distance-input flow given no distances, the wrong number or NaN ones stops with
     the file and distance_mpc_h named (ValueError without a file); training on a file with
     a NaN distance stops before any epoch; equal distances standardise with sd 1."""
-    from cmpipe.flow import distance_standardisation
+    from cmpipe.flow.training import distance_standardisation
     from cmpipe.stages.flow import _curves
 
     img, m, dist = distance_toy(20, np.random.default_rng(3))
@@ -512,7 +512,7 @@ def test_default_run_names_the_command_for_a_missing_pure_run(tmp_path):
 def test_distance_variant_rows_sit_beside_the_cnn3d(tmp_path):
     """comparison/summary.json shows the distance-aware CNN3D + SBI beside the same network
     under the distance-blind calibration and the cube-only CNN3D under both (issue 16)."""
-    from cmpipe.comparison import DISTANCE_VARIANTS
+    from cmpipe.evaluation.comparison import DISTANCE_VARIANTS
 
     m = _metrics(0.11, {"msigma_gapper": 0.4, "virial": 0.35})
     m["distance_blind"] = dict(mean_residual_dex=-0.006, scatter_dex=0.115, coverage_68=0.72,
@@ -545,7 +545,7 @@ def test_distance_variant_rows_sit_beside_the_cnn3d(tmp_path):
 
 
 def test_recalibrated_flow_is_labelled_as_such():
-    from cmpipe.comparison import estimator_rows
+    from cmpipe.evaluation.comparison import estimator_rows
 
     flow = dict(n_eval=5, scatter_dex=0.1, coverage_68=0.68)
     for extra, label in (({}, "neural flow"), ({"uncalibrated": {"scatter_dex": 0.12}},

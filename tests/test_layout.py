@@ -1,6 +1,8 @@
-"""The package's shape (issue 17): module and function sizes, no private names imported
-across modules, no import that runs up a layer, one name per stage (rule = script = stage
-function). The counting lives in ``benchmarks/code_size.py``, which prints the largest."""
+"""The package's shape (issues 17 and 27): module and function sizes, no private names
+imported across modules, no import cycle, no import that runs up a layer or against the
+DAG's order of the science packages, at most 8 modules at the top of the package, one name
+per stage (rule = script = stage function). The counting lives in
+``benchmarks/code_size.py``, which prints the largest."""
 import importlib.util
 from pathlib import Path
 
@@ -18,7 +20,8 @@ MAX_FUNCTION_LINES = 100
 def test_counter_sees_the_package():
     mods, funcs = code_size.sizes()
     names = {m for _, m in mods}
-    assert {"cmpipe.kde", "cmpipe.stages.survey", "cmpipe.io.tables"} <= names
+    assert {"cmpipe.kde", "cmpipe.stages.survey", "cmpipe.io.tables", "cmpipe.mock.universe",
+            "cmpipe.cnn.training", "cmpipe.flow.model"} <= names
     assert len(funcs) > 300
 
 
@@ -40,6 +43,36 @@ def test_no_upward_imports():
     assert code_size.upward_imports() == []
 
 
+def test_no_import_cycles():
+    assert code_size.import_cycles() == []
+
+
+def test_cycle_detector_finds_a_cycle(monkeypatch):
+    """The detector itself: a three-module ring and a pair are found, a chain is not."""
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"e"}, "e": {"d", "a"}, "f": {"a"}}
+    monkeypatch.setattr(code_size, "import_graph", lambda: graph)
+    assert code_size.import_cycles() == [["a", "b", "c"], ["d", "e"]]
+
+
+def test_graph_sees_function_level_imports():
+    """``cmpipe.stages.mock`` imports the mock modules inside its functions."""
+    graph = code_size.import_graph()
+    assert {"cmpipe.mock.selection", "cmpipe.mock.fluxlimit"} <= graph["cmpipe.stages.mock"]
+
+
+def test_top_of_package_holds_foundations_only():
+    top = code_size.top_level_modules()
+    assert len(top) <= 8
+    assert set(top) <= set(code_size.FOUNDATIONS) | {"cli"}
+
+
+def test_science_packages_exist_in_dag_order():
+    pkg = code_size.PACKAGE
+    assert all((pkg / sub / "__init__.py").is_file() for sub in code_size.SCIENCE_ORDER)
+    assert code_size.science_rank("cmpipe.mock.universe") < code_size.science_rank(
+        "cmpipe.cnn.training") < code_size.science_rank("cmpipe.survey.posteriors")
+
+
 def test_every_import_resolves():
     assert code_size.unresolved_imports() == []
 
@@ -50,7 +83,8 @@ def test_one_name_per_stage():
 
 
 @pytest.mark.parametrize("layer_of, expected", [
-    ("cmpipe.io.tables", 0), ("cmpipe.kde", 1), ("cmpipe.massfunction.theory", 1),
-    ("cmpipe.plots", 2), ("cmpipe.stages.survey", 3), ("cmpipe.cli", 4)])
+    ("cmpipe.io.tables", 0), ("cmpipe.settings", 1), ("cmpipe.cosmology", 1),
+    ("cmpipe.kde", 2), ("cmpipe.mock.universe", 2), ("cmpipe.massfunction.theory", 2),
+    ("cmpipe.plots.pipeline", 3), ("cmpipe.stages.survey", 4), ("cmpipe.cli", 5)])
 def test_layers(layer_of, expected):
     assert code_size.layer(layer_of) == expected

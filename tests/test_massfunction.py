@@ -2,7 +2,7 @@
 
 References: scipy.stats.gaussian_kde with weights (the estimator's definition), colossus'
 Tinker et al. (2008) mass function (samples drawn from it by inverse CDF with
-cmpipe.universe.sample_halo_masses), analytic Gaussian convolutions of an exponential
+cmpipe.mock.universe.sample_halo_masses), analytic Gaussian convolutions of an exponential
 mass function (Eddington), direct quadrature of prior x likelihood products, and
 cmpipe.calibration.summarise. Seeds are fixed.
 """
@@ -23,7 +23,8 @@ from cmpipe.massfunction import (LN10, eddington_bias, estimate_mass_function, f
                                  population_prior_posterior, prior_from_joint_pdf,
                                  summaries_under_priors, summarise_grid_posteriors,
                                  tinker08_dndlog10m, tinker08_survey_average)
-from cmpipe.universe import UniverseSettings, sample_halo_masses, tinker08_dndlnm
+from cmpipe.cosmology import tinker08_dndlnm
+from cmpipe.mock.universe import UniverseSettings, sample_halo_masses
 
 Z = 0.05
 
@@ -382,7 +383,8 @@ def test_window_sigma_of_a_sphere_is_colossus_sigma_r(cosmo):
     box, against colossus' sigma(R) (its own k-integral with the top-hat window): agree to
     1.5% (cells of 9.4 h^-1 Mpc, modes beyond the 1200 h^-1 Mpc box missing); the cap of
     the synthetic survey, fully sampled by its cells, has the cap's volume to 0.1%."""
-    from cmpipe.massfunction import survey_window_weights, window_sigma_lin
+    from cmpipe.massfunction import window_sigma_lin
+    from cmpipe.survey.volume import survey_window_weights
     from cmpipe.survey import survey_volume_mpc_h3
 
     r = 146.0

@@ -1,13 +1,13 @@
-"""Tests of cmpipe.metrics against hand computations and synthetic calibrated posteriors."""
+"""Tests of cmpipe.evaluation.metrics against hand computations and synthetic calibrated posteriors."""
 import math
 
 import numpy as np
 import pytest
 from scipy.stats import norm
 
-from cmpipe.evaluation import by_observer_distance
+from cmpipe.evaluation.eval_set import by_observer_distance
 from cmpipe.io.tables import write_json
-from cmpipe.metrics import (DEFAULT_MASS_BINS, NOMINAL_68, NOMINAL_95, binned_scatter,
+from cmpipe.evaluation.metrics import (DEFAULT_MASS_BINS, NOMINAL_68, NOMINAL_95, binned_scatter,
                             coverage, evaluation_report, fit_precision_model,
                             interloper_diagnostic, interval_coverage, pit_curve,
                             precision_model_sigma, residuals, scatter_stats)
@@ -226,7 +226,7 @@ def test_evaluation_report_is_json_serialisable(rng, tmp_path):
 def test_grouped_coverage_error_counts_groups_not_clusters():
     """Groups whose members share one outcome (sightlines of one halo) carry the binomial
     error of the number of groups; singleton groups that of the number of clusters."""
-    from cmpipe.metrics import grouped_coverage_error
+    from cmpipe.evaluation.metrics import grouped_coverage_error
 
     rng = np.random.default_rng(5)
     n_groups, size, p = 400, 10, 0.68

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from cmpipe.model import (DEFAULT_LAYERS, LayerSpecError, build_cnn, build_cnn1d, build_cnn2d,
+from cmpipe.cnn.model import (DEFAULT_LAYERS, LayerSpecError, build_cnn, build_cnn1d, build_cnn2d,
                           build_cnn3d, forward_flops, parameter_count, validate_layers)
 
 
@@ -52,7 +52,7 @@ def test_default_parameter_count_by_hand(caplog):
     # 1512 + 2600 + 36 + 64128 + 8256 + 65
     assert hand == 76_597
     m = build_cnn3d(50)
-    with caplog.at_level(logging.INFO, logger="cmpipe.model"):
+    with caplog.at_level(logging.INFO, logger="cmpipe.cnn.model"):
         n = parameter_count(m)
     assert n == hand
     assert "76597 trainable parameters" in caplog.text

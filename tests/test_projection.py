@@ -2,12 +2,13 @@
 import numpy as np
 import pytest
 
-from cmpipe.fluxlimit import apparent_magnitudes, draw_observer_distances, flux_limit
-from cmpipe.projection import Projector, phase_space_distance, v200c_kms
-from cmpipe.selection import allocate_sightlines, mass_bins
+from cmpipe.cosmology import apparent_magnitudes
+from cmpipe.mock.fluxlimit import draw_observer_distances, flux_limit
+from cmpipe.mock.projection import Projector, phase_space_distance, v200c_kms
+from cmpipe.mock.selection import allocate_sightlines, mass_bins
 from cmpipe.settings import SPLIT_CODES, SplitSettings
-from cmpipe.sightlines import basis_for
-from cmpipe.splits import assign_splits, split_halos
+from cmpipe.mock.sightlines import basis_for
+from cmpipe.mock.splits import assign_splits, split_halos
 
 L = 200.0
 Z = 0.1

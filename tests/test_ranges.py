@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cmpipe.fluxlimit import observer_radius_mpc_h, survey_depth_mpc_h
-from cmpipe.metrics import grouped_coverage_error, grouped_mean, mass_bin_edges
+from cmpipe.cosmology import observer_radius_mpc_h, survey_depth_mpc_h
+from cmpipe.evaluation.metrics import grouped_coverage_error, grouped_mean, mass_bin_edges
 from cmpipe.settings import Settings, load_config
 from cmpipe.stages.evaluate import eval_mass_bins, survey_range_report
 from cmpipe.survey.posteriors import CALIBRATION_EDGE_DEX, flag_calibration_edge
@@ -48,7 +48,7 @@ def test_catalogue_survey_depth_is_the_comoving_distance_of_z_max(settings, cosm
 
 def test_explicit_radius_short_of_the_survey_is_kept_and_logged(settings, cosmo, caplog):
     s = _with(settings, "mock", observer_radius_mpc_h=150.0)
-    with caplog.at_level(logging.WARNING, logger="cmpipe.fluxlimit"):
+    with caplog.at_level(logging.WARNING, logger="cmpipe.mock.fluxlimit"):
         assert observer_radius_mpc_h(s, cosmo) == 150.0
     assert "short of the survey's depth" in caplog.text
 

@@ -9,11 +9,11 @@ import pytest
 from cmpipe.calibration import tabulate_joint_pdf
 from cmpipe.io.cubes import CubeWriter
 from cmpipe.kde import Grid3D, kde_cubes
-from cmpipe.model import build_cnn
-from cmpipe.robustness import (Perturbation, compare, perturb_galaxies, perturbations,
+from cmpipe.cnn.model import build_cnn
+from cmpipe.evaluation.robustness import (Perturbation, compare, perturb_galaxies, perturbations,
                                predict_inputs, verdict)
 from cmpipe.settings import stage_rng
-from cmpipe.training import predict
+from cmpipe.cnn.training import predict
 
 GRID = Grid3D(n=12)
 TINY = [{"conv": 4, "kernel": 3}, {"pool": 2}, {"dense": 8}]
@@ -106,7 +106,7 @@ def test_perturbation_validation_and_order():
 
 
 def test_predict_inputs_is_bit_identical_to_training_predict(network, tmp_path):
-    """Same transforms and batches as cmpipe.training.predict on a cube file."""
+    """Same transforms and batches as cmpipe.cnn.training.predict on a cube file."""
     model, norm = network
     x, y, v, off = clusters(np.random.default_rng(4), 9)
     cubes = kde_cubes(x, y, v, off, grid=GRID)
@@ -124,7 +124,7 @@ def test_predict_inputs_is_bit_identical_to_training_predict(network, tmp_path):
 
 def test_predict_inputs_with_a_distance_input_matches_training_predict(tmp_path):
     """A network trained with the distance input: predict_inputs takes the distances the
-    cube file holds, and gives the predictions of cmpipe.training.predict on that file."""
+    cube file holds, and gives the predictions of cmpipe.cnn.training.predict on that file."""
     keras.utils.set_random_seed(4)
     model = build_cnn(GRID.shape, TINY, distance_input=True)
     norm = {"input": {"scale": float(GRID.n ** 3), "grid": list(GRID.shape)},

@@ -3,8 +3,8 @@ import keras
 import numpy as np
 import pytest
 
-from cmpipe.model import build_cnn
-from cmpipe.saliency import binned_saliency, input_gradients, projections, weighted_extent
+from cmpipe.cnn.model import build_cnn
+from cmpipe.cnn.saliency import binned_saliency, input_gradients, projections, weighted_extent
 
 N = 10
 NORM = {"input": {"scale": float(N ** 3)}, "target": {"mean": 14.2, "std": 0.35}}

@@ -1,4 +1,4 @@
-"""Tests of cmpipe.sightlines: Grassmannian line packings and per-halo sightlines.
+"""Tests of cmpipe.mock.sightlines: Grassmannian line packings and per-halo sightlines.
 
 Reference values are the best known packings of n lines in R^3 from N. J. A. Sloane's
 tables (http://neilsloane.com/grass/, Conway, Hardin & Sloane 1996), in degrees.
@@ -6,7 +6,7 @@ tables (http://neilsloane.com/grass/, Conway, Hardin & Sloane 1996), in degrees.
 import numpy as np
 import pytest
 
-from cmpipe.sightlines import (
+from cmpipe.mock.sightlines import (
     basis_for,
     halo_sightlines,
     line_directions,
@@ -180,21 +180,37 @@ def test_basis_for_random_directions_scalar_and_batched():
 
 def test_default_packings_are_the_one_thread_optimiser_s(tmp_path):
     """The tabulated default packings are what the optimiser finds with one BLAS thread,
-    as every workflow job runs it: regenerated in a fresh one-thread process, the table
-    is identical, bit for bit (JSON keeps every float exactly)."""
+    as every workflow job runs it: regenerated in a fresh one-thread process, every
+    packing has the table's smallest line angle to 1e-9 deg, and most are the same
+    directions to 1e-9. Not bit for bit: OpenBLAS picks its kernel by processor
+    (OPENBLAS_CORETYPE); on a Haswell kernel the regenerated directions differ in the
+    12th digit, and for n = 13, 15, 23 and 25 the optimiser lands on a rotated copy of the
+    same packing (smallest angles equal to 1e-12 deg). The workflow reads the table, so its
+    sightlines are the same on every machine.
+    """
     import json
     import os
     import subprocess
     import sys
 
-    from cmpipe.sightlines import PACKING_TABLE
+    from cmpipe.mock.sightlines import PACKING_TABLE, min_line_angle_deg
 
     out = tmp_path / "packings.json"
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1",
                MKL_NUM_THREADS="1")
-    subprocess.run([sys.executable, "-c", "from cmpipe.sightlines import tabulate_packings; "
+    subprocess.run([sys.executable, "-c", "from cmpipe.mock.sightlines import tabulate_packings; "
                     f"tabulate_packings({str(out)!r})"], env=env, check=True)
-    assert json.loads(out.read_text()) == json.loads(PACKING_TABLE.read_text())
+    new, table = json.loads(out.read_text()), json.loads(PACKING_TABLE.read_text())
+    assert set(new["packings"]) == set(table["packings"])
+    same = 0
+    for n, dirs in table["packings"].items():
+        if len(dirs) < 2:
+            assert new["packings"][n] == dirs
+            continue
+        assert min_line_angle_deg(np.asarray(new["packings"][n])) == pytest.approx(
+            min_line_angle_deg(np.asarray(dirs)), abs=1e-9), n
+        same += np.allclose(new["packings"][n], dirs, rtol=0, atol=1e-9)
+    assert same >= len(table["packings"]) // 2
 
 
 def test_default_sets_come_from_the_table_whatever_the_threads():
@@ -203,7 +219,7 @@ def test_default_sets_come_from_the_table_whatever_the_threads():
     seeds, and n > 25, are optimised."""
     import json
 
-    from cmpipe.sightlines import PACKING_TABLE
+    from cmpipe.mock.sightlines import PACKING_TABLE
 
     table = json.loads(PACKING_TABLE.read_text())["packings"]
     assert sorted(map(int, table)) == list(range(1, 26))

@@ -1,4 +1,4 @@
-"""Tests of the sky -> projected phase-space conversion (cmpipe.sky).
+"""Tests of the sky -> projected phase-space conversion (cmpipe.survey.sky).
 
 References are independent of cmpipe's own geometry: astropy's SkyCoord separation and
 position angle (rho, theta east of north; the gnomonic offsets are tan(rho) sin/cos theta),
@@ -15,7 +15,7 @@ import pytest
 from astropy.constants import c as C_LIGHT
 from astropy.coordinates import CartesianRepresentation, SkyCoord
 
-from cmpipe.sky import (SkyInputError, check_sky_positions, gnomonic_offsets,
+from cmpipe.survey.sky import (SkyInputError, check_sky_positions, gnomonic_offsets,
                         gnomonic_to_radec, phase_space_to_sky, radec_to_unit,
                         sky_to_phase_space)
 
@@ -253,7 +253,7 @@ def test_clusters_without_galaxies_are_skipped_not_fatal(cosmo, survey, caplog):
     ra2 = np.append(ra0, [250.0, ra0[3]])
     dec2 = np.append(dec0, [-30.0, dec0[3]])
     z2 = np.append(z0, [0.05, z0[3] + 0.03])
-    with caplog.at_level(logging.WARNING, logger="cmpipe.sky"):
+    with caplog.at_level(logging.WARNING, logger="cmpipe.survey.sky"):
         out = sky_to_phase_space(cid2, ra2, dec2, z2, g_ra, g_dec, g_z, cosmo)
     assert out.skipped == [98, 99]
     assert out.counts["n_skipped"] == 2

@@ -4,7 +4,7 @@ The synthetic survey's cluster count is checked against the Tinker et al. (2008)
 expectation V * n(>M_min) for its volume (colossus), within 3 Poisson standard deviations,
 on a hand-built box of unclustered halos (so the count really is Poisson); the tiling is
 checked against a brute-force enumeration of periodic images; an end-to-end run on a small
-cmpipe.universe box goes through the writers, the readers and the sky conversion. Seeds
+cmpipe.mock.universe box goes through the writers, the readers and the sky conversion. Seeds
 are fixed.
 """
 from __future__ import annotations
@@ -24,10 +24,10 @@ from cmpipe.io.survey import (SURVEY_CLUSTER_SCHEMA, SURVEY_GALAXY_SCHEMA, read_
                               write_survey_galaxies, write_survey_truth)
 from cmpipe.io.tables import CatalogueError
 from cmpipe.massfunction import tinker08_dndlog10m
-from cmpipe.sky import radec_to_unit, sky_to_phase_space
+from cmpipe.survey.sky import radec_to_unit, sky_to_phase_space
 from cmpipe.survey import (FULL_SKY_DEG2, cap_cos_half_angle, in_footprint,
                            make_synthetic_survey, survey_volume_mpc_h3)
-from cmpipe.universe import UniverseSettings, generate_universe, sample_halo_masses
+from cmpipe.mock.universe import UniverseSettings, generate_universe, sample_halo_masses
 
 
 @pytest.fixture(autouse=True)
@@ -156,7 +156,7 @@ def test_footprint_and_volume():
 
 
 def _uniform_box(cosmo, box, log10_m_min, z, seed):
-    """Unclustered halos with Tinker (2008) masses (cmpipe.universe's sampler) and one
+    """Unclustered halos with Tinker (2008) masses (cmpipe.mock.universe's sampler) and one
     central galaxy each (bright enough for any flux limit here)."""
     settings = UniverseSettings(box_size_mpc_h=box, redshift=z, log10_m_min=log10_m_min,
                                 log10_m_max=16.0)
@@ -260,7 +260,7 @@ def test_tiling_counts_every_periodic_image(cosmo, caplog):
 
 
 def test_end_to_end_on_synthetic_universe(cosmo, tmp_path):
-    """A small cmpipe.universe box -> survey tables on disk -> readers -> phase space."""
+    """A small cmpipe.mock.universe box -> survey tables on disk -> readers -> phase space."""
     settings = UniverseSettings(box_size_mpc_h=60.0, log10_m_min=12.5, grid_cells=32)
     halos, gals = generate_universe(settings, cosmo, 7)
     attrs = dict(box_size_mpc_h=60.0, redshift=settings.redshift)

@@ -25,7 +25,7 @@ from cmpipe.io.survey import (SURVEY_CLUSTER_SCHEMA, SURVEY_GALAXY_SCHEMA, read_
                               write_survey_galaxies)
 from cmpipe.io.tables import CatalogueError, read_table
 from cmpipe.settings import SPLIT_CODES, load_config
-from cmpipe.sky import phase_space_to_sky
+from cmpipe.survey.sky import phase_space_to_sky
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")

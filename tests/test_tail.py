@@ -1,4 +1,4 @@
-"""The training tail (cmpipe.tail): massive halos for training only, placed in the box's
+"""The training tail (cmpipe.mock.tail): massive halos for training only, placed in the box's
 own fields and projected as ghosts.
 
 References: the box generated without the tail (it must not change), the requested mass
@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from scipy.spatial import cKDTree
 
-from cmpipe.projection import Projector
-from cmpipe.tail import TailSettings, tail_masses
-from cmpipe.universe import UniverseSettings, generate_universe, make_halos
+from cmpipe.mock.projection import Projector
+from cmpipe.mock.tail import TailSettings, tail_masses
+from cmpipe.mock.universe import UniverseSettings, generate_universe, make_halos
 
 POS = ("x_mpc_h", "y_mpc_h", "z_mpc_h")
 TAIL = TailSettings(log10_m_min=14.8, log10_m_max=15.4, halos_per_dex=100.0)

@@ -15,8 +15,8 @@ import pytest
 
 from cmpipe.io.cubes import CubeReader, CubeWriter
 from cmpipe.io.tables import CatalogueError
-from cmpipe.plots import loss_curve_figure
-from cmpipe.training import (CHECKPOINT_FILE, HISTORY_FILE, MODEL_FILE, N_D4,
+from cmpipe.plots.pipeline import loss_curve_figure
+from cmpipe.cnn.training import (CHECKPOINT_FILE, HISTORY_FILE, MODEL_FILE, N_D4,
                              NORMALISATION_FILE, CubeDataset, TrainSettings, d4_transform,
                              predict, read_history, train)
 
@@ -261,7 +261,7 @@ def test_changed_cubes_retrain_instead_of_resuming(files, tmp_path, caplog):
     with CubeWriter(changed, len(cubes), N, dict(n_grid=N, split="train")) as w:
         w.write(smoothed, cols)
     caplog.clear()
-    with caplog.at_level("WARNING", logger="cmpipe.training"):
+    with caplog.at_level("WARNING", logger="cmpipe.cnn.training"):
         redo = train(changed, files["val"], tmp_path / "m", s)
     assert redo.resumed_from_epoch == 0 and redo.epochs_run == 2
     assert "train_cubes_digest" in caplog.text and "training from scratch" in caplog.text

@@ -1,4 +1,4 @@
-"""Tests of the synthetic universe (cmpipe.universe, cmpipe.lognormal).
+"""Tests of the synthetic universe (cmpipe.mock.universe, cmpipe.mock.lognormal).
 
 Each physical check compares with an independent reference and an explicit tolerance:
 colossus' Tinker et al. (2008) mass function and linear correlation function, the
@@ -11,12 +11,11 @@ import numpy as np
 import pytest
 from scipy.spatial import cKDTree
 
-from cmpipe.cosmology import evrard_sigma_dm_kms, make_cosmology
+from cmpipe.cosmology import evrard_sigma_dm_kms, halo_bias, make_cosmology, tinker08_dndlnm
 from cmpipe.io.catalogues import (GALAXY_SCHEMA, HALO_SCHEMA, read_galaxies, read_halos,
                                   write_galaxies, write_halos)
-from cmpipe.universe import (UniverseSettings, generate_universe, growth_rate, halo_bias,
-                             make_halos, populate_galaxies, sample_halo_masses,
-                             tinker08_dndlnm)
+from cmpipe.mock.universe import (UniverseSettings, generate_universe, growth_rate, make_halos,
+                                  populate_galaxies, sample_halo_masses)
 
 POS = ("x_mpc_h", "y_mpc_h", "z_mpc_h")
 VEL = ("vx_kms", "vy_kms", "vz_kms")

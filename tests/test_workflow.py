@@ -127,7 +127,7 @@ def test_same_seed_gives_identical_mock(tiny_run, tmp_path):
 
     The stages run in a fresh process with one BLAS thread, as the Snakemake jobs do
     (threads: 1). The default sightline packings come from a table
-    (cmpipe.sightlines.PACKING_TABLE), so the thread count no longer matters there; before
+    (cmpipe.mock.sightlines.PACKING_TABLE), so the thread count no longer matters there; before
     it, the optimiser's SLSQP polish chose another orientation of the 8-line packing with
     two threads. Integer columns are identical; floats agree to 1e-12."""
     import os
@@ -246,7 +246,7 @@ def test_paper_config_dry_run_job_graph(tmp_path):
 def _check_ablation_seeds(wd, res, ab, m3):
     """Every network retrained at seeds 1.. (ablation/{dim}/seeds/{k}/), the CNN3D with
     rule train's settings but the seed, and the summary's per-seed rows."""
-    from cmpipe.ablation import training_seed
+    from cmpipe.evaluation.ablation import training_seed
 
     cfg = load_config(wd / "config.yaml", ROOT / "workflow/schemas/config.schema.yaml",
                       overlays=[wd / "configs/tiny.yaml"])
@@ -445,7 +445,7 @@ def test_flow_products_are_consistent(tiny_run):
     # the four estimators, then the CNN3D with the distance switched off (issue 16): the
     # same network under the distance-blind calibration, and the cube-only CNN3D
     # (ablation.cube_only, inherited from config.yaml) under either calibration
-    from cmpipe.comparison import DISTANCE_VARIANTS
+    from cmpipe.evaluation.comparison import DISTANCE_VARIANTS
     assert [r["estimator"] for r in comp["rows"]] == [
         "cnn3d_sbi", "flow", "msigma_gapper", "virial", *DISTANCE_VARIANTS]
     assert rows["cnn3d_sbi_blind_calibration"]["scatter_dex"] == pytest.approx(

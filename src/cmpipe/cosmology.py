@@ -7,12 +7,17 @@ cosmology with the same parameters, so distances (astropy) and structure formati
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
 
-__all__ = ["Cosmology", "make_cosmology", "KNOWN_COSMOLOGIES", "evrard_sigma_dm_kms"]
+__all__ = ["Cosmology", "make_cosmology", "KNOWN_COSMOLOGIES", "evrard_sigma_dm_kms",
+           "activate_colossus", "tinker08_dndlnm", "tinker08_dndlog10m", "halo_bias",
+           "survey_depth_mpc_h", "observer_radius_mpc_h", "apparent_magnitudes"]
+
+log = logging.getLogger(__name__)
 
 #: colossus names accepted by ``cosmology.name`` in the config.
 KNOWN_COSMOLOGIES = ("planck18", "planck18-only", "planck15", "WMAP9", "bolshoi",
@@ -113,3 +118,103 @@ def evrard_sigma_dm_kms(log10_m200c, z, cosmology: Cosmology):
     """
     m = 10.0 ** np.asarray(log10_m200c, dtype=float)
     return 1082.9 * (cosmology.efunc(z) * m / 1e15) ** 0.3361
+
+
+def activate_colossus(cosmology: Cosmology):
+    """Make ``cosmology`` colossus's current one (its LSS functions read a global)."""
+    from colossus.cosmology import cosmology as ccosmo
+
+    try:
+        current = ccosmo.getCurrent()
+    except Exception:  # colossus raises when no cosmology has been set yet
+        current = None
+    if current is not cosmology.colossus:
+        ccosmo.setCurrent(cosmology.colossus)
+
+
+def tinker08_dndlnm(log10_m, z, cosmology: Cosmology):
+    """Tinker et al. (2008) halo mass function for M200c (colossus).
+
+    Parameters
+    ----------
+    log10_m : array_like
+        log10(M200c / h^-1 Msun).
+    z : float
+        Redshift.
+    cosmology : Cosmology
+
+    Returns
+    -------
+    ndarray
+        dn/dln M, comoving (h^-1 Mpc)^-3.
+    """
+    from colossus.lss import mass_function
+
+    activate_colossus(cosmology)
+    m = 10.0 ** np.asarray(log10_m, dtype=float)
+    return mass_function.massFunction(m, z, mdef="200c", model="tinker08", q_out="dndlnM")
+
+
+def tinker08_dndlog10m(log10_m, z, cosmology: Cosmology) -> np.ndarray:
+    """Tinker et al. (2008) mass function per dex for M200c: the box's halo masses and,
+    re-exported by :mod:`cmpipe.massfunction.theory`, the survey's theory curve.
+
+    Parameters
+    ----------
+    log10_m : array_like
+        log10(M200c / h^-1 Msun).
+    z : float
+        Redshift.
+    cosmology : Cosmology
+
+    Returns
+    -------
+    ndarray
+        dn/dlog10 M, comoving h^3 Mpc^-3 dex^-1 (colossus ``dndlnM`` times ln 10).
+    """
+    dndlnm = tinker08_dndlnm(log10_m, float(z), cosmology)
+    return np.asarray(dndlnm, dtype=float) * np.log(10.0)
+
+
+def halo_bias(log10_m, z, cosmology: Cosmology):
+    """Tinker et al. (2010) linear halo bias for M200c (colossus), dimensionless."""
+    from colossus.lss import bias
+
+    activate_colossus(cosmology)
+    m = 10.0 ** np.asarray(log10_m, dtype=float)
+    return bias.haloBias(m, z, mdef="200c", model="tinker10")
+
+
+def survey_depth_mpc_h(survey, cosmology) -> float:
+    """Comoving depth of the configured survey, h^-1 Mpc: ``survey.synthetic.radius_mpc_h``
+    for the synthetic survey, the comoving distance of ``survey.catalogue_volume.z_max``
+    for a catalogue (``survey`` is the :class:`cmpipe.sections.SurveySettings`)."""
+    if survey.source == "synthetic":
+        return float(survey.synthetic.radius_mpc_h)
+    return float(cosmology.comoving_distance_mpc_h(float(survey.catalogue_volume.z_max)))
+
+
+def observer_radius_mpc_h(s, cosmology) -> float:
+    """Radius of the mock's observer ball: ``mock.observer_radius_mpc_h``, or with null the
+    survey's depth (:func:`survey_depth_mpc_h`), so that the flux limit's effect is learnt
+    at every distance the survey reaches. An explicit radius short of the survey's depth
+    is logged: survey clusters beyond it are flagged ``beyond_mock_depth``."""
+    depth = survey_depth_mpc_h(s.survey, cosmology)
+    radius = s.mock.observer_radius_mpc_h
+    if radius is None:
+        return depth
+    if float(radius) < depth - 1e-6:
+        log.warning("mock.observer_radius_mpc_h = %g h^-1 Mpc is short of the survey's depth "
+                    "%.0f h^-1 Mpc: the calibration is extrapolated for survey clusters beyond "
+                    "it (flagged beyond_mock_depth); null ties the mock to the survey",
+                    float(radius), depth)
+    return float(radius)
+
+
+def apparent_magnitudes(mag_abs, comoving_distance_mpc_h, cosmology):
+    """Apparent r magnitude of galaxies of absolute magnitude ``mag_abs``
+    (M - 5 log10 h) at comoving distances in h^-1 Mpc (must be > 0)."""
+    dc = np.asarray(comoving_distance_mpc_h, dtype=float)
+    z = cosmology.z_at_comoving_distance(dc)
+    dl = (1.0 + z) * dc
+    return np.asarray(mag_abs) + 5.0 * np.log10(dl) + 25.0

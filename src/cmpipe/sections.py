@@ -7,8 +7,8 @@ sections' fields and types only (no defaults: ``tests/test_config.py`` checks th
 match the schema's properties), so stages read ``s.survey.mass_function.n_boot`` rather
 than indexing raw dicts with literal fallbacks.
 
-``TrainSection`` and ``FlowSection`` are named apart from :class:`cmpipe.training.TrainSettings`
-and :class:`cmpipe.flow.FlowSettings`, the science modules' own settings (library defaults
+``TrainSection`` and ``FlowSection`` are named apart from :class:`cmpipe.cnn.training.TrainSettings`
+and :class:`cmpipe.flow.training.FlowSettings`, the science modules' own settings (library defaults
 for callers without a config, plus derived values such as the stage seed), which the
 stages build from these sections.
 
@@ -21,10 +21,14 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 __all__ = [
+    "DEFAULT_LAYERS",
+    "LAYER_KINDS",
+    "LayerSpecError",
+    "validate_layers",
     "Section", "SyntheticSettings", "MDPL2Settings", "WindowSettings", "SightlineSettings",
     "MockSettings", "SplitSettings", "KDESettings", "TrainSection", "CalibrationSettings",
     "BaselineSettings", "FlowSection", "CompareSettings", "SurveySyntheticSettings",
@@ -99,7 +103,7 @@ class SyntheticSettings(Section):
 
 @dataclass(frozen=True)
 class TailSection(Section):
-    """``simulation.tail``: training-only massive halos (:mod:`cmpipe.tail`)."""
+    """``simulation.tail``: training-only massive halos (:mod:`cmpipe.mock.tail`)."""
 
     enabled: bool
     log10_m_min: float
@@ -364,3 +368,123 @@ class SaliencySettings(Section):
     enabled: bool
     mass_bins: tuple
     max_clusters: int | None
+
+
+#: The authors' public CNN3D hidden layers (the output Dense(1) is implicit).
+DEFAULT_LAYERS: tuple[dict, ...] = (
+    {"conv": 12, "kernel": 5},
+    {"pool": 2},
+    {"conv": 8, "kernel": 3},
+    {"pool": 2},
+    {"conv": 4, "kernel": 1},
+    {"pool": 2},
+    {"dense": 128},
+    {"dense": 64},
+)
+
+
+LAYER_KINDS = {
+    "conv": {"kernel": 3, "activation": "relu", "padding": "valid", "stride": 1},
+    "pool": {"type": "max"},
+    "dense": {"activation": "linear"},
+    "dropout": {},
+}
+
+
+LAYER_ACTIVATIONS = ("linear", "relu", "elu", "gelu", "selu", "tanh", "sigmoid", "softplus",
+                "swish", "leaky_relu")
+
+
+class LayerSpecError(ValueError):
+    """A layer specification is malformed; the message names the entry and the fix."""
+
+
+def _positive_int(value, where, key):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise LayerSpecError(f"{where}: '{key}' must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def validate_layers(layers) -> tuple[dict, ...]:
+    """Check a hidden-layer specification (``train.layers``, ``ablation.layers_1d/2d``)
+    and fill in defaults.
+
+    The hidden layers are a sequence of small dicts, each naming exactly one layer kind:
+
+    ``{"conv": filters, "kernel": 3, "activation": "relu", "padding": "valid", "stride": 1}``
+        Convolution over all spatial axes (1, 2 or 3 of them); ``kernel`` and ``stride`` are
+        one int used on every axis.
+    ``{"pool": size, "type": "max"}``
+        Pooling with window = stride = ``size`` (``type`` "max" or "average"); odd sizes are
+        floored, as in Keras.
+    ``{"dense": units, "activation": "linear"}``
+        Fully connected layer; a ``Flatten`` is inserted before the first one.
+    ``{"dropout": rate}``
+        Dropout with ``0 <= rate < 1`` (only active in training).
+
+    Keys other than the ones above are errors; convolution and pooling entries must come before
+    every dense entry. The scalar output ``Dense(1, linear)`` is always appended and is not part
+    of the specification. The network is built by :func:`cmpipe.cnn.model.build_cnn`.
+
+    Parameters
+    ----------
+    layers : sequence of mapping
+        Layer entries in the format above.
+
+    Returns
+    -------
+    tuple of dict
+        One complete dict per entry, e.g. ``{"conv": 12, "kernel": 5, "activation": "relu",
+        "padding": "valid", "stride": 1}``.
+
+    Raises
+    ------
+    LayerSpecError
+        If an entry is not a mapping, names no or several kinds, has an unknown key or a bad
+        value, or a convolution/pooling entry follows a dense entry.
+    """
+    if isinstance(layers, (str, bytes)) or not isinstance(layers, Sequence):
+        raise LayerSpecError(f"layers must be a list of dicts, got {type(layers).__name__}")
+    out = []
+    seen_dense = False
+    for i, entry in enumerate(layers):
+        where = f"layers[{i}]"
+        if not isinstance(entry, Mapping):
+            raise LayerSpecError(f"{where}: expected a dict such as {{'conv': 12, 'kernel': 5}}, "
+                                 f"got {entry!r}")
+        kinds = [k for k in entry if k in LAYER_KINDS]
+        if len(kinds) != 1:
+            raise LayerSpecError(f"{where}: {dict(entry)!r} must name exactly one of "
+                                 f"{sorted(LAYER_KINDS)} (found {kinds or 'none'})")
+        kind = kinds[0]
+        allowed = LAYER_KINDS[kind]
+        unknown = sorted(set(entry) - {kind} - set(allowed))
+        if unknown:
+            raise LayerSpecError(f"{where}: unknown key(s) {unknown} for a '{kind}' layer; "
+                                 f"allowed: {sorted(allowed)}")
+        spec = {kind: entry[kind], **allowed, **{k: v for k, v in entry.items() if k != kind}}
+        if kind == "dropout":
+            rate = spec["dropout"]
+            if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
+                raise LayerSpecError(f"{where}: 'dropout' must be a rate in [0, 1), got {rate!r}")
+            spec["dropout"] = float(rate)
+        else:
+            spec[kind] = _positive_int(spec[kind], where, kind)
+        if kind == "conv":
+            spec["kernel"] = _positive_int(spec["kernel"], where, "kernel")
+            spec["stride"] = _positive_int(spec["stride"], where, "stride")
+            if spec["padding"] not in ("valid", "same"):
+                raise LayerSpecError(f"{where}: 'padding' must be 'valid' or 'same', "
+                                     f"got {spec['padding']!r}")
+        if kind == "pool" and spec["type"] not in ("max", "average"):
+            raise LayerSpecError(f"{where}: pool 'type' must be 'max' or 'average', "
+                                 f"got {spec['type']!r}")
+        if "activation" in spec and spec["activation"] not in LAYER_ACTIVATIONS:
+            raise LayerSpecError(f"{where}: unknown activation {spec['activation']!r}; "
+                                 f"use one of {list(LAYER_ACTIVATIONS)}")
+        if kind in ("conv", "pool") and seen_dense:
+            raise LayerSpecError(f"{where}: a '{kind}' layer cannot follow a dense layer "
+                                 "(the grid is flattened before the first dense layer)")
+        seen_dense = seen_dense or kind == "dense"
+        out.append(spec)
+    return tuple(out)

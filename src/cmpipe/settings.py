@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from .sections import (AblationSettings, BaselineSettings, CalibrationSettings, CompareSettings,
-                       FlowSection, KDESettings, MDPL2Settings, MockSettings,
+                       FlowSection, LayerSpecError, KDESettings, MDPL2Settings, MockSettings,
                        RobustnessSettings, SaliencySettings, SightlineSettings, SplitSettings,
                        SurveySettings, SyntheticSettings, TailSection, TrainSection,
-                       WindowSettings)
+                       WindowSettings, validate_layers)
 
 __all__ = [
     "ConfigError",
@@ -185,7 +185,7 @@ def _safe_name_error(key, value):
 def semantic_errors(config: dict) -> list[str]:
     """Checks the schema cannot express, on a schema-valid config with defaults filled:
     run names, split fractions summing to 1, layer specifications
-    (:func:`cmpipe.model.validate_layers`) and cross-key constraints. (Input files are not
+    (:func:`cmpipe.sections.validate_layers`) and cross-key constraints. (Input files are not
     checked here: a config is valid before its data arrive; Snakemake names missing inputs.) Returns one line per
     problem, each naming the dotted key and the fix (empty: the config is fine)."""
     out = []
@@ -220,11 +220,10 @@ def semantic_errors(config: dict) -> list[str]:
             out.append(f"{key}: empty list. Fix: give at least one layer or null for the "
                        "default network")
             continue
-        from .model import LayerSpecError, validate_layers   # imports keras: only when set
         try:
             validate_layers(layers)
         except LayerSpecError as err:
-            out.append(f"{key}: {err}. Fix: see the layer format in cmpipe.model (e.g. "
+            out.append(f"{key}: {err}. Fix: see the layer format in cmpipe.sections.validate_layers (e.g. "
                        "[{conv: 12, kernel: 5}, {pool: 2}, {dense: 128}])")
     sv = config.get("survey") or {}
     if sv.get("source") == "catalogue":

@@ -1,6 +1,6 @@
 """Rule ablation_evaluate: predictions, own SBI calibration and eval metrics of one network
 (CNN1D/2D every seed, CNN3D seeds >= 1) at one seed."""
-from cmpipe.ablation import seed_index
+from cmpipe.evaluation.ablation import seed_index
 from cmpipe.stages import ablation_evaluate, run_rule
 
 run_rule(ablation_evaluate, snakemake.log[0], config=snakemake.config,

@@ -1,6 +1,6 @@
 """Rule ablation_train: CNN1D / CNN2D (every seed) and the CNN3D's extra seeds, with the
 CNN3D's training code and settings; the seed number comes from the {seeddir} wildcard."""
-from cmpipe.ablation import seed_index
+from cmpipe.evaluation.ablation import seed_index
 from cmpipe.stages import ablation_train, run_rule
 
 run_rule(ablation_train, snakemake.log[0], config=snakemake.config,

@@ -10,11 +10,15 @@ Modules
 -------
 ``joint_pdf``
     :func:`tabulate_joint_pdf` and the table :class:`JointPDF` (units, bandwidth, grid and
-    error bound in its docstring; the file format is :mod:`cmpipe.io.joint_pdf`).
+    error bound in its docstring; the file format is :mod:`cmpipe.io.joint_pdf`), and
+    :func:`posterior_rows`, the table's interpolated slices.
 ``posterior``
     :func:`posterior`, :func:`summarise` (MAP, mean, median, intervals),
-    :func:`posterior_cdf_at` (PIT), :func:`cross_validated_pit` and the row helpers the
-    mass function shares; each takes ``distance=`` for a distance-aware calibration.
+    :func:`posterior_cdf_at` (PIT) and the row helpers the mass function shares; each takes
+    ``distance=`` for a distance-aware calibration.
+``crossval``
+    :func:`cross_validated_pit` and :func:`cv_fold_tables`: K-fold calibrations over whole
+    host halos, the test pairs' out-of-sample coverage.
 ``distance``
     :func:`tabulate_by_distance` and :class:`DistanceJointPDF`: ``P(d~, log M | D)`` at
     distance nodes, blended at each cluster's observer distance ``D``;
@@ -26,11 +30,12 @@ Modules
 """
 from .joint_pdf import (DEFAULT_BANDWIDTH, DEFAULT_GRID_SIZE, DEFAULT_TAIL_WIDTH,
                         DEFAULT_TRUNCATION, MAX_TAIL_WEIGHT, JointPDF, core_scale,
-                        kernel_covariance, tabulate_joint_pdf, tail_mixture)
-from .posterior import (QUANTILE_LEVELS, calibration_rows, cdf_quantiles, cross_validated_pit,
-                        cv_fold_tables, is_extrapolated, normalise_rows, posterior,
-                        posterior_cdf, posterior_cdf_at, posterior_density_at, posterior_map,
-                        posterior_rows, summarise)
+                        is_extrapolated, kernel_covariance, posterior_rows, tabulate_joint_pdf,
+                        tail_mixture)
+from .posterior import (QUANTILE_LEVELS, calibration_rows, cdf_quantiles, normalise_rows,
+                        posterior, posterior_cdf, posterior_cdf_at, posterior_density_at,
+                        posterior_map, summarise)
+from .crossval import cross_validated_pit, cv_fold_tables
 from .distance import (DEFAULT_DISTANCE_NODES, DEFAULT_DISTANCE_WINDOW,
                        DistanceJointPDF, load_calibration, tabulate_by_distance)
 from .tails import (TAIL_WEIGHTS, TAIL_WIDTHS, select_tail, selection_json, tail_of,

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..io.joint_pdf import read_distance_nodes, write_joint_pdf
-from .joint_pdf import JointPDF, tabulate_joint_pdf
+from .joint_pdf import JointPDF, posterior_rows, tabulate_joint_pdf
 
 __all__ = ["DistanceJointPDF", "tabulate_by_distance", "load_calibration", "fit_drift", "drift",
            "DEFAULT_DISTANCE_NODES", "DEFAULT_DISTANCE_WINDOW"]
@@ -154,8 +154,6 @@ class DistanceJointPDF:
         """Unnormalised slices at predictions ``d`` (log10 h^-1 Msun) and distances,
         shape (len(d), n_m): each node's interpolated slice, blended linearly in distance.
         """
-        from .posterior import posterior_rows
-
         D = np.broadcast_to(np.asarray(distance_mpc_h, dtype=np.float64), np.shape(d))
         lo, hi, w = self.node_weights(D)
         d = np.asarray(d, dtype=np.float64) - self.drift(D)

@@ -73,6 +73,8 @@ __all__ = [
     "tail_mixture",
     "kernel_covariance",
     "tabulate_joint_pdf",
+    "is_extrapolated",
+    "posterior_rows",
 ]
 
 logger = logging.getLogger(__name__)
@@ -499,3 +501,20 @@ def tabulate_joint_pdf(d_pred, m_true, *, bandwidth: float = DEFAULT_BANDWIDTH,
     return JointPDF(d_grid=d_grid, m_grid=m_grid, table=table, bandwidth=float(bandwidth),
                     n_pairs=int(d.size), kernel_covariance=H, truncation=float(truncation),
                     meta=meta)
+
+
+def is_extrapolated(pdf: JointPDF, d_obs) -> np.ndarray:
+    """True where a prediction (log10 h^-1 Msun) lies outside the tabulated ``d~`` range."""
+    d = np.asarray(d_obs, dtype=np.float64)
+    return (d < pdf.d_grid[0]) | (d > pdf.d_grid[-1])
+
+
+def posterior_rows(pdf: JointPDF, d):
+    """Unnormalised interpolated slices, shape (len(d), n_m), for a 1-D float array ``d``."""
+    if not np.all(np.isfinite(d)):
+        raise ValueError("posterior: predictions must be finite (got NaN/inf)")
+    u = np.clip((d - pdf.d_grid[0]) / pdf.d_step, 0.0, pdf.d_grid.size - 1.0)
+    j = np.minimum(u.astype(np.int64), pdf.d_grid.size - 2)
+    f = (u - j)[:, None]
+    t = pdf.table
+    return (1.0 - f) * t[j] + f * t[j + 1]

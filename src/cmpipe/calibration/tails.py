@@ -24,7 +24,8 @@ import numpy as np
 
 from .distance import DistanceJointPDF
 from .joint_pdf import DEFAULT_TAIL_WIDTH, JointPDF, tail_mixture
-from .posterior import cv_fold_tables, posterior_density_at
+from .crossval import cv_fold_tables
+from .posterior import posterior_density_at
 
 __all__ = ["TAIL_WEIGHTS", "TAIL_WIDTHS", "LOG_DENSITY_FLOOR", "with_tail", "select_tail",
            "selection_json", "tail_of", "tail_record"]

@@ -18,7 +18,7 @@ Layout (one file per split; shards have the same layout):
   for the one it was made from (:func:`cube_digest`).
 
 :class:`CubeReader` reads any slice or set of cubes, a chunk at a time; whether a split is
-held in memory is the reader's choice (:class:`cmpipe.training.CubeDataset`).
+held in memory is the reader's choice (:class:`cmpipe.cnn.training.CubeDataset`).
 :func:`gather_shards` concatenates shards by copying the compressed chunks as they are (no
 decompression), so the gather step costs disk bandwidth only.
 

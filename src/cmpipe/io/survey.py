@@ -24,7 +24,7 @@ Units
 -----
 An angle column with an astropy unit (deg, rad, hourangle, arcmin, ...) is converted to
 degrees; a unitless one is taken as degrees and tested for being radians
-(:func:`cmpipe.sky.check_sky_positions`). Catalogue masses must be log10 M200c in
+(:func:`cmpipe.survey.sky.check_sky_positions`). Catalogue masses must be log10 M200c in
 h^-1 Msun (values between 10 and 17).
 
 Schema on disk

@@ -4,7 +4,7 @@ histories and the atomic saves of the trained model.
 - ``checkpoint.h5`` (:func:`write_checkpoint`, :func:`read_checkpoint`): one HDF5 file
   holding the JSON training state (attribute ``state``) and groups ``model``, ``optimizer``
   and ``best`` of numbered arrays (the model variables, the optimizer variables, the best
-  weights so far), written atomically after every epoch (:mod:`cmpipe.training`).
+  weights so far), written atomically after every epoch (:mod:`cmpipe.cnn.training`).
 - ``history.csv`` of the CNN (:func:`write_history`, :func:`read_history`): ``epoch, loss,
   val_loss, lr, seconds``; losses are the MSE of the standardised log10 M200c, values
   written with ``repr`` (full precision).

@@ -1,7 +1,7 @@
 """Checks of values read from files: sky positions, redshifts, box positions.
 
 The readers of :mod:`cmpipe.io` (survey tables, MDPL2 catalogues) and the science modules
-(:mod:`cmpipe.sky`) share these checks, so a bad value gets the same message wherever it is
+(:mod:`cmpipe.survey.sky`) share these checks, so a bad value gets the same message wherever it is
 met: the error names the file (or table), the column and the fix.
 
 Sky positions in radians

@@ -1,5 +1,5 @@
 """The 2-D ``(R_proj, v_los)`` and 1-D ``v_los`` KDEs of a cluster (the ablation's and the
-flow's inputs, :mod:`cmpipe.images`), on the same conventions as the cubes
+flow's inputs, :mod:`cmpipe.kde.images`), on the same conventions as the cubes
 (:mod:`cmpipe.kde`).
 """
 from __future__ import annotations

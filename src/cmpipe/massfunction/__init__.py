@@ -29,7 +29,7 @@ from .likelihood import likelihood_columns, likelihood_pit, observe_through_cali
 from .priors import (population_prior_posterior, prior_from_joint_pdf,
                      summaries_under_priors, summarise_grid_posteriors)
 from .theory import (LN10, eddington_bias, local_slope, sample_variance_fraction,
-                     sphere_sigma_lin, survey_window_weights, tinker08_dndlog10m,
+                     sphere_sigma_lin, tinker08_dndlog10m,
                      tinker08_survey_average, window_sigma_lin)
 
 __all__ = [
@@ -60,5 +60,4 @@ __all__ = [
     "null_band_fractions",
     "band_chi2",
     "forward_in_band",
-    "survey_window_weights",
 ]

@@ -28,8 +28,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ..calibration import JointPDF
-from ..cosmology import Cosmology
-from ..universe import halo_bias
+from ..cosmology import Cosmology, halo_bias
 from .estimator import MassFunctionEstimate, estimate_mass_function, kde_mass_function
 from .likelihood import observe_through_calibration
 from .theory import sample_variance_fraction, tinker08_dndlog10m

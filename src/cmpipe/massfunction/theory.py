@@ -5,7 +5,7 @@ Conventions
 Mass function
     Tinker et al. (2008) via colossus (``mdef='200c'``, ``dndlnM``) times ln 10 -> per
     dex: :func:`tinker08_dndlog10m`, dn/dlog10 M in h^3 Mpc^-3 dex^-1 at log10 M200c in
-    h^-1 Msun. It is defined in :mod:`cmpipe.universe` with the other colossus wrappers
+    h^-1 Msun. It is defined in :mod:`cmpipe.mock.universe` with the other colossus wrappers
     (the halo bias), which draws the synthetic box's halos from it without importing this
     package (and its numba kernels), and re-exported here. :func:`tinker08_survey_average`
     averages it over a survey's depth.
@@ -37,8 +37,7 @@ import math
 
 import numpy as np
 
-from ..cosmology import Cosmology
-from ..universe import halo_bias, tinker08_dndlog10m
+from ..cosmology import Cosmology, halo_bias, tinker08_dndlog10m
 
 __all__ = [
     "LN10",
@@ -49,7 +48,6 @@ __all__ = [
     "sample_variance_fraction",
     "sphere_sigma_lin",
     "window_sigma_lin",
-    "survey_window_weights",
 ]
 
 #: ln 10: dn/dlog10 M = ln(10) dn/dln M.
@@ -188,33 +186,3 @@ def window_sigma_lin(weights, box_size_mpc_h: float, z: float,
     return float(np.sqrt(var))
 
 
-def survey_window_weights(*, box_size_mpc_h: float, cells: int, observer_mpc_h,
-                          radius_mpc_h: float, area_deg2: float, pole_ra_deg: float,
-                          pole_dec_deg: float, inner_radius_mpc_h: float = 0.0,
-                          periodic: bool = True) -> np.ndarray:
-    """Cell weights of a cap-shaped survey volume (``inner_radius <= r <= radius``, within
-    the cap of ``area_deg2`` around the pole, as :func:`cmpipe.survey.in_footprint`)
-    around ``observer_mpc_h`` in a box of ``cells^3`` cells: the number of the volume's
-    images (``periodic``: the box repeats, as the synthetic survey tiles it) or 0/1 (an
-    isolated, zero-padded box) at every cell centre."""
-    from ..survey import cap_cos_half_angle
-    from ..sky import radec_to_unit
-
-    L = float(box_size_mpc_h)
-    cell = L / int(cells)
-    x = (np.arange(int(cells)) + 0.5) * cell
-    o = np.asarray(observer_mpc_h, dtype=float)
-    pole = radec_to_unit(pole_ra_deg, pole_dec_deg)
-    cos_cap = cap_cos_half_angle(area_deg2)
-    reach = int(np.ceil(radius_mpc_h / L)) if periodic else 0
-    out = np.zeros((cells,) * 3)
-    for sx in range(-reach, reach + 1):
-        dx = (x + sx * L - o[0])[:, None, None]
-        for sy in range(-reach, reach + 1):
-            dy = (x + sy * L - o[1])[None, :, None]
-            for sz in range(-reach, reach + 1):
-                dz = (x + sz * L - o[2])[None, None, :]
-                r = np.sqrt(dx * dx + dy * dy + dz * dz)
-                mu = (dx * pole[0] + dy * pole[1] + dz * pole[2]) / np.maximum(r, 1e-12)
-                out += (r <= radius_mpc_h) & (r >= inner_radius_mpc_h) & (mu >= cos_cap)
-    return out

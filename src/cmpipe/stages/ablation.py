@@ -14,7 +14,7 @@ empty for seed 0 and ``seeds/{k}/`` for seeds k = 1 .. ``ablation.seeds`` - 1:
   ``evaluation/metrics.json``)
 - ``ablation_summary``  -> ``ablation/summary.json``; ``ablation_plots`` -> ``ablation/scatter.png``
 
-The science (reports, seed statistics, rankings) is in :mod:`cmpipe.ablation`, imported
+The science (reports, seed statistics, rankings) is in :mod:`cmpipe.evaluation.ablation`, imported
 inside the functions: ``ablation_inputs`` runs in ``envs/kde.yaml``, without the evaluation
 stack.
 """
@@ -38,7 +38,7 @@ from .train import PREDICTION_SCHEMA, train_settings
 _BASELINE_LABELS = {"msigma_gapper": "M-sigma (gapper)",
                     "msigma_biweight": "M-sigma (biweight)", "virial": "virial"}
 
-#: Display names of the networks (keys: :data:`cmpipe.ablation.NETWORKS`).
+#: Display names of the networks (keys: :data:`cmpipe.evaluation.ablation.NETWORKS`).
 _NETWORK_LABELS = {"cnn1d": "CNN1D + SBI", "cnn2d": "CNN2D + SBI", "cnn3d": "CNN3D + SBI"}
 
 
@@ -65,7 +65,7 @@ def ablation_inputs(*, config, clusters, dim, outs, progress=True):
     """
     from tqdm.auto import tqdm
 
-    from ..images import AXES, ablation_inputs as make_inputs, input_shape
+    from ..kde.images import AXES, ablation_inputs as make_inputs, input_shape
     from ..io.cubes import CubeWriter
     from ..kde import KDEInputError
 
@@ -130,14 +130,14 @@ def ablation_train_settings(s, dim, seed=0):
     """The training settings of network ``dim`` (1d, 2d, 3d) at seed number ``seed``.
 
     Those of rule ``train`` (:func:`cmpipe.stages.train.train_settings`) with the seed of
-    :func:`cmpipe.ablation.training_seed`; for 1d/2d also the dimensionality's layers
+    :func:`cmpipe.evaluation.ablation.training_seed`; for 1d/2d also the dimensionality's layers
     (``ablation.layers_{dim}``, else ``train.layers``, else the default pattern) and no D4
     augmentation (it acts on the sky-plane axes of the 3D cubes only). ``3dcube`` is the
     main CNN3D (its training seed too) without the distance input, so the two networks
     differ in that alone.
     """
-    from ..ablation import training_seed
-    from ..training import TrainSettings
+    from ..evaluation.ablation import training_seed
+    from ..cnn.training import TrainSettings
 
     base = train_settings(s).to_dict()
     if dim == CUBE_ONLY:
@@ -161,7 +161,7 @@ def ablation_train(*, config, dim, train_inputs, validation_inputs, model_out, s
     """Rule ``ablation_train``: one network of the ablation at one seed, with the CNN3D's
     training code: CNN1D/CNN2D on ``ablation/{dim}/inputs/`` (seeds 0, 1, ...) or the CNN3D
     retrained on ``cubes/`` (seeds 1, 2, ...; exactly rule ``train`` but for the seed)."""
-    from ..training import train
+    from ..cnn.training import train
 
     _check_network(dim, seed)
     s = settings_of(config)
@@ -179,9 +179,9 @@ def ablation_evaluate(*, config, dim, model, test_inputs, eval_inputs, clusters,
     """Rule ``ablation_evaluate``: predictions of one network at one seed, its own SBI
     calibration (joint PDF of its test-set predictions, as the ``calibrate`` rule) and its
     eval-set metrics (``metrics.json``: ``network`` as in ``evaluation/metrics.json``)."""
-    from ..ablation import network_report
+    from ..evaluation.ablation import network_report
     from ..calibration import load_calibration
-    from ..training import predict
+    from ..cnn.training import predict
     from .evaluate import bootstrap_seed, calibrate, cluster_columns
 
     _check_network(dim, seed)
@@ -229,9 +229,9 @@ def ablation_evaluate(*, config, dim, model, test_inputs, eval_inputs, clusters,
 # -- summary and figure -----------------------------------------------------------------------
 
 def _network_rows(files: dict, fix: str):
-    """Ablation rows (:func:`cmpipe.ablation.method_entry`) of every network at every seed
+    """Ablation rows (:func:`cmpipe.evaluation.ablation.method_entry`) of every network at every seed
     (``files``: network -> metrics files, seed 0 first) and the common eval-set size."""
-    from ..ablation import method_entry
+    from ..evaluation.ablation import method_entry
 
     rows, n_eval = {}, {}
     for name, paths in files.items():
@@ -262,7 +262,7 @@ def ablation_summary(*, config, metrics_1d, metrics_2d, metrics_3d, out, seeds_1
     ``metrics_{dim}`` are seed 0 (``metrics_3d``: the main ``evaluation/metrics.json``, which
     also holds the baselines), ``seeds_{dim}`` the metrics files of seeds 1, 2, ... (the same
     number for every network)."""
-    from ..ablation import (method_entry, network_seeds, precision_order,
+    from ..evaluation.ablation import (method_entry, network_seeds, precision_order,
                             precision_order_seeds, thirds_over_seeds)
 
     s = settings_of(config)
@@ -311,6 +311,6 @@ def ablation_summary(*, config, metrics_1d, metrics_2d, metrics_3d, out, seeds_1
 def ablation_plots(*, summary, png):
     """Rule ``ablation_plots``: residual bias/scatter per mass bin, sigma_N/sigma_0 and the
     scatter of every network at every seed."""
-    from ..plots_analyses import ablation_figure
+    from ..plots.analyses import ablation_figure
 
     ablation_figure(read_json_artefact(summary, "rerun ablation_summary"), png)

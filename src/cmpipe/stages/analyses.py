@@ -63,7 +63,7 @@ def _cubes_and_predict(model, norm, gal, offsets, ids, grid, k, batch_size, dist
     """KDE cubes of the clusters in ``offsets`` (chunked) -> network predictions
     (``distance``: the clusters' observer distances, h^-1 Mpc)."""
     from ..kde import kde_cube_batches
-    from ..robustness import predict_inputs
+    from ..evaluation.robustness import predict_inputs
 
     pred = np.empty(offsets.size - 1)
     for b0, b1, cubes in kde_cube_batches(gal["x_mpc_h"], gal["y_mpc_h"], gal["v_kms"], offsets,
@@ -103,7 +103,7 @@ def _reference_predictions(predict, s, ref_table, gal, offsets, ids, checks,
 
     Returns the predictions (log10 h^-1 Msun), their largest difference from the stored
     ones (dex) and, per zero perturbation, whether it changed nothing."""
-    from ..robustness import perturb_galaxies
+    from ..evaluation.robustness import perturb_galaxies
 
     ref = predict(gal, offsets, ids)
     bar.update(1)
@@ -129,7 +129,7 @@ def _perturbed(predict, pdf, s, p, gal, offsets, ids, truth, ref, min_gal, eval_
                point, distance):
     """One perturbation of the eval clusters: the galaxies left, the clusters kept
     (>= ``min_gal`` galaxies) and the paired comparison of their predictions."""
-    from ..robustness import compare, perturb_galaxies
+    from ..evaluation.robustness import compare, perturb_galaxies
     from .evaluate import eval_mass_bins
 
     pg = perturb_galaxies(gal["x_mpc_h"], gal["y_mpc_h"], gal["v_kms"], offsets, p,
@@ -192,7 +192,7 @@ def perturbed_eval(*, config, model, normalisation, joint_pdf, clusters, eval_pr
     from tqdm.auto import tqdm
 
     from ..calibration import load_calibration
-    from ..robustness import Perturbation, compare, perturbations, verdict
+    from ..evaluation.robustness import Perturbation, compare, perturbations, verdict
     from .evaluate import eval_mass_bins, observer_distances
 
     s = settings_of(config)
@@ -264,7 +264,7 @@ def perturbed_eval(*, config, model, normalisation, joint_pdf, clusters, eval_pr
 
 def robustness_plots(*, summary, png):
     """Rule ``robustness_plots``: bias shift, scatter and coverage against the level."""
-    from ..plots_analyses import robustness_figure
+    from ..plots.analyses import robustness_figure
 
     robustness_figure(_read_json(summary, "perturbations", "rerun the robustness rule"), png)
 
@@ -280,7 +280,7 @@ def saliency_maps(*, config, model, normalisation, eval_cubes, out, summary_out,
 
     from ..io.cubes import CubeReader
     from ..kde import Grid3D
-    from ..saliency import binned_saliency, projections, weighted_extent
+    from ..cnn.saliency import binned_saliency, projections, weighted_extent
 
     s = settings_of(config)
     cfg = s.saliency
@@ -353,7 +353,7 @@ def saliency_maps(*, config, model, normalisation, eval_cubes, out, summary_out,
 
 def saliency_plots(*, saliency, mean_png, abs_png):
     """Rule ``saliency_plots``: projections of the mean signed and absolute saliency."""
-    from ..plots_analyses import saliency_figure
+    from ..plots.analyses import saliency_figure
 
     saliency_figure(saliency, mean_png, which="mean")
     saliency_figure(saliency, abs_png, which="mean_abs")

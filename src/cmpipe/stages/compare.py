@@ -3,8 +3,8 @@ on this run's eval set and, with ``compare.pure_run``, on the pure run's.
 
 Products under ``results/{run}/`` (docs/data-products.md, "Neural flow"):
 ``comparison/summary.json``, ``comparison/summary.csv``, ``figures/comparison.png``.
-The numbers come from :func:`cmpipe.comparison.comparison_summary`, the figure from
-:func:`cmpipe.plots_flow.comparison_figure`; the rule runs in ``envs/plots.yaml`` (no torch,
+The numbers come from :func:`cmpipe.evaluation.comparison.comparison_summary`, the figure from
+:func:`cmpipe.plots.flow.comparison_figure`; the rule runs in ``envs/plots.yaml`` (no torch,
 no Keras).
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from .. import io
-from ..comparison import ROW_KEYS, SURVEY_RANGE_KEYS, comparison_summary
+from ..evaluation.comparison import ROW_KEYS, SURVEY_RANGE_KEYS, comparison_summary
 from ..io.tables import CatalogueError, atomic_output
 from ..settings import ConfigError
 from .common import jsonable, settings_of, log
@@ -29,7 +29,7 @@ def _read_json(path, what):
 
 
 def write_comparison_csv(path, summary: dict) -> None:
-    """The rows of :func:`cmpipe.comparison.comparison_summary` as CSV (atomically): one
+    """The rows of :func:`cmpipe.evaluation.comparison.comparison_summary` as CSV (atomically): one
     row per catalogue and estimator, residuals in dex, empty cells for None, floats with 6
     significant digits."""
     cols = ("catalogue", "run", "estimator", "label") + ROW_KEYS + tuple(
@@ -57,7 +57,7 @@ def compare(*, config, metrics, flow_metrics, summary_out, csv_out, png,
     """
     import yaml
 
-    from ..plots_flow import comparison_figure
+    from ..plots.flow import comparison_figure
 
     s = settings_of(config)
     label = {"all": "contaminated", "bound": "pure"}

@@ -133,7 +133,7 @@ def _predictions(path):
 
 
 def _baselines_for(s, clusters, pred, redshift, cosmo):
-    from ..evaluation import baseline_table
+    from ..evaluation.eval_set import baseline_table
 
     ids = pred["cluster_id"]
     if len(ids) == 0:
@@ -148,7 +148,7 @@ def evaluate(*, config, joint_pdf, test_predictions, eval_predictions, clusters,
              posteriors_out):
     """Rule ``evaluate``: posteriors and metrics of the network and baselines (eval set)."""
     from ..calibration import load_calibration
-    from ..evaluation import evaluate as run_evaluation
+    from ..evaluation.eval_set import evaluate as run_evaluation
 
     s = settings_of(config)
     cosmo = make_cosmology(s.cosmology)
@@ -213,7 +213,7 @@ def evaluate(*, config, joint_pdf, test_predictions, eval_predictions, clusters,
 def eval_mass_bins(s, log10_m_true) -> np.ndarray:
     """0.2-dex mass bins of the eval metrics, from the selection threshold to the heaviest
     eval cluster (the training tail's top with ``simulation.tail``)."""
-    from ..metrics import mass_bin_edges
+    from ..evaluation.metrics import mass_bin_edges
 
     top = float(np.max(log10_m_true)) if len(log10_m_true) else s.log10_m200c_min + 0.2
     return mass_bin_edges(s.log10_m200c_min, top + 1e-6)
@@ -229,7 +229,7 @@ def survey_range_report(s, eval_rows, post, calibrated_range) -> dict:
     how far the calibrated range (the test set's true masses) reaches beyond it.
 
     Errors of the means resample whole halos (a halo's sightlines are correlated)."""
-    from ..metrics import grouped_mean
+    from ..evaluation.metrics import grouped_mean
 
     lo, hi = (float(v) for v in s.calibration.survey_mass_range)
     cal_lo, cal_hi = (float(v) for v in calibrated_range)
@@ -281,9 +281,9 @@ def survey_range_report(s, eval_rows, post, calibrated_range) -> dict:
 
 
 def _by_distance(eval_rows, post, seed=0) -> dict:
-    """:func:`cmpipe.evaluation.by_observer_distance` of the eval posteriors ``post`` (the
+    """:func:`cmpipe.evaluation.eval_set.by_observer_distance` of the eval posteriors ``post`` (the
     clusters' ``observer_distance_mpc_h`` and ``halo_id`` from ``eval_rows``)."""
-    from ..evaluation import by_observer_distance
+    from ..evaluation.eval_set import by_observer_distance
 
     return by_observer_distance(eval_rows["observer_distance_mpc_h"], eval_rows["halo_id"],
                                 post["log10_m200c_true"], post["point"], post["lo68"],
@@ -294,7 +294,7 @@ def _coverage_checks(s, cl, test_pred, eval_pred, post, tail=None) -> dict:
     """How sure the coverage numbers are: the eval-set coverage with errors from
     resampling whole halos (sightlines of one halo are correlated), and the test set's own
     out-of-sample coverage by 5-fold cross-validation over halos (3-4x the eval pairs)."""
-    from ..metrics import grouped_coverage_error
+    from ..evaluation.metrics import grouped_coverage_error
 
     halo = dict(zip(cl["cluster_id"].tolist(), cl["halo_id"].tolist()))
     eval_halos = np.array([halo[i] for i in eval_pred["cluster_id"].tolist()])
@@ -345,8 +345,8 @@ def cross_validated_coverage(s, d_pred, m_true, halos, distance=None, tail=None)
         distance, with halo errors).
     """
     from ..calibration import DEFAULT_TAIL_WIDTH, cross_validated_pit
-    from ..evaluation import distance_thirds
-    from ..metrics import NOMINAL_68, grouped_coverage_error
+    from ..evaluation.eval_set import distance_thirds
+    from ..evaluation.metrics import NOMINAL_68, grouped_coverage_error
 
     c = s.calibration
     halos = np.asarray(halos)
@@ -383,7 +383,7 @@ def evaluation_plots(*, joint_pdf, test_predictions, metrics, posteriors, joint_
     """Rule ``evaluation_plots``: paper Figs. 4-6, the calibration curve, baselines."""
     import json
 
-    from .. import plots
+    from ..plots import pipeline as plots
     from ..calibration import JointPDF
 
     m = json.loads(Path(metrics).read_text())
@@ -398,9 +398,9 @@ def evaluation_plots(*, joint_pdf, test_predictions, metrics, posteriors, joint_
 def training_plots(*, history, loss_png):
     """Rule ``training_plots``: the CNN3D's loss curve.
 
-    Drawn by :func:`cmpipe.plots.loss_curve_figure` from ``history.csv``, without importing
-    :mod:`cmpipe.training` (Keras, TensorFlow): the rule runs in ``envs/plots.yaml``."""
-    from .. import plots
+    Drawn by :func:`cmpipe.plots.pipeline.loss_curve_figure` from ``history.csv``, without importing
+    :mod:`cmpipe.cnn.training` (Keras, TensorFlow): the rule runs in ``envs/plots.yaml``."""
+    from ..plots import pipeline as plots
 
     plots.loss_curve_figure(history, loss_png)
 
@@ -450,7 +450,7 @@ def report_tables(*, tables, outs):
 
     ``tables`` and ``outs`` map the names of :data:`REPORT_TABLE_TITLES` to CSV inputs and
     HTML outputs."""
-    from ..report import csv_to_html
+    from ..io.html import csv_to_html
 
     for name, csv_path in tables.items():
         n = csv_to_html(csv_path, outs[name], title=REPORT_TABLE_TITLES[name])

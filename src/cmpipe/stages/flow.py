@@ -33,7 +33,7 @@ _IMAGE_BATCH = 256
 
 
 def _flow_settings(s):
-    from ..flow import FlowSettings
+    from ..flow.training import FlowSettings
 
     d = {k: v for k, v in s.flow.to_dict().items() if k != "n_grid" and v is not None}
     d["seed"] = stage_seed(s.seed, "flow") % (2 ** 31)
@@ -60,7 +60,7 @@ def _write_images(out, ids, gal, rows, s, split_name, source, progress):
     """2-D KDE images of clusters ``ids`` (sorted) from their window galaxies ``gal``."""
     from tqdm.auto import tqdm
 
-    from ..images import ablation_inputs
+    from ..kde.images import ablation_inputs
     from ..io.cubes import CubeWriter
     from ..kde import KDEInputError
 
@@ -141,7 +141,7 @@ def flow_survey_images(*, config, phase_space, out, progress=False):
 
 def flow_train(*, config, train, validation, model_out, threads=1, progress=False):
     """Rule ``flow_train``: the flow on the training split, early-stopped on validation."""
-    from ..flow import train_flow
+    from ..flow.training import train_flow
 
     s = settings_of(config)
     fs = _flow_settings(s)
@@ -155,7 +155,7 @@ def flow_train(*, config, train, validation, model_out, threads=1, progress=Fals
 # -- posteriors ---------------------------------------------------------------------------
 
 def _load(model):
-    from ..flow import FlowModel, grid_of
+    from ..flow.training import FlowModel, grid_of
 
     fm, meta = FlowModel.load(Path(model).parent)
     return fm, meta, grid_of(meta)
@@ -238,7 +238,7 @@ def flow_calibrate(*, config, model, images, clusters, out, threads=1):
 def _grid_summaries(grid, curves, mass, t, point) -> dict:
     """The flow's own posterior summaries on ``grid`` (with PIT of ``t`` and the
     ``extrapolated`` flag from the in-grid probability ``mass`` when given)."""
-    from ..flow import pit_from_curves
+    from ..flow.training import pit_from_curves
     from ..massfunction import summarise_grid_posteriors
 
     summ = summarise_grid_posteriors(grid, curves)
@@ -254,7 +254,7 @@ def _recalibrated(s, joint_pdf, raw, t, distance):
     """Eval posteriors of the flow + SBI: slices of ``joint_pdf`` at the flow's point
     estimate (NaN where the flow has none). Returns summaries, curves and their grid."""
     from ..calibration import load_calibration
-    from ..evaluation import posterior_table
+    from ..evaluation.eval_set import posterior_table
 
     pdf = load_calibration(joint_pdf, distance_aware=s.calibration.distance_aware)
     fin = np.isfinite(raw["point"])
@@ -273,7 +273,7 @@ def _recalibrated(s, joint_pdf, raw, t, distance):
 
 def _uncalibrated_metrics(t, raw) -> dict:
     """Headline numbers of the flow's own posteriors, beside the recalibrated ones."""
-    from ..metrics import residuals
+    from ..evaluation.metrics import residuals
 
     ok = np.isfinite(raw["point"])
     eps = residuals(t[ok], raw["point"][ok])
@@ -304,15 +304,15 @@ def flow_evaluate(*, config, model, images, clusters, metrics_out, posteriors_ou
     """Rule ``flow_evaluate``: eval-set posteriors of the flow and their metrics.
 
     The same summaries (:func:`cmpipe.massfunction.summarise_grid_posteriors`), point
-    estimate (``calibration.point_estimate``) and metrics (:func:`cmpipe.metrics.
+    estimate (``calibration.point_estimate``) and metrics (:func:`cmpipe.evaluation.metrics.
     evaluation_report`: residuals, coverage, PIT, sigma_N / sigma_0) as the CNN3D + SBI
     evaluation, on the same eval clusters; products in the same layout. With ``joint_pdf``
     (rule ``flow_calibrate``, ``calibration.recalibrate_flow``) the posteriors are its
     slices at the flow's point estimate, and the flow's own numbers go under
     ``uncalibrated``.
     """
-    from ..evaluation import by_observer_distance, flat_keys
-    from ..metrics import evaluation_report, interloper_diagnostic, residuals
+    from ..evaluation.eval_set import by_observer_distance, flat_keys
+    from ..evaluation.metrics import evaluation_report, interloper_diagnostic, residuals
 
     s = settings_of(config)
     _set_threads(threads)
@@ -396,7 +396,7 @@ def flow_evaluate(*, config, model, images, clusters, metrics_out, posteriors_ou
 
 def _halo_coverage_errors(s, t, summ, halos) -> dict:
     """Coverage errors from resampling whole halos (sightlines of one halo correlate)."""
-    from ..metrics import grouped_coverage_error
+    from ..evaluation.metrics import grouped_coverage_error
 
     seed = stage_seed(s.seed, "flow_evaluate") % (2 ** 32)
     out = {}
@@ -575,8 +575,8 @@ def _write_flow_survey(table, schema, meta_out, cl, out, csv_out):
 
 def flow_plots(*, history, metrics, posteriors, loss_png, predictions_png, calibration_png):
     """Rule ``flow_plots``: the flow's NLL curves, predictions and calibration curve."""
-    from .. import plots
-    from ..plots_flow import flow_loss_figure
+    from ..plots import pipeline as plots
+    from ..plots.flow import flow_loss_figure
 
     m = json.loads(Path(metrics).read_text())
     post, _ = read_table(posteriors, group="posteriors")

@@ -21,7 +21,7 @@ def catalogue(*, config, halos_out, galaxies_out, tail_halos_out, tail_galaxies_
     cosmo = make_cosmology(s.cosmology)
     tail = None
     if s.source == "synthetic":
-        from ..universe import TailSettings, UniverseSettings, generate_universe
+        from ..mock.universe import TailSettings, UniverseSettings, generate_universe
 
         us = UniverseSettings(redshift=s.redshift, **s.synthetic.to_dict())
         if s.tail.enabled:
@@ -74,7 +74,7 @@ def select_halos(*, config, halos, tail_halos, out):
     """Rule ``select_halos``: host halos above the mass threshold, the box's and the
     training tail's (``tail_first_halo_id`` in the attributes marks where the tail's ids
     begin; -1 without a tail)."""
-    from ..selection import select_hosts
+    from ..mock.selection import select_hosts
 
     s = settings_of(config)
     cols, attrs = io.read_halos(halos)
@@ -97,7 +97,7 @@ def select_halos(*, config, halos, tail_halos, out):
 
 def sightlines(*, config, hosts, out):
     """Rule ``sightlines``: lines of sight per host, flattening log M."""
-    from ..selection import allocate_sightlines, assign_sightlines
+    from ..mock.selection import allocate_sightlines, assign_sightlines
 
     s = settings_of(config)
     cols, attrs = io.read_halos(hosts)
@@ -118,7 +118,7 @@ def project(*, config, halos, galaxies, tail_halos, tail_galaxies, hosts, sightl
     """Rule ``project``: every galaxy of the box inside each cluster's window; the
     training tail's halos are ghosts (their windows see the box, no other window sees
     them)."""
-    from ..projection import Projector, project_batches
+    from ..mock.projection import Projector, project_batches
 
     s = settings_of(config)
     cosmo = make_cosmology(s.cosmology)
@@ -167,8 +167,8 @@ def flux_limit(*, config, projected, out, chunk_clusters=2000):
     dropped first, so the richness cut and everything downstream see bound members only;
     the observers are the same as in the contaminated catalogue of the same seed.
     """
-    from ..fluxlimit import (draw_observer_distances, flux_limit as limit_by_flux,
-                             observer_radius_mpc_h)
+    from ..cosmology import observer_radius_mpc_h
+    from ..mock.fluxlimit import draw_observer_distances, flux_limit as limit_by_flux
 
     s = settings_of(config)
     cosmo = make_cosmology(s.cosmology)
@@ -218,7 +218,7 @@ def flux_limit(*, config, projected, out, chunk_clusters=2000):
 
 def split(*, config, fluxlimited, out, chunk_rows=1_000_000):
     """Rule ``split``: train/validation/test/eval by halo; writes clusters.h5."""
-    from ..splits import assign_splits
+    from ..mock.splits import assign_splits
 
     s = settings_of(config)
     clusters, attrs = read_table(fluxlimited, group="clusters", required=FLUX_CLUSTER_SCHEMA)
@@ -242,7 +242,7 @@ def split(*, config, fluxlimited, out, chunk_rows=1_000_000):
 
 def mock_summary(*, config, halos, hosts, clusters, out):
     """Rule ``mock_summary``: summary.json of the mock catalogue."""
-    from ..mockstats import mock_summary as summarize
+    from ..mock.stats import mock_summary as summarize
 
     s = settings_of(config)
     cosmo = make_cosmology(s.cosmology)
@@ -267,7 +267,7 @@ def mock_plots(*, summary, clusters, mass_function_png, splits_png, phase_space_
     """Rule ``mock_plots``: figures of the mock catalogue (read from its products)."""
     import json
 
-    from .. import plots
+    from ..plots import pipeline as plots
 
     summ = json.loads(Path(summary).read_text())
     cl, _ = read_table(clusters, group="clusters")

@@ -135,7 +135,7 @@ def survey_cubes(*, config, clusters, cubes_out, phase_space_out, galaxies=None,
 
     Reads the cluster table (and either the galaxy table on the sky, ``galaxies``, or
     galaxies already in phase space, ``phase_space_in``), converts to phase space with
-    :func:`cmpipe.sky.sky_to_phase_space` and the config's ``window``, and computes the
+    :func:`cmpipe.survey.sky.sky_to_phase_space` and the config's ``window``, and computes the
     cubes with the config's ``kde`` settings, ``kde.batch_size`` at a time. Clusters with
     fewer than ``survey.min_galaxies`` window galaxies are skipped (logged, counted, kept in
     ``phase_space.h5`` with ``skipped = 1``). The cube file's ``log10_m200c`` is NaN (no
@@ -222,7 +222,7 @@ def _write_survey_cubes(s, cubes_out, ids, sel, *, threads, progress, clusters, 
 def survey_posteriors(*, config, model, joint_pdf, cubes, phase_space, out, csv_out=None):
     """Rule ``survey_posteriors``: d~ per cluster and its posteriors under both priors.
 
-    Network predictions of the survey cubes (:func:`cmpipe.training.predict` with the run's
+    Network predictions of the survey cubes (:func:`cmpipe.cnn.training.predict` with the run's
     model), then the calibrated posterior (the joint-PDF slice: test-set prior, what the
     paper reports; columns ``flat_*``) and the population-prior posterior (re-weighted by
     Tinker 2008 at the cluster redshift over the test-set prior from the joint PDF; columns
@@ -234,7 +234,7 @@ def survey_posteriors(*, config, model, joint_pdf, cubes, phase_space, out, csv_
     from ..survey.posteriors import (log_posterior_summary, population_mass_range,
                                      predictions_by_cluster, survey_posterior_meta,
                                      survey_posterior_table)
-    from ..training import predict
+    from ..cnn.training import predict
 
     s = settings_of(config)
     cosmo = make_cosmology(s.cosmology)
@@ -266,7 +266,7 @@ def mass_function(*, config, posteriors, meta, truth, out, pulls_out, mass_funct
     and the likelihood check against true masses (synthetic) or catalogue masses where they
     exist (:mod:`cmpipe.survey.stats`; docs/data-products.md for every definition).
     """
-    from .. import plots
+    from ..plots import pipeline as plots
     from ..calibration import load_calibration
     from ..survey.mass_function import compare_with_tinker, mass_function_sample
     from ..survey.stats import (eddington_shift, likelihood_check, pulls_record,

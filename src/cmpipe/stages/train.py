@@ -11,7 +11,7 @@ from .common import settings_of, log
 
 
 def train_settings(s):
-    from ..training import TrainSettings
+    from ..cnn.training import TrainSettings
 
     t = {k: v for k, v in s.train.to_dict().items() if v is not None}
     # verbose 0: the rule log gets cmpipe's one line per epoch, not Keras' progress bars
@@ -21,7 +21,7 @@ def train_settings(s):
 
 def train(*, config, train_cubes, validation_cubes, model_out):
     """Rule ``train``: the CNN, early-stopped on the validation split; resumes if killed."""
-    from ..training import train as train_cnn
+    from ..cnn.training import train as train_cnn
 
     s = settings_of(config)
     result = train_cnn(train_cubes, validation_cubes, Path(model_out).parent,
@@ -43,7 +43,7 @@ PREDICTION_SCHEMA = io.Schema({
 
 def summaries(*, config, model, cubes, out, split_name):
     """Rule ``summaries``: the network's predictions d~ for one split."""
-    from ..training import predict
+    from ..cnn.training import predict
 
     s = settings_of(config)
     pred = predict(Path(model).parent, cubes, batch_size=s.train.batch_size)

@@ -90,7 +90,7 @@ def posterior_table_base(s: Settings, cosmo: Cosmology, cl: Mapping) -> dict:
                                 "n_mem", "log10_m_cat", "log10_m_cat_err", "skipped")}
     r = np.asarray(cosmo.comoving_distance_mpc_h(np.asarray(cl["z"], dtype=float)),
                    dtype=float).reshape(-1)
-    from ..fluxlimit import observer_radius_mpc_h
+    from ..cosmology import observer_radius_mpc_h
 
     depth = observer_radius_mpc_h(s, cosmo)
     table["comoving_distance_mpc_h"] = r

@@ -3,7 +3,7 @@ drawn from the synthetic box, with the box's own (not flattened) mass function.
 
 The products are the tables a real survey gives -- clusters and galaxies in RA, Dec and
 observed redshift, in the schema of :mod:`cmpipe.io.survey` -- so the real ingestion code
-(:func:`cmpipe.sky.sky_to_phase_space`) is what runs on them; the true masses go to a
+(:func:`cmpipe.survey.sky.sky_to_phase_space`) is what runs on them; the true masses go to a
 separate truth table.
 
 Geometry
@@ -40,7 +40,7 @@ Redshifts
     ``z_cos`` from the comoving distance, and ``1 + z_obs = (1 + z_cos)(1 + v_pec,los / c)``
     with ``v_pec,los`` the peculiar velocity along the line of sight.
 Flux limit
-    Apparent r < ``mag_r_limit`` from :func:`cmpipe.fluxlimit.apparent_magnitudes` at
+    Apparent r < ``mag_r_limit`` from :func:`cmpipe.mock.fluxlimit.apparent_magnitudes` at
     the galaxy's real-space comoving distance (as the mock). Galaxies are kept within
     ``R_gal`` (the margin covers the background of the most distant windows: +-2200 km/s
     of Hubble flow and peculiar motions) and inside the footprint (windows at the edge are
@@ -57,10 +57,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..cosmology import C_KMS, Cosmology
-from ..fluxlimit import apparent_magnitudes
+from ..cosmology import C_KMS, Cosmology, apparent_magnitudes
 from ..io.survey import SURVEY_CLUSTER_SCHEMA, SURVEY_GALAXY_SCHEMA, SURVEY_TRUTH_SCHEMA
-from ..sky import radec_to_unit
+from .sky import radec_to_unit
 
 __all__ = [
     "FULL_SKY_DEG2",

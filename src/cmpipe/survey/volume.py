@@ -15,8 +15,10 @@ import numpy as np
 
 from ..cosmology import Cosmology
 from ..settings import ConfigError
+from .sky import radec_to_unit
+from .synthetic import cap_cos_half_angle
 
-__all__ = ["catalogue_survey_record", "survey_theory", "survey_sigma_lin"]
+__all__ = ["catalogue_survey_record", "survey_theory", "survey_sigma_lin", "survey_window_weights"]
 
 
 def catalogue_survey_record(catalogue_volume: Mapping, cosmology: Cosmology, *,
@@ -131,7 +133,7 @@ def survey_sigma_lin(meta: Mapping, z: float, cosmology: Cosmology,
     what : str
         The window, for the products.
     """
-    from ..massfunction import sphere_sigma_lin, survey_window_weights, window_sigma_lin
+    from ..massfunction import sphere_sigma_lin, window_sigma_lin
 
     if meta.get("source") == "synthetic" and meta.get("observer_mpc_h") is not None:
         L = float(meta["box_size_mpc_h"])
@@ -161,3 +163,32 @@ def survey_sigma_lin(meta: Mapping, z: float, cosmology: Cosmology,
     if w is None:
         return sphere_sigma_lin(float(meta["volume_mpc_h3"]), z, cosmology), what
     return window_sigma_lin(w, L, z, cosmology), what
+
+
+def survey_window_weights(*, box_size_mpc_h: float, cells: int, observer_mpc_h,
+                          radius_mpc_h: float, area_deg2: float, pole_ra_deg: float,
+                          pole_dec_deg: float, inner_radius_mpc_h: float = 0.0,
+                          periodic: bool = True) -> np.ndarray:
+    """Cell weights of a cap-shaped survey volume (``inner_radius <= r <= radius``, within
+    the cap of ``area_deg2`` around the pole, as :func:`cmpipe.survey.in_footprint`)
+    around ``observer_mpc_h`` in a box of ``cells^3`` cells: the number of the volume's
+    images (``periodic``: the box repeats, as the synthetic survey tiles it) or 0/1 (an
+    isolated, zero-padded box) at every cell centre."""
+    L = float(box_size_mpc_h)
+    cell = L / int(cells)
+    x = (np.arange(int(cells)) + 0.5) * cell
+    o = np.asarray(observer_mpc_h, dtype=float)
+    pole = radec_to_unit(pole_ra_deg, pole_dec_deg)
+    cos_cap = cap_cos_half_angle(area_deg2)
+    reach = int(np.ceil(radius_mpc_h / L)) if periodic else 0
+    out = np.zeros((cells,) * 3)
+    for sx in range(-reach, reach + 1):
+        dx = (x + sx * L - o[0])[:, None, None]
+        for sy in range(-reach, reach + 1):
+            dy = (x + sy * L - o[1])[None, :, None]
+            for sz in range(-reach, reach + 1):
+                dz = (x + sz * L - o[2])[None, None, :]
+                r = np.sqrt(dx * dx + dy * dy + dz * dz)
+                mu = (dx * pole[0] + dy * pole[1] + dz * pole[2]) / np.maximum(r, 1e-12)
+                out += (r <= radius_mpc_h) & (r >= inner_radius_mpc_h) & (mu >= cos_cap)
+    return out

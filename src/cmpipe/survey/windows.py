@@ -2,7 +2,7 @@
 made of, and which clusters have enough of them.
 
 Galaxies come either on the sky (RA, Dec, z; converted by
-:func:`cmpipe.sky.sky_to_phase_space`) or already in projected phase space
+:func:`cmpipe.survey.sky.sky_to_phase_space`) or already in projected phase space
 (``cmpipe infer --phase-space``); both give one row per (cluster, window galaxy) pair in
 :data:`cmpipe.io.survey_products.SURVEY_PHASE_SPACE_GALAXY_SCHEMA`, sorted by cluster id.
 Offsets are proper h^-1 Mpc (x east along +RA, y north along +Dec), velocities km/s in
@@ -86,7 +86,7 @@ def survey_min_galaxies(min_galaxies: int | None, mock_min_galaxies: int) -> int
 def sky_windows(clusters: Mapping, galaxies: Mapping, cosmology: Cosmology, *,
                 half_width_mpc_h: float, v_max_kms: float, pair_by_cluster_id: bool = False,
                 cluster_table=None, galaxy_table=None) -> Windows:
-    """Galaxies on the sky -> each cluster's window (:func:`cmpipe.sky.sky_to_phase_space`).
+    """Galaxies on the sky -> each cluster's window (:func:`cmpipe.survey.sky.sky_to_phase_space`).
 
     Parameters
     ----------
@@ -112,7 +112,7 @@ def sky_windows(clusters: Mapping, galaxies: Mapping, cosmology: Cosmology, *,
         ``is_member`` is 1 where the galaxy is listed in that cluster, 0 where in another
         or none, -1 for every galaxy when no galaxy carries a label.
     """
-    from ..sky import sky_to_phase_space
+    from .sky import sky_to_phase_space
 
     labels = galaxies["cluster_id"]
     win = sky_to_phase_space(clusters["cluster_id"], clusters["ra_deg"], clusters["dec_deg"],

@@ -17,7 +17,7 @@ exactly 1 (dimensionless density contrast + 1), which keeps the first convolutio
 well-conditioned range whatever the grid size; with ``input_transform = "log1p"`` then
 ``x = log(1 + x)``: compact clusters of few galaxies (the pure, members-only catalogue)
 reach ~1e4 in one voxel, a range the linear input trains badly on. The target
-standardisation ``z = (log10 M200c - mean) / std`` is :mod:`cmpipe.training`'s; the
+standardisation ``z = (log10 M200c - mean) / std`` is :mod:`cmpipe.cnn.training`'s; the
 dataset applies the mean and std it is given.
 
 The data order and augmentation of epoch ``e`` are drawn from
@@ -39,7 +39,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import keras  # noqa: E402
 
-from .io.cubes import DISTANCE_COLUMN, CubeReader  # noqa: E402
+from ..io.cubes import DISTANCE_COLUMN, CubeReader  # noqa: E402
 
 __all__ = ["N_D4", "d4_transform", "INPUT_TRANSFORMS", "transform_inputs", "DISTANCE_COLUMN",
            "standardised_distance", "network_inputs", "CubeDataset"]
@@ -90,7 +90,7 @@ INPUT_TRANSFORMS = {
 def transform_inputs(x: np.ndarray, scale: float, function: str = "linear") -> np.ndarray:
     """The network input of normalised KDE inputs ``x`` (float32, modified in place and
     returned): ``x * scale`` and, for ``function == "log1p"``, ``log(1 + x * scale)``.
-    Training, :func:`cmpipe.training.predict` and the analyses all go through here."""
+    Training, :func:`cmpipe.cnn.training.predict` and the analyses all go through here."""
     x *= np.float32(scale)
     if function == "log1p":
         np.log1p(x, out=x)
@@ -112,7 +112,7 @@ def standardised_distance(distance_mpc_h, mean: float, std: float, *, source=Non
         msg = (f"{int(bad.sum())} of {d.size} clusters have no finite distance from the "
                "observer, which the distance-input network needs")
         if source is not None:
-            from .io.tables import CatalogueError
+            from ..io.tables import CatalogueError
             raise CatalogueError(source, DISTANCE_COLUMN, msg,
                                  "give every cluster a redshift (survey) or an observer "
                                  "distance (mock) and rebuild the cubes")
@@ -123,7 +123,7 @@ def standardised_distance(distance_mpc_h, mean: float, std: float, *, source=Non
 def network_inputs(x: np.ndarray, normalisation: dict, distance_mpc_h=None, *, source=None):
     """What the network is called with: the transformed cubes ``x`` alone, or, for a
     network trained with a distance input (``normalisation["distance"]``), the dict
-    ``{"kde": x, "distance": (D - mean) / std}`` of :func:`cmpipe.model.build_cnn`."""
+    ``{"kde": x, "distance": (D - mean) / std}`` of :func:`cmpipe.cnn.model.build_cnn`."""
     dn = normalisation.get("distance")
     if not dn:
         return x

@@ -137,7 +137,7 @@ class Projector:
         down to ~0.1 stay exact (the paper's diagnostic needs ratios > 1), and the search
         tree no longer holds the millions of small halos of a large box.
     ghost_halo_ids : array_like, optional
-        Halos that only their own windows see (the training tail, :mod:`cmpipe.tail`):
+        Halos that only their own windows see (the training tail, :mod:`cmpipe.mock.tail`):
         their galaxies enter no other halo's window and they are never another window's
         interloper halo, so the box's clusters are projected as without them.
     """

@@ -33,7 +33,7 @@ KDE of the training masses on the posterior grid, is stored with the model so th
 survey stage can re-weight by a population prior exactly as for the CNN3D + SBI posteriors.
 
 The network (:class:`FlowSettings`, :class:`ImageEmbedding`, :class:`FlowModel`, saving
-and loading) is defined in :mod:`cmpipe.flow_model` and re-exported here; this module
+and loading) is defined in :mod:`cmpipe.flow.model` and re-exported here; this module
 trains it (:func:`train_flow`) and holds the posterior grid, prior and PIT helpers.
 
 Units: masses are log10(M200c / h^-1 Msun); densities per dex; image values are the
@@ -52,13 +52,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from .flow_model import (DISTANCE_COLUMN, META_FILE, MODEL_FILE, FlowModel, FlowSettings,
+from .model import (DISTANCE_COLUMN, META_FILE, MODEL_FILE, FlowModel, FlowSettings,
                          ImageEmbedding, build_flow)
-from .io.cubes import CubeReader
-from .io.cubes import distance_standardisation as io_distance_standardisation
-from .io.tables import CatalogueError
-from .io.training import read_flow_history, write_flow_history
-from .settings import ConfigError
+from ..io.cubes import CubeReader
+from ..io.cubes import distance_standardisation as io_distance_standardisation
+from ..io.tables import CatalogueError
+from ..io.training import read_flow_history, write_flow_history
+from ..settings import ConfigError
 
 __all__ = ["FlowSettings", "FlowResult", "FlowModel", "ImageEmbedding", "build_flow",
            "train_flow", "mass_grid", "training_prior", "pit_from_curves",

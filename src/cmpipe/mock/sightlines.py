@@ -30,7 +30,7 @@ process (:func:`functools.lru_cache`); :func:`halo_sightlines` hands every halo 
 Haar-random rotation of the cached set.
 
 The default sets (seed 0, 64 starts, n = 1..25, what :func:`halo_sightlines` uses) are
-not recomputed: they are read from ``data/line_packings.json``, written once by
+not recomputed: they are read from ``cmpipe/data/line_packings.json``, written once by
 :func:`tabulate_packings` with one BLAS thread, as a Snakemake job runs. The optimiser's
 final SLSQP polish rounds differently with the BLAS thread count and can then choose
 another orientation (n = 8) or another local optimum (n = 22) of a packing, so a mock made
@@ -338,7 +338,7 @@ def _canonical_sign(u: np.ndarray) -> np.ndarray:
 
 
 #: The tabulated default packings (:func:`tabulate_packings`).
-PACKING_TABLE = Path(__file__).with_name("data") / "line_packings.json"
+PACKING_TABLE = Path(__file__).resolve().parents[1] / "data" / "line_packings.json"
 
 #: Largest ``n`` of the table (:data:`PACKING_TABLE`).
 TABLE_N_MAX = 25
@@ -371,11 +371,11 @@ def tabulate_packings(path=PACKING_TABLE, n_max: int = TABLE_N_MAX) -> None:
     every earlier workflow run used::
 
         OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 python -c \
-            "from cmpipe.sightlines import tabulate_packings; tabulate_packings()"
+            "from cmpipe.mock.sightlines import tabulate_packings; tabulate_packings()"
     """
     rows = {str(n): computed_lines(n, _DEFAULT_SEED, _DEFAULT_RESTARTS).tolist()
             for n in range(1, n_max + 1)}
-    head = dict(note="best line packings of cmpipe.sightlines (seed 0, 64 starts), unit "
+    head = dict(note="best line packings of cmpipe.mock.sightlines (seed 0, 64 starts), unit "
                      "vectors with the canonical sign; written by tabulate_packings with "
                      "one BLAS thread", seed=_DEFAULT_SEED, restarts=_DEFAULT_RESTARTS)
     lines = [json.dumps(head)[:-1] + ', "packings": {']

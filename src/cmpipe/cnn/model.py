@@ -11,25 +11,9 @@ voxels a side, so the flattened vector has 4 * 5^3 = 500 entries and the network
 76,597 trainable weights (the paper quotes "~1e5"; a 'same'-padded variant would have
 123,189).
 
-Layer specification
--------------------
-The hidden layers are a sequence of small dicts, each naming exactly one layer kind:
-
-``{"conv": filters, "kernel": 3, "activation": "relu", "padding": "valid", "stride": 1}``
-    Convolution over all spatial axes (1, 2 or 3 of them); ``kernel`` and ``stride`` are
-    one int used on every axis.
-``{"pool": size, "type": "max"}``
-    Pooling with window = stride = ``size`` (``type`` "max" or "average"); odd sizes are
-    floored, as in Keras.
-``{"dense": units, "activation": "linear"}``
-    Fully connected layer; a ``Flatten`` is inserted before the first one.
-``{"dropout": rate}``
-    Dropout with ``0 <= rate < 1`` (only active in training).
-
-Keys other than the ones above are errors; convolution and pooling entries must come before
-every dense entry. The scalar output ``Dense(1, linear)`` is always appended and is not part
-of the specification. :func:`validate_layers` checks a specification and returns a
-normalised copy with every default filled in.
+The hidden layers are given in the format of :func:`cmpipe.sections.validate_layers`
+(``{"conv": 12, "kernel": 5}``, ``{"pool": 2}``, ``{"dense": 128}``, ``{"dropout": 0.1}``),
+which checks a specification and fills in every default.
 
 Inputs are the bare grids, shape ``(batch, *spatial)`` (no channel axis; the model adds it).
 """
@@ -38,16 +22,14 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Mapping, Sequence
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import keras  # noqa: E402
 
+from ..sections import DEFAULT_LAYERS, LAYER_KINDS, LayerSpecError, validate_layers  # noqa: E402
+
 __all__ = [
-    "DEFAULT_LAYERS",
-    "LayerSpecError",
-    "validate_layers",
     "build_cnn",
     "build_cnn1d",
     "build_cnn2d",
@@ -57,105 +39,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-#: The authors' public CNN3D hidden layers (the output Dense(1) is implicit).
-DEFAULT_LAYERS: tuple[dict, ...] = (
-    {"conv": 12, "kernel": 5},
-    {"pool": 2},
-    {"conv": 8, "kernel": 3},
-    {"pool": 2},
-    {"conv": 4, "kernel": 1},
-    {"pool": 2},
-    {"dense": 128},
-    {"dense": 64},
-)
-
-_KINDS = {
-    "conv": {"kernel": 3, "activation": "relu", "padding": "valid", "stride": 1},
-    "pool": {"type": "max"},
-    "dense": {"activation": "linear"},
-    "dropout": {},
-}
-
-_ACTIVATIONS = ("linear", "relu", "elu", "gelu", "selu", "tanh", "sigmoid", "softplus",
-                "swish", "leaky_relu")
-
-
-class LayerSpecError(ValueError):
-    """A layer specification is malformed; the message names the entry and the fix."""
-
-
-def _positive_int(value, where, key):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise LayerSpecError(f"{where}: '{key}' must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def validate_layers(layers) -> tuple[dict, ...]:
-    """Check a hidden-layer specification and fill in defaults.
-
-    Parameters
-    ----------
-    layers : sequence of mapping
-        Layer entries in the format described in the module docstring.
-
-    Returns
-    -------
-    tuple of dict
-        One complete dict per entry, e.g. ``{"conv": 12, "kernel": 5, "activation": "relu",
-        "padding": "valid", "stride": 1}``.
-
-    Raises
-    ------
-    LayerSpecError
-        If an entry is not a mapping, names no or several kinds, has an unknown key or a bad
-        value, or a convolution/pooling entry follows a dense entry.
-    """
-    if isinstance(layers, (str, bytes)) or not isinstance(layers, Sequence):
-        raise LayerSpecError(f"layers must be a list of dicts, got {type(layers).__name__}")
-    out = []
-    seen_dense = False
-    for i, entry in enumerate(layers):
-        where = f"layers[{i}]"
-        if not isinstance(entry, Mapping):
-            raise LayerSpecError(f"{where}: expected a dict such as {{'conv': 12, 'kernel': 5}}, "
-                                 f"got {entry!r}")
-        kinds = [k for k in entry if k in _KINDS]
-        if len(kinds) != 1:
-            raise LayerSpecError(f"{where}: {dict(entry)!r} must name exactly one of "
-                                 f"{sorted(_KINDS)} (found {kinds or 'none'})")
-        kind = kinds[0]
-        allowed = _KINDS[kind]
-        unknown = sorted(set(entry) - {kind} - set(allowed))
-        if unknown:
-            raise LayerSpecError(f"{where}: unknown key(s) {unknown} for a '{kind}' layer; "
-                                 f"allowed: {sorted(allowed)}")
-        spec = {kind: entry[kind], **allowed, **{k: v for k, v in entry.items() if k != kind}}
-        if kind == "dropout":
-            rate = spec["dropout"]
-            if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
-                raise LayerSpecError(f"{where}: 'dropout' must be a rate in [0, 1), got {rate!r}")
-            spec["dropout"] = float(rate)
-        else:
-            spec[kind] = _positive_int(spec[kind], where, kind)
-        if kind == "conv":
-            spec["kernel"] = _positive_int(spec["kernel"], where, "kernel")
-            spec["stride"] = _positive_int(spec["stride"], where, "stride")
-            if spec["padding"] not in ("valid", "same"):
-                raise LayerSpecError(f"{where}: 'padding' must be 'valid' or 'same', "
-                                     f"got {spec['padding']!r}")
-        if kind == "pool" and spec["type"] not in ("max", "average"):
-            raise LayerSpecError(f"{where}: pool 'type' must be 'max' or 'average', "
-                                 f"got {spec['type']!r}")
-        if "activation" in spec and spec["activation"] not in _ACTIVATIONS:
-            raise LayerSpecError(f"{where}: unknown activation {spec['activation']!r}; "
-                                 f"use one of {list(_ACTIVATIONS)}")
-        if kind in ("conv", "pool") and seen_dense:
-            raise LayerSpecError(f"{where}: a '{kind}' layer cannot follow a dense layer "
-                                 "(the grid is flattened before the first dense layer)")
-        seen_dense = seen_dense or kind == "dense"
-        out.append(spec)
-    return tuple(out)
 
 
 _CONV = {1: keras.layers.Conv1D, 2: keras.layers.Conv2D, 3: keras.layers.Conv3D}
@@ -176,7 +59,7 @@ def build_cnn(input_shape, layers=DEFAULT_LAYERS, *, name: str | None = None,
         Spatial grid shape of one input without a channel axis: ``(n_v,)``,
         ``(n_r, n_v)`` or ``(n_x, n_y, n_v)`` voxels. Its length sets the dimensionality.
     layers : sequence of mapping, optional
-        Hidden layers (module docstring); default :data:`DEFAULT_LAYERS`.
+        Hidden layers (:func:`cmpipe.sections.validate_layers`); default :data:`DEFAULT_LAYERS`.
     name : str, optional
         Model name; default ``"cnn{d}d"``.
     dtype_policy : str, optional
@@ -221,7 +104,7 @@ def build_cnn(input_shape, layers=DEFAULT_LAYERS, *, name: str | None = None,
             return x
         return keras.layers.Concatenate(name="with_distance", **kw)([x, dist])
     for i, s in enumerate(spec):
-        lname = f"{next(k for k in s if k in _KINDS)}_{i}"
+        lname = f"{next(k for k in s if k in LAYER_KINDS)}_{i}"
         if "conv" in s:
             k, st = s["kernel"], s["stride"]
             if s["padding"] == "valid":

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .plots import MASS_LABEL, plt, save
+from .pipeline import MASS_LABEL, plt, save
 
 __all__ = ["ablation_figure", "robustness_figure", "saliency_figure"]
 

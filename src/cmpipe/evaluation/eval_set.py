@@ -10,7 +10,7 @@ import logging
 
 import numpy as np
 
-from .calibration import JointPDF, posterior, posterior_cdf_at, summarise
+from ..calibration import JointPDF, posterior, posterior_cdf_at, summarise
 from .metrics import (DEFAULT_MASS_BINS, evaluation_report, grouped_coverage_error,
                       interloper_diagnostic, residuals)
 
@@ -140,7 +140,7 @@ def baseline_table(galaxies: dict, cluster_ids, redshift, cosmology, **options) 
     at least these clusters, sorted by cluster id.
     """
     from .baselines import baseline_masses
-    from .io.mock import galaxy_offsets
+    from ..io.mock import galaxy_offsets
 
     ids = np.asarray(cluster_ids)
     keep = np.isin(galaxies["cluster_id"], ids)

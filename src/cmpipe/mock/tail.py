@@ -5,8 +5,8 @@ its training edge exactly where the most massive survey clusters (Coma, A2029, A
 and mean-reverts there. The tail adds halos drawn flat in log M over
 ``[log10_m_min, log10_m_max)`` to the *training catalogue only*: the synthetic universe
 places them in the box's own lognormal density and velocity fields
-(:func:`cmpipe.universe.make_halos`) and the projection treats them as ghosts
-(:class:`cmpipe.projection.Projector`, ``ghost_halo_ids``): a tail cluster's window holds
+(:func:`cmpipe.mock.universe.make_halos`) and the projection treats them as ghosts
+(:class:`cmpipe.mock.projection.Projector`, ``ghost_halo_ids``): a tail cluster's window holds
 its own galaxies and the box's, but no other window sees a tail halo or its galaxies, so
 the box's abundance, its interlopers and the survey are unchanged.
 """

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .comparison import ESTIMATORS
-from .io.training import read_flow_history
-from .plots import plt, save
+from ..evaluation.comparison import ESTIMATORS
+from ..io.training import read_flow_history
+from .pipeline import plt, save
 
 __all__ = ["flow_loss_figure", "comparison_figure"]
 

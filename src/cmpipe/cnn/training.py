@@ -1,11 +1,11 @@
 """Train the CNN on KDE cubes, checkpoint every epoch, predict log10 M200c (pipeline step 6-7).
 
-Cubes reach the network through :class:`cmpipe.cubedata.CubeDataset` (in memory or
+Cubes reach the network through :class:`cmpipe.cnn.cubedata.CubeDataset` (in memory or
 streamed, identical batches). Two transforms are applied, identically at training and
 prediction time, and both are stored in ``normalisation.json`` beside the model:
 
 * input scaling: ``x = cube * scale`` with ``scale = n_voxels`` (the mean voxel is 1),
-  then optionally ``log(1 + x)`` (:func:`cmpipe.cubedata.transform_inputs`);
+  then optionally ``log(1 + x)`` (:func:`cmpipe.cnn.cubedata.transform_inputs`);
 * target standardisation: ``z = (log10 M200c - mean) / std`` with ``mean`` and ``std``
   (ddof 0) of the TRAINING split; the network regresses ``z`` (MSE loss) and
   :func:`predict` returns ``z * std + mean`` in log10(h^-1 Msun).
@@ -16,7 +16,7 @@ split only, best weights restored at the end.
 
 Checkpoints and resuming
 ------------------------
-After every epoch ``checkpoint.h5`` is written atomically (:mod:`cmpipe.checkpoint`): model
+After every epoch ``checkpoint.h5`` is written atomically (:mod:`cmpipe.cnn.checkpoint`): model
 and optimizer variables, the best weights so far and a JSON state fingerprinted by the
 settings and the content digests of both cube files. Rerunning :func:`train` on the same
 ``out_dir`` resumes after the last completed epoch; a checkpoint whose fingerprint does not
@@ -55,9 +55,9 @@ from .checkpoint import (EpochState, assign_variables, fingerprint,  # noqa: E40
                          initial_state, resume, seed32)
 from .cubedata import (DISTANCE_COLUMN, INPUT_TRANSFORMS, N_D4, CubeDataset,  # noqa: E402
                        d4_transform, standardised_distance, transform_inputs)
-from .io.cubes import CubeReader, cube_digest, distance_standardisation  # noqa: E402
-from .io.tables import CatalogueError, write_json  # noqa: E402
-from .io.training import (HISTORY_COLUMNS, read_history, save_keras_model,  # noqa: E402
+from ..io.cubes import CubeReader, cube_digest, distance_standardisation  # noqa: E402
+from ..io.tables import CatalogueError, write_json  # noqa: E402
+from ..io.training import (HISTORY_COLUMNS, read_history, save_keras_model,  # noqa: E402
                           write_history)
 from .model import DEFAULT_LAYERS, build_cnn, parameter_count, validate_layers  # noqa: E402
 
@@ -98,7 +98,7 @@ class TrainSettings:
     Parameters
     ----------
     layers : sequence of dict
-        Hidden-layer specification (see :mod:`cmpipe.model`); default the authors' CNN3D.
+        Hidden-layer specification (see :mod:`cmpipe.cnn.model`); default the authors' CNN3D.
     epochs : int
         Maximum number of epochs.
     batch_size : int
@@ -114,7 +114,7 @@ class TrainSettings:
         The network also takes the cluster's comoving distance from the observer (the cube
         files' ``distance_mpc_h``, standardised by the training split's mean and sd, stored
         in ``normalisation.json`` ``distance``), concatenated with the flattened convolutional
-        features before the dense layers (:func:`cmpipe.model.build_cnn`).
+        features before the dense layers (:func:`cmpipe.cnn.model.build_cnn`).
     seed : int
         Seeds the weight initialisation, the per-epoch shuffling and the augmentation.
     mixed_precision : bool
@@ -487,7 +487,7 @@ def predict(model_dir, cube_path, *, batch_size: int = 100,
         h^-1 Msun; the prediction with the target standardisation undone), ``n_gal``,
         ``n_members`` (i8), one entry per cube in file order.
     """
-    from .io.artefacts import load_keras_model, read_json_artefact
+    from ..io.artefacts import load_keras_model, read_json_artefact
 
     model_dir = Path(model_dir)
     norm_path = model_dir / NORMALISATION_FILE

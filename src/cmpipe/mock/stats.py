@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .settings import SPLIT_CODES
+from ..settings import SPLIT_CODES
 
 __all__ = ["box_mass_function", "mock_summary"]
 
@@ -22,7 +22,7 @@ def box_mass_function(log10_m200c, box_size_mpc_h, redshift, cosmology, *,
         ``log10_m_lo``, ``log10_m_hi``, ``log10_m_mid``, ``n_halos``, ``dndlnm_box``,
         ``dndlnm_box_err`` (Poisson), ``dndlnm_tinker08`` (bin average from colossus).
     """
-    from .universe import tinker08_dndlnm
+    from ..cosmology import tinker08_dndlnm
 
     m = np.asarray(log10_m200c)
     lo = np.floor(m.min() * 10) / 10 if lo is None else lo

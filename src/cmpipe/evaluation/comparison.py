@@ -4,10 +4,10 @@ eval sets of a contaminated and (optionally) a pure catalogue.
 Everything here is read from finished products -- ``evaluation/metrics.json`` (the CNN3D +
 SBI posteriors and the classical baselines, each baseline with one offset fitted on the test
 set) and ``flow/metrics.json`` -- so the numbers are the ones those rules measured with the
-same :mod:`cmpipe.metrics` functions on the same eval clusters. The talk's headline ("the
+same :mod:`cmpipe.evaluation.metrics` functions on the same eval clusters. The talk's headline ("the
 flow is about 4x better than M-sigma on contaminated mocks") is the ratio
 ``msigma_over_flow_scatter``. The table is written by :mod:`cmpipe.stages.compare`, the
-figure drawn by :func:`cmpipe.plots_flow.comparison_figure`.
+figure drawn by :func:`cmpipe.plots.flow.comparison_figure`.
 """
 from __future__ import annotations
 
@@ -97,7 +97,7 @@ def estimator_rows(catalogue: str, run: str, metrics: dict, flow_metrics: dict) 
 
 
 def _report_row(rep: dict, n_eval) -> dict:
-    """:data:`ROW_KEYS` of a network report (:func:`cmpipe.ablation.network_report`)."""
+    """:data:`ROW_KEYS` of a network report (:func:`cmpipe.evaluation.ablation.network_report`)."""
     o, cov, p = rep["overall"], rep.get("coverage") or {}, rep.get("precision") or {}
     return dict(n=o.get("n", n_eval), mean_residual_dex=o.get("mean"),
                 scatter_dex=o.get("std"), half_width_68_dex=o.get("half_width_68"),
@@ -194,7 +194,7 @@ def comparison_summary(catalogues: dict) -> dict:
             coverage="fraction of eval clusters whose true mass lies in the 68.27% / 95% "
                      "central posterior interval",
             sigma_N_sigma_0="fit of sigma^2 = sigma_N^2 (N_mem/100)^-1 + sigma_0^2 to the "
-                            "residuals (cmpipe.metrics.fit_precision_model)",
+                            "residuals (cmpipe.evaluation.metrics.fit_precision_model)",
             msigma_over_flow_scatter="M-sigma (gapper) scatter / flow scatter; the talk "
                                      "quotes about 4 on contaminated MDPL2 mocks",
             distance_variants="the CNN3D + SBI with the cluster's distance switched off: "

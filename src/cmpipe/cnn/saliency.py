@@ -6,7 +6,7 @@ to its input cube,
     S_c[i, j, k] = d log10 M_pred / d cube[i, j, k],
 
 in dex per unit voxel probability (cubes sum to 1, see :mod:`cmpipe.kde`), through the
-input scaling and the target standardisation of :mod:`cmpipe.training`
+input scaling and the target standardisation of :mod:`cmpipe.cnn.training`
 (``S = std * dz/dcube`` through ``x = cube * scale``, or ``log(1 + cube * scale)`` for a
 model trained with ``train.input_transform: log1p``, and ``log10 M = z * std + mean``).
 Gradients are taken by ``tf.GradientTape`` on the Keras model (tensorflow backend) in
@@ -71,7 +71,7 @@ def input_gradients(model, normalisation: dict, cubes: np.ndarray,
     cube = tf.convert_to_tensor(np.asarray(cubes, dtype=np.float32))
     with tf.GradientTape() as tape:
         tape.watch(cube)
-        x = cube * scale                   # cmpipe.training.transform_inputs, in TF
+        x = cube * scale                   # cmpipe.cnn.training.transform_inputs, in TF
         if function == "log1p":
             x = tf.math.log1p(x)
         inputs = network_inputs(x, normalisation, distance_mpc_h)

@@ -7,8 +7,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .io.tables import atomic_output  # noqa: E402
-from .settings import SPLIT_CODES  # noqa: E402
+from ..io.tables import atomic_output  # noqa: E402
+from ..settings import SPLIT_CODES  # noqa: E402
 
 __all__ = ["save", "mass_function_figure", "split_masses_figure", "phase_space_figure",
            "loss_curve_figure", "joint_pdf_figure", "predictions_figure", "calibration_figure",
@@ -126,7 +126,7 @@ def loss_curve_figure(history_csv, path):
     """Training and validation loss (MSE of the standardised log10 M200c) against epoch
     from a ``history.csv`` (``epoch, loss, val_loss, ...``), the kept (best) epoch marked.
 
-    Reads the CSV itself rather than through :mod:`cmpipe.training`, so drawing it never
+    Reads the CSV itself rather than through :mod:`cmpipe.cnn.training`, so drawing it never
     imports Keras/TensorFlow (the ``training_plots`` rule runs in ``envs/plots.yaml``)."""
     import csv
 

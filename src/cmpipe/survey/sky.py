@@ -2,7 +2,7 @@
 
 A cluster is given by its centre (RA, Dec, in degrees) and redshift ``z_cl``; every survey
 galaxy by (RA, Dec, z). Around each cluster the galaxies are mapped to the same phase-space
-coordinates the mock uses (:mod:`cmpipe.projection`), then cut to the same window.
+coordinates the mock uses (:mod:`cmpipe.mock.projection`), then cut to the same window.
 
 Conventions
 -----------
@@ -24,7 +24,7 @@ Axes
     cluster (:meth:`cmpipe.cosmology.Cosmology.angular_diameter_distance_mpc_h`). East x
     north is the outward line of sight, so (x_proj, y_proj, v_los > 0 receding) is
     right-handed like the mock's ``(e1, e2, n)`` (``e1 x e2 = n``,
-    :func:`cmpipe.sightlines.basis_for`); on a north-up sky image x grows to the left.
+    :func:`cmpipe.mock.sightlines.basis_for`); on a north-up sky image x grows to the left.
 Velocity
     ``v_los = c (z - z_cl) / (1 + z_cl)`` km/s: the line-of-sight velocity in the cluster
     rest frame, peculiar plus Hubble flow, as in the mock.
@@ -55,9 +55,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.spatial import cKDTree
 
-from .cosmology import C_KMS, Cosmology
+from ..cosmology import C_KMS, Cosmology
 # the checks of sky input live with the readers (cmpipe.io.validate); kept importable here
-from .io.validate import (MAX_REDSHIFT, RADIANS_MIN_POINTS, RADIANS_MIN_SPAN, SkyInputError,
+from ..io.validate import (MAX_REDSHIFT, RADIANS_MIN_POINTS, RADIANS_MIN_SPAN, SkyInputError,
                           check_redshifts, check_sky_positions)
 
 __all__ = [

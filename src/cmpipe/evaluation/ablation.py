@@ -6,7 +6,7 @@ same metrics. The expectation is ``CNN1D < CNN2D < CNN3D`` in precision.
 
 Inputs
 ------
-The 1-D and 2-D inputs are made by :mod:`cmpipe.images` (re-exported here).
+The 1-D and 2-D inputs are made by :mod:`cmpipe.kde.images` (re-exported here).
 
 Everything else (network layer specification, training settings, early stopping on the
 validation split, SBI calibration on the test split, metrics on the eval split) is shared
@@ -30,11 +30,11 @@ import re
 
 import numpy as np
 
-from .calibration import JointPDF
-from .evaluation import by_observer_distance, posterior_table
-from .images import AXES, DIMS, ablation_inputs, input_shape
+from ..calibration import JointPDF
+from .eval_set import by_observer_distance, posterior_table
+from ..kde.images import AXES, DIMS, ablation_inputs, input_shape
 from .metrics import DEFAULT_MASS_BINS, evaluation_report
-from .settings import stage_seed
+from ..settings import stage_seed
 
 __all__ = [
     "DIMS",
@@ -61,7 +61,7 @@ def network_report(pdf: JointPDF, pred: dict, *, point: str = "map",
                    bins=DEFAULT_MASS_BINS, distance=None, halos=None, seed: int = 0) -> dict:
     """Eval-set report of one network through the SBI calibration ``pdf``.
 
-    The same computation as the network part of :func:`cmpipe.evaluation.evaluate`:
+    The same computation as the network part of :func:`cmpipe.evaluation.eval_set.evaluate`:
     posterior slices of the joint PDF at each prediction, the point estimate ``point``,
     residuals, coverage of the 68%/95% intervals, PIT and the eq. (7) precision fit.
 
@@ -82,12 +82,12 @@ def network_report(pdf: JointPDF, pred: dict, *, point: str = "map",
     halos, seed
         Host halo of each eval cluster and the bootstrap seed: with ``distance`` too, the
         report gains ``by_observer_distance``
-        (:func:`cmpipe.evaluation.by_observer_distance`).
+        (:func:`cmpipe.evaluation.eval_set.by_observer_distance`).
 
     Returns
     -------
     dict
-        :func:`cmpipe.metrics.evaluation_report` of the calibrated point estimates, plus
+        :func:`cmpipe.evaluation.metrics.evaluation_report` of the calibrated point estimates, plus
         ``n_extrapolated`` and ``n_left_out`` (zero-density posterior rows).
     """
     t = np.asarray(pred["log10_m200c_true"], dtype=np.float64)
@@ -105,7 +105,7 @@ def network_report(pdf: JointPDF, pred: dict, *, point: str = "map",
 
 
 def method_entry(report: dict, *, label: str, kind: str) -> dict:
-    """One row of the ablation table from an :func:`cmpipe.metrics.evaluation_report`.
+    """One row of the ablation table from an :func:`cmpipe.evaluation.metrics.evaluation_report`.
 
     Parameters
     ----------
@@ -214,7 +214,7 @@ def seed_index(seed_dir: str | None) -> int:
 
 
 def training_seed(master_seed: int, dim: str, k: int) -> int:
-    """The training seed (31 bits, :class:`cmpipe.training.TrainSettings`) of network
+    """The training seed (31 bits, :class:`cmpipe.cnn.training.TrainSettings`) of network
     ``dim`` at seed number ``k``, derived from the run's master seed.
 
     Parameters
@@ -312,7 +312,7 @@ def thirds_over_seeds(thirds) -> dict:
     Parameters
     ----------
     thirds : sequence of dict
-        One :func:`cmpipe.evaluation.by_observer_distance` per seed (seed 0 first), of the
+        One :func:`cmpipe.evaluation.eval_set.by_observer_distance` per seed (seed 0 first), of the
         same eval clusters (so the same third labels).
 
     Returns

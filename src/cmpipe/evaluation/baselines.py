@@ -46,8 +46,8 @@ import numpy as np
 from astropy.stats import biweight_location, biweight_scale
 from scipy.spatial.distance import pdist
 
-from .cosmology import Cosmology
-from .projection import G_KMS2_MPC_MSUN
+from ..cosmology import Cosmology
+from ..mock.projection import G_KMS2_MPC_MSUN
 
 __all__ = [
     "EVRARD_SIGMA15_KMS",

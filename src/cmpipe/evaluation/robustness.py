@@ -42,7 +42,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .calibration import JointPDF, summarise
+from ..calibration import JointPDF, summarise
 from .metrics import (DEFAULT_MASS_BINS, NOMINAL_68, NOMINAL_95, binned_scatter, coverage,
                       residuals, scatter_stats)
 
@@ -165,8 +165,8 @@ def predict_inputs(model, normalisation: dict, inputs: np.ndarray, *,
                    batch_size: int = 100, distance_mpc_h=None) -> np.ndarray:
     """Network predictions (log10 h^-1 Msun) for in-memory inputs.
 
-    Applies exactly the transforms of :func:`cmpipe.training.predict`
-    (:func:`cmpipe.training.transform_inputs` in float32, ``z * std + mean``) in consecutive batches of ``batch_size``, so the same
+    Applies exactly the transforms of :func:`cmpipe.cnn.training.predict`
+    (:func:`cmpipe.cnn.training.transform_inputs` in float32, ``z * std + mean``) in consecutive batches of ``batch_size``, so the same
     cubes in the same batches give bit-identical predictions.
 
     Parameters
@@ -189,8 +189,8 @@ def predict_inputs(model, normalisation: dict, inputs: np.ndarray, *,
     numpy.ndarray
         Shape (N,), float64, log10 h^-1 Msun.
     """
-    from .cubedata import network_inputs
-    from .training import transform_inputs
+    from ..cnn.cubedata import network_inputs
+    from ..cnn.training import transform_inputs
 
     scale = np.float32(normalisation["input"]["scale"])
     mean = normalisation["target"]["mean"]
@@ -235,7 +235,7 @@ def compare(pdf: JointPDF, log10_m_true, pred_reference, pred_perturbed, *,
     dict
         ``n``; ``reference`` and ``perturbed``, each with ``mean_residual_dex``,
         ``scatter_dex``, ``half_width_68_dex``, ``coverage_68``, ``coverage_95``,
-        ``coverage`` (the full :func:`cmpipe.metrics.coverage` dicts), ``n_extrapolated``
+        ``coverage`` (the full :func:`cmpipe.evaluation.metrics.coverage` dicts), ``n_extrapolated``
         and ``per_bin`` (mean and sd of residuals per true-mass bin); ``bias_shift_dex``
         (mean of the paired residual differences, perturbed minus reference) and
         ``bias_shift_err_dex``; ``prediction_shift_dex`` (mean raw d~ change);

@@ -7,7 +7,7 @@ a stand-in box from the same physics an N-body halo catalogue encodes:
    configured cosmology at the snapshot redshift (colossus), total count Poisson(V n),
    masses by inverse CDF on a 0.001-dex grid between ``log10_m_min`` and ``log10_m_max``.
 2. **Positions**: lognormal tracers of the colossus linear power spectrum, each halo
-   with its Tinker et al. (2010) linear bias b(M) (see :mod:`cmpipe.lognormal`). Halos
+   with its Tinker et al. (2010) linear bias b(M) (see :mod:`cmpipe.mock.lognormal`). Halos
    are grouped in bins of width :data:`BIAS_BIN_DLNB` in ln b; every bin shares the same
    white-noise phases, so all halos trace one density field. There is no halo exclusion:
    two halos may overlap.
@@ -44,8 +44,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .cosmology import Cosmology
-from .io.catalogues import GALAXY_SCHEMA, HALO_SCHEMA
+from ..cosmology import Cosmology, activate_colossus, halo_bias, tinker08_dndlog10m
+from ..io.catalogues import GALAXY_SCHEMA, HALO_SCHEMA
 from .lognormal import LognormalBox, trilinear_interpolate, wrap_periodic
 from .tail import TailSettings, tail_masses
 
@@ -57,9 +57,6 @@ __all__ = [
     "NOMINAL_PARTICLE_MASS",
     "CONCENTRATION_SCATTER_DEX",
     "BIAS_BIN_DLNB",
-    "tinker08_dndlnm",
-    "tinker08_dndlog10m",
-    "halo_bias",
     "growth_rate",
     "mag_r_to_log10_luminosity",
     "log10_luminosity_to_mag_r",
@@ -144,71 +141,6 @@ class UniverseSettings:
 
 
 # ---------------------------------------------------------------------------- physics
-
-
-def _activate(cosmology: Cosmology):
-    """Make ``cosmology`` colossus's current one (its LSS functions read a global)."""
-    from colossus.cosmology import cosmology as ccosmo
-
-    try:
-        current = ccosmo.getCurrent()
-    except Exception:  # colossus raises when no cosmology has been set yet
-        current = None
-    if current is not cosmology.colossus:
-        ccosmo.setCurrent(cosmology.colossus)
-
-
-def tinker08_dndlnm(log10_m, z, cosmology: Cosmology):
-    """Tinker et al. (2008) halo mass function for M200c (colossus).
-
-    Parameters
-    ----------
-    log10_m : array_like
-        log10(M200c / h^-1 Msun).
-    z : float
-        Redshift.
-    cosmology : Cosmology
-
-    Returns
-    -------
-    ndarray
-        dn/dln M, comoving (h^-1 Mpc)^-3.
-    """
-    from colossus.lss import mass_function
-
-    _activate(cosmology)
-    m = 10.0 ** np.asarray(log10_m, dtype=float)
-    return mass_function.massFunction(m, z, mdef="200c", model="tinker08", q_out="dndlnM")
-
-
-def tinker08_dndlog10m(log10_m, z, cosmology: Cosmology) -> np.ndarray:
-    """Tinker et al. (2008) mass function per dex for M200c: the box's halo masses and,
-    re-exported by :mod:`cmpipe.massfunction.theory`, the survey's theory curve.
-
-    Parameters
-    ----------
-    log10_m : array_like
-        log10(M200c / h^-1 Msun).
-    z : float
-        Redshift.
-    cosmology : Cosmology
-
-    Returns
-    -------
-    ndarray
-        dn/dlog10 M, comoving h^3 Mpc^-3 dex^-1 (colossus ``dndlnM`` times ln 10).
-    """
-    dndlnm = tinker08_dndlnm(log10_m, float(z), cosmology)
-    return np.asarray(dndlnm, dtype=float) * np.log(10.0)
-
-
-def halo_bias(log10_m, z, cosmology: Cosmology):
-    """Tinker et al. (2010) linear halo bias for M200c (colossus), dimensionless."""
-    from colossus.lss import bias
-
-    _activate(cosmology)
-    m = 10.0 ** np.asarray(log10_m, dtype=float)
-    return bias.haloBias(m, z, mdef="200c", model="tinker10")
 
 
 def growth_rate(z, cosmology: Cosmology) -> float:
@@ -334,7 +266,7 @@ def clustered_positions(log10_m200c, settings: UniverseSettings, cosmology: Cosm
     lgm = np.asarray(log10_m200c, dtype=float)
     z, box = settings.redshift, settings.box_size_mpc_h
     n = lgm.size
-    _activate(cosmology)
+    activate_colossus(cosmology)
     t0 = time.perf_counter()
     field = LognormalBox(lambda k: cosmology.colossus.matterPowerSpectrum(k, z), box,
                          int(settings.grid_cells), rng)
@@ -372,7 +304,7 @@ def _halo_table(lgm, pos, vel, first_id, settings, cosmology, rng) -> dict:
 
     z = settings.redshift
     m = 10.0 ** lgm
-    _activate(cosmology)
+    activate_colossus(cosmology)
     c_med = np.asarray(concentration.concentration(m, "200c", z,
                                                    model=settings.concentration_model),
                        dtype=float) if m.size else np.zeros(0)

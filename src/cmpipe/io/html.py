@@ -10,7 +10,7 @@ import csv
 import html
 import math
 
-from .io.tables import atomic_output
+from .tables import atomic_output
 
 __all__ = ["csv_to_html", "format_cell"]
 

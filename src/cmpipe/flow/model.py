@@ -7,7 +7,7 @@ from), conditioned on a learned summary of the image (:class:`ImageEmbedding`: C
 the (R_proj, v) image, or Conv3d over the (x, y, v) cubes of the CNN3D when ``input`` is
 ``3d``) and, with ``distance_input``, on the cluster's standardised comoving distance from
 the observer as well (the flow's context is then the embedding with that one number
-appended). Training, the posterior grid and the prior are :mod:`cmpipe.flow`'s.
+appended). Training, the posterior grid and the prior are :mod:`cmpipe.flow.training`'s.
 
 Units: masses are log10(M200c / h^-1 Msun); densities per dex; image values are the
 normalised KDE (each image sums to 1).
@@ -24,9 +24,9 @@ import torch
 import zuko
 from torch import nn
 
-from .io.cubes import DISTANCE_COLUMN
-from .io.tables import CatalogueError, write_json
-from .io.training import save_torch_state
+from ..io.cubes import DISTANCE_COLUMN
+from ..io.tables import CatalogueError, write_json
+from ..io.training import save_torch_state
 
 __all__ = ["FlowSettings", "ImageEmbedding", "FlowModel", "build_flow", "MODEL_FILE",
            "META_FILE", "DISTANCE_COLUMN"]

@@ -11,7 +11,9 @@ with ``M_r`` in the ``M - 5 log10 h`` convention, z the cosmological redshift at
 distance and no k-correction (at z < 0.09 the ^{0.1}r-band k-correction is below 0.1 mag).
 Galaxies with ``m_r >= mag_r_limit`` are dropped, as are the rare ones whose distance would
 put them behind the observer (``D + d_par <= 0``). Clusters left with fewer than
-``min_galaxies`` galaxies are dropped and counted.
+``min_galaxies`` galaxies are dropped and counted. The observer ball's radius and the
+apparent magnitudes come from :mod:`cmpipe.cosmology` (:func:`~cmpipe.cosmology.observer_radius_mpc_h`,
+:func:`~cmpipe.cosmology.apparent_magnitudes`), which the survey's depth flag reads too.
 """
 from __future__ import annotations
 
@@ -19,49 +21,16 @@ import logging
 
 import numpy as np
 
-__all__ = ["draw_observer_distances", "apparent_magnitudes", "flux_limit"]
+from ..cosmology import apparent_magnitudes
+
+__all__ = ["draw_observer_distances", "flux_limit"]
 
 log = logging.getLogger(__name__)
-
-
-def survey_depth_mpc_h(survey, cosmology) -> float:
-    """Comoving depth of the configured survey, h^-1 Mpc: ``survey.synthetic.radius_mpc_h``
-    for the synthetic survey, the comoving distance of ``survey.catalogue_volume.z_max``
-    for a catalogue (``survey`` is the :class:`cmpipe.sections.SurveySettings`)."""
-    if survey.source == "synthetic":
-        return float(survey.synthetic.radius_mpc_h)
-    return float(cosmology.comoving_distance_mpc_h(float(survey.catalogue_volume.z_max)))
-
-
-def observer_radius_mpc_h(s, cosmology) -> float:
-    """Radius of the mock's observer ball: ``mock.observer_radius_mpc_h``, or with null the
-    survey's depth (:func:`survey_depth_mpc_h`), so that the flux limit's effect is learnt
-    at every distance the survey reaches. An explicit radius short of the survey's depth
-    is logged: survey clusters beyond it are flagged ``beyond_mock_depth``."""
-    depth = survey_depth_mpc_h(s.survey, cosmology)
-    radius = s.mock.observer_radius_mpc_h
-    if radius is None:
-        return depth
-    if float(radius) < depth - 1e-6:
-        log.warning("mock.observer_radius_mpc_h = %g h^-1 Mpc is short of the survey's depth "
-                    "%.0f h^-1 Mpc: the calibration is extrapolated for survey clusters beyond "
-                    "it (flagged beyond_mock_depth); null ties the mock to the survey",
-                    float(radius), depth)
-    return float(radius)
 
 
 def draw_observer_distances(n: int, radius_mpc_h: float, rng: np.random.Generator):
     """Comoving observer distances uniform in a 3D ball of radius ``radius_mpc_h``."""
     return radius_mpc_h * rng.random(n) ** (1.0 / 3.0)
-
-
-def apparent_magnitudes(mag_abs, comoving_distance_mpc_h, cosmology):
-    """Apparent r magnitude of galaxies of absolute magnitude ``mag_abs``
-    (M - 5 log10 h) at comoving distances in h^-1 Mpc (must be > 0)."""
-    dc = np.asarray(comoving_distance_mpc_h, dtype=float)
-    z = cosmology.z_at_comoving_distance(dc)
-    dl = (1.0 + z) * dc
-    return np.asarray(mag_abs) + 5.0 * np.log10(dl) + 25.0
 
 
 def flux_limit(clusters: dict, galaxies: dict, observer_distance_mpc_h: np.ndarray, *,

@@ -1,10 +1,10 @@
 """1-D ``v_los`` and 2-D ``(R_proj, v_los)`` KDE inputs of projected clusters.
 
-The dimensionality ablation's CNN1D/CNN2D inputs (:mod:`cmpipe.ablation`) and the neural
-flow's images (:mod:`cmpipe.flow`, ``flow.input: 2d``). This module needs only NumPy and
+The dimensionality ablation's CNN1D/CNN2D inputs (:mod:`cmpipe.evaluation.ablation`) and the neural
+flow's images (:mod:`cmpipe.flow.training`, ``flow.input: 2d``). This module needs only NumPy and
 :mod:`cmpipe.kde`, so the rules that make these inputs (``ablation_inputs``, ``flow_images``,
 ``flow_survey_images``) run in the KDE environment (``envs/kde.yaml``) without the
-evaluation stack (astropy, scipy's statistics) that :mod:`cmpipe.ablation` imports.
+evaluation stack (astropy, scipy's statistics) that :mod:`cmpipe.evaluation.ablation` imports.
 
 Inputs
 ------
@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .kde import DEFAULT_H0, DEFAULT_TRUNCATION, kde_1d, kde_2d
+from . import DEFAULT_H0, DEFAULT_TRUNCATION, kde_1d, kde_2d
 
 __all__ = ["DIMS", "AXES", "input_shape", "ablation_inputs"]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .selection import mass_bins
-from .settings import SPLIT_CODES
+from ..settings import SPLIT_CODES
 
 __all__ = ["split_halos", "assign_splits"]
 

@@ -1,5 +1,5 @@
 """The per-epoch state of a CNN training run: seeds, history, early stopping, the checkpoint
-and its fingerprint, and resuming from it (used by :func:`cmpipe.training.train`).
+and its fingerprint, and resuming from it (used by :func:`cmpipe.cnn.training.train`).
 
 After every epoch one HDF5 file ``checkpoint.h5`` is written atomically
 (:func:`cmpipe.io.training.write_checkpoint`) holding the model variables, the optimizer
@@ -30,7 +30,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import keras  # noqa: E402
 
-from .io.training import (CHECKPOINT_FORMAT, read_checkpoint,  # noqa: E402
+from ..io.training import (CHECKPOINT_FORMAT, read_checkpoint,  # noqa: E402
                           write_checkpoint, write_history)
 
 __all__ = ["seed32", "assign_variables", "fingerprint", "fingerprint_change",
@@ -66,7 +66,7 @@ def _fingerprint_settings(settings) -> dict:
 
 
 def fingerprint(settings, data: dict) -> str:
-    """Identity of a training run: its settings (a :class:`cmpipe.training.TrainSettings`)
+    """Identity of a training run: its settings (a :class:`cmpipe.cnn.training.TrainSettings`)
     and its data (cube contents by digest), 16 hex digits."""
     blob = json.dumps({"settings": _fingerprint_settings(settings), "data": data},
                       sort_keys=True)
@@ -132,7 +132,7 @@ class EpochState(keras.callbacks.Callback):
 
     Parameters
     ----------
-    settings : cmpipe.training.TrainSettings
+    settings : cmpipe.cnn.training.TrainSettings
     checkpoint_path, history_path : pathlib.Path
         ``checkpoint.h5`` and ``history.csv``, both rewritten after every epoch.
     state : dict

@@ -30,7 +30,7 @@ __all__ = [
     "LayerSpecError",
     "validate_layers",
     "Section", "SyntheticSettings", "MDPL2Settings", "WindowSettings", "SightlineSettings",
-    "MockSettings", "SplitSettings", "KDESettings", "TrainSection", "CalibrationSettings",
+    "MockSettings", "NuisanceSettings", "SplitSettings", "KDESettings", "TrainSection", "CalibrationSettings",
     "BaselineSettings", "FlowSection", "CompareSettings", "SurveySyntheticSettings",
     "CatalogueVolumeSettings", "PopulationPriorSettings", "MassFunctionSettings",
     "SurveySettings", "AblationSettings", "TailSection", "RobustnessSettings",
@@ -155,6 +155,24 @@ class MockSettings(Section):
     min_galaxies: int
     halo_batch_size: int
     members: str
+
+
+@dataclass(frozen=True)
+class NuisanceSettings(Section):
+    """``nuisance``: the simulator's nuisance parameters that act on each projected cluster
+    after the projection (:mod:`cmpipe.mock.nuisance`): their prior ranges (uniform),
+    whether every cluster draws them (``sample``: the marginalised mock) and values held
+    fixed (``fixed``: a variant universe; name -> value)."""
+
+    sample: bool
+    mag_shift_mag: tuple
+    completeness: tuple
+    fibre_collision_loss: tuple
+    fibre_collision_arcsec: float
+    velocity_bias: tuple
+    central_velocity_frac: tuple
+    field_scale: tuple
+    fixed: Mapping[str, float]
 
 
 @dataclass(frozen=True)

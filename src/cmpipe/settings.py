@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from .sections import (AblationSettings, BaselineSettings, CalibrationSettings, CompareSettings,
-                       FlowSection, LayerSpecError, KDESettings, MDPL2Settings, MockSettings,
+                       FlowSection, KDESettings, LayerSpecError, MDPL2Settings, MockSettings,
+                       NuisanceSettings,
                        RobustnessSettings, SaliencySettings, SightlineSettings, SplitSettings,
                        SurveySettings, SyntheticSettings, TailSection, TrainSection,
                        WindowSettings, validate_layers)
@@ -64,6 +65,7 @@ class Settings:
     window: WindowSettings
     sightlines: SightlineSettings
     mock: MockSettings
+    nuisance: NuisanceSettings
     splits: SplitSettings
     kde: KDESettings
     train: TrainSection
@@ -93,6 +95,7 @@ class Settings:
             window=WindowSettings.from_dict(config["window"]),
             sightlines=SightlineSettings.from_dict(config["sightlines"]),
             mock=MockSettings.from_dict(config["mock"]),
+            nuisance=NuisanceSettings.from_dict(config["nuisance"]),
             splits=SplitSettings.from_dict(config["splits"]),
             kde=KDESettings.from_dict(config["kde"]),
             train=TrainSection.from_dict(config["train"]),
@@ -210,6 +213,13 @@ def semantic_errors(config: dict) -> list[str]:
                 out.append(f"splits.fractions.{k}: is 0; the {k} set cannot be empty "
                            f"({'training' if k == 'train' else 'calibration'} needs it). Fix: "
                            "give it a positive share")
+    nu = config.get("nuisance") or {}
+    for key in ("mag_shift_mag", "completeness", "fibre_collision_loss", "velocity_bias",
+                "central_velocity_frac", "field_scale"):
+        lo_hi = nu.get(key)
+        if isinstance(lo_hi, (list, tuple)) and len(lo_hi) == 2 and lo_hi[0] > lo_hi[1]:
+            out.append(f"nuisance.{key}: [{lo_hi[0]:g}, {lo_hi[1]:g}] is not a range (lo > "
+                       f"hi). Fix: give [lo, hi] with lo <= hi")
     layer_keys = [("train.layers", (config.get("train") or {}).get("layers"))]
     abl = config.get("ablation") or {}
     layer_keys += [(f"ablation.{k}", abl.get(k)) for k in ("layers_1d", "layers_2d")]

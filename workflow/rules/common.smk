@@ -38,6 +38,17 @@ def res(path):
     return f"{RESULTS}/{path}"
 
 
+def nuisance_params():
+    """The nuisance section as a parameter of flux_limit (its rerun trigger) only when the
+    mock departs from the fiducial universe (cmpipe.mock.nuisance.is_active), so that a
+    fiducial run's products keep their identity."""
+    from cmpipe.mock.nuisance import is_active
+    from cmpipe.sections import NuisanceSettings
+
+    nu = config["nuisance"]
+    return {"nuisance": nu} if is_active(NuisanceSettings.from_dict(nu)) else {}
+
+
 def survey_params(*keys):
     """The named keys of the survey config section (a rule's params: its rerun triggers)."""
     return {k: config["survey"][k] for k in keys}

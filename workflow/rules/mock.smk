@@ -78,6 +78,7 @@ rule flux_limit:
                       config["survey"]["catalogue_volume"]["z_max"]),
         cosmology=config["cosmology"],
         seed=config["seed"],
+        **nuisance_params(),
     log:
         res("logs/flux_limit.log"),
     benchmark:

@@ -34,7 +34,7 @@ def draw_observer_distances(n: int, radius_mpc_h: float, rng: np.random.Generato
 
 
 def flux_limit(clusters: dict, galaxies: dict, observer_distance_mpc_h: np.ndarray, *,
-               cosmology, mag_r_limit: float, min_galaxies: int):
+               cosmology, mag_r_limit: float, min_galaxies: int, select=None):
     """Apply the flux limit to projected clusters.
 
     Parameters
@@ -50,6 +50,10 @@ def flux_limit(clusters: dict, galaxies: dict, observer_distance_mpc_h: np.ndarr
         Keep galaxies with apparent r strictly brighter than this.
     min_galaxies : int
         Drop clusters with fewer surviving galaxies.
+    select : callable, optional
+        ``select(row, visible) -> visible``: which flux-limited targets get a redshift
+        (:func:`cmpipe.mock.nuisance.spectroscopic_selection`), applied before the counts
+        and the richness cut; ``row`` is each galaxy's index in ``clusters``.
 
     Returns
     -------
@@ -71,6 +75,8 @@ def flux_limit(clusters: dict, galaxies: dict, observer_distance_mpc_h: np.ndarr
     m_app[ahead] = apparent_magnitudes(np.asarray(galaxies["mag_r"])[ahead], dist[ahead],
                                        cosmology)
     visible = m_app < mag_r_limit
+    if select is not None:
+        visible = select(row, visible)
     n_gal = np.bincount(row[visible], minlength=len(cid))
     n_mem = np.bincount(row[visible], weights=np.asarray(galaxies["is_member"])[visible],
                         minlength=len(cid)).astype(np.int64)

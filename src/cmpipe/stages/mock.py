@@ -8,8 +8,9 @@ from ..cosmology import make_cosmology
 from ..io.mock import (FLUX_CLUSTER_SCHEMA, FLUX_GALAXY_SCHEMA, PROJECTED_CLUSTER_SCHEMA,
                       SIGHTLINE_SCHEMA, SPLIT_CLUSTER_SCHEMA, WINDOW_GALAXY_SCHEMA,
                       galaxy_offsets)
-from ..io.tables import (CatalogueError, TableWriter, append_rows, read_table,
+from ..io.tables import (CatalogueError, Schema, TableWriter, append_rows, read_table,
                          table_length, write_table)
+from ..mock.nuisance import NUISANCE_SCHEMA
 from ..settings import stage_rng, stage_seed
 from .common import box_attrs, settings_of, log
 
@@ -161,13 +162,20 @@ def _cluster_chunks(n_clusters, chunk):
 
 
 def flux_limit(*, config, projected, out, chunk_clusters=2000):
-    """Rule ``flux_limit``: observers, apparent magnitudes, r < limit, richness cut.
+    """Rule ``flux_limit``: observers, nuisances, apparent magnitudes, r < limit, richness cut.
 
     With ``mock.members: bound`` (the pure catalogue) interlopers (``is_member == 0``) are
     dropped first, so the richness cut and everything downstream see bound members only;
-    the observers are the same as in the contaminated catalogue of the same seed.
+    the observers are the same as in the contaminated catalogue of the same seed. When the
+    ``nuisance`` section departs from the fiducial universe (:func:`cmpipe.mock.nuisance.
+    is_active`), every cluster's nuisances are drawn from their own random stream (the
+    observers stay those of the fiducial mock) and applied to its window
+    (:func:`~cmpipe.mock.nuisance.perturb_window`, then
+    :func:`~cmpipe.mock.nuisance.spectroscopic_selection` after the flux limit), and the
+    clusters table carries them (``nu_*`` columns).
     """
     from ..cosmology import observer_radius_mpc_h
+    from ..mock import nuisance
     from ..mock.fluxlimit import draw_observer_distances, flux_limit as limit_by_flux
 
     s = settings_of(config)
@@ -178,9 +186,17 @@ def flux_limit(*, config, projected, out, chunk_clusters=2000):
     rng = stage_rng(s.seed, "flux_limit")
     radius = observer_radius_mpc_h(s, cosmo)
     dist = draw_observer_distances(len(clusters["cluster_id"]), radius, rng)
+    active = nuisance.is_active(s.nuisance)
+    schema = FLUX_CLUSTER_SCHEMA
+    if active:
+        schema = Schema({**FLUX_CLUSTER_SCHEMA, **nuisance.NUISANCE_SCHEMA})
+        windows = nuisance.WindowNuisances(
+            s.nuisance, s.window, cosmo, log10_m200c=clusters["log10_m200c"],
+            redshift=float(attrs["redshift"]), observer_distance_mpc_h=dist,
+            rng=stage_rng(s.seed, "nuisance"))
     totals = {}
     with TableWriter(out) as w:
-        w.add_group("clusters", FLUX_CLUSTER_SCHEMA, attrs)
+        w.add_group("clusters", schema, attrs)
         w.add_group("galaxies", FLUX_GALAXY_SCHEMA)
         for sl in _cluster_chunks(len(dist), chunk_clusters):
             rows = slice(int(offsets[sl.start]), int(offsets[sl.stop]))
@@ -191,17 +207,31 @@ def flux_limit(*, config, projected, out, chunk_clusters=2000):
                                                    + int((~bound).sum()))
                 gal = {k: v[bound] for k, v in gal.items()}
             cl = {k: v[sl] for k, v in clusters.items()}
+            select = None
+            if active:
+                cl, gal, select = windows.apply(sl, cl, gal)
             c_out, g_out, counts = limit_by_flux(cl, gal, dist[sl], cosmology=cosmo,
                                                  mag_r_limit=s.mock.mag_r_limit,
-                                                 min_galaxies=s.mock.min_galaxies)
+                                                 min_galaxies=s.mock.min_galaxies,
+                                                 select=select)
             w.append("clusters", c_out)
             w.append("galaxies", g_out)
             for k, v in counts.items():
                 totals[k] = totals.get(k, 0) + v
-        w.set_attrs("clusters", dict(flux_limit_counts=totals, members=s.mock.members,
-                                     mag_r_limit=s.mock.mag_r_limit,
-                                     observer_radius_mpc_h=radius,
-                                     min_galaxies=s.mock.min_galaxies))
+        record = dict(flux_limit_counts=totals, members=s.mock.members,
+                      mag_r_limit=s.mock.mag_r_limit, observer_radius_mpc_h=radius,
+                      min_galaxies=s.mock.min_galaxies)
+        if active:
+            record["nuisance"] = s.nuisance.to_dict()
+        w.set_attrs("clusters", record)
+    _log_flux_limit(s, totals, active)
+    if totals.get("n_clusters_kept", 0) == 0:
+        raise CatalogueError(projected, "n_gal", "no projected cluster survives the flux limit",
+                             "raise mock.mag_r_limit, lower mock.min_galaxies or "
+                             "mock.observer_radius_mpc_h")
+
+
+def _log_flux_limit(s, totals, active):
     log.info("flux limit r < %.2f: kept %d of %d clusters (%d dropped with < %d galaxies), "
              "%d of %d galaxies", s.mock.mag_r_limit, totals.get("n_clusters_kept", 0),
              totals.get("n_clusters_in", 0), totals.get("n_dropped_too_few", 0),
@@ -210,10 +240,10 @@ def flux_limit(*, config, projected, out, chunk_clusters=2000):
     if s.mock.members == "bound":
         log.info("pure catalogue (mock.members: bound): %d interlopers dropped before the "
                  "flux limit", totals.get("n_interlopers_dropped", 0))
-    if totals.get("n_clusters_kept", 0) == 0:
-        raise CatalogueError(projected, "n_gal", "no projected cluster survives the flux limit",
-                             "raise mock.mag_r_limit, lower mock.min_galaxies or "
-                             "mock.observer_radius_mpc_h")
+    if active:
+        log.info("nuisances: %s (cmpipe.mock.nuisance)",
+                 "drawn from their priors" if s.nuisance.sample else "fiducial"
+                 + (f", held at {dict(s.nuisance.fixed)}" if s.nuisance.fixed else ""))
 
 
 def split(*, config, fluxlimited, out, chunk_rows=1_000_000):
@@ -225,8 +255,11 @@ def split(*, config, fluxlimited, out, chunk_rows=1_000_000):
     codes = assign_splits(clusters, s.splits, stage_rng(s.seed, "splits"))
     clusters["split"] = codes
     n_rows = table_length(fluxlimited, "galaxies")
+    # the nuisance columns of a non-fiducial mock (cmpipe.mock.nuisance) travel along
+    schema = Schema({**SPLIT_CLUSTER_SCHEMA, **{k: v for k, v in NUISANCE_SCHEMA.items()
+                                                 if k in clusters}})
     with TableWriter(out) as w:
-        w.add_group("clusters", SPLIT_CLUSTER_SCHEMA, dict(
+        w.add_group("clusters", schema, dict(
             attrs, split_codes={"unused": -1, "train": 0, "validation": 1, "test": 2,
                                 "eval": 3}))
         w.add_group("galaxies", FLUX_GALAXY_SCHEMA)

@@ -254,3 +254,50 @@ def test_inverted_prior_range_is_a_config_error():
     errs = semantic_errors({"run": "x", "nuisance": {"completeness": [1.0, 0.7]}})
     assert any(e.startswith("nuisance.completeness: [1, 0.7] is not a range") for e in errs)
     assert not semantic_errors({"run": "x", "nuisance": {"completeness": [0.7, 1.0]}})
+
+
+# ------------------------------------------------------------ the misspecification matrix
+
+def test_variants_are_the_prior_edges_and_the_beyond_values():
+    from cmpipe.evaluation.misspecification import variants
+
+    vs = variants(settings(), {"completeness": 0.5})
+    names = [v.name for v in vs]
+    assert names[0] == "fiducial" and vs[0].fixed == {}
+    # ends equal to the fiducial value (completeness 1, fibre loss 0, central 0) are the
+    # fiducial universe itself
+    assert names[1:] == ["mag_shift_mag=-0.03", "mag_shift_mag=0.33", "completeness=0.7",
+                         "fibre_collision_loss=0.7", "velocity_bias=0.85", "velocity_bias=1.15",
+                         "central_velocity_frac=0.3", "field_scale=0.75", "field_scale=1.5",
+                         "completeness=0.5"]
+    assert [v.kind for v in vs].count("edge") == 9 and vs[-1].kind == "beyond"
+    assert vs[-1].fixed == {"completeness": 0.5}
+    with pytest.raises(ValueError, match="inside the prior"):
+        variants(settings(), {"completeness": 0.8})
+    with pytest.raises(ValueError, match="unknown nuisance"):
+        variants(settings(), {"richness": 2.0})
+
+
+def test_variant_metrics_against_direct_counts():
+    """Mean residual, scatter and coverage are the plain sample statistics; the halo
+    bootstrap error of the mean is the s.d. of group-resampled means (checked against
+    a direct resampling with 40 halos of 5 sightlines)."""
+    from cmpipe.evaluation.misspecification import variant_metrics
+
+    rng = np.random.default_rng(12)
+    halo = np.repeat(np.arange(40), 5)
+    t = rng.uniform(14, 15, halo.size)
+    med = t - rng.normal(0.02, 0.1, halo.size) - rng.normal(0, 0.05, 40)[halo]
+    summ = dict(median=med, lo68=med - 0.1, hi68=med + 0.1, lo95=med - 0.2, hi95=med + 0.2)
+    m = variant_metrics(t, summ, halo, n_boot=2000, seed=3)
+    eps = t - med
+    assert m["n"] == 200 and m["n_halos"] == 40
+    assert m["mean_residual_dex"] == pytest.approx(eps.mean(), abs=1e-12)
+    assert m["scatter_dex"] == pytest.approx(eps.std(), abs=1e-12)
+    assert m["coverage_68"] == pytest.approx(np.mean(np.abs(eps) <= 0.1), abs=1e-12)
+    assert m["coverage_95"] == pytest.approx(np.mean(np.abs(eps) <= 0.2), abs=1e-12)
+    boot = [eps[np.concatenate([np.flatnonzero(halo == h) for h in
+                                rng.integers(0, 40, 40)])].mean() for _ in range(2000)]
+    assert m["mean_residual_dex_err"] == pytest.approx(np.std(boot), rel=0.15)
+    assert m["coverage_68_pull"] == pytest.approx(
+        (m["coverage_68"] - 0.6827) / m["coverage_68_err"], rel=1e-3)

@@ -370,6 +370,39 @@ def test_analyses_products(tiny_run):
     assert len(pr["cluster_id"]) == sum(p["n_kept"] for p in rb["perturbations"])
     sal = json.loads((res / "saliency/summary.json").read_text())
     assert sum(b["n"] for b in sal["per_bin"]) + sal["n_outside_bins"] == m3["n_eval"]
+    _check_misspecification(res, m3)
+
+
+def _check_misspecification(res, m3):
+    """The misspecification matrix (issue 28): the fiducial variant reproduces the stored
+    eval predictions, every prior edge and beyond value is a row, the eval clusters'
+    metrics match evaluation/metrics.json's median residual definition, and fewer
+    galaxies (completeness 0.5) or more interlopers (field 2.5x) move the unchanged model's
+    medians the way the robustness analysis measures richness sensitivity (down / up)."""
+    import csv
+
+    mm = json.loads((res / "robustness/misspecification.json").read_text())
+    assert mm["fiducial_reproduces_eval_predictions_dex"] <= 1e-6
+    rows = {r["variant"]: r for r in mm["variants"]}
+    assert set(rows) == {"fiducial", "mag_shift_mag=-0.03", "mag_shift_mag=0.33",
+                         "completeness=0.7", "fibre_collision_loss=0.7", "velocity_bias=0.85",
+                         "velocity_bias=1.15", "central_velocity_frac=0.3", "field_scale=0.75",
+                         "field_scale=1.5", "completeness=0.5", "velocity_bias=1.3",
+                         "field_scale=2.5"}
+    assert mm["n_edge_variants"] == 9
+    fid = rows["fiducial"]
+    assert fid["n"] == m3["n_eval"] and fid["n_dropped"] == 0
+    post, _ = read_table(res / "evaluation/posteriors.h5", group="posteriors")
+    eps = post["log10_m200c_true"] - post["median"]
+    assert fid["mean_residual_dex"] == pytest.approx(float(np.mean(eps)), abs=1e-9)
+    inside = (post["lo68"] <= post["log10_m200c_true"]) & (post["log10_m200c_true"] <= post["hi68"])
+    assert fid["coverage_68"] == pytest.approx(float(np.mean(inside)), abs=1e-9)
+    assert rows["completeness=0.5"]["mean_residual_dex"] > fid["mean_residual_dex"] + 0.03
+    assert rows["field_scale=2.5"]["mean_residual_dex"] < fid["mean_residual_dex"] - 0.03
+    with open(res / "robustness/misspecification.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [r["variant"] for r in table] == [r["variant"] for r in mm["variants"]]
+    assert (res / "robustness/misspecification.png").is_file()
 
 
 def test_flow_products_are_consistent(tiny_run):

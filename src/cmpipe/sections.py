@@ -369,7 +369,9 @@ class AblationSettings(Section):
 
 @dataclass(frozen=True)
 class RobustnessSettings(Section):
-    """``robustness``: perturbation levels and the verdict's thresholds."""
+    """``robustness``: perturbation levels and the verdict's thresholds; the
+    misspecification matrix (variant universes at the nuisance priors' edges and at the
+    ``misspecification_beyond`` values)."""
 
     enabled: bool
     incompleteness: tuple
@@ -377,6 +379,8 @@ class RobustnessSettings(Section):
     min_galaxies: int | None
     coverage_sigma: float
     max_bias_shift_dex: float
+    misspecification: bool
+    misspecification_beyond: Mapping[str, float]
 
 
 @dataclass(frozen=True)

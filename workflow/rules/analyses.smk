@@ -177,6 +177,63 @@ rule robustness_plots:
         "../scripts/robustness_plots.py"
 
 
+rule misspecification:
+    input:
+        model=res("model/cnn3d.keras"),
+        normalisation=res("model/normalisation.json"),
+        joint_pdf=res("calibration/joint_pdf.h5"),
+        projected=res("mock/projected.h5"),
+        clusters=res("mock/clusters.h5"),
+        eval=res("summaries/eval.h5"),
+    output:
+        summary=res("robustness/misspecification.json"),
+        table=report(
+            res("robustness/misspecification.csv"),
+            caption="../report/misspecification_table.rst",
+            category="6. Analyses",
+            subcategory="Misspecification",
+        ),
+    params:
+        robustness=config["robustness"],
+        nuisance=config["nuisance"],
+        mock=config["mock"],
+        kde=config["kde"],
+        calibration=config["calibration"],
+    log:
+        res("logs/robustness/misspecification.log"),
+    benchmark:
+        res("benchmarks/misspecification.tsv")
+    threads: 2
+    resources:
+        mem_mb=6000,
+        runtime=60,
+    conda:
+        "../../envs/survey.yaml"
+    script:
+        "../scripts/misspecification.py"
+
+
+rule misspecification_plots:
+    input:
+        summary=res("robustness/misspecification.json"),
+    output:
+        figure=report(
+            res("robustness/misspecification.png"),
+            caption="../report/misspecification.rst",
+            category="6. Analyses",
+            subcategory="Misspecification",
+        ),
+    log:
+        res("logs/robustness/misspecification_plots.log"),
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        "../../envs/plots.yaml"
+    script:
+        "../scripts/misspecification_plots.py"
+
+
 rule saliency_maps:
     input:
         model=res("model/cnn3d.keras"),

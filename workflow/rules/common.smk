@@ -135,9 +135,14 @@ def ablation_products():
 
 
 def robustness_products():
-    """The unchanged CNN3D on perturbed eval clusters: summary, predictions, figure."""
-    return [res("robustness/summary.json"), res("robustness/predictions.h5"),
-            res("robustness/robustness.png")]
+    """The unchanged CNN3D on perturbed eval clusters: summary, predictions, figure; and the
+    misspecification matrix (robustness.misspecification)."""
+    out = [res("robustness/summary.json"), res("robustness/predictions.h5"),
+           res("robustness/robustness.png")]
+    if config["robustness"]["misspecification"]:
+        out += [res("robustness/misspecification.json"), res("robustness/misspecification.csv"),
+                res("robustness/misspecification.png")]
+    return out
 
 
 def saliency_products():

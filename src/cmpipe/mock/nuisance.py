@@ -207,7 +207,8 @@ def perturb_window(clusters: Mapping, galaxies: Mapping, nu: Mapping, *, a_h: fl
     member = (g["is_member"] != 0) & ~central
     b = np.asarray(nu[column("velocity_bias")])[row]
     hubble = a_h * g["los_offset_mpc_h"]
-    v = np.where(member, hubble + b * (g["v_los_kms"] - hubble), g["v_los_kms"])
+    biased = member & (b != 1.0)        # b = 1 leaves velocities bit for bit as they are
+    v = np.where(biased, hubble + b * (g["v_los_kms"] - hubble), g["v_los_kms"])
     offset = (rng.standard_normal(cid.size) * np.asarray(nu[column("central_velocity_frac")])
               * np.asarray(sigma_dm_kms, dtype=float))
     g["v_los_kms"] = np.where(central, 0.0, v - offset[row])

@@ -162,6 +162,36 @@ def robustness_figure(summary: dict, path) -> None:
     save(fig, path)
 
 
+def misspecification_figure(summary: dict, path) -> None:
+    """Mean residual and 68 / 95% coverage of the unchanged estimator per variant universe
+    (``robustness/misspecification.json``), with the criteria of a calibrated one."""
+    rows = summary["variants"]
+    crit = summary["criteria"]
+    y = np.arange(len(rows))[::-1]
+    colours = {"fiducial": "0.4", "edge": "C0", "beyond": "C3"}
+    panels = [("mean_residual_dex", "mean residual log M_true - median [dex]", 0.0,
+               crit["mean_residual_dex"]),
+              ("coverage_68", "68% coverage", 0.68, crit["coverage_68"]),
+              ("coverage_95", "95% coverage", 0.95, crit["coverage_95"])]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 0.35 * len(rows) + 1.8), sharey=True)
+    for a, (key, label, centre, tol) in zip(axes, panels):
+        a.axvspan(centre - tol, centre + tol, color="0.9", zorder=0)
+        a.axvline(centre, color="k", lw=1)
+        for yi, r in zip(y, rows):
+            a.errorbar(r[key], yi, xerr=r.get(f"{key}_err") or 0.0, fmt="o", capsize=3,
+                       color=colours.get(r["kind"], "k"))
+        a.set_xlabel(label)
+    axes[0].set_yticks(y)
+    axes[0].set_yticklabels([f"{r['variant']} (n={r['n']})" for r in rows], fontsize=8)
+    within = summary.get("edge_variants_within_criteria")
+    fig.suptitle(f"Unchanged CNN3D + SBI on variant universes (run {summary['run']}, trained "
+                 f"with nuisance.sample: {summary.get('nuisance_sample')}): {within} of "
+                 f"{summary.get('n_edge_variants')} prior-edge variants within the criteria "
+                 "(grey bands); blue: prior edge, red: beyond the prior", fontsize=9)
+    fig.tight_layout()
+    save(fig, path)
+
+
 def saliency_figure(saliency_h5, path, *, which: str = "mean") -> None:
     """Projections of the mean saliency (``which``: ``mean`` signed, ``mean_abs``) onto
     the (x, y), (x, v) and (y, v) planes, one row per mass bin."""

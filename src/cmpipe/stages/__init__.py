@@ -13,15 +13,16 @@ module per group of rules:
 - :mod:`.survey`: the run's config records, survey catalogue, cubes, posteriors, mass
   function; :mod:`.infer`: ``cmpipe infer``;
 - :mod:`.ablation`: dimensionality ablation (CNN1D/2D/3D at every seed, summary, figure);
-- :mod:`.analyses`: robustness to survey perturbations (``perturbed_eval``), saliency
-  (``saliency_maps``);
+- :mod:`.analyses`: robustness to survey perturbations (``perturbed_eval``), the
+  misspecification matrix (``misspecification``), saliency (``saliency_maps``);
 - :mod:`.flow`: the neural-flow estimator (images, training, posteriors, figures);
 - :mod:`.compare`: the estimators side by side (rule ``compare``).
 """
 from .common import run_rule
 from .ablation import (ablation_evaluate, ablation_inputs, ablation_plots, ablation_summary,
                        ablation_train)
-from .analyses import perturbed_eval, robustness_plots, saliency_maps, saliency_plots
+from .analyses import (misspecification, misspecification_plots, perturbed_eval,
+                       robustness_plots, saliency_maps, saliency_plots)
 from .compare import compare
 from .cubes import SPLIT_NAMES, kde_gather, kde_shard, n_shards, split_counts
 # training_plots lives in .evaluate: it draws history.csv without Keras (envs/plots.yaml)
@@ -46,7 +47,8 @@ __all__ = [
     "resolved_config", "model_config", "survey_catalogue", "survey_cubes",
     "survey_posteriors", "mass_function", "load_run_config", "infer",
     "ablation_inputs", "ablation_train", "ablation_evaluate", "ablation_summary",
-    "ablation_plots", "perturbed_eval", "robustness_plots", "saliency_maps", "saliency_plots",
+    "ablation_plots", "perturbed_eval", "robustness_plots", "misspecification",
+    "misspecification_plots", "saliency_maps", "saliency_plots",
     "flow_images", "flow_survey_images", "flow_train", "flow_calibrate", "flow_evaluate",
     "flow_survey_posteriors", "flow_plots", "compare",
 ]

@@ -1,0 +1,9 @@
+"""Rule misspecification: the unchanged CNN3D + calibration on variant universes' eval sets."""
+from cmpipe.stages import misspecification, run_rule
+
+run_rule(misspecification, snakemake.log[0], config=snakemake.config,
+         model=snakemake.input.model, normalisation=snakemake.input.normalisation,
+         joint_pdf=snakemake.input.joint_pdf, projected=snakemake.input.projected,
+         clusters=snakemake.input.clusters, eval_predictions=snakemake.input.eval,
+         summary_out=snakemake.output.summary, table_out=snakemake.output.table,
+         threads=snakemake.threads)

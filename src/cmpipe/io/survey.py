@@ -32,7 +32,9 @@ Schema on disk
 Clusters (:data:`SURVEY_CLUSTER_SCHEMA`): ``cluster_id``, ``ra_deg``, ``dec_deg``, ``z``,
 ``log10_m_cat``, ``log10_m_cat_err`` (NaN if absent), ``n_mem`` (-1 if absent).
 Galaxies (:data:`SURVEY_GALAXY_SCHEMA`): ``galaxy_id`` (row number if absent),
-``ra_deg``, ``dec_deg``, ``z``, ``cluster_id`` (-1 if absent), ``mag_r`` (apparent r,
+``ra_deg``, ``dec_deg``, ``z``, ``cluster_id`` (:data:`NO_CLUSTER`, -2^63, if absent or
+empty, so that any cluster id, -1 included, can be a label; -1 is read as "none" when no
+cluster has that id), ``mag_r`` (apparent r,
 NaN if absent). Writers produce ECSV (units and descriptions kept), CSV or FITS, atomically.
 """
 from __future__ import annotations
@@ -52,6 +54,7 @@ __all__ = [
     "SURVEY_TRUTH_SCHEMA",
     "CLUSTER_COLUMNS",
     "GALAXY_COLUMNS",
+    "NO_CLUSTER",
     "table_format",
     "read_survey_clusters",
     "read_survey_galaxies",
@@ -80,7 +83,7 @@ SURVEY_GALAXY_SCHEMA = Schema({
     "ra_deg": ("f8", "deg", "right ascension (ICRS)"),
     "dec_deg": ("f8", "deg", "declination (ICRS)"),
     "z": ("f8", "", "observed (spectroscopic) redshift"),
-    "cluster_id": ("i8", "", "cluster the galaxy is listed in (-1 if none)"),
+    "cluster_id": ("i8", "", "cluster the galaxy is listed in (-1 or -2^63 if none)"),
     "mag_r": ("f8", "mag", "apparent r magnitude (NaN if none)"),
 })
 
@@ -129,6 +132,10 @@ PHASE_SPACE_INPUT_COLUMNS = {
 
 _REQUIRED = ("ra_deg", "dec_deg", "z")
 
+#: A galaxy's ``cluster_id`` when it is listed in no cluster (an empty cell, or no
+#: membership column): the smallest int64, so that every real id, -1 included, is free.
+NO_CLUSTER = np.iinfo(np.int64).min
+
 _FORMATS = {".fits": "fits", ".fit": "fits", ".fits.gz": "fits", ".fit.gz": "fits",
             ".csv": "ascii.csv", ".ecsv": "ascii.ecsv"}
 
@@ -156,13 +163,29 @@ def read_any_table(path):
     fmt = table_format(path)
     if not path.exists():
         raise CatalogueError(path, "(file)", "file does not exist",
-                             "check survey.clusters / survey.galaxies paths in the config")
+                             "check the path (survey.clusters / survey.galaxies in the "
+                             "config; --clusters / --galaxies / --phase-space of cmpipe "
+                             "infer)")
+    if path.is_dir():
+        raise CatalogueError(path, "(file)", "is a directory, not a table",
+                             "give the path of a .fits, .csv or .ecsv file")
+    if path.stat().st_size == 0:
+        raise CatalogueError(path, "(file)", "the file is empty (0 bytes)",
+                             "write the table (a header line and one row per object)")
     try:
         t = Table.read(path, format=fmt)
     except Exception as err:  # astropy raises many types for malformed files
         raise CatalogueError(path, "(file)", f"cannot be read as {fmt} ({err})",
                              "check the file is a valid table of that format") from err
-    return strip_bom(t)
+    t = strip_bom(t)
+    if fmt == "ascii.csv" and len(t.colnames) == 1:
+        sep = next((c for c in ";\t|" if c in t.colnames[0]), None)
+        raise CatalogueError(
+            path, t.colnames[0], "only one column found" + (
+                f": the file may use {sep!r} as delimiter" if sep else ""),
+            "write the CSV with ',' between columns (e.g. pandas.read_csv(path, sep=';')"
+            ".to_csv(new_path, index=False))")
+    return t
 
 
 def strip_bom(table):
@@ -195,12 +218,41 @@ def resolve_column(table, path, key, candidates, required, defaults_name):
     return None
 
 
+def _first_non_number(col):
+    """Row and value of the first entry of a text column that is not a number (None if
+    every unmasked entry is one)."""
+    mask = np.ma.getmaskarray(col)
+    for i, v in enumerate(np.asarray(col)):
+        if mask[i]:
+            continue
+        try:
+            float(str(v).strip())
+        except ValueError:
+            return i, v
+    return None
+
+
 def float_column(table, name, path=None):
-    """Column as float64 with masked entries as NaN."""
+    """Column as float64 with masked entries as NaN.
+
+    Raises
+    ------
+    CatalogueError
+        A non-numeric entry (named by row and value) or a non-numeric column.
+    """
     col = table[name]
     try:
         data = np.ma.asarray(col).astype(float)
     except (TypeError, ValueError) as err:
+        bad = _first_non_number(col)
+        n_bad = sum(1 for v, m in zip(np.asarray(col), np.ma.getmaskarray(col))
+                    if not m and _first_non_number(np.ma.asarray([v])) is not None)
+        if bad is not None and n_bad < len(col):
+            raise CatalogueError(path, name, f"{n_bad} non-numeric value(s), first at row "
+                                 f"{bad[0]} (data row {bad[0] + 1} after the header): "
+                                 f"{str(bad[1])!r}",
+                                 "repair or remove that row (missing values may be left "
+                                 "empty)") from err
         raise CatalogueError(path, name, f"not numeric (dtype {np.asarray(col).dtype})",
                              "map this key to a numeric column") from err
     return np.ma.filled(data, np.nan)
@@ -211,6 +263,10 @@ def _angle_deg(table, name, path, key):
 
     col = table[name]
     unit = getattr(col, "unit", None)
+    if np.asarray(col).dtype.kind in "US" and unit is None:
+        sexa = _sexagesimal_deg(col, path, name, key)
+        if sexa is not None:
+            return sexa, True
     vals = float_column(table, name, path)
     if unit is None or unit == u.dimensionless_unscaled:
         return vals, False
@@ -219,6 +275,28 @@ def _angle_deg(table, name, path, key):
     except u.UnitConversionError as err:
         raise CatalogueError(path, name, f"unit '{unit}' is not an angle ({err})",
                              f"map '{key}' to an angle column (deg or rad)") from err
+
+
+def _sexagesimal_deg(col, path, name, key):
+    """Sexagesimal angles (``12:30:49.4``, ``12h30m49.4s``, ``+12:23:28``, ``12d23m28s``)
+    in degrees, parsed by :class:`astropy.coordinates.Angle`: RA (``key`` ``ra_deg``) in
+    hours, Dec in degrees. None when the column holds plain numbers."""
+    import astropy.units as u
+    from astropy.coordinates import Angle
+
+    vals = [str(v).strip() for v in np.asarray(col)]
+    if not any(c in v for v in vals for c in ":hdms "):
+        return None
+    if np.any(np.ma.getmaskarray(col)):
+        raise CatalogueError(path, name, "missing (empty) sexagesimal angles",
+                             "fill every position or drop those rows")
+    unit = u.hourangle if key == "ra_deg" else u.deg
+    try:
+        return np.asarray(Angle(vals, unit=unit).deg, dtype=float)
+    except (ValueError, TypeError) as err:
+        raise CatalogueError(path, name, f"cannot parse as a sexagesimal angle ({err})",
+                             "give decimal degrees, or RA as HH:MM:SS.s and Dec as "
+                             "+DD:MM:SS.s") from err
 
 
 def int_column(table, name, path, key):
@@ -369,15 +447,42 @@ def read_survey_galaxies(path, columns: Mapping[str, str | Sequence[str]] | None
                         if found["galaxy_id"] is not None else np.arange(n, dtype=np.int64))
     if found["cluster_id"] is not None:
         lab = float_column(t, found["cluster_id"], path)
-        out["cluster_id"] = np.where(np.isfinite(lab), lab, -1).astype(np.int64)
+        out["cluster_id"] = np.where(np.isfinite(lab), lab, NO_CLUSTER).astype(np.int64)
     else:
-        out["cluster_id"] = np.full(n, -1, dtype=np.int64)
+        out["cluster_id"] = np.full(n, NO_CLUSTER, dtype=np.int64)
     out["mag_r"] = (float_column(t, found["mag_r"], path) if found["mag_r"] is not None
                     else np.full(n, np.nan))
+    out = _drop_duplicate_galaxies(out, path, found["galaxy_id"] is not None)
+    n = len(out["z"])
     log.info("%s: %d galaxies (columns %s)", path, n,
              {k: v for k, v in found.items() if v is not None})
     return {k: np.ascontiguousarray(out[k], dtype=SURVEY_GALAXY_SCHEMA[k][0])
             for k in SURVEY_GALAXY_SCHEMA}
+
+
+def _drop_duplicate_galaxies(out, path, has_ids):
+    """Rows repeated exactly (same galaxy_id, RA, Dec and z; or same RA, Dec and z when the
+    file has no id column) are dropped, keeping the first, with one warning: a galaxy
+    counted twice would weigh twice in every window. The same id at different positions
+    stops the read."""
+    keys = (["galaxy_id"] if has_ids else []) + ["ra_deg", "dec_deg", "z"]
+    rec = np.rec.fromarrays([out[k] for k in keys], names=keys)
+    _, first = np.unique(rec, return_index=True)
+    if first.size < rec.size:
+        keep = np.sort(first)
+        log.warning("%s: %d duplicated galaxy row(s) dropped (same %s as an earlier row); "
+                    "%d galaxies kept", path, rec.size - keep.size, "/".join(keys), keep.size)
+        out = {k: v[keep] for k, v in out.items()}
+    if has_ids:
+        uniq, cnt = np.unique(out["galaxy_id"], return_counts=True)
+        if (cnt > 1).any():
+            dup = uniq[cnt > 1]
+            raise CatalogueError(path, "galaxy_id", f"{dup.size} id(s) given to galaxies at "
+                                 f"different positions or redshifts, e.g. "
+                                 f"{', '.join(str(int(d)) for d in dup[:5])}",
+                                 "give every galaxy a unique id (or drop the id column to "
+                                 "number the rows)")
+    return out
 
 
 def _phase_space_values(t, path, found) -> dict:
@@ -399,6 +504,28 @@ def _phase_space_values(t, path, found) -> dict:
                                  "remove or repair those rows")
         cols[k] = vals
     return cols
+
+
+#: Smallest credible spread of window-galaxy velocities [km/s]: clusters have line-of-
+#: sight dispersions above ~150 km/s, so a 90th percentile of |v_los| below this (30x
+#: smaller) means another unit, e.g. redshift differences (~0.002).
+V_LOS_MIN_SPREAD_KMS = 5.0
+
+
+def _check_velocity_spread(vabs, v_max_kms, path, column):
+    """Refuse a v_los column whose window galaxies barely move: the 90th percentile of
+    |v_los| over the table's window galaxies below :data:`V_LOS_MIN_SPREAD_KMS`."""
+    win = vabs[vabs <= v_max_kms]
+    if win.size < 3:
+        return
+    spread = float(np.percentile(win, 90.0))
+    if spread < V_LOS_MIN_SPREAD_KMS:
+        raise CatalogueError(path, column, f"90% of the {win.size} window galaxies have "
+                             f"|v_los| <= {spread:.3g}: far below any cluster's velocity "
+                             f"dispersion (>~ 150 km/s); redshift differences z - z_cl, not "
+                             "km/s?", "give v_los in km/s: c (z - z_cl) / (1 + z_cl), i.e. "
+                             "multiply redshift differences by c / (1 + z_cl) with c = "
+                             "299792.458 km/s")
 
 
 def read_phase_space_galaxies(path, cluster_ids, *, half_width_mpc_h: float,
@@ -455,6 +582,7 @@ def read_phase_space_galaxies(path, cluster_ids, *, half_width_mpc_h: float,
                              f"{vabs.size} galaxies outside it; m/s?)",
                              "give v_los in km/s (divide m/s by 1000), as c (z - z_cl) / "
                              "(1 + z_cl) in the cluster frame")
+    _check_velocity_spread(vabs, V, path, found["v_los_kms"])
     known = np.isin(cid, cluster_ids)
     if not known.all():
         bad = np.unique(cid[~known])

@@ -153,6 +153,9 @@ def survey_cubes(*, config, clusters, cubes_out, phase_space_out, galaxies=None,
                           "(galaxies) or galaxies in phase space (phase_space_in)")
     min_gal = survey_min_galaxies(s.survey.min_galaxies, s.mock.min_galaxies)
     cl = read_survey_clusters(clusters, cluster_columns, angle_unit=angle_unit)
+    if not len(cl["cluster_id"]):
+        raise CatalogueError(clusters, "(rows)", "the table has no cluster row (header only?)",
+                             "give one row per cluster (cluster_id, ra_deg, dec_deg, z)")
     order = np.argsort(cl["cluster_id"], kind="stable")
     cl = {c: v[order] for c, v in cl.items()}
     if phase_space_in is None:
@@ -189,12 +192,9 @@ def survey_cubes(*, config, clusters, cubes_out, phase_space_out, galaxies=None,
 
 
 def _no_cluster_left(cl, sel, min_gal, clusters, galaxies, W, V):
-    """Stop with the reasons when no cluster has a cube: no cluster row, every window
-    empty, or too few galaxies in each (counted), and what to check."""
+    """Stop with the reasons when no cluster has a cube: every window empty, or too few
+    galaxies in each (counted), and what to check."""
     n = len(cl["cluster_id"])
-    if n == 0:
-        raise CatalogueError(clusters, "(rows)", "the table has no cluster row (header only?)",
-                             "give one row per cluster (cluster_id, ra_deg, dec_deg, z)")
     n_gal = sel.clusters["n_gal"]
     empty = int((n_gal == 0).sum())
     few = n - empty

@@ -64,6 +64,9 @@ Output (-o, .ecsv/.csv/.fits): one row per cluster, sorted by cluster_id:
   log10_m_cat, log10_m_cat_err, skipped (1: fewer than min_galaxies galaxies, NaN
   posteriors), comoving_distance_mpc_h (from z: the distance-aware calibration is
   sliced there), beyond_mock_depth (1: farther than the mock's observers),
+  nearer_than_mock (1: nearer than the nearest observer distance of the calibration's
+  test clusters, distance node 0 of calibration/joint_pdf.h5; 0 for a distance-blind
+  calibration, which records none),
   log10_m_pred (d~), extrapolated (1: d~ outside the calibrated range),
   outside_calibrated_range (1: posterior median within 0.2 dex of an end of the
   training masses, or beyond: the prior's edge pulls it inward),
@@ -95,6 +98,18 @@ def _mapping(items, flag):
     return out or None
 
 
+def _positive_int(text):
+    """argparse type: an integer >= 1 (``--threads``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not >= 1 (give the number of KDE "
+                                         "threads, e.g. --threads 4)")
+    return value
+
+
 def _infer_parser(sub):
     p = sub.add_parser("infer", help="masses of your clusters from a trained run",
                        description=_INFER_DESCRIPTION,
@@ -121,7 +136,8 @@ def _infer_parser(sub):
     p.add_argument("--min-galaxies", type=int, default=None,
                    help="skip clusters with fewer window galaxies (default: the run's "
                         "survey.min_galaxies, else mock.min_galaxies)")
-    p.add_argument("--threads", type=int, default=1, help="KDE threads (default 1)")
+    p.add_argument("--threads", type=_positive_int, default=1,
+                   help="KDE threads, >= 1 (default 1)")
     p.add_argument("--keep", type=Path, default=None, metavar="DIR",
                    help="keep cubes.h5 and phase_space.h5 in DIR")
     p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")

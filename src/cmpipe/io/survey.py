@@ -32,17 +32,20 @@ Schema on disk
 Clusters (:data:`SURVEY_CLUSTER_SCHEMA`): ``cluster_id``, ``ra_deg``, ``dec_deg``, ``z``,
 ``log10_m_cat``, ``log10_m_cat_err`` (NaN if absent), ``n_mem`` (-1 if absent).
 Galaxies (:data:`SURVEY_GALAXY_SCHEMA`): ``galaxy_id`` (row number if absent),
-``ra_deg``, ``dec_deg``, ``z``, ``cluster_id`` (-1 if absent), ``mag_r`` (apparent r,
+``ra_deg``, ``dec_deg``, ``z``, ``cluster_id`` (:data:`NO_CLUSTER`, -2^63, if absent or
+empty, so that any cluster id, -1 included, can be a label; -1 is read as "none" when no
+cluster has that id), ``mag_r`` (apparent r,
 NaN if absent). Writers produce ECSV (units and descriptions kept), CSV or FITS, atomically.
 """
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 
+from .table_columns import (angle_deg, float_column, int_column, read_any_table,
+                            resolve_column, table_format)
 from .tables import CatalogueError, Schema, atomic_output
 from .validate import check_redshifts, check_sky_positions
 
@@ -52,6 +55,7 @@ __all__ = [
     "SURVEY_TRUTH_SCHEMA",
     "CLUSTER_COLUMNS",
     "GALAXY_COLUMNS",
+    "NO_CLUSTER",
     "table_format",
     "read_survey_clusters",
     "read_survey_galaxies",
@@ -80,7 +84,7 @@ SURVEY_GALAXY_SCHEMA = Schema({
     "ra_deg": ("f8", "deg", "right ascension (ICRS)"),
     "dec_deg": ("f8", "deg", "declination (ICRS)"),
     "z": ("f8", "", "observed (spectroscopic) redshift"),
-    "cluster_id": ("i8", "", "cluster the galaxy is listed in (-1 if none)"),
+    "cluster_id": ("i8", "", "cluster the galaxy is listed in (-1 or -2^63 if none)"),
     "mag_r": ("f8", "mag", "apparent r magnitude (NaN if none)"),
 })
 
@@ -129,119 +133,9 @@ PHASE_SPACE_INPUT_COLUMNS = {
 
 _REQUIRED = ("ra_deg", "dec_deg", "z")
 
-_FORMATS = {".fits": "fits", ".fit": "fits", ".fits.gz": "fits", ".fit.gz": "fits",
-            ".csv": "ascii.csv", ".ecsv": "ascii.ecsv"}
-
-
-def table_format(path) -> str:
-    """astropy format name of a survey file from its extension.
-
-    Raises
-    ------
-    CatalogueError
-        Unknown extension.
-    """
-    name = Path(path).name.lower()
-    for ext in sorted(_FORMATS, key=len, reverse=True):
-        if name.endswith(ext):
-            return _FORMATS[ext]
-    raise CatalogueError(path, "(file)", "unknown file extension",
-                         "use .fits, .fit, .fits.gz, .csv or .ecsv")
-
-
-def read_any_table(path):
-    from astropy.table import Table
-
-    path = Path(path)
-    fmt = table_format(path)
-    if not path.exists():
-        raise CatalogueError(path, "(file)", "file does not exist",
-                             "check survey.clusters / survey.galaxies paths in the config")
-    try:
-        t = Table.read(path, format=fmt)
-    except Exception as err:  # astropy raises many types for malformed files
-        raise CatalogueError(path, "(file)", f"cannot be read as {fmt} ({err})",
-                             "check the file is a valid table of that format") from err
-    return strip_bom(t)
-
-
-def strip_bom(table):
-    """Drop a UTF-8 byte-order mark (and surrounding blanks) from column names, as
-    spreadsheet programs write it before the first header of a CSV file; the table is
-    renamed in place and returned."""
-    for name in list(table.colnames):
-        clean = name.lstrip("\ufeff").strip()
-        if clean != name and clean and clean not in table.colnames:
-            table.rename_column(name, clean)
-    return table
-
-
-def resolve_column(table, path, key, candidates, required, defaults_name):
-    names = list(table.colnames)
-    cands = [candidates] if isinstance(candidates, str) else list(candidates)
-    for c in cands:
-        if c in names:
-            return c
-    lower = {n.lower(): n for n in names}
-    for c in cands:
-        if c.lower() in lower:
-            return lower[c.lower()]
-    if required:
-        raise CatalogueError(
-            path, key, f"required column not found (looked for {', '.join(cands)}; the file "
-            f"has {', '.join(names)})",
-            f"set the column mapping for '{key}' (columns={{'{key}': '<file column>'}}, "
-            f"config survey.{defaults_name}.{key})")
-    return None
-
-
-def float_column(table, name, path=None):
-    """Column as float64 with masked entries as NaN."""
-    col = table[name]
-    try:
-        data = np.ma.asarray(col).astype(float)
-    except (TypeError, ValueError) as err:
-        raise CatalogueError(path, name, f"not numeric (dtype {np.asarray(col).dtype})",
-                             "map this key to a numeric column") from err
-    return np.ma.filled(data, np.nan)
-
-
-def _angle_deg(table, name, path, key):
-    import astropy.units as u
-
-    col = table[name]
-    unit = getattr(col, "unit", None)
-    vals = float_column(table, name, path)
-    if unit is None or unit == u.dimensionless_unscaled:
-        return vals, False
-    try:
-        return (vals * unit).to_value(u.deg), True
-    except u.UnitConversionError as err:
-        raise CatalogueError(path, name, f"unit '{unit}' is not an angle ({err})",
-                             f"map '{key}' to an angle column (deg or rad)") from err
-
-
-def int_column(table, name, path, key):
-    col = table[name]
-    arr = np.asarray(col)
-    if hasattr(col, "mask") and np.any(np.ma.getmaskarray(col)):
-        raise CatalogueError(path, name, "masked (missing) ids",
-                             f"fill the ids or map '{key}' to a complete integer column")
-    if arr.dtype.kind in "iu":
-        return arr.astype(np.int64)
-    if arr.dtype.kind == "f":
-        if np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
-            return arr.astype(np.int64)
-    else:
-        try:
-            return np.array([int(str(s).strip()) for s in arr], dtype=np.int64)
-        except ValueError:
-            pass
-    raise CatalogueError(path, name, f"ids are not integers (dtype {arr.dtype}, e.g. "
-                         f"{arr[:3].tolist()})",
-                         f"map '{key}' to an integer id column, or drop the mapping to "
-                         "number the rows")
-
+#: A galaxy's ``cluster_id`` when it is listed in no cluster (an empty cell, or no
+#: membership column): the smallest int64, so that every real id, -1 included, is free.
+NO_CLUSTER = np.iinfo(np.int64).min
 
 def _mapped(table, path, columns, defaults, defaults_name):
     mapping = dict(defaults)
@@ -256,8 +150,8 @@ def _mapped(table, path, columns, defaults, defaults_name):
 
 
 def _positions(table, path, found, angle_unit):
-    ra, ra_has_unit = _angle_deg(table, found["ra_deg"], path, "ra_deg")
-    dec, dec_has_unit = _angle_deg(table, found["dec_deg"], path, "dec_deg")
+    ra, ra_has_unit = angle_deg(table, found["ra_deg"], path, "ra_deg")
+    dec, dec_has_unit = angle_deg(table, found["dec_deg"], path, "dec_deg")
     unit = "deg" if (ra_has_unit and dec_has_unit) else angle_unit
     # raises SkyInputError, a CatalogueError naming this file and the file's columns
     ra = check_sky_positions(ra, dec, table=str(path), ra_column=found["ra_deg"],
@@ -369,15 +263,42 @@ def read_survey_galaxies(path, columns: Mapping[str, str | Sequence[str]] | None
                         if found["galaxy_id"] is not None else np.arange(n, dtype=np.int64))
     if found["cluster_id"] is not None:
         lab = float_column(t, found["cluster_id"], path)
-        out["cluster_id"] = np.where(np.isfinite(lab), lab, -1).astype(np.int64)
+        out["cluster_id"] = np.where(np.isfinite(lab), lab, NO_CLUSTER).astype(np.int64)
     else:
-        out["cluster_id"] = np.full(n, -1, dtype=np.int64)
+        out["cluster_id"] = np.full(n, NO_CLUSTER, dtype=np.int64)
     out["mag_r"] = (float_column(t, found["mag_r"], path) if found["mag_r"] is not None
                     else np.full(n, np.nan))
+    out = _drop_duplicate_galaxies(out, path, found["galaxy_id"] is not None)
+    n = len(out["z"])
     log.info("%s: %d galaxies (columns %s)", path, n,
              {k: v for k, v in found.items() if v is not None})
     return {k: np.ascontiguousarray(out[k], dtype=SURVEY_GALAXY_SCHEMA[k][0])
             for k in SURVEY_GALAXY_SCHEMA}
+
+
+def _drop_duplicate_galaxies(out, path, has_ids):
+    """Rows repeated exactly (same galaxy_id, RA, Dec and z; or same RA, Dec and z when the
+    file has no id column) are dropped, keeping the first, with one warning: a galaxy
+    counted twice would weigh twice in every window. The same id at different positions
+    stops the read."""
+    keys = (["galaxy_id"] if has_ids else []) + ["ra_deg", "dec_deg", "z"]
+    rec = np.rec.fromarrays([out[k] for k in keys], names=keys)
+    _, first = np.unique(rec, return_index=True)
+    if first.size < rec.size:
+        keep = np.sort(first)
+        log.warning("%s: %d duplicated galaxy row(s) dropped (same %s as an earlier row); "
+                    "%d galaxies kept", path, rec.size - keep.size, "/".join(keys), keep.size)
+        out = {k: v[keep] for k, v in out.items()}
+    if has_ids:
+        uniq, cnt = np.unique(out["galaxy_id"], return_counts=True)
+        if (cnt > 1).any():
+            dup = uniq[cnt > 1]
+            raise CatalogueError(path, "galaxy_id", f"{dup.size} id(s) given to galaxies at "
+                                 f"different positions or redshifts, e.g. "
+                                 f"{', '.join(str(int(d)) for d in dup[:5])}",
+                                 "give every galaxy a unique id (or drop the id column to "
+                                 "number the rows)")
+    return out
 
 
 def _phase_space_values(t, path, found) -> dict:
@@ -399,6 +320,28 @@ def _phase_space_values(t, path, found) -> dict:
                                  "remove or repair those rows")
         cols[k] = vals
     return cols
+
+
+#: Smallest credible spread of window-galaxy velocities [km/s]: clusters have line-of-
+#: sight dispersions above ~150 km/s, so a 90th percentile of |v_los| below this (30x
+#: smaller) means another unit, e.g. redshift differences (~0.002).
+V_LOS_MIN_SPREAD_KMS = 5.0
+
+
+def _check_velocity_spread(vabs, v_max_kms, path, column):
+    """Refuse a v_los column whose window galaxies barely move: the 90th percentile of
+    |v_los| over the table's window galaxies below :data:`V_LOS_MIN_SPREAD_KMS`."""
+    win = vabs[vabs <= v_max_kms]
+    if win.size < 3:
+        return
+    spread = float(np.percentile(win, 90.0))
+    if spread < V_LOS_MIN_SPREAD_KMS:
+        raise CatalogueError(path, column, f"90% of the {win.size} window galaxies have "
+                             f"|v_los| <= {spread:.3g}: far below any cluster's velocity "
+                             f"dispersion (>~ 150 km/s); redshift differences z - z_cl, not "
+                             "km/s?", "give v_los in km/s: c (z - z_cl) / (1 + z_cl), i.e. "
+                             "multiply redshift differences by c / (1 + z_cl) with c = "
+                             "299792.458 km/s")
 
 
 def read_phase_space_galaxies(path, cluster_ids, *, half_width_mpc_h: float,
@@ -455,6 +398,7 @@ def read_phase_space_galaxies(path, cluster_ids, *, half_width_mpc_h: float,
                              f"{vabs.size} galaxies outside it; m/s?)",
                              "give v_los in km/s (divide m/s by 1000), as c (z - z_cl) / "
                              "(1 + z_cl) in the cluster frame")
+    _check_velocity_spread(vabs, V, path, found["v_los_kms"])
     known = np.isin(cid, cluster_ids)
     if not known.all():
         bad = np.unique(cid[~known])

@@ -75,6 +75,9 @@ def survey_posterior_schema() -> Schema:
     cols["beyond_mock_depth"] = ("i1", "", "1: farther than the mock's observers "
                                  "(mock.observer_radius_mpc_h): the flux limit leaves it "
                                  "fewer galaxies than the training windows of its mass had")
+    cols["nearer_than_mock"] = ("i1", "", "1: nearer than the nearest observer distance "
+                                "of the calibration's test set (distance node 0's "
+                                "distance_min_mpc_h): no mock cluster was seen that near")
     cols["log10_m_pred"] = ("f8", "log10(h^-1 Msun)", "network point prediction d~")
     cols["extrapolated"] = ("i1", "", "1: d~ outside the calibrated range (edge row used)")
     cols["outside_calibrated_range"] = (

@@ -100,7 +100,8 @@ def population_prior_posterior(m_grid, flat_posterior, z, cosmology: Cosmology,
         low-mass posterior onto it.
     prior_floor : float
         Where the test prior is below ``prior_floor`` times its maximum the ratio is
-        undefined and set to 0 (a warning reports posterior mass lost there).
+        undefined and set to 0 (a warning reports posterior mass lost there; mass outside
+        ``log10_m_range`` is cut by design and only logged at INFO).
 
     Returns
     -------
@@ -119,21 +120,31 @@ def population_prior_posterior(m_grid, flat_posterior, z, cosmology: Cosmology,
              else np.asarray(test_prior_density, dtype=float))
     if prior.shape != g.shape or np.any(~np.isfinite(prior)) or np.any(prior < 0):
         raise ValueError("test_prior_density must be finite, >= 0 and given on m_grid")
-    ok = prior > prior_floor * prior.max()
+    defined = prior > prior_floor * prior.max()
+    in_range = np.ones(g.size, dtype=bool)
     if log10_m_range is not None:
         lo, hi = (float(v) for v in log10_m_range)
         if not lo < hi:
             raise ValueError(f"log10_m_range must be increasing, got {log10_m_range}")
-        ok &= (g >= lo) & (g <= hi)
+        in_range = (g >= lo) & (g <= hi)
+    ok = defined & in_range
     ratio = np.zeros((p2.shape[0], g.size))
     nmf = _mass_function_rows(g, zz, cosmology)
     ratio[:, ok] = nmf[:, ok] / prior[ok]
     flat = normalise_rows(p2.copy(), dm)
-    lost = dm * np.nansum(np.where(ok, 0.0, flat), axis=1)
+    # outside the population's mass range the prior is 0 by definition (the truncation the
+    # caller asked for): logged; where the test prior vanishes inside it the likelihood is
+    # undefined: a warning
+    cut = dm * np.nansum(np.where(in_range, 0.0, flat), axis=1)
+    lost = dm * np.nansum(np.where(in_range & ~defined, flat, 0.0), axis=1)
+    if np.nanmax(cut, initial=0.0) > 1e-3:
+        log.info("population prior: up to %.3g of a flat-prior posterior lies outside the "
+                 "population's mass range %s (prior 0 there, as configured)",
+                 float(np.nanmax(cut)), log10_m_range)
     if np.nanmax(lost, initial=0.0) > 1e-3:
         log.warning("population prior: up to %.3g of a posterior lies where the test-set "
-                    "prior vanishes or outside the population's mass range; set to 0",
-                    float(np.nanmax(lost)))
+                    "prior vanishes inside the population's mass range (likelihood "
+                    "undefined); set to 0", float(np.nanmax(lost)))
     out = normalise_rows(flat * ratio, dm)
     return out[0] if one else out
 

@@ -7,7 +7,6 @@ calibration; the survey stages (:func:`.survey.survey_cubes`,
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from ..io.tables import CatalogueError
@@ -15,7 +14,7 @@ from ..settings import ConfigError, Settings
 from .common import log
 from .survey import survey_cubes, survey_posteriors
 
-__all__ = ["RESOLVED_CONFIG", "load_run_config", "infer"]
+__all__ = ["RESOLVED_CONFIG", "load_run_config", "check_infer_paths", "infer"]
 
 #: File name of a run's resolved config, inside ``results/{run}``.
 RESOLVED_CONFIG = "config.resolved.yaml"
@@ -92,6 +91,62 @@ def _check_run(run_dir: Path) -> tuple[Path, Path]:
     return model, joint
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
+    except OSError:
+        return False
+
+
+def check_infer_paths(*, clusters, out, galaxies=None, phase_space=None,
+                      keep_dir=None) -> None:
+    """The files of ``cmpipe infer``, checked before any work: each input exists and is a
+    file, the output ``-o`` is none of them, not a directory, and its directory exists
+    and is writable; ``--keep`` is not an existing file.
+
+    Raises
+    ------
+    CatalogueError
+        Naming the file, the command-line flag and the fix.
+    """
+    import tempfile
+
+    inputs = [(Path(p), flag) for p, flag in ((clusters, "--clusters"),
+                                               (galaxies, "--galaxies"),
+                                               (phase_space, "--phase-space"))
+              if p is not None]
+    for path, flag in inputs:
+        if not path.exists():
+            raise CatalogueError(path, flag, "file does not exist",
+                                 f"check the path given to {flag}")
+        if path.is_dir():
+            raise CatalogueError(path, flag, "is a directory, not a table",
+                                 f"give {flag} a .fits, .csv or .ecsv file")
+    out = Path(out)
+    for path, flag in inputs:
+        if _same_file(out, path):
+            raise CatalogueError(out, "-o", f"the output is the input table of {flag}; "
+                                 "writing it would overwrite your catalogue",
+                                 "give -o a new file name")
+    if out.is_dir():
+        raise CatalogueError(out, "-o", "is an existing directory",
+                             "give -o a file name (.ecsv, .csv or .fits), e.g. "
+                             f"{out / 'posteriors.ecsv'}")
+    out_dir = out.resolve().parent
+    if not out_dir.is_dir():
+        raise CatalogueError(out, "-o", f"output directory {out_dir} does not exist",
+                             "create it first or choose another -o path")
+    try:                                     # os.access says yes to root on read-only mounts
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
+    except OSError as err:
+        raise CatalogueError(out, "-o", f"output directory {out_dir} is not writable "
+                             f"({err.strerror})", "choose a writable -o path") from err
+    if keep_dir is not None and Path(keep_dir).exists() and not Path(keep_dir).is_dir():
+        raise CatalogueError(keep_dir, "--keep", "is an existing file, not a directory",
+                             "give --keep a directory (it is made if missing)")
+
+
 def infer(*, run_dir, clusters, out, galaxies=None, phase_space=None, cluster_columns=None,
           galaxy_columns=None, angle_unit="auto", min_galaxies=None, threads=1,
           keep_dir=None, schema=None, progress=False):
@@ -107,13 +162,11 @@ def infer(*, run_dir, clusters, out, galaxies=None, phase_space=None, cluster_co
 
     from ..io.survey import table_format
 
+    check_infer_paths(clusters=clusters, galaxies=galaxies, phase_space=phase_space,
+                      out=out, keep_dir=keep_dir)
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir, schema)
     model, joint = _check_run(run_dir)
-    out_dir = Path(out).resolve().parent
-    if out_dir.exists() and not os.access(out_dir, os.W_OK):
-        raise CatalogueError(out, "(file)", f"output directory {out_dir} is not writable",
-                             "choose a writable -o path")
     if min_galaxies is not None:
         cfg.setdefault("survey", {})["min_galaxies"] = int(min_galaxies)
     try:

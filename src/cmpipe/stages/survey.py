@@ -153,9 +153,16 @@ def survey_cubes(*, config, clusters, cubes_out, phase_space_out, galaxies=None,
                           "(galaxies) or galaxies in phase space (phase_space_in)")
     min_gal = survey_min_galaxies(s.survey.min_galaxies, s.mock.min_galaxies)
     cl = read_survey_clusters(clusters, cluster_columns, angle_unit=angle_unit)
+    if not len(cl["cluster_id"]):
+        raise CatalogueError(clusters, "(rows)", "the table has no cluster row (header only?)",
+                             "give one row per cluster (cluster_id, ra_deg, dec_deg, z)")
     order = np.argsort(cl["cluster_id"], kind="stable")
     cl = {c: v[order] for c, v in cl.items()}
     if phase_space_in is None:
+        if angle_unit == "auto":
+            from ..survey.sky import check_cluster_density
+            check_cluster_density(cl["ra_deg"], cl["dec_deg"], cl["z"], cosmo,
+                                  table=str(clusters))
         gal = read_survey_galaxies(galaxies, galaxy_columns, angle_unit=angle_unit)
         win = sky_windows(cl, gal, cosmo, half_width_mpc_h=W, v_max_kms=V,
                           pair_by_cluster_id=s.survey.pair_by_cluster_id,
@@ -166,6 +173,8 @@ def survey_cubes(*, config, clusters, cubes_out, phase_space_out, galaxies=None,
         win = phase_space_windows(gal, cl, cosmo, half_width_mpc_h=W, v_max_kms=V,
                                   source=phase_space_in)
     sel = select_windows(cl, win, min_gal, half_width_mpc_h=W, v_max_kms=V)
+    if not sel.kept.any():
+        _no_cluster_left(cl, sel, min_gal, clusters, galaxies or phase_space_in, W, V)
     write_survey_phase_space(phase_space_out, sel.clusters, sel.galaxies, dict(
         half_width_mpc_h=W, v_max_kms=V, min_galaxies=min_gal, counts=sel.counts,
         skipped_ids=[int(i) for i in sel.skipped_ids], cosmology=cosmo.name,
@@ -180,6 +189,21 @@ def survey_cubes(*, config, clusters, cubes_out, phase_space_out, galaxies=None,
     log.info("survey cubes: %d of %d clusters (%d skipped), %d window galaxies, %d^3 voxels",
              ids.size, len(cl["cluster_id"]), sel.skipped_ids.size,
              sel.counts["n_window_galaxies_kept"], s.kde.n_grid)
+
+
+def _no_cluster_left(cl, sel, min_gal, clusters, galaxies, W, V):
+    """Stop with the reasons when no cluster has a cube: every window empty, or too few
+    galaxies in each (counted), and what to check."""
+    n = len(cl["cluster_id"])
+    n_gal = sel.clusters["n_gal"]
+    empty = int((n_gal == 0).sum())
+    few = n - empty
+    raise CatalogueError(
+        galaxies, "galaxies", f"no cluster is left: of {n} cluster(s) of {clusters}, "
+        f"{empty} have no galaxy in the window (|x|,|y| <= {W:g} h^-1 Mpc, |v| <= {V:g} "
+        f"km/s) and {few} fewer than {min_gal} (largest {int(n_gal.max(initial=0))})",
+        "check that galaxies and clusters cover the same sky and redshifts (z, not c z or "
+        "z / 1000; RA/Dec in degrees), or lower --min-galaxies (survey.min_galaxies)")
 
 
 def _write_survey_cubes(s, cubes_out, ids, sel, *, threads, progress, clusters, cosmo):

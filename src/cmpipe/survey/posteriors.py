@@ -17,7 +17,7 @@ from ..io.survey_products import SURVEY_POSTERIOR_KEYS, SURVEY_PRIORS
 from ..io.tables import CatalogueError
 from ..settings import ConfigError, Settings
 
-__all__ = ["population_mass_range", "posterior_table_base", "predictions_by_cluster",
+__all__ = ["population_mass_range", "nearest_calibrated_distance", "posterior_table_base", "predictions_by_cluster",
            "survey_posterior_table", "survey_posterior_meta", "log_posterior_summary"]
 
 log = logging.getLogger(__name__)
@@ -81,11 +81,27 @@ def flag_calibration_edge(table, calibrated_range, edge_dex: float = CALIBRATION
     return n
 
 
-def posterior_table_base(s: Settings, cosmo: Cosmology, cl: Mapping) -> dict:
+def nearest_calibrated_distance(pdf) -> float | None:
+    """Nearest observer distance [comoving h^-1 Mpc] the calibration saw: the smallest
+    distance of the test-set pairs its first distance node was tabulated from
+    (``distance_min_mpc_h`` of node 0 of a distance-aware joint PDF); None for a
+    distance-blind table, which records no distances."""
+    nodes = getattr(pdf, "nodes", None)
+    if not nodes:
+        return None
+    value = nodes[0].meta.get("distance_min_mpc_h")
+    return None if value is None else float(value)
+
+
+def posterior_table_base(s: Settings, cosmo: Cosmology, cl: Mapping,
+                         nearest_mpc_h: float | None = None) -> dict:
     """The cluster columns of a survey posterior table (``survey/posteriors.ecsv`` and the
-    flow's), with each cluster's comoving distance [h^-1 Mpc] and whether it lies beyond
+    flow's), with each cluster's comoving distance [h^-1 Mpc], whether it lies beyond
     the mock's observers (``mock.observer_radius_mpc_h``; logged: the calibration has no
-    training window that faint-sampled)."""
+    training window that faint-sampled) and whether it lies nearer than ``nearest_mpc_h``
+    (:func:`nearest_calibrated_distance`; ``nearer_than_mock``, 0 everywhere when None;
+    warned with the ids: no mock cluster was seen that near, with its window this wide on
+    the sky and its galaxies this bright)."""
     table = {c: cl[c] for c in ("cluster_id", "ra_deg", "dec_deg", "z", "n_gal", "n_members",
                                 "n_mem", "log10_m_cat", "log10_m_cat_err", "skipped")}
     r = np.asarray(cosmo.comoving_distance_mpc_h(np.asarray(cl["z"], dtype=float)),
@@ -95,6 +111,15 @@ def posterior_table_base(s: Settings, cosmo: Cosmology, cl: Mapping) -> dict:
     depth = observer_radius_mpc_h(s, cosmo)
     table["comoving_distance_mpc_h"] = r
     table["beyond_mock_depth"] = (r > depth).astype(np.int8)
+    near = (r < nearest_mpc_h) if nearest_mpc_h is not None else np.zeros(r.size, bool)
+    table["nearer_than_mock"] = near.astype(np.int8)
+    if near.any():
+        ids = np.asarray(cl["cluster_id"])[near]
+        log.warning("%d survey cluster(s) lie nearer than any cluster the calibration saw "
+                    "(comoving distance < %.1f h^-1 Mpc, the nearest test-set observer "
+                    "distance; column nearer_than_mock): their posteriors are extrapolated; "
+                    "ids %s%s", int(near.sum()), nearest_mpc_h,
+                    ", ".join(str(i) for i in ids[:20]), " ..." if ids.size > 20 else "")
     n_far = int(table["beyond_mock_depth"].sum())
     if n_far:
         fix = ("their redshifts carry peculiar velocities beyond the survey's depth, which the "
@@ -161,7 +186,7 @@ def survey_posterior_table(s: Settings, cosmo: Cosmology, cl: Mapping, d, pdf,
 
     n = len(cl["cluster_id"])
     ok = np.isfinite(d)
-    table = posterior_table_base(s, cosmo, cl)
+    table = posterior_table_base(s, cosmo, cl, nearest_calibrated_distance(pdf))
     table["log10_m_pred"] = d
     table["extrapolated"] = (is_extrapolated(pdf, np.where(ok, d, pdf.d_grid[0]))
                              & ok).astype(np.int8)
@@ -194,6 +219,7 @@ def survey_posterior_meta(s: Settings, table: Mapping, cl: Mapping, m_range, *, 
         n_clusters=int(n), n_with_posterior=int(np.isfinite(table["flat_median"]).sum()),
         n_skipped=int(cl["skipped"].sum()), n_extrapolated=int(table["extrapolated"].sum()),
         n_beyond_mock_depth=int(table["beyond_mock_depth"].sum()),
+        n_nearer_than_mock=int(table["nearer_than_mock"].sum()),
         n_outside_calibrated_range=int(table["outside_calibrated_range"].sum()),
         calibration_edge_dex=CALIBRATION_EDGE_DEX,
         comments=["flat_*: posterior under the test-set prior (flat in log M): "

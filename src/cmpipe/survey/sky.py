@@ -66,6 +66,9 @@ __all__ = [
     "SkyInputError",
     "PhaseSpaceWindows",
     "check_sky_positions",
+    "check_cluster_density",
+    "DENSITY_MIN_CLUSTERS",
+    "DENSITY_MAX_MPC_H3",
     "check_redshifts",
     "MAX_REDSHIFT",
     "radec_to_unit",
@@ -220,6 +223,58 @@ def phase_space_to_sky(ra0_deg, dec0_deg, z_cl, x_proj_mpc_h, y_proj_mpc_h, v_lo
 # ---------------------------------------------------------------------------- conversion
 
 
+#: Fewest clusters for the density test of declared-degree positions.
+DENSITY_MIN_CLUSTERS = 10
+#: Comoving cluster density [h^3 Mpc^-3] above which positions inside the radians box are
+#: taken for radians: 100x the density of groups above 10^13 h^-1 Msun (~1e-4), 10x the
+#: Shapley supercluster core; radians read as degrees are ~3300x (57.3^2) denser.
+DENSITY_MAX_MPC_H3 = 1e-2
+
+
+def check_cluster_density(ra_deg, dec_deg, z, cosmology: Cosmology, *,
+                          table: str = "clusters", ra_column: str = "ra_deg",
+                          dec_column: str = "dec_deg") -> None:
+    """Refuse cluster positions that are radians labelled as degrees.
+
+    Declared-degree columns (an astropy unit ``deg``) skip the unitless radians test
+    (:func:`cmpipe.io.validate.check_sky_positions`), so values in radians that carry
+    ``unit: deg`` would be trusted. The rule: at least :data:`DENSITY_MIN_CLUSTERS`
+    clusters, every position inside the radians box (RA in [0, 2 pi], |Dec| <= pi/2), and
+    the clusters' comoving number density inside their RA/Dec bounding patch and redshift
+    shell above :data:`DENSITY_MAX_MPC_H3`: read as degrees a radian survey crowds into a
+    6.3 x 3.1 deg patch and is 57.3^2 times too dense, while a genuine small degree field
+    (one cluster near RA 1 deg, or a few in a deep field) is neither that populous nor that
+    dense.
+
+    Raises
+    ------
+    SkyInputError
+        The positions look like radians; the message names the table, the columns and
+        the fix.
+    """
+    ra, dec = np.asarray(ra_deg, float), np.asarray(dec_deg, float)
+    z = np.asarray(z, float)
+    if ra.size < DENSITY_MIN_CLUSTERS:
+        return
+    if not (ra.min() >= 0 and ra.max() <= 2 * np.pi and np.abs(dec).max() <= 0.5 * np.pi):
+        return
+    d = np.radians(dec)
+    omega = np.radians(max(np.ptp(ra), 1e-3)) * max(abs(np.sin(d.max()) - np.sin(d.min())),
+                                                     1e-5)
+    r = np.asarray(cosmology.comoving_distance_mpc_h(np.array([z.min(), z.max()])), float)
+    volume = omega / 3.0 * max(r[1] ** 3 - r[0] ** 3, 1.0)
+    density = ra.size / volume
+    if density > DENSITY_MAX_MPC_H3:
+        raise SkyInputError(
+            table, f"{ra_column}/{dec_column}",
+            f"all {ra.size} clusters lie in RA {ra.min():.4g}..{ra.max():.4g}, Dec "
+            f"{dec.min():.4g}..{dec.max():.4g}: read as degrees they would be "
+            f"{density:.3g} clusters per (h^-1 Mpc)^3, over {DENSITY_MAX_MPC_H3:g} (real "
+            "clusters: ~1e-5): these look like radians although the unit says deg",
+            "convert the columns to degrees (np.degrees) or set their unit to 'rad'; if "
+            "the field really is this dense, pass --angle-unit deg (angle_unit='deg')")
+
+
 def _checked_cluster_ids(cluster_id, cluster_table):
     """Cluster ids as int64, checked to be a 1-D integer array without repeats."""
     cid = np.asarray(cluster_id)
@@ -347,7 +402,8 @@ def sky_to_phase_space(cluster_id, cluster_ra_deg, cluster_dec_deg, cluster_z,
                        half_width_mpc_h: float = 1.6, v_max_kms: float = 2200.0,
                        min_galaxies: int = 1, galaxy_cluster_id=None,
                        angle_unit: str = "auto", cluster_table: str = "clusters",
-                       galaxy_table: str = "galaxies") -> PhaseSpaceWindows:
+                       galaxy_table: str = "galaxies",
+                       warn_skipped: bool = True) -> PhaseSpaceWindows:
     """Convert survey galaxies to the projected phase space of many clusters at once.
 
     Parameters
@@ -376,6 +432,9 @@ def sky_to_phase_space(cluster_id, cluster_ra_deg, cluster_dec_deg, cluster_z,
         See :func:`check_sky_positions`.
     cluster_table, galaxy_table : str
         Names (e.g. file paths) used in error messages.
+    warn_skipped : bool
+        Warn about skipped clusters (else log them at INFO: a caller that selects the
+        clusters again, :func:`cmpipe.survey.windows.select_windows`, warns once).
 
     Returns
     -------
@@ -415,10 +474,10 @@ def sky_to_phase_space(cluster_id, cluster_ra_deg, cluster_dec_deg, cluster_z,
                   n_skipped=len(skipped), n_galaxies_in=int(len(g_z)),
                   n_candidate_pairs=int(n_cand), n_window_pairs=int(order.size))
     if skipped:
-        log.warning("%d of %d clusters skipped: fewer than %d galaxies in the window "
-                    "(|x|,|y| <= %.3g h^-1 Mpc, |v| <= %.0f km/s); first ids: %s",
-                    len(skipped), k, min_galaxies, W, V,
-                    ", ".join(str(s) for s in skipped[:10]))
+        say = log.warning if warn_skipped else log.info
+        say("%d of %d clusters skipped: fewer than %d galaxies in the window "
+            "(|x|,|y| <= %.3g h^-1 Mpc, |v| <= %.0f km/s); first ids: %s",
+            len(skipped), k, min_galaxies, W, V, ", ".join(str(s) for s in skipped[:10]))
     log.info("sky -> phase space: %d clusters kept, %d window galaxies (%d candidate pairs)",
              counts["n_clusters_kept"], counts["n_window_pairs"], n_cand)
     return PhaseSpaceWindows(galaxies=galaxies, clusters=clusters, skipped=skipped,

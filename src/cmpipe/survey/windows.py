@@ -95,7 +95,7 @@ def sky_windows(clusters: Mapping, galaxies: Mapping, cosmology: Cosmology, *,
         ``z``.
     galaxies : mapping of ndarray
         Survey galaxy table: ``galaxy_id``, ``ra_deg``, ``dec_deg`` [deg], ``z`` and
-        ``cluster_id`` (membership label, -1 none).
+        ``cluster_id`` (membership label; :data:`cmpipe.io.survey.NO_CLUSTER` or -1 none).
     cosmology : Cosmology
     half_width_mpc_h : float
         Window half-width in x and y, proper h^-1 Mpc.
@@ -121,9 +121,10 @@ def sky_windows(clusters: Mapping, galaxies: Mapping, cosmology: Cosmology, *,
                              v_max_kms=v_max_kms, min_galaxies=1,
                              galaxy_cluster_id=labels if pair_by_cluster_id else None,
                              angle_unit="deg", cluster_table=cluster_table,
-                             galaxy_table=galaxy_table)
+                             galaxy_table=galaxy_table, warn_skipped=False)
     rows = win.galaxies["galaxy_row"]
-    has_labels = bool(np.any(labels >= 0))
+    has_labels = _membership_usable(labels, clusters["cluster_id"], galaxy_table,
+                                    cluster_table)
     member = (labels[rows] == win.galaxies["cluster_id"]).astype(np.int8) if has_labels \
         else np.full(rows.size, -1, dtype=np.int8)
     g = dict(cluster_id=win.galaxies["cluster_id"], galaxy_id=galaxies["galaxy_id"][rows],
@@ -132,6 +133,29 @@ def sky_windows(clusters: Mapping, galaxies: Mapping, cosmology: Cosmology, *,
              is_member=member)
     return Windows(g, win.clusters["n_gal"], win.clusters["d_a_mpc_h"], dict(win.counts),
                    has_labels)
+
+
+def _membership_usable(labels, cluster_ids, galaxy_table, cluster_table) -> bool:
+    """Whether the galaxies' membership labels name any survey cluster. Labels given
+    (other than "none": :data:`cmpipe.io.survey.NO_CLUSTER`, or -1 when no cluster has
+    that id) that match no cluster are warned about once: the column is then ignored
+    (``n_members`` -1) instead of giving 0 members everywhere."""
+    from ..io.survey import NO_CLUSTER
+
+    matched = np.isin(labels, cluster_ids)
+    if matched.any():
+        return True
+    given = labels != NO_CLUSTER
+    if not np.isin(-1, cluster_ids):
+        given &= labels != -1
+    if given.any():
+        log.warning("%s: column 'cluster_id' (membership) is given but none of its %d ids "
+                    "matches a cluster id of %s (e.g. %s); membership ignored, n_members "
+                    "-1. Fix: map the galaxy column holding the cluster table's ids "
+                    "(--galaxy-column cluster_id=COLUMN), or drop it", galaxy_table,
+                    np.unique(labels[given]).size, cluster_table,
+                    ", ".join(str(int(i)) for i in np.unique(labels[given])[:3]))
+    return False
 
 
 def phase_space_windows(galaxies: Mapping, clusters: Mapping, cosmology: Cosmology, *,

@@ -55,7 +55,7 @@ def test_help_documents_units_and_columns():
 
 def test_check_config_still_works(capsys):
     assert main(["check-config", str(ROOT / "configs/tiny.yaml"), "--schema",
-                 str(ROOT / "workflow/schemas/config.schema.yaml")]) == 0
+                 str(ROOT / "src/cmpipe/data/config.schema.yaml")]) == 0
     assert "survey:" in capsys.readouterr().out
 
 

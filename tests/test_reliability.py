@@ -31,7 +31,7 @@ from cmpipe.runstate import clear_stale_locks, remove_orphaned_temps
 from cmpipe.settings import ConfigError, Settings, check_output_dir, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMA = ROOT / "workflow/schemas/config.schema.yaml"
+SCHEMA = ROOT / "src/cmpipe/data/config.schema.yaml"
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 
 

@@ -78,10 +78,9 @@ Bad input stops with one message naming the file, the column and the fix (exit 1
 
 
 def _default_schema() -> Path:
-    here = Path.cwd() / "workflow" / "schemas" / "config.schema.yaml"
-    if here.exists():
-        return here
-    return Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+    """The config schema shipped with the package (``cmpipe/data/config.schema.yaml``)."""
+    from .sections import CONFIG_SCHEMA
+    return CONFIG_SCHEMA
 
 
 def _mapping(items, flag):
@@ -175,7 +174,8 @@ def main(argv=None) -> int:
                     help="the config, then any overlays (as snakemake --configfile merges "
                          "them), e.g. config.yaml configs/tiny.yaml")
     cc.add_argument("--schema", type=Path, default=None,
-                    help="JSON schema (default: ./workflow/schemas/config.schema.yaml)")
+                    help="JSON schema (default: the schema installed with cmpipe, "
+                         "cmpipe/data/config.schema.yaml)")
     _infer_parser(sub)
     args = ap.parse_args(argv)
     if args.command == "check-config":

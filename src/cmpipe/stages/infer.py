@@ -120,9 +120,8 @@ def infer(*, run_dir, clusters, out, galaxies=None, phase_space=None, cluster_co
         s = Settings.from_config(cfg)
     except KeyError as err:
         raise ConfigError(f"{run_dir / RESOLVED_CONFIG}: {err.args[0]}; the run was made by "
-                          "another cmpipe version. Fix: pass --schema "
-                          "workflow/schemas/config.schema.yaml, or rerun the workflow to "
-                          "rewrite it") from err
+                          "another cmpipe version. Fix: rerun the workflow with "
+                          "this cmpipe to rewrite it") from err
     table_format(out)                      # unknown output extension: fail before the work
     with tempfile.TemporaryDirectory(prefix="cmpipe-infer-") as tmp:
         work = Path(keep_dir) if keep_dir is not None else Path(tmp)

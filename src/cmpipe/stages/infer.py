@@ -102,8 +102,8 @@ def best_estimator(run_dir) -> tuple[str, str]:
             log.info("%s: no usable eval metrics (%s); %s is not a candidate for the default "
                      "estimator", path, type(err).__name__, name)
     if not scores:
-        return "cnn3d", (f"default: no eval metrics in {run_dir} ({', '.join(ESTIMATORS.values())})"
-                         "; the CNN3D + SBI")
+        files = ", ".join(ESTIMATORS.values())
+        return "cnn3d", f"default: no eval metrics in {run_dir} ({files}); the CNN3D + SBI"
     best = min(scores, key=lambda k: scores[k][:2])
     said = "; ".join(f"{k} coverage 68% {s[2]['coverage_68']:.3f}, 95% {s[2]['coverage_95']:.3f}"
                      f", scatter {s[1]:.3f} dex" for k, s in scores.items())
@@ -176,8 +176,8 @@ def _run_settings(run_dir, cfg, min_galaxies):
         return Settings.from_config(cfg)
     except KeyError as err:
         raise ConfigError(f"{run_dir / RESOLVED_CONFIG}: {err.args[0]}; the run was made by "
-                          "another cmpipe version. Fix: rerun the workflow with "
-                          "this cmpipe to rewrite it") from err
+                          "another cmpipe version. Fix: rerun the workflow with this cmpipe "
+                          "to rewrite it") from err
 
 
 def infer(*, run_dir, clusters, out, galaxies=None, phase_space=None, cluster_columns=None,

@@ -179,9 +179,10 @@ def survey_cubes(*, config, clusters, cubes_out, phase_space_out, galaxies=None,
     if cubes_out is not None:
         _write_survey_cubes(s, cubes_out, ids, sel, threads=threads, progress=progress,
                             clusters=clusters, cosmo=cosmo)
-    log.info("survey cubes: %d of %d clusters (%d skipped), %d window galaxies, %d^3 voxels",
+    log.info("survey cubes: %d of %d clusters (%d skipped), %d window galaxies, %s",
              ids.size, len(cl["cluster_id"]), sel.skipped_ids.size,
-             sel.counts["n_window_galaxies_kept"], s.kde.n_grid)
+             sel.counts["n_window_galaxies_kept"],
+             f"{s.kde.n_grid}^3 voxels" if cubes_out is not None else "no cubes made")
 
 
 def _write_survey_cubes(s, cubes_out, ids, sel, *, threads, progress, clusters, cosmo):

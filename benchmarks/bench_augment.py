@@ -11,7 +11,7 @@ each seed, the CNN3D is trained as the pipeline's ``train`` rule trains it, on t
 ``cubes/train.h5`` early-stopped on ``cubes/validation.h5``:
 :func:`cmpipe.stages.train.train_settings` of the run's resolved config
 (``config.resolved.yaml``, read by :func:`cmpipe.stages.infer.load_run_config` and
-validated against ``workflow/schemas/config.schema.yaml``), with ``seed`` and ``augment``
+validated against ``src/cmpipe/data/config.schema.yaml``), with ``seed`` and ``augment``
 replaced (``dataclasses.replace``) and, with ``--epochs``, the maximum number of epochs
 (a quick check). The model goes to a temporary directory (``--tmpdir``, default the
 system's), deleted afterwards. Then, as rules ``summaries``, ``calibrate`` and ``evaluate``
@@ -69,7 +69,7 @@ import numpy as np  # noqa: E402
 logger = logging.getLogger("bench_augment")
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+SCHEMA = ROOT / "src" / "cmpipe" / "data" / "config.schema.yaml"
 METRIC_KEYS = ("scatter_dex", "mean_residual_dex", "coverage_68", "coverage_95",
                "raw_scatter_dex", "best_epoch", "epochs_run", "best_val_loss",
                "train_seconds", "train_wall_s")

@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+SCHEMA = ROOT / "src" / "cmpipe" / "data" / "config.schema.yaml"
 
 STAGES = [
     ("catalogue", "catalogue", dict(halos_out="catalogue/halos.h5",

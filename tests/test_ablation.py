@@ -287,7 +287,7 @@ def test_ablation_train_settings_of_every_seed():
     from cmpipe.stages.train import train_settings
 
     s = Settings.from_config(load_config(ROOT / "config.yaml",
-                                         ROOT / "workflow/schemas/config.schema.yaml"))
+                                         ROOT / "src/cmpipe/data/config.schema.yaml"))
     main = train_settings(s)
     assert ablation_train_settings(s, "3d", 0) == main
     assert ablation_train_settings(s, "3d", 2) == dataclasses.replace(
@@ -363,7 +363,7 @@ def test_ablation_summary_and_figure_over_seeds(tmp_path):
     from cmpipe.io.tables import CatalogueError
     from cmpipe.settings import load_config
 
-    cfg = load_config(ROOT / "config.yaml", ROOT / "workflow/schemas/config.schema.yaml")
+    cfg = load_config(ROOT / "config.yaml", ROOT / "src/cmpipe/data/config.schema.yaml")
     files = _fake_run(tmp_path)
     out = tmp_path / "summary.json"
     stages.ablation_summary(config=cfg, out=out, **_summary_kwargs(files, 3))

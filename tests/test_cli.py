@@ -1,8 +1,11 @@
-"""The ``cmpipe`` command: ``infer`` on a tiny trained run (sky and phase-space input) and
-bad input (one message, exit status 1, no traceback); ``check-config``.
+"""The ``cmpipe`` command: ``infer`` on a tiny trained run (sky and phase-space input, each
+estimator and the default one) and bad input (one message, exit status 1, no traceback);
+``check-config``.
 
 The tiny run is made by the helper of tests/test_survey_workflow.py (once per session).
 """
+import json
+import re
 import shutil
 import subprocess
 import sys
@@ -14,6 +17,7 @@ from astropy.table import Table
 
 from cmpipe.cli import main
 from cmpipe.io.tables import read_table
+from cmpipe.stages.infer import best_estimator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_survey_workflow import tiny_survey_run  # noqa: E402
@@ -31,6 +35,15 @@ def _cmpipe(*args, cwd=None, timeout=300):
 def run(tmp_path_factory):
     _, res = tiny_survey_run(tmp_path_factory)
     return res
+
+
+#: TensorFlow's and torch's start-up lines, which cmpipe infer keeps off the console.
+STARTUP_NOISE = re.compile(r"cuInit|E0000|I0000|oneDNN")
+
+
+def _no_startup_noise(stderr):
+    noisy = [ln for ln in stderr.splitlines() if STARTUP_NOISE.search(ln)]
+    assert not noisy, noisy
 
 
 def _same_posteriors(a_path, b_path, skip=()):
@@ -55,8 +68,11 @@ def test_help_documents_units_and_columns():
 
 def test_check_config_still_works(capsys):
     assert main(["check-config", str(ROOT / "configs/tiny.yaml"), "--schema",
-                 str(ROOT / "workflow/schemas/config.schema.yaml")]) == 0
+                 str(ROOT / "src/cmpipe/data/config.schema.yaml")]) == 0
     assert "survey:" in capsys.readouterr().out
+    # without --schema: the schema shipped in the package
+    assert main(["check-config", str(ROOT / "config.yaml"), str(ROOT / "configs/tiny.yaml")]) == 0
+    assert "run: tiny" in capsys.readouterr().out
 
 
 @pytest.mark.slow
@@ -64,11 +80,100 @@ def test_infer_reproduces_the_workflow_posteriors(run, tmp_path):
     out = tmp_path / "out.ecsv"
     proc = _cmpipe("infer", "--run-dir", run, "--clusters", run / "survey/clusters.ecsv",
                    "--galaxies", run / "survey/galaxies.ecsv", "-o", out, "--keep",
-                   tmp_path / "keep", "-q")
+                   tmp_path / "keep", "-q", "--estimator", "cnn3d")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
+    _no_startup_noise(proc.stderr)
     _same_posteriors(out, run / "survey/posteriors.ecsv")
+    assert Table.read(out).meta["estimator_choice"] == "cnn3d"
     assert (tmp_path / "keep/cubes.h5").exists() and (tmp_path / "keep/phase_space.h5").exists()
+
+
+@pytest.mark.slow
+def test_infer_flow_reproduces_the_workflow_flow_posteriors(run, tmp_path):
+    """--estimator flow runs the workflow's flow_survey_images and flow_survey_posteriors
+    (with the run's test-split recalibration, flow/joint_pdf.h5): the same clusters and
+    galaxies give the posteriors of flow/survey_posteriors.ecsv (rtol 1e-9: the same code
+    on the same inputs; round-off only). Without -q the console still shows no TensorFlow
+    or torch start-up line."""
+    out = tmp_path / "flow.ecsv"
+    proc = _cmpipe("infer", "--run-dir", run, "--clusters", run / "survey/clusters.ecsv",
+                   "--galaxies", run / "survey/galaxies.ecsv", "-o", out,
+                   "--estimator", "flow")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _no_startup_noise(proc.stderr)
+    assert "flow survey posteriors" in proc.stderr            # the INFO lines are shown
+    _same_posteriors(out, run / "flow/survey_posteriors.ecsv")
+    meta = Table.read(out).meta
+    assert meta["estimator_choice"] == "flow" and meta["estimator"] == "neural flow + SBI"
+    assert meta["estimator_reason"] == "--estimator flow"
+
+
+def _metrics(path, cov68, cov95, scatter):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(dict(coverage_68=cov68, coverage_95=cov95,
+                                    scatter_dex=scatter)))
+
+
+def _run_with_metrics(run, tmp_path, cnn3d, flow):
+    """The tiny run's products (linked) with the given eval metrics of both estimators."""
+    d = tmp_path / "run"
+    (d / "flow").mkdir(parents=True)
+    for rel in ("model", "calibration", "survey", "config.resolved.yaml", "flow/model",
+                "flow/joint_pdf.h5"):
+        (d / rel).symlink_to(run / rel)
+    _metrics(d / "evaluation/metrics.json", *cnn3d)
+    _metrics(d / "flow/metrics.json", *flow)
+    return d
+
+
+def test_default_estimator_is_the_best_calibrated(tmp_path):
+    """Coverage closest to nominal (68.27%, 95.45%) wins; a tie goes to the smaller
+    scatter; without metrics the CNN3D + SBI."""
+    assert best_estimator(tmp_path)[0] == "cnn3d"
+    _metrics(tmp_path / "evaluation/metrics.json", 0.60, 0.90, 0.10)
+    _metrics(tmp_path / "flow/metrics.json", 0.67, 0.94, 0.30)
+    name, reason = best_estimator(tmp_path)
+    assert name == "flow" and "0.600" in reason and "0.940" in reason
+    # |0.68 - 0.6827| + |0.95 - 0.9545| = 0.0072 = |0.6899 - 0.6827| + |0.9545 - 0.9545|
+    _metrics(tmp_path / "evaluation/metrics.json", 0.68, 0.95, 0.12)
+    _metrics(tmp_path / "flow/metrics.json", 0.6899, 0.9545, 0.11)
+    assert best_estimator(tmp_path)[0] == "flow"
+    _metrics(tmp_path / "flow/metrics.json", 0.6899, 0.9545, 0.13)
+    assert best_estimator(tmp_path)[0] == "cnn3d"
+    (tmp_path / "evaluation/metrics.json").unlink()
+    assert best_estimator(tmp_path)[0] == "flow"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("best", ["cnn3d", "flow"])
+def test_infer_default_is_the_estimator_the_metrics_say(best, run, tmp_path):
+    """No --estimator: the run's best-calibrated estimator (from its metrics files) makes
+    the table, which names it (ECSV meta) and says why."""
+    good, poor = (0.68, 0.95, 0.2), (0.55, 0.85, 0.1)
+    d = _run_with_metrics(run, tmp_path, *((good, poor) if best == "cnn3d" else (poor, good)))
+    out = tmp_path / "post.ecsv"
+    proc = _cmpipe("infer", "--run-dir", d, "--clusters", run / "survey/clusters.ecsv",
+                   "--galaxies", run / "survey/galaxies.ecsv", "-o", out, "-q")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ref = {"cnn3d": "survey/posteriors.ecsv", "flow": "flow/survey_posteriors.ecsv"}[best]
+    _same_posteriors(out, run / ref)
+    meta = Table.read(out).meta
+    assert meta["estimator_choice"] == best
+    assert "best-calibrated" in meta["estimator_reason"]
+    assert "coverage 68% 0.550" in meta["estimator_reason"]
+    assert f"estimator {best}" in proc.stderr.splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_infer_all_writes_one_table_per_estimator(run, tmp_path):
+    proc = _cmpipe("infer", "--run-dir", run, "--clusters", run / "survey/clusters.ecsv",
+                   "--galaxies", run / "survey/galaxies.ecsv", "-o", tmp_path / "post.csv",
+                   "--estimator", "all", "-q")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not (tmp_path / "post.csv").exists()
+    _same_posteriors(tmp_path / "post-cnn3d.csv", run / "survey/posteriors.ecsv")
+    _same_posteriors(tmp_path / "post-flow.csv", run / "flow/survey_posteriors.ecsv")
 
 
 @pytest.mark.slow

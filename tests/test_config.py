@@ -13,7 +13,7 @@ from cmpipe.settings import (ConfigError, Settings, load_config, merge_config, s
                              validate_config)
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+SCHEMA = ROOT / "src" / "cmpipe" / "data" / "config.schema.yaml"
 
 
 def _merged(path):

@@ -33,7 +33,7 @@ from cmpipe.settings import ConfigError, load_config
 from cmpipe.stages.compare import write_comparison_csv
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMA = ROOT / "workflow/schemas/config.schema.yaml"
+SCHEMA = ROOT / "src/cmpipe/data/config.schema.yaml"
 N_PIX = 16
 TOY_SETTINGS = FlowSettings(embedding_channels=(4, 8), embedding_units=32,
                             embedding_features=8, transforms=2, hidden_features=32,

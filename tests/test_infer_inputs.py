@@ -20,7 +20,7 @@ from cmpipe.io.tables import CatalogueError, read_table
 from cmpipe.settings import Settings, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMA = ROOT / "workflow/schemas/config.schema.yaml"
+SCHEMA = ROOT / "src/cmpipe/data/config.schema.yaml"
 
 
 def _one_line(msg: str) -> str:

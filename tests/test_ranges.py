@@ -18,7 +18,7 @@ from cmpipe.stages.evaluate import eval_mass_bins, survey_range_report
 from cmpipe.survey.posteriors import CALIBRATION_EDGE_DEX, flag_calibration_edge
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMA = ROOT / "workflow/schemas/config.schema.yaml"
+SCHEMA = ROOT / "src/cmpipe/data/config.schema.yaml"
 
 
 @pytest.fixture(scope="module")

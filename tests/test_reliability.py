@@ -31,7 +31,7 @@ from cmpipe.runstate import clear_stale_locks, remove_orphaned_temps
 from cmpipe.settings import ConfigError, Settings, check_output_dir, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMA = ROOT / "workflow/schemas/config.schema.yaml"
+SCHEMA = ROOT / "src/cmpipe/data/config.schema.yaml"
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 
 
@@ -389,6 +389,64 @@ def test_inconsistent_run_directory_is_refused(change, culprit, tmp_path):
     assert str(run / culprit) in msg and "Fix" in msg
     if change in ("window", "kde"):
         assert change in msg
+
+
+def _fake_flow_run(tmp_path):
+    """:func:`_fake_run` with the neural flow's files, recorded by rule resolved_config."""
+    from cmpipe.stages import resolved_config
+
+    run, _ = _fake_run(tmp_path)
+    (run / "flow/model").mkdir(parents=True)
+    (run / "flow/model/flow.pt").write_bytes(b"PK flow weights")
+    (run / "flow/model/flow.json").write_text('{"settings": {}}')
+    (run / "flow/joint_pdf.h5").write_bytes(b"flow calibration")
+    cfg = load_config(ROOT / "config.yaml", SCHEMA, overlays=[ROOT / "configs/tiny.yaml"])
+    resolved_config(config=cfg, out=run / "config.resolved.yaml", run_dir=run)
+    return run
+
+
+FLOW_FILES = ["flow/model/flow.pt", "flow/model/flow.json", "flow/joint_pdf.h5"]
+
+
+@pytest.mark.parametrize("change,culprit", [
+    (None, None), ("flow model", "flow/model/flow.pt"),
+    ("flow calibration", "flow/joint_pdf.h5"), ("no flow record", "config.resolved.yaml")])
+def test_flow_products_are_recorded_and_checked(change, culprit, tmp_path):
+    """cmpipe infer --estimator flow: the flow's model and calibration are one run's with
+    the config (their SHA-256 under ``products``), as the CNN3D's are."""
+    run = _fake_flow_run(tmp_path)
+    raw = yaml.safe_load((run / "config.resolved.yaml").read_text())
+    assert set(FLOW_FILES) <= set(raw["products"])
+    if change == "flow model":
+        (run / "flow/model/flow.pt").write_bytes(b"PK another flow")
+    elif change == "flow calibration":
+        (run / "flow/joint_pdf.h5").write_bytes(b"another calibration")
+    elif change == "no flow record":              # a run recorded before the flow was
+        for rel in FLOW_FILES:
+            raw["products"].pop(rel)
+        (run / "config.resolved.yaml").write_text(yaml.safe_dump(raw))
+    products = raw.pop("products")
+    if change in (None, "no flow record"):            # the CNN3D's files alone pass
+        check_run_consistency(run, raw, products)
+    if change is None:
+        check_run_consistency(run, raw, products, required=FLOW_FILES)
+        return
+    with pytest.raises(CatalogueError) as exc:
+        check_run_consistency(run, raw, products, required=FLOW_FILES)
+    msg = _one_line(str(exc.value))
+    assert str(run / culprit) in msg and "Fix" in msg
+
+
+def test_infer_flow_refuses_a_missing_flow(tmp_path, capsys):
+    run = _fake_flow_run(tmp_path)
+    (run / "flow/joint_pdf.h5").unlink()
+    cl = _csv(tmp_path / "cl.csv", ["cluster_id", "ra_deg", "dec_deg", "z"], _clusters())
+    out = tmp_path / "post.ecsv"
+    rc = main(["infer", "--run-dir", str(run), "--clusters", str(cl), "--phase-space",
+               str(cl), "-o", str(out), "-q", "--estimator", "flow"])
+    err = _one_line(capsys.readouterr().err)
+    assert rc == 1 and "flow/joint_pdf.h5" in err and "missing" in err
+    assert "recalibrate_flow" in err and not out.exists()
 
 
 def test_infer_refuses_an_inconsistent_run_directory(tmp_path, capsys):

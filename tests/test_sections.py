@@ -12,7 +12,7 @@ from cmpipe import sections
 from cmpipe.settings import Settings, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMA_PATH = ROOT / "workflow/schemas/config.schema.yaml"
+SCHEMA_PATH = ROOT / "src/cmpipe/data/config.schema.yaml"
 SCHEMA = yaml.safe_load(SCHEMA_PATH.read_text())
 
 #: Section class -> its path in the schema.

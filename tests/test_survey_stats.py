@@ -46,7 +46,7 @@ def _fixed_global_seed():
 @pytest.fixture(scope="module")
 def settings():
     return Settings.from_config(load_config(ROOT / "config.yaml",
-                                            ROOT / "workflow/schemas/config.schema.yaml",
+                                            ROOT / "src/cmpipe/data/config.schema.yaml",
                                             overlays=[ROOT / "configs/tiny.yaml"]))
 
 

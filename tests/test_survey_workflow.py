@@ -29,10 +29,10 @@ from cmpipe.survey.sky import phase_space_to_sky
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
-SCHEMA = ROOT / "workflow/schemas/config.schema.yaml"
+SCHEMA = ROOT / "src/cmpipe/data/config.schema.yaml"
 SURVEY_TARGETS = ["survey/posteriors.ecsv", "survey/posteriors.csv", "survey/mass_function.csv",
                   "survey/pulls.json", "figures/mass_function.png", "figures/survey_pulls.png",
-                  "config.resolved.yaml"]
+                  "config.resolved.yaml", "flow/survey_posteriors.ecsv"]
 
 pytestmark = pytest.mark.slow
 

@@ -136,7 +136,7 @@ def test_same_seed_gives_identical_mock(tiny_run, tmp_path):
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1",
                MKL_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-c", _MOCK_STAGES, str(wd),
-                           str(ROOT / "workflow/schemas/config.schema.yaml"),
+                           str(ROOT / "src/cmpipe/data/config.schema.yaml"),
                            str(res / "catalogue"), str(tmp_path)],
                           env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -232,7 +232,7 @@ def test_paper_config_dry_run_job_graph(tmp_path):
                  "perturbed_eval", "saliency_maps"):                  # the analyses (issue 8)
         assert rule in counts, (rule, out[-2000:])
     # CNN1D, CNN2D at every seed and the CNN3D at seeds 1.. (seed 0: rule train)
-    n_seeds = load_config(wd / "config.yaml", ROOT / "workflow/schemas/config.schema.yaml",
+    n_seeds = load_config(wd / "config.yaml", ROOT / "src/cmpipe/data/config.schema.yaml",
                           overlays=[wd / "configs/paper.yaml"])["ablation"]["seeds"]
     assert counts["ablation_train"] == counts["ablation_evaluate"] == str(3 * n_seeds - 1)
     # without the MDPL2 files the run is refused up front, naming the missing input
@@ -248,7 +248,7 @@ def _check_ablation_seeds(wd, res, ab, m3):
     rule train's settings but the seed, and the summary's per-seed rows."""
     from cmpipe.evaluation.ablation import training_seed
 
-    cfg = load_config(wd / "config.yaml", ROOT / "workflow/schemas/config.schema.yaml",
+    cfg = load_config(wd / "config.yaml", ROOT / "src/cmpipe/data/config.schema.yaml",
                       overlays=[wd / "configs/tiny.yaml"])
     n_seeds = cfg["ablation"]["seeds"]
     assert ab["n_seeds"] == n_seeds
@@ -529,7 +529,7 @@ def test_pure_catalogue_keeps_bound_members_only(tiny_run, tmp_path):
     same observers, so a cluster survives iff its visible members pass the richness cut and
     its pure n_gal equals its contaminated n_members."""
     wd, res = tiny_run
-    cfg = load_config(wd / "config.yaml", ROOT / "workflow/schemas/config.schema.yaml",
+    cfg = load_config(wd / "config.yaml", ROOT / "src/cmpipe/data/config.schema.yaml",
                       overlays=[wd / "configs/tiny.yaml"])
     cfg["mock"]["members"] = "bound"
     stages.flux_limit(config=cfg, projected=res / "mock/projected.h5", out=tmp_path / "pure.h5")

@@ -25,8 +25,24 @@ clusters, without Snakemake: galaxies -> the run's phase-space window -> KDE cub
 network prediction d~ -> calibrated posteriors of log10 M200c under two priors.
 
 The run directory is what `snakemake` made under results/{run}/: it must hold
-model/cnn3d.keras, model/normalisation.json, calibration/joint_pdf.h5 and
-config.resolved.yaml (the window, KDE grid and cosmology the model was trained with).
+config.resolved.yaml (the window, KDE grid and cosmology the models were trained with,
+and the SHA-256 of the models and calibrations) and the chosen estimator's files:
+
+--estimator cnn3d   CNN3D + SBI calibration (rule survey_posteriors -> survey/posteriors):
+                    model/cnn3d.keras, model/normalisation.json, calibration/joint_pdf.h5
+--estimator flow    the neural flow (rule flow_survey_posteriors -> flow/survey_posteriors):
+                    flow/model/flow.pt, flow/model/flow.json and, when the run has
+                    calibration.recalibrate_flow (the default), its test-split calibration
+                    flow/joint_pdf.h5; else the flow's own posteriors
+--estimator all     one table per estimator: OUT with -cnn3d / -flow inserted before the
+                    extension (post.ecsv -> post-cnn3d.ecsv, post-flow.ecsv)
+(default)           the run's best-calibrated estimator: of evaluation/metrics.json and
+                    flow/metrics.json, the one whose eval coverage of the 68% and 95%
+                    intervals is closest to nominal (sum of |coverage - 0.683|, |coverage -
+                    0.954|), ties to the smaller scatter_dex.
+The table's metadata (ECSV header, FITS header) says which estimator made it and why:
+estimator_choice, estimator_reason; the last line on stderr says it too (CSV keeps no
+metadata).
 
 Input tables: FITS (.fits, .fit, .fits.gz), CSV (.csv) or ECSV (.ecsv), format from the
 extension.
@@ -81,10 +97,9 @@ Bad input stops with one message naming the file, the column and the fix (exit 1
 
 
 def _default_schema() -> Path:
-    here = Path.cwd() / "workflow" / "schemas" / "config.schema.yaml"
-    if here.exists():
-        return here
-    return Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+    """The config schema shipped with the package (``cmpipe/data/config.schema.yaml``)."""
+    from .sections import CONFIG_SCHEMA
+    return CONFIG_SCHEMA
 
 
 def _mapping(items, flag):
@@ -126,6 +141,10 @@ def _infer_parser(sub):
                           "[h^-1 Mpc, proper], v_los [km/s]")
     p.add_argument("-o", "--output", type=Path, required=True,
                    help="posterior table to write (.ecsv, .csv or .fits)")
+    p.add_argument("--estimator", choices=("cnn3d", "flow", "all"), default=None,
+                   help="cnn3d (CNN3D + SBI), flow (neural flow, recalibrated when the run "
+                        "is), all (OUT-cnn3d.EXT and OUT-flow.EXT); default: the run's "
+                        "best-calibrated one (see above)")
     p.add_argument("--cluster-column", action="append", metavar="KEY=COLUMN",
                    help="map a cmpipe cluster column to a file column (repeatable)")
     p.add_argument("--galaxy-column", action="append", metavar="KEY=COLUMN",
@@ -150,18 +169,23 @@ def _run_infer(args) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         stream=sys.stderr, force=True,
                         format="%(levelname)s %(name)s: %(message)s")
+    from .devices import quiet_tensorflow_startup
+
+    quiet_tensorflow_startup()          # before anything imports TensorFlow (as run_rule)
     from .io.tables import CatalogueError
 
     try:
         if args.min_galaxies is not None and args.min_galaxies < 3:
             raise ConfigError("--min-galaxies must be >= 3 (a 3D KDE needs three galaxies)")
         from .stages.infer import infer
-        infer(run_dir=args.run_dir, clusters=args.clusters, galaxies=args.galaxies,
-              phase_space=args.phase_space, out=args.output,
-              cluster_columns=_mapping(args.cluster_column, "--cluster-column"),
-              galaxy_columns=_mapping(args.galaxy_column, "--galaxy-column"),
-              angle_unit=args.angle_unit, min_galaxies=args.min_galaxies,
-              threads=args.threads, keep_dir=args.keep, schema=_default_schema())
+        written = infer(
+            run_dir=args.run_dir, clusters=args.clusters, galaxies=args.galaxies,
+            phase_space=args.phase_space, out=args.output,
+            cluster_columns=_mapping(args.cluster_column, "--cluster-column"),
+            galaxy_columns=_mapping(args.galaxy_column, "--galaxy-column"),
+            angle_unit=args.angle_unit, min_galaxies=args.min_galaxies,
+            threads=args.threads, keep_dir=args.keep, schema=_default_schema(),
+            estimator=args.estimator)
     except (CatalogueError, ConfigError, FileNotFoundError, ValueError) as err:
         msg = str(err)
         for key, flag in (("cluster_columns", "--cluster-column"),
@@ -176,7 +200,8 @@ def _run_infer(args) -> int:
         print(f"cmpipe infer: unexpected error ({type(err).__name__}: {err}); rerun with "
               "--debug for the traceback", file=sys.stderr)
         return 1
-    print(f"cmpipe infer: wrote {args.output}", file=sys.stderr)
+    for name, (path, reason) in written.items():
+        print(f"cmpipe infer: wrote {path} (estimator {name}; {reason})", file=sys.stderr)
     return 0
 
 
@@ -191,7 +216,8 @@ def main(argv=None) -> int:
                     help="the config, then any overlays (as snakemake --configfile merges "
                          "them), e.g. config.yaml configs/tiny.yaml")
     cc.add_argument("--schema", type=Path, default=None,
-                    help="JSON schema (default: ./workflow/schemas/config.schema.yaml)")
+                    help="JSON schema (default: the schema installed with cmpipe, "
+                         "cmpipe/data/config.schema.yaml)")
     _infer_parser(sub)
     args = ap.parse_args(argv)
     if args.command == "check-config":

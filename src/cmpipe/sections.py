@@ -1,6 +1,6 @@
 """Typed, frozen config sections: one dataclass per section of the config.
 
-The schema (``workflow/schemas/config.schema.yaml``) is the one place where a key's type,
+The schema (``src/cmpipe/data/config.schema.yaml``) is the one place where a key's type,
 range, default and meaning are written; the Snakefile and :func:`cmpipe.settings.load_config`
 validate the config against it and fill every default. These classes declare the validated
 sections' fields and types only (no defaults: ``tests/test_config.py`` checks that the fields
@@ -23,8 +23,10 @@ import types
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 __all__ = [
+    "CONFIG_SCHEMA",
     "DEFAULT_LAYERS",
     "LAYER_KINDS",
     "LayerSpecError",
@@ -36,6 +38,10 @@ __all__ = [
     "SurveySettings", "AblationSettings", "TailSection", "RobustnessSettings",
     "SaliencySettings",
 ]
+
+#: The config's JSON schema (package data, so an installed cmpipe finds it): read by the
+#: workflow (``workflow/rules/common.smk``), ``cmpipe check-config`` and ``cmpipe infer``.
+CONFIG_SCHEMA = Path(__file__).resolve().parent / "data" / "config.schema.yaml"
 
 
 def _freeze(value):
@@ -74,7 +80,7 @@ class Section:
         for f in dataclasses.fields(cls):
             if f.name not in d:
                 raise KeyError(f"config section {cls.__name__}: key {f.name!r} missing (validate "
-                               "the config against workflow/schemas/config.schema.yaml, which "
+                               "the config against src/cmpipe/data/config.schema.yaml, which "
                                "fills defaults)")
             sub = hints[f.name]
             if isinstance(sub, type) and issubclass(sub, Section):

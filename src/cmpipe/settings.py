@@ -1,6 +1,6 @@
 """Typed, frozen settings built from the validated config.
 
-The Snakefile validates ``config.yaml`` against ``workflow/schemas/config.schema.yaml``
+The Snakefile validates ``config.yaml`` against ``src/cmpipe/data/config.schema.yaml``
 (which also fills defaults); :func:`Settings.from_config` turns the resulting dict into
 frozen dataclasses so library code never indexes raw dicts. :func:`load_config` does the
 same validation for code that runs without Snakemake (tests, ``cmpipe`` CLI).

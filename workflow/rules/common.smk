@@ -12,7 +12,8 @@ prepend_pythonpath(Path(workflow.basedir) / "src")
 
 # Schema, then semantic checks (split fractions, layer specs, cross-key constraints, a safe
 # run name) and a writable output directory: all before the first job.
-validate_config(config, Path(workflow.current_basedir).parent / "schemas" / "config.schema.yaml")
+# The schema is package data (cmpipe.sections.CONFIG_SCHEMA); this checkout's own copy.
+validate_config(config, Path(workflow.basedir) / "src" / "cmpipe" / "data" / "config.schema.yaml")
 
 RESULTS = f"results/{config['run']}"
 

@@ -30,6 +30,10 @@ rule resolved_config:
         model=res("model/cnn3d.keras"),
         normalisation=res("model/normalisation.json"),
         joint_pdf=res("calibration/joint_pdf.h5"),
+        # the neural flow's model and calibration, recorded for cmpipe infer --estimator flow
+        flow_model=res("flow/model/flow.pt"),
+        flow_meta=res("flow/model/flow.json"),
+        flow_joint_pdf=flow_joint_pdf(),
     output:
         config=res("config.resolved.yaml"),
     params:

@@ -9,7 +9,8 @@ resolved config (``config.resolved.yaml``). Two records tie them together:
     SHA-256 of the model files.
 ``config.resolved.yaml`` (rule ``resolved_config``, written last, after the calibration)
     The whole config and, under ``products``, the SHA-256 of ``model/config.json``, the
-    model files and the calibration it describes.
+    model files and the calibration it describes, and of the neural flow's model and its
+    calibration (:data:`FLOW_PRODUCTS`) where the run has them.
 
 :func:`check_run_consistency` (``cmpipe infer``) refuses a run directory whose model,
 calibration and config disagree, naming the files.
@@ -26,6 +27,7 @@ __all__ = [
     "MODEL_CONFIG_SECTIONS",
     "MODEL_CONFIG_FILE",
     "PRODUCTS_KEY",
+    "FLOW_PRODUCTS",
     "file_digest",
     "read_json_artefact",
     "load_keras_model",
@@ -48,6 +50,10 @@ PRODUCTS_KEY = "products"
 _RUN_PRODUCTS = (MODEL_CONFIG_FILE, "model/cnn3d.keras", "model/normalisation.json",
                  "calibration/joint_pdf.h5")
 _MODEL_FILES = ("cnn3d.keras", "normalisation.json")
+#: The neural flow's files recorded beside them when the run has them: its model (rule
+#: ``flow_train``) and its test-split calibration (rule ``flow_calibrate``, made when
+#: ``calibration.recalibrate_flow`` is set).
+FLOW_PRODUCTS = ("flow/model/flow.pt", "flow/model/flow.json", "flow/joint_pdf.h5")
 
 
 def file_digest(path, chunk: int = 1 << 20) -> str:
@@ -148,9 +154,11 @@ def write_model_config(config: dict, model_dir, out) -> dict:
 
 
 def run_products(run_dir) -> dict:
-    """SHA-256 of the run-directory files ``config.resolved.yaml`` describes."""
+    """SHA-256 of the run-directory files ``config.resolved.yaml`` describes: the CNN3D's
+    model, its config record and calibration, and the flow's files that exist."""
     run_dir = Path(run_dir)
-    return {rel: file_digest(run_dir / rel) for rel in _RUN_PRODUCTS}
+    rels = [*_RUN_PRODUCTS, *(r for r in FLOW_PRODUCTS if (run_dir / r).exists())]
+    return {rel: file_digest(run_dir / rel) for rel in rels}
 
 
 _RERUN = ("rerun the workflow with the config this run directory was made with "
@@ -158,7 +166,8 @@ _RERUN = ("rerun the workflow with the config this run directory was made with "
           "the records")
 
 
-def check_run_consistency(run_dir, resolved: dict, products: dict | None) -> None:
+def check_run_consistency(run_dir, resolved: dict, products: dict | None,
+                          required=()) -> None:
     """Refuse a run directory whose model, calibration and config disagree.
 
     Parameters
@@ -169,6 +178,10 @@ def check_run_consistency(run_dir, resolved: dict, products: dict | None) -> Non
         ``config.resolved.yaml`` without its ``products`` key.
     products : dict or None
         Its ``products`` key (file -> SHA-256).
+    required : sequence of str, optional
+        Run-directory files (relative paths) the caller will read, which must have a
+        recorded digest (e.g. the flow's :data:`FLOW_PRODUCTS` for ``cmpipe infer
+        --estimator flow``). Every recorded file that exists is checked either way.
 
     Raises
     ------
@@ -199,6 +212,11 @@ def check_run_consistency(run_dir, resolved: dict, products: dict | None) -> Non
         raise CatalogueError(resolved_path, PRODUCTS_KEY, "no record of the model and "
                              "calibration it describes (a run made by an older cmpipe?)",
                              _RERUN)
+    for rel in required:
+        if rel not in products:
+            raise CatalogueError(resolved_path, PRODUCTS_KEY, f"no record of {rel} (the run "
+                                 "was recorded before cmpipe recorded it, or without it)",
+                                 _RERUN)
     for rel, digest in products.items():
         p = run_dir / rel
         if p.exists() and file_digest(p) != digest:

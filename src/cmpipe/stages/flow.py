@@ -450,7 +450,7 @@ def _population_range(s, meta) -> tuple[float, float]:
 
 
 def flow_survey_posteriors(*, config, model, images, phase_space, out, csv_out=None,
-                           joint_pdf=None, threads=1):
+                           joint_pdf=None, threads=1, extra_meta=None):
     """Rule ``flow_survey_posteriors``: the flow's posteriors of the survey clusters.
 
     Same table as ``survey/posteriors.ecsv`` (one row per survey cluster, sorted by id;
@@ -462,6 +462,7 @@ def flow_survey_posteriors(*, config, model, images, phase_space, out, csv_out=N
     ``joint_pdf`` (rule ``flow_calibrate``) the table is the CNN3D's
     (:func:`cmpipe.survey.posteriors.survey_posterior_table`) with the flow's point
     estimate as d~: slices of the test-split calibration at each cluster's d~ and distance.
+    ``extra_meta``: more header metadata (``cmpipe infer`` names the estimator it chose).
     """
     from ..io.survey_products import SURVEY_POSTERIOR_KEYS, survey_posterior_schema
     from ..massfunction import summaries_under_priors
@@ -483,7 +484,8 @@ def flow_survey_posteriors(*, config, model, images, phase_space, out, csv_out=N
     if joint_pdf is not None:
         table, schema, meta_out = _calibrated_survey_table(s, cosmo, cl, row, curves, grid,
                                                            joint_pdf, images, model)
-        return _write_flow_survey(table, schema, meta_out, cl, out, csv_out)
+        return _write_flow_survey(table, schema, dict(meta_out, **(extra_meta or {})), cl,
+                                  out, csv_out)
     m_range = _population_range(s, meta)
     prior = np.asarray(meta["training_prior"], dtype=np.float64)
     if prior.shape != grid.shape:
@@ -514,7 +516,8 @@ def flow_survey_posteriors(*, config, model, images, phase_space, out, csv_out=N
         schema[f"flat_{key}"] = ("f8", unit, desc.replace("test-set (flat) prior",
                                                           "training-set (flat) prior"))
     meta_out = dict(
-        run=s.run, estimator="neural flow", model=str(model), images=str(images),
+        **(extra_meta or {}), run=s.run, estimator="neural flow", model=str(model),
+        images=str(images),
         prior_flat=FLOW_PRIOR,
         prior_pop="population prior: the flat posterior re-weighted by the Tinker et al. "
                   "(2008) mass function at the cluster redshift over the training-set prior",

@@ -140,7 +140,8 @@ def survey_cubes(*, config, clusters, cubes_out, phase_space_out, galaxies=None,
     fewer than ``survey.min_galaxies`` window galaxies are skipped (logged, counted, kept in
     ``phase_space.h5`` with ``skipped = 1``). The cube file's ``log10_m200c`` is NaN (no
     true mass at ingestion) and ``n_members`` is -1 when the galaxy table has no
-    membership column.
+    membership column. ``cubes_out`` None: the phase-space table only (``cmpipe infer
+    --estimator flow`` of a flow on 2-D images needs no cubes).
     """
     from ..survey.windows import (phase_space_windows, select_windows, sky_windows,
                                   survey_min_galaxies, warn_degenerate_windows)
@@ -184,11 +185,13 @@ def survey_cubes(*, config, clusters, cubes_out, phase_space_out, galaxies=None,
     ids = cl["cluster_id"][sel.kept]
     warn_degenerate_windows(ids, sel.galaxies,
                             galaxies if galaxies is not None else phase_space_in)
-    _write_survey_cubes(s, cubes_out, ids, sel, threads=threads, progress=progress,
-                        clusters=clusters, cosmo=cosmo)
-    log.info("survey cubes: %d of %d clusters (%d skipped), %d window galaxies, %d^3 voxels",
+    if cubes_out is not None:
+        _write_survey_cubes(s, cubes_out, ids, sel, threads=threads, progress=progress,
+                            clusters=clusters, cosmo=cosmo)
+    log.info("survey cubes: %d of %d clusters (%d skipped), %d window galaxies, %s",
              ids.size, len(cl["cluster_id"]), sel.skipped_ids.size,
-             sel.counts["n_window_galaxies_kept"], s.kde.n_grid)
+             sel.counts["n_window_galaxies_kept"],
+             f"{s.kde.n_grid}^3 voxels" if cubes_out is not None else "no cubes made")
 
 
 def _no_cluster_left(cl, sel, min_gal, clusters, galaxies, W, V):
@@ -243,7 +246,8 @@ def _write_survey_cubes(s, cubes_out, ids, sel, *, threads, progress, clusters, 
                                      ) from err
 
 
-def survey_posteriors(*, config, model, joint_pdf, cubes, phase_space, out, csv_out=None):
+def survey_posteriors(*, config, model, joint_pdf, cubes, phase_space, out, csv_out=None,
+                      extra_meta=None):
     """Rule ``survey_posteriors``: d~ per cluster and its posteriors under both priors.
 
     Network predictions of the survey cubes (:func:`cmpipe.cnn.training.predict` with the run's
@@ -252,7 +256,8 @@ def survey_posteriors(*, config, model, joint_pdf, cubes, phase_space, out, csv_
     Tinker 2008 at the cluster redshift over the test-set prior from the joint PDF; columns
     ``pop_*``). One row per survey cluster, sorted by id; skipped clusters have NaN.
     ``out`` (and ``csv_out``) format from the extension: .ecsv (units, descriptions and
-    metadata kept), .csv (plain) or .fits.
+    metadata kept), .csv (plain) or .fits. ``extra_meta``: more header metadata (``cmpipe
+    infer`` names the estimator it chose).
     """
     from ..calibration import load_calibration
     from ..survey.posteriors import (log_posterior_summary, population_mass_range,
@@ -271,6 +276,7 @@ def survey_posteriors(*, config, model, joint_pdf, cubes, phase_space, out, csv_
     m_range = population_mass_range(s, pdf.calibrated_mass_range)
     table = survey_posterior_table(s, cosmo, cl, d, pdf, m_range)
     meta = survey_posterior_meta(s, table, cl, m_range, model=model, joint_pdf=joint_pdf)
+    meta.update(extra_meta or {})
     schema = survey_posterior_schema()
     write_any_table(out, table, schema, meta)
     if csv_out is not None:

@@ -1,18 +1,33 @@
 # Shared helpers: config validation, output paths, final targets.
+import sys
 from pathlib import Path
 
 from snakemake.logging import logger
 
 from cmpipe.runstate import clear_stale_locks, record_lock_owner, remove_orphaned_temps
-from cmpipe.settings import check_output_dir, prepend_pythonpath, validate_config
+from cmpipe.settings import (ConfigError, check_output_dir, prepend_pythonpath,
+                             validate_workflow_config)
 
 # Jobs run in envs/*.yaml (--sdm conda) find the cmpipe package of this checkout.
 prepend_pythonpath(Path(workflow.basedir) / "src")
 
 
-# Schema, then semantic checks (split fractions, layer specs, cross-key constraints, a safe
-# run name) and a writable output directory: all before the first job.
-validate_config(config, Path(workflow.current_basedir).parent / "schemas" / "config.schema.yaml")
+# The config files re-read strictly (duplicated keys, 1.0e7 a number), the schema, the
+# semantic checks (split fractions, layer specs, ranges, cross-key constraints, a safe run
+# name), the input files of the chosen sources and a writable output directory: all
+# before the first job. A bad config is one line naming the file and the key, exit 1.
+def _config_files():
+    cli = [str(f) for f in workflow.config_settings.configfiles]
+    return [str(f) for f in workflow.configfiles if str(f) not in cli] + cli
+
+
+try:
+    validate_workflow_config(
+        config, Path(workflow.current_basedir).parent / "schemas" / "config.schema.yaml",
+        files=_config_files(), overrides=workflow.config_settings.config)
+except ConfigError as _err:
+    logger.error(f"cmpipe: {_err}")
+    sys.exit(1)
 
 RESULTS = f"results/{config['run']}"
 

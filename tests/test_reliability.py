@@ -360,7 +360,9 @@ def test_consistent_run_directory_passes(tmp_path):
     run, raw = _fake_run(tmp_path)
     _check(run)
     assert set(raw["products"]) == {"model/config.json", "model/cnn3d.keras",
-                                    "model/normalisation.json", "calibration/joint_pdf.h5"}
+                                    "model/normalisation.json", "calibration/joint_pdf.h5",
+                                    "config.resolved.yaml#calibration",
+                                    "config.resolved.yaml#survey"}
 
 
 @pytest.mark.parametrize("change,culprit", [

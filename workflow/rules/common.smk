@@ -4,7 +4,9 @@ from pathlib import Path
 
 from snakemake.logging import logger
 
-from cmpipe.runstate import clear_stale_locks, record_lock_owner, remove_orphaned_temps
+from cmpipe.sections import without_speed_keys
+from cmpipe.runstate import (active_run, clear_stale_locks, record_lock_owner,
+                             remove_orphaned_temps)
 from cmpipe.settings import (ConfigError, check_output_dir, prepend_pythonpath,
                              validate_workflow_config)
 
@@ -39,6 +41,17 @@ if workflow.is_main_process:
     for _f in clear_stale_locks(".")[:1]:
         logger.warning(f"cmpipe: removed stale Snakemake locks in {_f.parent} (the run that "
                        "held them is dead); resuming")
+    # A live run holds the lock: say so (Snakemake's own message suggests --unlock, which
+    # would let two runs write the same files). Dry runs and lock-free commands go on.
+    _NO_LOCK = {"-n", "--dry-run", "--dryrun", "--unlock", "--nolock", "--list", "-l",
+                "--summary", "-S", "--detailed-summary", "-D", "--lint", "--dag",
+                "--rulegraph", "--filegraph", "--list-target-rules", "--lt"}
+    _pid = None if _NO_LOCK & set(sys.argv[1:]) else active_run(".")
+    if _pid is not None:
+        logger.error(f"cmpipe: a run (Snakemake, PID {_pid}) is active in {Path.cwd()}. "
+                     "Fix: wait for it to finish, or stop it (kill " + str(_pid) + ") and "
+                     "rerun this command, which resumes it")
+        sys.exit(1)
 
 
 onstart:
@@ -51,6 +64,12 @@ onstart:
 def res(path):
     """Path of a product of this run (results/{run}/...)."""
     return f"{RESULTS}/{path}"
+
+
+def product_params(section):
+    """A config section as a rule's params (its rerun triggers), without the speed-only
+    keys of cmpipe.sections.SPEED_ONLY_KEYS (a faster setting reruns nothing)."""
+    return without_speed_keys(config[section], section)
 
 
 def survey_params(*keys):
@@ -83,13 +102,23 @@ wildcard_constraints:
     shard=r"\d{4}",
 
 
+def shard_size_of(split):
+    """The KDE shard size of a split: the one its gathered cubes were made with, if any."""
+    from cmpipe.stages import gathered_shard_size
+
+    return gathered_shard_size(res(f"cubes/{split}.h5"), config["kde"]["shard_size"])
+
+
 def kde_shard_files(wildcards):
-    """Shard files of one split; their number follows from the split checkpoint."""
+    """Shard files of one split; their number follows from the split checkpoint and the
+    shard size. kde.shard_size is speed-only: the shard size recorded in an existing
+    gathered file is kept, so a new shard size changes no input set (Snakemake's input
+    rerun trigger) and reruns nothing; it applies when the cubes are made anew."""
     from cmpipe.stages import n_shards, split_counts
 
     clusters = checkpoints.split.get().output.clusters
     n = split_counts(clusters)[wildcards.split]
-    k = n_shards(n, config["kde"]["shard_size"])
+    k = n_shards(n, shard_size_of(wildcards.split))
     return [res(f"cubes/{wildcards.split}/shard-{i:04d}.h5") for i in range(k)]
 
 

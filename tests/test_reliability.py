@@ -28,6 +28,7 @@ from cmpipe.io.artefacts import (check_keras_file, check_run_consistency, file_d
 from cmpipe.io.survey import read_survey_clusters, read_survey_galaxies
 from cmpipe.io.tables import CatalogueError
 from cmpipe.runstate import clear_stale_locks, remove_orphaned_temps
+from cmpipe.sections import SPEED_ONLY_KEYS
 from cmpipe.settings import ConfigError, Settings, check_output_dir, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -464,7 +465,7 @@ def _fake_run(tmp_path):
 def _check(run):
     raw = yaml.safe_load((run / "config.resolved.yaml").read_text())
     products = raw.pop("products", None)
-    check_run_consistency(run, raw, products)
+    check_run_consistency(run, raw, products, ignore=SPEED_ONLY_KEYS)
 
 
 def test_consistent_run_directory_passes(tmp_path):
@@ -703,8 +704,6 @@ SPEED_OVERLAY = {"kde": {"shard_size": 7, "batch_size": 3}, "train": {"in_memory
 
 
 def test_speed_only_keys_are_one_list_named_in_the_schema():
-    from cmpipe.sections import SPEED_ONLY_KEYS
-
     schema = yaml.safe_load(SCHEMA.read_text())
     assert {s: set(k) for s, k in SPEED_ONLY_KEYS.items()} == {
         s: set(k) for s, k in SPEED_OVERLAY.items()}

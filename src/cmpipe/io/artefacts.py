@@ -13,8 +13,9 @@ resolved config (``config.resolved.yaml``). Two records tie them together:
     posterior after the model (:data:`POSTERIOR_CONFIG_SECTIONS`: the calibration and the
     survey), so an edit of those sections is detected too.
 
-Speed-only keys (:data:`cmpipe.sections.SPEED_ONLY_KEYS`) are no part of either record's
-comparison: they change no product.
+Speed-only keys (:data:`cmpipe.sections.SPEED_ONLY_KEYS`, passed as ``ignore`` by the
+stages: ``io`` imports nothing above it) are no part of either record's comparison: they
+change no product.
 
 :func:`check_run_consistency` (``cmpipe infer``) refuses a run directory whose model,
 calibration and config disagree, naming the files.
@@ -25,7 +26,6 @@ import hashlib
 import json
 from pathlib import Path
 
-from ..sections import without_speed_keys
 from .tables import CatalogueError, atomic_output
 
 __all__ = [
@@ -71,11 +71,17 @@ def file_digest(path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def section_digest(config: dict, section: str) -> str:
-    """SHA-256 (hex) of one config section (speed-only keys left out), as canonical JSON."""
-    plain = json.loads(json.dumps(dict(config), default=str)).get(section)
-    if isinstance(plain, dict):
-        plain = without_speed_keys(plain, section)
+def _without(config: dict, ignore) -> dict:
+    """``config`` without the keys ``ignore`` names (section -> keys)."""
+    ignore = ignore or {}
+    return {k: ({kk: vv for kk, vv in v.items() if kk not in ignore.get(k, ())}
+                if isinstance(v, dict) else v) for k, v in config.items()}
+
+
+def section_digest(config: dict, section: str, ignore=None) -> str:
+    """SHA-256 (hex) of one config section as canonical JSON, without the keys ``ignore``
+    names (section -> keys: :data:`cmpipe.sections.SPEED_ONLY_KEYS`)."""
+    plain = _without(json.loads(json.dumps(dict(config), default=str)), ignore).get(section)
     return hashlib.sha256(json.dumps(plain, sort_keys=True).encode()).hexdigest()
 
 
@@ -171,13 +177,14 @@ def write_model_config(config: dict, model_dir, out) -> dict:
     return rec
 
 
-def run_products(run_dir, config: dict | None = None) -> dict:
+def run_products(run_dir, config: dict | None = None, ignore=None) -> dict:
     """SHA-256 of the run-directory files ``config.resolved.yaml`` describes and, given the
-    ``config``, of its :data:`POSTERIOR_CONFIG_SECTIONS`."""
+    ``config``, of its :data:`POSTERIOR_CONFIG_SECTIONS` (without the keys ``ignore``
+    names, see :func:`section_digest`)."""
     run_dir = Path(run_dir)
     out = {rel: file_digest(run_dir / rel) for rel in _RUN_PRODUCTS}
     if config is not None:
-        out.update({_section_key(k): section_digest(config, k)
+        out.update({_section_key(k): section_digest(config, k, ignore)
                     for k in POSTERIOR_CONFIG_SECTIONS})
     return out
 
@@ -187,7 +194,8 @@ _RERUN = ("rerun the workflow with the config this run directory was made with "
           "the records")
 
 
-def check_run_consistency(run_dir, resolved: dict, products: dict | None) -> None:
+def check_run_consistency(run_dir, resolved: dict, products: dict | None,
+                          ignore=None) -> None:
     """Refuse a run directory whose model, calibration and config disagree.
 
     Parameters
@@ -198,6 +206,9 @@ def check_run_consistency(run_dir, resolved: dict, products: dict | None) -> Non
         ``config.resolved.yaml`` without its ``products`` key.
     products : dict or None
         Its ``products`` key (file -> SHA-256).
+    ignore : mapping, optional
+        Keys left out of every comparison (section -> keys: the speed-only keys,
+        :data:`cmpipe.sections.SPEED_ONLY_KEYS`).
 
     Raises
     ------
@@ -213,8 +224,8 @@ def check_run_consistency(run_dir, resolved: dict, products: dict | None) -> Non
                                 "rule model_config; " + _RERUN)
     if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
         raise CatalogueError(record_path, "config", "not a model config record", _RERUN)
-    plain = without_speed_keys(json.loads(json.dumps(dict(resolved), default=str)))
-    recorded = without_speed_keys(record["config"])
+    plain = _without(json.loads(json.dumps(dict(resolved), default=str)), ignore)
+    recorded = _without(record["config"], ignore)
     differ = [k for k in MODEL_CONFIG_SECTIONS if recorded.get(k) != plain.get(k)]
     if differ:
         raise CatalogueError(record_path, differ[0], f"the model was trained with another "
@@ -236,7 +247,7 @@ def check_run_consistency(run_dir, resolved: dict, products: dict | None) -> Non
                              "rewrite the record: snakemake --cores N --configfile ... "
                              "--forcerun resolved_config")
     edited = [k for k in POSTERIOR_CONFIG_SECTIONS
-              if section_digest(resolved, k) != products[_section_key(k)]]
+              if section_digest(resolved, k, ignore) != products[_section_key(k)]]
     if edited:
         raise CatalogueError(resolved_path, edited[0], f"section(s) {', '.join(edited)} "
                              "differ from the ones the calibration and the survey products "

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from ..io.tables import CatalogueError
+from ..sections import SPEED_ONLY_KEYS
 from ..settings import ConfigError, Settings, read_config_file
 from .common import log
 from .survey import survey_cubes, survey_posteriors
@@ -76,7 +77,7 @@ def _check_run(run_dir: Path) -> tuple[Path, Path]:
     # model, calibration and config must be one run's, and readable, before any work
     raw = read_config_file(run_dir / RESOLVED_CONFIG)
     check_run_consistency(run_dir, {k: v for k, v in raw.items() if k != PRODUCTS_KEY},
-                          raw.get(PRODUCTS_KEY))
+                          raw.get(PRODUCTS_KEY), ignore=SPEED_ONLY_KEYS)
     fix = ("rerun the rule that makes it (snakemake --cores N --configfile ... "
            "--forcerun train); the file is truncated or corrupt")
     check_keras_file(model, fix)

@@ -42,11 +42,12 @@ def resolved_config(*, config, out, run_dir=None):
     import yaml
 
     from ..io.artefacts import PRODUCTS_KEY, run_products
+    from ..sections import SPEED_ONLY_KEYS
 
     plain = json.loads(json.dumps(dict(config), default=str))
     plain.pop(PRODUCTS_KEY, None)
     if run_dir is not None:
-        plain[PRODUCTS_KEY] = run_products(run_dir, plain)
+        plain[PRODUCTS_KEY] = run_products(run_dir, plain, ignore=SPEED_ONLY_KEYS)
     text = ("# Resolved config of this run (config.yaml + --configfile overlays, schema "
             "defaults filled).\n# Written by rule resolved_config; read by `cmpipe infer "
             "--run-dir`. Do not edit.\n# 'products': SHA-256 of the model, its config record "

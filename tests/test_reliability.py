@@ -158,7 +158,7 @@ def test_load_run_config_rejects_a_duplicated_key(tmp_path):
         load_run_config(tmp_path)
 
 
-@pytest.mark.parametrize("text", ["2.0e-1", "2.0E-1", "2e-1", "2.0e-01", ".2e0"])
+@pytest.mark.parametrize("text", ["2e-1", "0.02e1", "0.02E+1", ".2e0", "2.0e-1"])
 def test_exponent_numbers_are_floats(text, tmp_path):
     """Issue 30: PyYAML (YAML 1.1) reads 1.0e7 as a string (it needs a dot and a signed
     exponent); the strict loader reads every such number as a float."""
@@ -178,7 +178,7 @@ SNAKEMAKE_CONFIG_CASES = {
     "inverted_tail": (yaml.safe_dump({"simulation": {"tail": {"log10_m_min": 15.4}}}),
                       "simulation.tail.log10_m_min (15.4) must be below"),
     "tail_weight": ("calibration:\n  tail_weight: 0.5\n", "[0, 0.3]"),
-    "exponent_string": ("calibration:\n  bandwidth: 2.0e-1\nrun: '..'\n",
+    "exponent_string": ("calibration:\n  bandwidth: 2e-1\nrun: '..'\n",
                         "run: '..' is not a safe run name"),
     "catalogue_missing": (yaml.safe_dump({"survey": {"source": "catalogue", "clusters":
                                                      "no/clusters.csv", "galaxies":
@@ -757,6 +757,18 @@ def test_speed_only_keys_rerun_nothing(tmp_path, tmp_path_factory):
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0 and "Nothing to be done" not in out
     assert "kde_gather" in out and "train" in out
+    # the DAG the config says: with the catalogue files present, survey.source: catalogue
+    # reruns survey_catalogue (with them missing the old code ran nothing for it: Snakemake
+    # keeps a job whose outputs exist when its input file is missing)
+    (wd / "data").mkdir()
+    for name in ("clusters", "galaxies"):
+        shutil.copy(wd / f"results/tiny/survey/{name}.ecsv", wd / f"data/{name}.ecsv")
+    (wd / "cat.yaml").write_text(yaml.safe_dump({"survey": {
+        "source": "catalogue", "clusters": "data/clusters.ecsv",
+        "galaxies": "data/galaxies.ecsv"}}))
+    proc = dry("cat.yaml")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "rule survey_catalogue:" in out, out[-3000:]
 
 
 def test_second_run_is_told_a_run_is_active_not_to_unlock(tmp_path):
@@ -784,3 +796,35 @@ def test_second_run_is_told_a_run_is_active_not_to_unlock(tmp_path):
     assert "--unlock" not in out and "Traceback" not in out, out
     assert list(locks.glob("*.lock")) and not (tmp_path / "results").exists()
     assert active_run(tmp_path) is None                       # that run is dead now
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("section,key,value", [("calibration", "distance_aware", False),
+                                               ("survey", "population_prior", {
+                                                   "log10_m_min": 14.5,
+                                                   "log10_m_max": None})])
+def test_infer_refuses_calibration_and_survey_edits_of_a_real_run(
+        section, key, value, tmp_path, tmp_path_factory, capsys):
+    """Issue 30, defect 3 on a real run: the tiny run's records pass as written (the
+    section digests survive the YAML round trip); an edit of the calibration or survey
+    section of config.resolved.yaml (distance_aware: false moved medians by up to +0.30 dex,
+    population_prior.log10_m_min: 14.5 pushed every population median to >= 14.5, exit 0)
+    is refused."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from test_survey_workflow import tiny_survey_run
+
+    _, ref = tiny_survey_run(tmp_path_factory)
+    run = tmp_path / "run"
+    for rel in ("model", "calibration"):
+        shutil.copytree(ref / rel, run / rel)
+    shutil.copy(ref / "config.resolved.yaml", run / "config.resolved.yaml")
+    _check(run)
+    raw = yaml.safe_load((run / "config.resolved.yaml").read_text())
+    assert raw[section][key] != value
+    raw[section][key] = value
+    (run / "config.resolved.yaml").write_text(yaml.safe_dump(raw))
+    out = tmp_path / "post.ecsv"
+    rc = main(["infer", "--run-dir", str(run), "--clusters", str(ref / "survey/clusters.ecsv"),
+               "--galaxies", str(ref / "survey/galaxies.ecsv"), "-o", str(out), "-q"])
+    err = _one_line(capsys.readouterr().err)
+    assert rc == 1 and "config.resolved.yaml" in err and section in err and not out.exists()

@@ -27,6 +27,8 @@ try:
     validate_workflow_config(
         config, Path(workflow.current_basedir).parent / "schemas" / "config.schema.yaml",
         files=_config_files(), overrides=workflow.config_settings.config)
+    if workflow.is_main_process:
+        check_output_dir(f"results/{config['run']}")
 except ConfigError as _err:
     logger.error(f"cmpipe: {_err}")
     sys.exit(1)
@@ -34,7 +36,6 @@ except ConfigError as _err:
 RESULTS = f"results/{config['run']}"
 
 if workflow.is_main_process:
-    check_output_dir(RESULTS)
     # After a crash (kill -9) the same command resumes: the dead run's lock is cleared here,
     # before Snakemake locks, only if no Snakemake process is alive in this directory
     # (cmpipe.runstate; a live run still locks others out).

@@ -28,6 +28,7 @@ from cmpipe.io.artefacts import (check_keras_file, check_run_consistency, file_d
 from cmpipe.io.survey import read_survey_clusters, read_survey_galaxies
 from cmpipe.io.tables import CatalogueError
 from cmpipe.runstate import clear_stale_locks, remove_orphaned_temps
+from cmpipe.sections import SPEED_ONLY_KEYS
 from cmpipe.settings import ConfigError, Settings, check_output_dir, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,6 +70,22 @@ CONFIG_CASES = {
                                      "galaxies": "config.yaml"}}, "survey.catalogue_volume"),
     "validation_fraction": ({"splits": {"validation_fraction": 0.9}}, "validation_fraction"),
     "misspelt_key": ({"mock": {"mag_r_limt": 17.0}}, "mock.mag_r_limt"),
+    # issue 30, defect 8: inverted ranges passed check-config
+    "tail_inverted": ({"simulation": {"tail": {"log10_m_min": 15.4, "log10_m_max": 15.0}}},
+                      "simulation.tail.log10_m_min"),
+    "synthetic_inverted": ({"simulation": {"synthetic": {"log10_m_min": 13.9,
+                                                         "log10_m_max": 13.5}}},
+                           "simulation.synthetic.log10_m_min"),
+    "survey_mass_range_inverted": ({"calibration": {"survey_mass_range": [15.1, 13.7]}},
+                                   "calibration.survey_mass_range"),
+    "population_prior_inverted": ({"survey": {"population_prior": {"log10_m_min": 15.0,
+                                                                   "log10_m_max": 14.0}}},
+                                  "survey.population_prior.log10_m_min"),
+    "mass_function_grid_inverted": ({"survey": {"mass_function": {"log10_m_lo": 15.0,
+                                                                  "log10_m_hi": 14.0}}},
+                                    "survey.mass_function.log10_m_lo"),
+    "saliency_bins_unsorted": ({"saliency": {"mass_bins": [14.0, 13.7, 14.5]}},
+                               "saliency.mass_bins"),
 }
 
 
@@ -98,6 +115,101 @@ def test_missing_or_malformed_config_file_is_one_line(content, what, tmp_path, c
     assert main(["check-config", str(path), "--schema", str(SCHEMA)]) == 1
     err = _one_line(capsys.readouterr().err)
     assert str(path) in err and what in err
+
+
+def test_check_config_names_the_file_that_sets_the_value(tmp_path, capsys):
+    """Issue 30: an error in an overlay named config.yaml; tail_weight: 0.5 gave "not valid
+    under any of the given schemas" without the allowed range."""
+    base = tmp_path / "config.yaml"
+    shutil.copy(ROOT / "config.yaml", base)
+    over = tmp_path / "over.yaml"
+    over.write_text("calibration:\n  tail_weight: 0.5\n")
+    assert main(["check-config", str(base), str(over), "--schema", str(SCHEMA)]) == 1
+    err = _one_line(capsys.readouterr().err)
+    assert err.startswith(f"cmpipe: {over}: calibration.tail_weight: 0.5"), err
+    assert "'auto'" in err and "[0, 0.3]" in err and "Fix" in err
+    # the same value in the base file: the base is named
+    base.write_text(base.read_text().replace("tail_weight: auto", "tail_weight: 0.5"))
+    assert "tail_weight: 0.5" in base.read_text()
+    over.write_text("seed: 3\n")
+    assert main(["check-config", str(base), str(over), "--schema", str(SCHEMA)]) == 1
+    err = _one_line(capsys.readouterr().err)
+    assert err.startswith(f"cmpipe: {base}: calibration.tail_weight"), err
+
+
+@pytest.mark.parametrize("text,line,key", [
+    ("run: tiny\nseed: 1\nrun: other\n", 3, "run"),
+    ("kde:\n  h0: 0.2\n  n_grid: 24\n  h0: 0.3\n", 4, "h0")])
+def test_duplicated_key_is_rejected_with_file_and_line(text, line, key, tmp_path, capsys):
+    """Issue 30, defect 8: a key given twice was accepted (the last won)."""
+    path = tmp_path / "dup.yaml"
+    path.write_text(text)
+    assert main(["check-config", str(ROOT / "config.yaml"), str(path), "--schema",
+                 str(SCHEMA)]) == 1
+    err = _one_line(capsys.readouterr().err)
+    assert f"{path}, line {line}: duplicated key '{key}'" in err and "Fix" in err
+
+
+def test_load_run_config_rejects_a_duplicated_key(tmp_path):
+    from cmpipe.stages.infer import load_run_config
+
+    (tmp_path / "config.resolved.yaml").write_text("run: a\nwindow: {}\nrun: b\n")
+    with pytest.raises(ConfigError, match=r"line 3: duplicated key 'run'"):
+        load_run_config(tmp_path)
+
+
+@pytest.mark.parametrize("text", ["2e-1", "0.02e1", "0.02E+1", ".2e0", "2.0e-1"])
+def test_exponent_numbers_are_floats(text, tmp_path):
+    """Issue 30: PyYAML (YAML 1.1) reads 1.0e7 as a string (it needs a dot and a signed
+    exponent); the strict loader reads every such number as a float."""
+    from cmpipe.settings import strict_yaml_load
+
+    assert strict_yaml_load(f"x: {text}") == {"x": pytest.approx(0.2)}
+    assert strict_yaml_load("x: 1.0e+7\ny: 1.0e7\nz: '1.0e7'") == {"x": 1e7, "y": 1e7,
+                                                                    "z": "1.0e7"}
+    over = tmp_path / "o.yaml"
+    over.write_text(f"calibration:\n  bandwidth: {text}\n")
+    cfg = load_config(ROOT / "config.yaml", SCHEMA, overlays=[over])
+    assert cfg["calibration"]["bandwidth"] == pytest.approx(0.2)
+
+
+SNAKEMAKE_CONFIG_CASES = {
+    "duplicated_key": ("run: tiny\nrun: other\n", "line 2: duplicated key 'run'"),
+    "inverted_tail": (yaml.safe_dump({"simulation": {"tail": {"log10_m_min": 15.4}}}),
+                      "simulation.tail.log10_m_min (15.4) must be below"),
+    "tail_weight": ("calibration:\n  tail_weight: 0.5\n", "[0, 0.3]"),
+    "exponent_string": ("calibration:\n  bandwidth: 2e-1\nrun: '..'\n",
+                        "run: '..' is not a safe run name"),
+    "catalogue_missing": (yaml.safe_dump({"survey": {"source": "catalogue", "clusters":
+                                                     "no/clusters.csv", "galaxies":
+                                                     "config.yaml"}}),
+                          "survey.clusters: 'no/clusters.csv' does not exist"),
+    "mdpl2_missing": (yaml.safe_dump({"simulation": {"source": "mdpl2", "mdpl2": {
+        "halo_file": "config.yaml", "galaxy_file": "no/galaxies.h5"}}}),
+        "simulation.mdpl2.galaxy_file: 'no/galaxies.h5' does not exist"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SNAKEMAKE_CONFIG_CASES))
+def test_snakemake_config_error_is_one_line_naming_the_file(case, tmp_path):
+    """Issue 30: Snakemake-side config errors named no file and printed two stack frames;
+    a duplicated key, an inverted range and missing input files went on (a missing
+    catalogue even exited 0 with the previous source's products: Snakemake runs nothing
+    for a job whose outputs exist when its input file is missing). Each now stops at parse
+    time, before any job, with one line naming the file, the key and the fix."""
+    text, expect = SNAKEMAKE_CONFIG_CASES[case]
+    shutil.copy(ROOT / "config.yaml", tmp_path / "config.yaml")
+    (tmp_path / "bad.yaml").write_text(text)
+    proc = subprocess.run([SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), "--directory",
+                           str(tmp_path), "--cores", "1", "--configfile", "bad.yaml"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    lines = [ln for ln in out.splitlines() if ln.startswith("cmpipe:")]
+    assert len(lines) == 1, out
+    assert "bad.yaml" in lines[0] and expect in lines[0] and "Fix" in lines[0], out
+    assert "Traceback" not in out and 'File "' not in out, out
+    assert not (tmp_path / "results").exists()
 
 
 def test_semantic_checks_run_before_the_first_job(tmp_path):
@@ -353,20 +465,23 @@ def _fake_run(tmp_path):
 def _check(run):
     raw = yaml.safe_load((run / "config.resolved.yaml").read_text())
     products = raw.pop("products", None)
-    check_run_consistency(run, raw, products)
+    check_run_consistency(run, raw, products, ignore=SPEED_ONLY_KEYS)
 
 
 def test_consistent_run_directory_passes(tmp_path):
     run, raw = _fake_run(tmp_path)
     _check(run)
     assert set(raw["products"]) == {"model/config.json", "model/cnn3d.keras",
-                                    "model/normalisation.json", "calibration/joint_pdf.h5"}
+                                    "model/normalisation.json", "calibration/joint_pdf.h5",
+                                    "config.resolved.yaml#calibration",
+                                    "config.resolved.yaml#survey"}
 
 
 @pytest.mark.parametrize("change,culprit", [
     ("window", "model/config.json"), ("kde", "model/config.json"),
     ("model", "model/cnn3d.keras"), ("calibration", "calibration/joint_pdf.h5"),
-    ("no_record", "model/config.json"), ("no_products", "config.resolved.yaml")])
+    ("no_record", "model/config.json"), ("no_products", "config.resolved.yaml"),
+    ("distance_aware", "config.resolved.yaml"), ("population_prior", "config.resolved.yaml")])
 def test_inconsistent_run_directory_is_refused(change, culprit, tmp_path):
     """Defect 2: the config, the model and the calibration must be one run's."""
     run, raw = _fake_run(tmp_path)
@@ -378,6 +493,12 @@ def test_inconsistent_run_directory_is_refused(change, culprit, tmp_path):
         (run / "model/cnn3d.keras").write_bytes(b"PK other model")
     elif change == "calibration":
         (run / "calibration/joint_pdf.h5").write_bytes(b"another calibration")
+    elif change == "distance_aware":        # issue 30: moved medians by up to +0.30 dex
+        raw["calibration"]["distance_aware"] = False
+        (run / "config.resolved.yaml").write_text(yaml.safe_dump(raw))
+    elif change == "population_prior":      # issue 30: every population median >= 14.5
+        raw["survey"]["population_prior"]["log10_m_min"] = 14.5
+        (run / "config.resolved.yaml").write_text(yaml.safe_dump(raw))
     elif change == "no_record":
         (run / "model/config.json").unlink()
     else:
@@ -389,6 +510,8 @@ def test_inconsistent_run_directory_is_refused(change, culprit, tmp_path):
     assert str(run / culprit) in msg and "Fix" in msg
     if change in ("window", "kde"):
         assert change in msg
+    if change in ("distance_aware", "population_prior"):
+        assert {"distance_aware": "calibration", "population_prior": "survey"}[change] in msg
 
 
 def _fake_flow_run(tmp_path):
@@ -482,6 +605,21 @@ def test_orphaned_temps_of_dead_processes_are_removed(tmp_path):
     product.write_bytes(b"z")
     removed = remove_orphaned_temps(tmp_path / "results")
     assert removed == [dead] and not dead.exists() and live.exists() and product.exists()
+
+
+def test_orphaned_keras_temp_is_removed(tmp_path):
+    """Issue 30: Keras's temp .cnn3d.tmp-PID.keras (cmpipe.io.training.save_model) escaped
+    the cleanup."""
+    d = tmp_path / "results/tiny/model"
+    d.mkdir(parents=True)
+    dead = d / f".cnn3d.tmp-{_dead_pid()}.keras"
+    dead.write_bytes(b"PK" * 100)
+    live = d / f".cnn3d.tmp-{os.getpid()}.keras"
+    live.write_bytes(b"PK")
+    other = d / f".cnn3d.tmp-{_dead_pid()}.keras.bak"      # not a temp of ours
+    other.write_bytes(b"x")
+    assert remove_orphaned_temps(tmp_path / "results") == [dead]
+    assert live.exists() and other.exists()
 
 
 def _fake_snakemake(workdir):
@@ -615,3 +753,136 @@ def test_infer_checks_a_real_run_directory(tmp_path, tmp_path_factory, capsys):
                "--galaxies", str(ref / "survey/galaxies.ecsv"), "-o", str(out), "-q"])
     err = _one_line(capsys.readouterr().err)
     assert rc == 1 and "model/config.json" in err and "window" in err and not out.exists()
+
+
+# ------------------------------------------------------------- speed-only config keys
+
+SPEED_OVERLAY = {"kde": {"shard_size": 7, "batch_size": 3}, "train": {"in_memory_max_mb": 1},
+                 "flow": {"max_memory_mb": 1}, "mock": {"halo_batch_size": 17}}
+
+
+def test_speed_only_keys_are_one_list_named_in_the_schema():
+    schema = yaml.safe_load(SCHEMA.read_text())
+    assert {s: set(k) for s, k in SPEED_ONLY_KEYS.items()} == {
+        s: set(k) for s, k in SPEED_OVERLAY.items()}
+    for section, keys in SPEED_ONLY_KEYS.items():
+        for key in keys:
+            text = " ".join(schema["properties"][section]["properties"][key]["description"]
+                            .split())
+            assert "Speed only (cmpipe.sections.SPEED_ONLY_KEYS)" in text, (section, key)
+
+
+def test_speed_only_keys_leave_the_run_consistent(tmp_path):
+    """A rerun after a speed-only change rewrites config.resolved.yaml with the new values
+    while model/config.json keeps the old ones: infer must still accept the run."""
+    run, raw = _fake_run(tmp_path)
+    for section, values in SPEED_OVERLAY.items():
+        raw[section].update(values)
+    from cmpipe.stages import resolved_config
+
+    raw.pop("products")
+    resolved_config(config=raw, out=run / "config.resolved.yaml", run_dir=run)
+    _check(run)
+
+
+@pytest.mark.slow
+def test_speed_only_keys_rerun_nothing(tmp_path, tmp_path_factory):
+    """A finished tiny run, then only speed-only keys changed: Snakemake's dry run lists no
+    job (the old code reran 33-57 jobs: the keys were in the rules' params and kde_gather's
+    shard list). A product-changing key (kde.h0) still reruns the cubes: the check can
+    fail."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from test_survey_workflow import SURVEY_TARGETS, tiny_survey_run
+
+    ref_wd, _ = tiny_survey_run(tmp_path_factory)
+    wd = _copy_run(ref_wd, tmp_path / "wd")
+    (wd / "speed.yaml").write_text(yaml.safe_dump(SPEED_OVERLAY))
+    (wd / "h0.yaml").write_text(yaml.safe_dump({"kde": {"h0": 0.2}}))
+    targets = [f"results/tiny/{t}" for t in SURVEY_TARGETS]
+
+    def dry(*overlays):
+        return subprocess.run([SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), "--directory",
+                               str(wd), "--cores", "2", "-n", *targets, "--configfile",
+                               "configs/tiny.yaml", *overlays], capture_output=True,
+                              text=True, cwd=wd, timeout=600)
+
+    for overlays in ((), ("speed.yaml",)):
+        proc = dry(*overlays)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 0, out[-3000:]
+        assert "Nothing to be done" in out, (overlays, out[-3000:])
+    proc = dry("h0.yaml")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "Nothing to be done" not in out
+    assert "kde_gather" in out and "train" in out
+    # the DAG the config says: with the catalogue files present, survey.source: catalogue
+    # reruns survey_catalogue (with them missing the old code ran nothing for it: Snakemake
+    # keeps a job whose outputs exist when its input file is missing)
+    (wd / "data").mkdir()
+    for name in ("clusters", "galaxies"):
+        shutil.copy(wd / f"results/tiny/survey/{name}.ecsv", wd / f"data/{name}.ecsv")
+    (wd / "cat.yaml").write_text(yaml.safe_dump({"survey": {
+        "source": "catalogue", "clusters": "data/clusters.ecsv",
+        "galaxies": "data/galaxies.ecsv"}}))
+    proc = dry("cat.yaml")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "rule survey_catalogue:" in out, out[-3000:]
+
+
+def test_second_run_is_told_a_run_is_active_not_to_unlock(tmp_path):
+    """Issue 30: a second run in a busy directory was told to use --unlock, which would
+    break the live run; it now names the live run's PID and says to wait or stop it."""
+    from cmpipe.runstate import active_run
+
+    shutil.copy(ROOT / "config.yaml", tmp_path / "config.yaml")
+    locks = tmp_path / ".snakemake/locks"
+    locks.mkdir(parents=True)
+    (locks / "0.output.lock").write_text("results/demo/model/cnn3d.keras\n")
+    proc = _fake_snakemake(tmp_path)
+    try:
+        time.sleep(0.3)
+        assert active_run(tmp_path) == proc.pid
+        run = subprocess.run([SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), "--directory",
+                              str(tmp_path), "--cores", "1"], capture_output=True, text=True,
+                             cwd=tmp_path, timeout=300)
+    finally:
+        proc.kill()
+        proc.wait()
+    out = run.stdout + run.stderr
+    assert run.returncode == 1, out
+    assert f"a run (Snakemake, PID {proc.pid}) is active in" in out, out
+    assert "--unlock" not in out and "Traceback" not in out, out
+    assert list(locks.glob("*.lock")) and not (tmp_path / "results").exists()
+    assert active_run(tmp_path) is None                       # that run is dead now
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("section,key,value", [("calibration", "distance_aware", False),
+                                               ("survey", "population_prior", {
+                                                   "log10_m_min": 14.5,
+                                                   "log10_m_max": None})])
+def test_infer_refuses_calibration_and_survey_edits_of_a_real_run(
+        section, key, value, tmp_path, tmp_path_factory, capsys):
+    """Issue 30, defect 3 on a real run: the tiny run's records pass as written (the
+    section digests survive the YAML round trip); an edit of the calibration or survey
+    section of config.resolved.yaml (distance_aware: false moved medians by up to +0.30 dex,
+    population_prior.log10_m_min: 14.5 pushed every population median to >= 14.5, exit 0)
+    is refused."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from test_survey_workflow import tiny_survey_run
+
+    _, ref = tiny_survey_run(tmp_path_factory)
+    run = tmp_path / "run"
+    for rel in ("model", "calibration"):
+        shutil.copytree(ref / rel, run / rel)
+    shutil.copy(ref / "config.resolved.yaml", run / "config.resolved.yaml")
+    _check(run)
+    raw = yaml.safe_load((run / "config.resolved.yaml").read_text())
+    assert raw[section][key] != value
+    raw[section][key] = value
+    (run / "config.resolved.yaml").write_text(yaml.safe_dump(raw))
+    out = tmp_path / "post.ecsv"
+    rc = main(["infer", "--run-dir", str(run), "--clusters", str(ref / "survey/clusters.ecsv"),
+               "--galaxies", str(ref / "survey/galaxies.ecsv"), "-o", str(out), "-q"])
+    err = _one_line(capsys.readouterr().err)
+    assert rc == 1 and "config.resolved.yaml" in err and section in err and not out.exists()

@@ -28,12 +28,13 @@ import socket
 from pathlib import Path
 
 __all__ = ["clear_stale_locks", "record_lock_owner", "remove_orphaned_temps",
-           "live_snakemake_pids", "TEMP_PATTERN"]
+           "live_snakemake_pids", "active_run", "TEMP_PATTERN"]
 
 log = logging.getLogger(__name__)
 
-#: Names of the temporary files of cmpipe's atomic writers: ``.NAME.tmp-PID``.
-TEMP_PATTERN = re.compile(r"^\..+\.tmp-(\d+)$")
+#: Names of the temporary files of cmpipe's atomic writers: ``.NAME.tmp-PID`` and Keras's
+#: ``.NAME.tmp-PID.keras`` (:func:`cmpipe.io.training.save_model`: Keras needs the suffix).
+TEMP_PATTERN = re.compile(r"^\..+\.tmp-(\d+)(?:\.keras)?$")
 _OWNER = "cmpipe-owner.json"
 
 
@@ -138,6 +139,32 @@ def record_lock_owner(workdir=".") -> None:
     tmp = locks / f".{_OWNER}.tmp-{os.getpid()}"
     tmp.write_text(json.dumps(rec))
     os.replace(tmp, locks / _OWNER)
+
+
+def active_run(workdir=".") -> int | None:
+    """The PID of a live Snakemake run holding the locks of ``workdir``, else None.
+
+    The locks are held by a live run when lock files exist and their recorded owner
+    (:func:`record_lock_owner`) is alive on this machine, or another Snakemake process is
+    alive in ``workdir``. Such a run must not be unlocked (``--unlock`` would let two runs
+    write the same files): the workflow tells a second run to wait or to stop it.
+    """
+    locks = _locks_dir(workdir)
+    if not (locks.is_dir() and any(locks.glob("*.lock"))):
+        return None
+    try:
+        owner = json.loads((locks / _OWNER).read_text())
+    except (OSError, ValueError):
+        owner = None
+    if (owner is not None and owner.get("host") == socket.gethostname()
+            and int(owner.get("pid", -1)) != os.getpid()
+            and _pid_alive(int(owner.get("pid", -1)), owner.get("create_time"))):
+        return int(owner["pid"])
+    try:
+        mine, _ = live_snakemake_pids(workdir)
+    except ImportError:                      # pragma: no cover - psutil comes with snakemake
+        return None
+    return mine[0] if mine else None
 
 
 def clear_stale_locks(workdir=".") -> list[Path]:

@@ -27,6 +27,8 @@ from pathlib import Path
 
 __all__ = [
     "CONFIG_SCHEMA",
+    "SPEED_ONLY_KEYS",
+    "without_speed_keys",
     "DEFAULT_LAYERS",
     "LAYER_KINDS",
     "LayerSpecError",
@@ -42,6 +44,28 @@ __all__ = [
 #: The config's JSON schema (package data, so an installed cmpipe finds it): read by the
 #: workflow (``workflow/rules/common.smk``), ``cmpipe check-config`` and ``cmpipe infer``.
 CONFIG_SCHEMA = Path(__file__).resolve().parent / "data" / "config.schema.yaml"
+
+
+#: Config keys that change how fast (or in how much memory) a product is made, never the
+#: product: section -> keys. They are left out of every product's identity (the rules'
+#: params, :func:`cmpipe.cnn.checkpoint.fingerprint`, the sections ``cmpipe infer``
+#: compares), so changing one reruns nothing. The schema's descriptions say "speed only".
+SPEED_ONLY_KEYS: dict[str, tuple[str, ...]] = {
+    "mock": ("halo_batch_size",),
+    "kde": ("shard_size", "batch_size"),
+    "train": ("in_memory_max_mb",),
+    "flow": ("max_memory_mb",),
+}
+
+
+def without_speed_keys(config: Mapping, section: str | None = None):
+    """A copy of ``config`` (a whole config, or its ``section``) without
+    :data:`SPEED_ONLY_KEYS`: what identifies the products it makes."""
+    if section is not None:
+        drop = SPEED_ONLY_KEYS.get(section, ())
+        return {k: v for k, v in config.items() if k not in drop}
+    return {k: (without_speed_keys(v, k) if isinstance(v, Mapping) else v)
+            for k, v in config.items()}
 
 
 def _freeze(value):

@@ -10,7 +10,7 @@ rule ablation_inputs:
         **{s: res(f"ablation/{{dim}}/inputs/{s}.h5") for s in SPLITS},
     params:
         ablation=ablation_params(),
-        kde=config["kde"],
+        kde=product_params("kde"),
         window=config["window"],
     wildcard_constraints:
         dim="1d|2d",
@@ -35,7 +35,7 @@ rule ablation_train:
         history=res("ablation/{dim}/{seeddir}model/history.csv"),
         normalisation=res("ablation/{dim}/{seeddir}model/normalisation.json"),
     params:
-        train=config["train"],
+        train=product_params("train"),
         # the CNN3D's seeds (and the cube-only CNN3D) train as rule train does: the ablation
         # section does not apply
         ablation=lambda wildcards: {} if wildcards.dim.startswith("3d") else ablation_params(),
@@ -140,7 +140,7 @@ rule perturbed_eval:
         predictions=res("robustness/predictions.h5"),
     params:
         robustness=config["robustness"],
-        kde=config["kde"],
+        kde=product_params("kde"),
         calibration=config["calibration"],
     log:
         res("logs/robustness/perturbed_eval.log"),
@@ -196,8 +196,8 @@ rule misspecification:
     params:
         robustness=config["robustness"],
         nuisance=config["nuisance"],
-        mock=config["mock"],
-        kde=config["kde"],
+        mock=product_params("mock"),
+        kde=product_params("kde"),
         calibration=config["calibration"],
     log:
         res("logs/robustness/misspecification.log"),

@@ -1,30 +1,59 @@
 # Shared helpers: config validation, output paths, final targets.
+import sys
 from pathlib import Path
 
 from snakemake.logging import logger
 
-from cmpipe.runstate import clear_stale_locks, record_lock_owner, remove_orphaned_temps
-from cmpipe.settings import check_output_dir, prepend_pythonpath, validate_config
+from cmpipe.sections import without_speed_keys
+from cmpipe.runstate import (active_run, clear_stale_locks, record_lock_owner,
+                             remove_orphaned_temps)
+from cmpipe.settings import (ConfigError, check_output_dir, prepend_pythonpath,
+                             validate_workflow_config)
 
 # Jobs run in envs/*.yaml (--sdm conda) find the cmpipe package of this checkout.
 prepend_pythonpath(Path(workflow.basedir) / "src")
 
 
-# Schema, then semantic checks (split fractions, layer specs, cross-key constraints, a safe
-# run name) and a writable output directory: all before the first job.
-# The schema is package data (cmpipe.sections.CONFIG_SCHEMA); this checkout's own copy.
-validate_config(config, Path(workflow.basedir) / "src" / "cmpipe" / "data" / "config.schema.yaml")
+# The config files re-read strictly (duplicated keys, 1.0e7 a number), the schema, the
+# semantic checks (split fractions, layer specs, ranges, cross-key constraints, a safe run
+# name), the input files of the chosen sources and a writable output directory: all
+# before the first job. A bad config is one line naming the file and the key, exit 1.
+def _config_files():
+    cli = [str(f) for f in workflow.config_settings.configfiles]
+    return [str(f) for f in workflow.configfiles if str(f) not in cli] + cli
+
+
+try:
+    validate_workflow_config(
+        # the schema is package data (cmpipe.sections.CONFIG_SCHEMA): this checkout's copy
+        config, Path(workflow.basedir) / "src" / "cmpipe" / "data" / "config.schema.yaml",
+        files=_config_files(), overrides=workflow.config_settings.config)
+    if workflow.is_main_process:
+        check_output_dir(f"results/{config['run']}")
+except ConfigError as _err:
+    logger.error(f"cmpipe: {_err}")
+    sys.exit(1)
 
 RESULTS = f"results/{config['run']}"
 
 if workflow.is_main_process:
-    check_output_dir(RESULTS)
     # After a crash (kill -9) the same command resumes: the dead run's lock is cleared here,
     # before Snakemake locks, only if no Snakemake process is alive in this directory
     # (cmpipe.runstate; a live run still locks others out).
     for _f in clear_stale_locks(".")[:1]:
         logger.warning(f"cmpipe: removed stale Snakemake locks in {_f.parent} (the run that "
                        "held them is dead); resuming")
+    # A live run holds the lock: say so (Snakemake's own message suggests --unlock, which
+    # would let two runs write the same files). Dry runs and lock-free commands go on.
+    _NO_LOCK = {"-n", "--dry-run", "--dryrun", "--unlock", "--nolock", "--list", "-l",
+                "--summary", "-S", "--detailed-summary", "-D", "--lint", "--dag",
+                "--rulegraph", "--filegraph", "--list-target-rules", "--lt"}
+    _pid = None if _NO_LOCK & set(sys.argv[1:]) else active_run(".")
+    if _pid is not None:
+        logger.error(f"cmpipe: a run (Snakemake, PID {_pid}) is active in {Path.cwd()}. "
+                     "Fix: wait for it to finish, or stop it (kill " + str(_pid) + ") and "
+                     "rerun this command, which resumes it")
+        sys.exit(1)
 
 
 onstart:
@@ -48,6 +77,12 @@ def nuisance_params():
 
     nu = config["nuisance"]
     return {"nuisance": nu} if is_active(NuisanceSettings.from_dict(nu)) else {}
+
+
+def product_params(section):
+    """A config section as a rule's params (its rerun triggers), without the speed-only
+    keys of cmpipe.sections.SPEED_ONLY_KEYS (a faster setting reruns nothing)."""
+    return without_speed_keys(config[section], section)
 
 
 def survey_params(*keys):
@@ -80,13 +115,23 @@ wildcard_constraints:
     shard=r"\d{4}",
 
 
+def shard_size_of(split):
+    """The KDE shard size of a split: the one its gathered cubes were made with, if any."""
+    from cmpipe.stages import gathered_shard_size
+
+    return gathered_shard_size(res(f"cubes/{split}.h5"), config["kde"]["shard_size"])
+
+
 def kde_shard_files(wildcards):
-    """Shard files of one split; their number follows from the split checkpoint."""
+    """Shard files of one split; their number follows from the split checkpoint and the
+    shard size. kde.shard_size is speed-only: the shard size recorded in an existing
+    gathered file is kept, so a new shard size changes no input set (Snakemake's input
+    rerun trigger) and reruns nothing; it applies when the cubes are made anew."""
     from cmpipe.stages import n_shards, split_counts
 
     clusters = checkpoints.split.get().output.clusters
     n = split_counts(clusters)[wildcards.split]
-    k = n_shards(n, config["kde"]["shard_size"])
+    k = n_shards(n, shard_size_of(wildcards.split))
     return [res(f"cubes/{wildcards.split}/shard-{i:04d}.h5") for i in range(k)]
 
 

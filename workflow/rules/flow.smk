@@ -11,7 +11,7 @@ rule flow_images:
         images=res("flow/images/{split}.h5"),
     params:
         n_grid=config["flow"]["n_grid"],
-        kde=config["kde"],
+        kde=product_params("kde"),
         window=config["window"],
     log:
         res("logs/flow/images-{split}.log"),
@@ -33,7 +33,7 @@ rule flow_survey_images:
         images=res("flow/images/survey.h5"),
     params:
         n_grid=config["flow"]["n_grid"],
-        kde=config["kde"],
+        kde=product_params("kde"),
         window=config["window"],
     log:
         res("logs/flow/images-survey.log"),
@@ -57,7 +57,7 @@ rule flow_train:
         meta=res("flow/model/flow.json"),
         history=res("flow/model/history.csv"),
     params:
-        flow=config["flow"],
+        flow=product_params("flow"),
         seed=config["seed"],
     log:
         res("logs/flow/train.log"),

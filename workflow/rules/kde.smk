@@ -12,7 +12,8 @@ rule kde_shard:
         res("benchmarks/kde/{split}-{shard}.tsv")
     params:
         shard=lambda wildcards: int(wildcards.shard),
-        kde=config["kde"],
+        shard_size=lambda wildcards: shard_size_of(wildcards.split),
+        kde=product_params("kde"),
         window=config["window"],
     threads: 2
     resources:

@@ -73,7 +73,7 @@ rule flux_limit:
     output:
         fluxlimited=res("mock/fluxlimited.h5"),
     params:
-        mock=config["mock"],
+        mock=product_params("mock"),
         survey_depth=(config["survey"]["source"], config["survey"]["synthetic"]["radius_mpc_h"],
                       config["survey"]["catalogue_volume"]["z_max"]),
         cosmology=config["cosmology"],

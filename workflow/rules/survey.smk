@@ -37,7 +37,7 @@ rule resolved_config:
     output:
         config=res("config.resolved.yaml"),
     params:
-        config=config,
+        config=without_speed_keys(config),
     log:
         res("logs/resolved_config.log"),
     resources:
@@ -88,7 +88,7 @@ rule survey_cubes:
     params:
         survey=survey_params("min_galaxies", "pair_by_cluster_id", "angle_unit"),
         window=config["window"],
-        kde=config["kde"],
+        kde=product_params("kde"),
         cosmology=config["cosmology"],
         min_galaxies=config["mock"]["min_galaxies"],
     log:

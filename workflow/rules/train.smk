@@ -10,7 +10,7 @@ rule train:
         history=res("model/history.csv"),
         normalisation=res("model/normalisation.json"),
     params:
-        train=config["train"],
+        train=product_params("train"),
         seed=config["seed"],
     log:
         res("logs/train.log"),

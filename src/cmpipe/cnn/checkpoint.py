@@ -30,6 +30,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import keras  # noqa: E402
 
+from ..sections import SPEED_ONLY_KEYS  # noqa: E402
 from ..io.training import (CHECKPOINT_FORMAT, read_checkpoint,  # noqa: E402
                           write_checkpoint, write_history)
 
@@ -59,9 +60,10 @@ def assign_variables(variables, arrays, what: str) -> None:
 
 def _fingerprint_settings(settings) -> dict:
     d = settings.to_dict()
-    # more epochs may continue a run; output and the memory budget do not change results
-    for k in ("epochs", "verbose", "in_memory_max_mb"):
-        d.pop(k)
+    # more epochs may continue a run; output and the speed-only keys (the memory budget)
+    # do not change results
+    for k in ("epochs", "verbose", *SPEED_ONLY_KEYS["train"]):
+        d.pop(k, None)
     return d
 
 

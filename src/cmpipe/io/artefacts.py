@@ -9,8 +9,14 @@ resolved config (``config.resolved.yaml``). Two records tie them together:
     SHA-256 of the model files.
 ``config.resolved.yaml`` (rule ``resolved_config``, written last, after the calibration)
     The whole config and, under ``products``, the SHA-256 of ``model/config.json``, the
-    model files and the calibration it describes, and of the neural flow's model and its
-    calibration (:data:`FLOW_PRODUCTS`) where the run has them.
+    model files and the calibration it describes, of the neural flow's model and its
+    calibration (:data:`FLOW_PRODUCTS`) where the run has them, and of its own sections
+    that shape a posterior after the model (:data:`POSTERIOR_CONFIG_SECTIONS`: the
+    calibration and the survey), so an edit of those sections is detected too.
+
+Speed-only keys (:data:`cmpipe.sections.SPEED_ONLY_KEYS`, passed as ``ignore`` by the
+stages: ``io`` imports nothing above it) are no part of either record's comparison: they
+change no product.
 
 :func:`check_run_consistency` (``cmpipe infer``) refuses a run directory whose model,
 calibration and config disagree, naming the files.
@@ -25,6 +31,8 @@ from .tables import CatalogueError, atomic_output
 
 __all__ = [
     "MODEL_CONFIG_SECTIONS",
+    "POSTERIOR_CONFIG_SECTIONS",
+    "section_digest",
     "MODEL_CONFIG_FILE",
     "PRODUCTS_KEY",
     "FLOW_PRODUCTS",
@@ -41,6 +49,10 @@ __all__ = [
 #: Config sections that shape the trained model (its cubes, their clusters and training).
 MODEL_CONFIG_SECTIONS = ("simulation", "selection", "sightlines", "window", "mock", "splits",
                          "kde", "train", "seed", "cosmology")
+#: Config sections that shape the posteriors after the model (the SBI calibration, the
+#: survey's prior and selection): their digests are recorded in ``config.resolved.yaml``'s
+#: ``products`` under ``config.resolved.yaml#SECTION``.
+POSTERIOR_CONFIG_SECTIONS = ("calibration", "survey")
 #: The model's config record, relative to the run directory.
 MODEL_CONFIG_FILE = "model/config.json"
 #: Top-level key of ``config.resolved.yaml`` holding the digests of the products it
@@ -63,6 +75,24 @@ def file_digest(path, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: f.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def _without(config: dict, ignore) -> dict:
+    """``config`` without the keys ``ignore`` names (section -> keys)."""
+    ignore = ignore or {}
+    return {k: ({kk: vv for kk, vv in v.items() if kk not in ignore.get(k, ())}
+                if isinstance(v, dict) else v) for k, v in config.items()}
+
+
+def section_digest(config: dict, section: str, ignore=None) -> str:
+    """SHA-256 (hex) of one config section as canonical JSON, without the keys ``ignore``
+    names (section -> keys: :data:`cmpipe.sections.SPEED_ONLY_KEYS`)."""
+    plain = _without(json.loads(json.dumps(dict(config), default=str)), ignore).get(section)
+    return hashlib.sha256(json.dumps(plain, sort_keys=True).encode()).hexdigest()
+
+
+def _section_key(section: str) -> str:
+    return f"config.resolved.yaml#{section}"
 
 
 def _missing(path, fix):
@@ -153,12 +183,18 @@ def write_model_config(config: dict, model_dir, out) -> dict:
     return rec
 
 
-def run_products(run_dir) -> dict:
-    """SHA-256 of the run-directory files ``config.resolved.yaml`` describes: the CNN3D's
-    model, its config record and calibration, and the flow's files that exist."""
+def run_products(run_dir, config: dict | None = None, ignore=None) -> dict:
+    """SHA-256 of the run-directory files ``config.resolved.yaml`` describes (the CNN3D's
+    model, its config record and calibration, and the flow's files that exist) and, given
+    the ``config``, of its :data:`POSTERIOR_CONFIG_SECTIONS` (without the keys ``ignore``
+    names, see :func:`section_digest`)."""
     run_dir = Path(run_dir)
     rels = [*_RUN_PRODUCTS, *(r for r in FLOW_PRODUCTS if (run_dir / r).exists())]
-    return {rel: file_digest(run_dir / rel) for rel in rels}
+    out = {rel: file_digest(run_dir / rel) for rel in rels}
+    if config is not None:
+        out.update({_section_key(k): section_digest(config, k, ignore)
+                    for k in POSTERIOR_CONFIG_SECTIONS})
+    return out
 
 
 _RERUN = ("rerun the workflow with the config this run directory was made with "
@@ -167,7 +203,7 @@ _RERUN = ("rerun the workflow with the config this run directory was made with "
 
 
 def check_run_consistency(run_dir, resolved: dict, products: dict | None,
-                          required=()) -> None:
+                          required=(), ignore=None) -> None:
     """Refuse a run directory whose model, calibration and config disagree.
 
     Parameters
@@ -182,6 +218,9 @@ def check_run_consistency(run_dir, resolved: dict, products: dict | None,
         Run-directory files (relative paths) the caller will read, which must have a
         recorded digest (e.g. the flow's :data:`FLOW_PRODUCTS` for ``cmpipe infer
         --estimator flow``). Every recorded file that exists is checked either way.
+    ignore : mapping, optional
+        Keys left out of every comparison (section -> keys: the speed-only keys,
+        :data:`cmpipe.sections.SPEED_ONLY_KEYS`).
 
     Raises
     ------
@@ -197,8 +236,9 @@ def check_run_consistency(run_dir, resolved: dict, products: dict | None,
                                 "rule model_config; " + _RERUN)
     if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
         raise CatalogueError(record_path, "config", "not a model config record", _RERUN)
-    plain = json.loads(json.dumps(dict(resolved), default=str))
-    differ = [k for k in MODEL_CONFIG_SECTIONS if record["config"].get(k) != plain.get(k)]
+    plain = _without(json.loads(json.dumps(dict(resolved), default=str)), ignore)
+    recorded = _without(record["config"], ignore)
+    differ = [k for k in MODEL_CONFIG_SECTIONS if recorded.get(k) != plain.get(k)]
     if differ:
         raise CatalogueError(record_path, differ[0], f"the model was trained with another "
                              f"config than {resolved_path} describes (sections differ: "
@@ -217,7 +257,21 @@ def check_run_consistency(run_dir, resolved: dict, products: dict | None,
             raise CatalogueError(resolved_path, PRODUCTS_KEY, f"no record of {rel} (the run "
                                  "was recorded before cmpipe recorded it, or without it)",
                                  _RERUN)
+    lacking = [k for k in POSTERIOR_CONFIG_SECTIONS if _section_key(k) not in products]
+    if lacking:
+        raise CatalogueError(resolved_path, PRODUCTS_KEY, "no digest of its "
+                             f"{', '.join(lacking)} section(s) (a run made by an older cmpipe)",
+                             "rewrite the record: snakemake --cores N --configfile ... "
+                             "--forcerun resolved_config")
+    edited = [k for k in POSTERIOR_CONFIG_SECTIONS
+              if section_digest(resolved, k, ignore) != products[_section_key(k)]]
+    if edited:
+        raise CatalogueError(resolved_path, edited[0], f"section(s) {', '.join(edited)} "
+                             "differ from the ones the calibration and the survey products "
+                             "were made with (edited after the run?)", _RERUN)
     for rel, digest in products.items():
+        if rel.startswith("config.resolved.yaml#"):
+            continue
         p = run_dir / rel
         if p.exists() and file_digest(p) != digest:
             raise CatalogueError(p, "(file)", f"not the file {resolved_path} was written "

@@ -24,7 +24,8 @@ from .ablation import (ablation_evaluate, ablation_inputs, ablation_plots, ablat
 from .analyses import (misspecification, misspecification_plots, perturbed_eval,
                        robustness_plots, saliency_maps, saliency_plots)
 from .compare import compare
-from .cubes import SPLIT_NAMES, kde_gather, kde_shard, n_shards, split_counts
+from .cubes import (SPLIT_NAMES, gathered_shard_size, kde_gather, kde_shard, n_shards,
+                    split_counts)
 # training_plots lives in .evaluate: it draws history.csv without Keras (envs/plots.yaml)
 from .evaluate import (calibrate, evaluate, evaluation_plots, metrics_table, report_tables,
                        training_plots)
@@ -38,7 +39,7 @@ from .survey import (mass_function, model_config, resolved_config, survey_catalo
 from .train import summaries, train
 
 __all__ = [
-    "run_rule", "SPLIT_NAMES", "split_counts", "n_shards",
+    "run_rule", "SPLIT_NAMES", "split_counts", "n_shards", "gathered_shard_size",
     "catalogue", "select_halos", "sightlines", "project", "flux_limit",
     "split", "mock_summary", "mock_plots",
     "kde_shard", "kde_gather",

@@ -24,6 +24,26 @@ def n_shards(n_clusters: int, shard_size: int) -> int:
     return max(1, -(-int(n_clusters) // int(shard_size)))
 
 
+def gathered_shard_size(cubes, default: int) -> int:
+    """The shard size a gathered cube file ``cubes`` was made with (its ``shard_size``
+    attribute), else ``default`` (no file yet, or one made before it was recorded).
+
+    ``kde.shard_size`` is speed-only (:data:`cmpipe.sections.SPEED_ONLY_KEYS`): the
+    workflow keeps the recorded size for the shards of an existing split, so a new size
+    changes no job's input files and reruns nothing."""
+    from pathlib import Path
+
+    import h5py
+
+    if not Path(cubes).is_file():
+        return int(default)
+    try:
+        with h5py.File(cubes, "r") as f:
+            return int(f.attrs.get("shard_size", default))
+    except (OSError, ValueError, TypeError):
+        return int(default)
+
+
 def split_galaxies(clusters_path, cluster_ids):
     """x, y, v and cluster ids of the galaxies of ``cluster_ids`` (sorted ascending).
 
@@ -50,11 +70,13 @@ def cube_rows(cl, sel) -> dict:
     return rows
 
 
-def kde_shard(*, config, clusters, split_name, shard, out, threads=1, progress=True):
+def kde_shard(*, config, clusters, split_name, shard, out, threads=1, progress=True,
+              shard_size=None):
     """Rule ``kde_shard``: cubes of one shard of one split.
 
     The shard holds clusters ``shard * shard_size`` to ``(shard + 1) * shard_size`` of the
-    split, in cluster-id order; cubes are computed and written ``batch_size`` at a time.
+    split, in cluster-id order (``shard_size``: the workflow's, :func:`gathered_shard_size`;
+    None: ``kde.shard_size``); cubes are computed and written ``batch_size`` at a time.
     """
     import numba
     from ..io.cubes import CubeWriter
@@ -67,14 +89,15 @@ def kde_shard(*, config, clusters, split_name, shard, out, threads=1, progress=T
                            columns=["cluster_id", "split", "log10_m200c", "n_gal", "n_members",
                                     "observer_distance_mpc_h"])
     sel = np.flatnonzero(cl["split"] == SPLIT_CODES[split_name])
-    sel = sel[shard * k.shard_size:(shard + 1) * k.shard_size]
+    size = int(shard_size) if shard_size is not None else k.shard_size
+    sel = sel[shard * size:(shard + 1) * size]
     rows = cube_rows(cl, sel)
     gal = split_galaxies(clusters, rows["cluster_id"]) if len(sel) else None
     grid = Grid3D(n=k.n_grid, half_width_mpc_h=s.window.half_width_mpc_h,
                   v_max_kms=s.window.v_max_kms)
     file_attrs = dict(n_grid=k.n_grid, half_width_mpc_h=s.window.half_width_mpc_h,
                       v_max_kms=s.window.v_max_kms, h0=k.h0, truncation=k.truncation,
-                      normalisation="each cube sums to 1", split=split_name,
+                      normalisation="each cube sums to 1", split=split_name, shard_size=size,
                       axes="x_proj_mpc_h, y_proj_mpc_h, v_los_kms")
     numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
     with CubeWriter(out, len(sel), k.n_grid, file_attrs) as w:

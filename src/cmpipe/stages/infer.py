@@ -16,7 +16,8 @@ import json
 from pathlib import Path
 
 from ..io.tables import CatalogueError
-from ..settings import ConfigError, Settings
+from ..sections import SPEED_ONLY_KEYS
+from ..settings import ConfigError, Settings, read_config_file
 from .common import log
 from .flow import flow_survey_images, flow_survey_posteriors
 from .survey import survey_cubes, survey_posteriors
@@ -40,21 +41,15 @@ def load_run_config(run_dir, schema=None) -> dict:
     Raises
     ------
     ConfigError
-        The file is missing or not valid YAML.
+        The file is missing, not valid YAML, holds a key twice or is not a mapping.
     """
-    import yaml
-
     path = Path(run_dir) / RESOLVED_CONFIG
     if not path.exists():
         raise ConfigError(f"{path}: no resolved config; the run directory must be a "
                           "finished run (snakemake ... makes results/{run}/"
                           f"{RESOLVED_CONFIG} with the model)")
-    try:
-        cfg = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from err
-    if not isinstance(cfg, dict):
-        raise ConfigError(f"{path}: not a config mapping; rerun the workflow to rewrite it")
+    # the strict loader: a duplicated key is an error, not "the last wins"
+    cfg = read_config_file(path)
     from ..io.artefacts import PRODUCTS_KEY
     cfg.pop(PRODUCTS_KEY, None)
     # a run made before the distance-aware calibration has a distance-blind joint PDF
@@ -128,7 +123,6 @@ _FIX = ("rerun the rule that makes it (snakemake --cores N --configfile ... --fo
 def _check_run(run_dir: Path, cfg: dict, estimator: str) -> dict:
     """The files of ``estimator`` in the run, after checking that they, the config and its
     ``products`` record exist, are one run's (SHA-256) and are readable, before any work."""
-    import yaml
 
     from ..calibration import JointPDF
     from ..io.artefacts import (PRODUCTS_KEY, check_keras_file, check_run_consistency,
@@ -151,9 +145,9 @@ def _check_run(run_dir: Path, cfg: dict, estimator: str) -> dict:
             raise ConfigError(f"{p}: {w} missing; finish the run (snakemake --configfile "
                               f"...) before cmpipe infer --estimator {estimator}")
     # model, calibration and config must be one run's, and readable, before any work
-    raw = yaml.safe_load((run_dir / RESOLVED_CONFIG).read_text()) or {}
+    raw = read_config_file(run_dir / RESOLVED_CONFIG)
     check_run_consistency(run_dir, {k: v for k, v in raw.items() if k != PRODUCTS_KEY},
-                          raw.get(PRODUCTS_KEY),
+                          raw.get(PRODUCTS_KEY), ignore=SPEED_ONLY_KEYS,
                           required=[str(p.relative_to(run_dir)) for p in files.values()])
     if estimator == "cnn3d":
         check_keras_file(files["model"], _FIX.format(rule="train"))

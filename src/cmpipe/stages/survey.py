@@ -36,17 +36,18 @@ def resolved_config(*, config, out, run_dir=None):
     cosmology the model was trained with. The rule runs after the model, its config record
     (``model/config.json``) and the calibration are made, so a run that fails earlier
     leaves the previous file; with ``run_dir``, the SHA-256 of those products goes under the
-    top-level key ``products`` (:func:`cmpipe.io.artefacts.run_products`), which ``cmpipe
-    infer`` checks.
+    top-level key ``products`` (:func:`cmpipe.io.artefacts.run_products`, with the digests
+    of its calibration and survey sections), which ``cmpipe infer`` checks.
     """
     import yaml
 
     from ..io.artefacts import PRODUCTS_KEY, run_products
+    from ..sections import SPEED_ONLY_KEYS
 
     plain = json.loads(json.dumps(dict(config), default=str))
     plain.pop(PRODUCTS_KEY, None)
     if run_dir is not None:
-        plain[PRODUCTS_KEY] = run_products(run_dir)
+        plain[PRODUCTS_KEY] = run_products(run_dir, plain, ignore=SPEED_ONLY_KEYS)
     text = ("# Resolved config of this run (config.yaml + --configfile overlays, schema "
             "defaults filled).\n# Written by rule resolved_config; read by `cmpipe infer "
             "--run-dir`. Do not edit.\n# 'products': SHA-256 of the model, its config record "

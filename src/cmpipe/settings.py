@@ -259,13 +259,6 @@ def semantic_errors(config: dict) -> list[str]:
                 out.append(f"splits.fractions.{k}: is 0; the {k} set cannot be empty "
                            f"({'training' if k == 'train' else 'calibration'} needs it). Fix: "
                            "give it a positive share")
-    nu = config.get("nuisance") or {}
-    for key in ("mag_shift_mag", "completeness", "fibre_collision_loss", "velocity_bias",
-                "central_velocity_frac", "field_scale"):
-        lo_hi = nu.get(key)
-        if isinstance(lo_hi, (list, tuple)) and len(lo_hi) == 2 and lo_hi[0] > lo_hi[1]:
-            out.append(f"nuisance.{key}: [{lo_hi[0]:g}, {lo_hi[1]:g}] is not a range (lo > "
-                       f"hi). Fix: give [lo, hi] with lo <= hi")
     layer_keys = [("train.layers", (config.get("train") or {}).get("layers"))]
     abl = config.get("ablation") or {}
     layer_keys += [(f"ablation.{k}", abl.get(k)) for k in ("layers_1d", "layers_2d")]
@@ -303,6 +296,9 @@ RANGE_PAIRS = (
     ("survey.population_prior.log10_m_min", "survey.population_prior.log10_m_max"),
     ("survey.mass_function.log10_m_lo", "survey.mass_function.log10_m_hi"),
     ("calibration.survey_mass_range[0]", "calibration.survey_mass_range[1]"),
+    *((f"nuisance.{k}[0]", f"nuisance.{k}[1]") for k in (   # priors; one value: nuisance.fixed
+        "mag_shift_mag", "completeness", "fibre_collision_loss", "velocity_bias",
+        "central_velocity_frac", "field_scale")),
 )
 
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from snakemake.logging import logger
 
-from cmpipe.sections import without_speed_keys
+from cmpipe.sections import CONFIG_SCHEMA, without_speed_keys
 from cmpipe.runstate import (active_run, clear_stale_locks, record_lock_owner,
                              remove_orphaned_temps)
 from cmpipe.settings import (ConfigError, check_output_dir, prepend_pythonpath,
@@ -20,13 +20,14 @@ prepend_pythonpath(Path(workflow.basedir) / "src")
 # before the first job. A bad config is one line naming the file and the key, exit 1.
 def _config_files():
     cli = [str(f) for f in workflow.config_settings.configfiles]
-    return [str(f) for f in workflow.configfiles if str(f) not in cli] + cli
+    return [*(str(f) for f in workflow.configfiles if str(f) not in cli), *cli]
 
 
 try:
     validate_workflow_config(
-        # the schema is package data (cmpipe.sections.CONFIG_SCHEMA): this checkout's copy
-        config, Path(workflow.basedir) / "src" / "cmpipe" / "data" / "config.schema.yaml",
+        # the schema is package data: the copy of the cmpipe that runs the jobs (this
+        # checkout's src when run from it, an installed cmpipe beside a bare workflow)
+        config, CONFIG_SCHEMA,
         files=_config_files(), overrides=workflow.config_settings.config)
     if workflow.is_main_process:
         check_output_dir(f"results/{config['run']}")
@@ -51,7 +52,7 @@ if workflow.is_main_process:
     _pid = None if _NO_LOCK & set(sys.argv[1:]) else active_run(".")
     if _pid is not None:
         logger.error(f"cmpipe: a run (Snakemake, PID {_pid}) is active in {Path.cwd()}. "
-                     "Fix: wait for it to finish, or stop it (kill " + str(_pid) + ") and "
+                     f"Fix: wait for it to finish, or stop it (kill {_pid}) and "
                      "rerun this command, which resumes it")
         sys.exit(1)
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from cmpipe.evaluation.baselines import (EVRARD_ALPHA, apply_offset, baseline_masses,
-                              biweight_dispersion, calibrate_offset, gapper_dispersion,
-                              mass_from_velocity_dispersion, projected_virial_radius,
-                              reject_interlopers, virial_mass)
+                                         biweight_dispersion, calibrate_offset, gapper_dispersion,
+                                         mass_from_velocity_dispersion, projected_virial_radius,
+                                         reject_interlopers, virial_mass)
 from cmpipe.cosmology import evrard_sigma_dm_kms, make_cosmology
 from cmpipe.mock.projection import G_KMS2_MPC_MSUN as G
 

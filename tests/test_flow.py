@@ -24,7 +24,7 @@ import yaml
 from cmpipe import stages
 from cmpipe.evaluation.comparison import comparison_summary
 from cmpipe.flow.training import (FlowModel, FlowSettings, grid_of, pit_from_curves, train_flow,
-                         training_prior)
+                                  training_prior)
 from cmpipe.io.cubes import CubeWriter
 from cmpipe.io.tables import CatalogueError
 from cmpipe.massfunction import summarise_grid_posteriors

@@ -8,9 +8,9 @@ from scipy.stats import norm
 from cmpipe.evaluation.eval_set import by_observer_distance
 from cmpipe.io.tables import write_json
 from cmpipe.evaluation.metrics import (DEFAULT_MASS_BINS, NOMINAL_68, NOMINAL_95, binned_scatter,
-                            coverage, evaluation_report, fit_precision_model,
-                            interloper_diagnostic, interval_coverage, pit_curve,
-                            precision_model_sigma, residuals, scatter_stats)
+                                       coverage, evaluation_report, fit_precision_model,
+                                       interloper_diagnostic, interval_coverage, pit_curve,
+                                       precision_model_sigma, residuals, scatter_stats)
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from cmpipe.cnn.model import (DEFAULT_LAYERS, LayerSpecError, build_cnn, build_cnn1d, build_cnn2d,
-                          build_cnn3d, forward_flops, parameter_count, validate_layers)
+                              build_cnn3d, forward_flops, parameter_count, validate_layers)
 
 
 def conv_params(k, d, c_in, c_out):

@@ -11,7 +11,7 @@ from cmpipe.io.cubes import CubeWriter
 from cmpipe.kde import Grid3D, kde_cubes
 from cmpipe.cnn.model import build_cnn
 from cmpipe.evaluation.robustness import (Perturbation, compare, perturb_galaxies, perturbations,
-                               predict_inputs, verdict)
+                                          predict_inputs, verdict)
 from cmpipe.settings import stage_rng
 from cmpipe.cnn.training import predict
 

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 
 from cmpipe.mock.sightlines import (
-    basis_for,
-    halo_sightlines,
-    line_directions,
-    min_line_angle_deg,
-    random_rotation,
-)
+                                    basis_for,
+                                    halo_sightlines,
+                                    line_directions,
+                                    min_line_angle_deg,
+                                    random_rotation,
+                                    )
 
 # Best known minimum angles (deg) between n lines through the origin of R^3.
 BEST_KNOWN_DEG = {

@@ -16,8 +16,8 @@ from astropy.constants import c as C_LIGHT
 from astropy.coordinates import CartesianRepresentation, SkyCoord
 
 from cmpipe.survey.sky import (SkyInputError, check_sky_positions, gnomonic_offsets,
-                        gnomonic_to_radec, phase_space_to_sky, radec_to_unit,
-                        sky_to_phase_space)
+                               gnomonic_to_radec, phase_space_to_sky, radec_to_unit,
+                               sky_to_phase_space)
 
 #: Relative tolerance of the conversion against astropy (both are float64 trigonometry).
 RTOL = 1e-6

@@ -17,8 +17,8 @@ from cmpipe.io.cubes import CubeReader, CubeWriter
 from cmpipe.io.tables import CatalogueError
 from cmpipe.plots.pipeline import loss_curve_figure
 from cmpipe.cnn.training import (CHECKPOINT_FILE, HISTORY_FILE, MODEL_FILE, N_D4,
-                             NORMALISATION_FILE, CubeDataset, TrainSettings, d4_transform,
-                             predict, read_history, train)
+                                 NORMALISATION_FILE, CubeDataset, TrainSettings, d4_transform,
+                                 predict, read_history, train)
 
 N = 16
 LM_LO, LM_HI = 13.7, 15.0

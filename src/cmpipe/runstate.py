@@ -28,7 +28,7 @@ import socket
 from pathlib import Path
 
 __all__ = ["clear_stale_locks", "record_lock_owner", "remove_orphaned_temps",
-           "live_snakemake_pids", "active_run", "TEMP_PATTERN"]
+           "live_snakemake_pids", "active_run", "blocking_run", "TEMP_PATTERN"]
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +165,22 @@ def active_run(workdir=".") -> int | None:
     except ImportError:                      # pragma: no cover - psutil comes with snakemake
         return None
     return mine[0] if mine else None
+
+
+#: Snakemake options of commands that take no lock (dry runs, listings, unlocking).
+LOCK_FREE_OPTIONS = frozenset({
+    "-n", "--dry-run", "--dryrun", "--unlock", "--nolock", "--list", "-l", "--summary",
+    "-S", "--detailed-summary", "-D", "--lint", "--dag", "--rulegraph", "--filegraph",
+    "--list-target-rules", "--lt"})
+
+
+def blocking_run(argv, workdir=".") -> int | None:
+    """The PID of a live run (:func:`active_run`) that the Snakemake command ``argv`` would
+    collide with, else None: commands that take no lock (:data:`LOCK_FREE_OPTIONS`) go on.
+    Snakemake does not expose a dry run while its Snakefile is parsed, hence the options."""
+    if LOCK_FREE_OPTIONS & set(argv):
+        return None
+    return active_run(workdir)
 
 
 def clear_stale_locks(workdir=".") -> list[Path]:

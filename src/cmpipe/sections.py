@@ -7,8 +7,9 @@ sections' fields and types only (no defaults: ``tests/test_config.py`` checks th
 match the schema's properties), so stages read ``s.survey.mass_function.n_boot`` rather
 than indexing raw dicts with literal fallbacks.
 
-``TrainSection`` and ``FlowSection`` are named apart from :class:`cmpipe.cnn.training.TrainSettings`
-and :class:`cmpipe.flow.training.FlowSettings`, the science modules' own settings (library defaults
+``TrainSection`` and ``FlowSection`` are named apart from
+:class:`cmpipe.cnn.training.TrainSettings` and :class:`cmpipe.flow.training.FlowSettings`,
+the science modules' own settings (library defaults
 for callers without a config, plus derived values such as the stage seed), which the
 stages build from these sections.
 
@@ -34,7 +35,8 @@ __all__ = [
     "LayerSpecError",
     "validate_layers",
     "Section", "SyntheticSettings", "MDPL2Settings", "WindowSettings", "SightlineSettings",
-    "MockSettings", "NuisanceSettings", "SplitSettings", "KDESettings", "TrainSection", "CalibrationSettings",
+    "MockSettings", "NuisanceSettings", "SplitSettings", "KDESettings", "TrainSection",
+    "CalibrationSettings",
     "BaselineSettings", "FlowSection", "CompareSettings", "SurveySyntheticSettings",
     "CatalogueVolumeSettings", "PopulationPriorSettings", "MassFunctionSettings",
     "SurveySettings", "AblationSettings", "TailSection", "RobustnessSettings",

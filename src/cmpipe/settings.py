@@ -143,7 +143,6 @@ def stage_rng(seed: int, stage: str) -> np.random.Generator:
 
 def _schema_errors(config: dict, schema_path: Path):
     import jsonschema
-    import yaml
 
     schema = yaml.safe_load(Path(schema_path).read_text())
     validator_cls = jsonschema.validators.validator_for(schema)
@@ -272,7 +271,8 @@ def semantic_errors(config: dict) -> list[str]:
         try:
             validate_layers(layers)
         except LayerSpecError as err:
-            out.append(f"{key}: {err}. Fix: see the layer format in cmpipe.sections.validate_layers (e.g. "
+            out.append(f"{key}: {err}. Fix: see the layer format in "
+                       "cmpipe.sections.validate_layers (e.g. "
                        "[{conv: 12, kernel: 5}, {pool: 2}, {dense: 128}])")
     out += _range_errors(config)
     return out
@@ -451,8 +451,6 @@ def strict_yaml_load(text: str, name: str = "<config>"):
     yaml.YAMLError
         Not valid YAML, or a duplicated key (the mark names the line).
     """
-    import yaml
-
     loader = StrictLoader(text)
     loader.name = str(name)
     try:
@@ -470,7 +468,6 @@ def read_config_file(path) -> dict:
         Missing, unreadable, not valid YAML, a key given twice (naming the line and the
         key), or not a mapping.
     """
-    import yaml
 
     path = Path(path)
     if not path.is_file():
@@ -491,8 +488,6 @@ def read_config_file(path) -> dict:
                           f"tiny'), got a {type(data).__name__}")
     return data
 
-
-_read_yaml = read_config_file
 
 
 def _has_key(data, dotted: str) -> bool:

@@ -5,7 +5,7 @@ from pathlib import Path
 from snakemake.logging import logger
 
 from cmpipe.sections import CONFIG_SCHEMA, without_speed_keys
-from cmpipe.runstate import (active_run, clear_stale_locks, record_lock_owner,
+from cmpipe.runstate import (blocking_run, clear_stale_locks, record_lock_owner,
                              remove_orphaned_temps)
 from cmpipe.settings import (ConfigError, check_output_dir, prepend_pythonpath,
                              validate_workflow_config)
@@ -46,10 +46,7 @@ if workflow.is_main_process:
                        "held them is dead); resuming")
     # A live run holds the lock: say so (Snakemake's own message suggests --unlock, which
     # would let two runs write the same files). Dry runs and lock-free commands go on.
-    _NO_LOCK = {"-n", "--dry-run", "--dryrun", "--unlock", "--nolock", "--list", "-l",
-                "--summary", "-S", "--detailed-summary", "-D", "--lint", "--dag",
-                "--rulegraph", "--filegraph", "--list-target-rules", "--lt"}
-    _pid = None if _NO_LOCK & set(sys.argv[1:]) else active_run(".")
+    _pid = blocking_run(sys.argv[1:], ".")
     if _pid is not None:
         logger.error(f"cmpipe: a run (Snakemake, PID {_pid}) is active in {Path.cwd()}. "
                      f"Fix: wait for it to finish, or stop it (kill {_pid}) and "

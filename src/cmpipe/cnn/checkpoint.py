@@ -32,7 +32,7 @@ import keras  # noqa: E402
 
 from ..sections import SPEED_ONLY_KEYS  # noqa: E402
 from ..io.training import (CHECKPOINT_FORMAT, read_checkpoint,  # noqa: E402
-                          write_checkpoint, write_history)
+                           write_checkpoint, write_history)
 
 __all__ = ["seed32", "assign_variables", "fingerprint", "fingerprint_change",
            "initial_state", "resume", "EpochState"]

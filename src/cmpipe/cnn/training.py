@@ -58,7 +58,7 @@ from .cubedata import (DISTANCE_COLUMN, INPUT_TRANSFORMS, N_D4, CubeDataset,  # 
 from ..io.cubes import CubeReader, cube_digest, distance_standardisation  # noqa: E402
 from ..io.tables import CatalogueError, write_json  # noqa: E402
 from ..io.training import (HISTORY_COLUMNS, read_history, save_keras_model,  # noqa: E402
-                          write_history)
+                           write_history)
 from .model import DEFAULT_LAYERS, build_cnn, parameter_count, validate_layers  # noqa: E402
 
 __all__ = [
@@ -164,7 +164,8 @@ class TrainSettings:
             raise ValueError(f"TrainSettings.patience must be an integer >= 1, "
                              f"got {self.patience!r}")
         if not self.learning_rate > 0:
-            raise ValueError(f"TrainSettings.learning_rate must be > 0, got {self.learning_rate!r}")
+            raise ValueError("TrainSettings.learning_rate must be > 0, got "
+                             f"{self.learning_rate!r}")
         for name in ("beta_1", "beta_2"):
             v = getattr(self, name)
             if not 0 <= v < 1:

@@ -4,8 +4,8 @@ eval sets of a contaminated and (optionally) a pure catalogue.
 Everything here is read from finished products -- ``evaluation/metrics.json`` (the CNN3D +
 SBI posteriors and the classical baselines, each baseline with one offset fitted on the test
 set) and ``flow/metrics.json`` -- so the numbers are the ones those rules measured with the
-same :mod:`cmpipe.evaluation.metrics` functions on the same eval clusters. The talk's headline ("the
-flow is about 4x better than M-sigma on contaminated mocks") is the ratio
+same :mod:`cmpipe.evaluation.metrics` functions on the same eval clusters. The talk's
+headline ("the flow is about 4x better than M-sigma on contaminated mocks") is the ratio
 ``msigma_over_flow_scatter``. The table is written by :mod:`cmpipe.stages.compare`, the
 figure drawn by :func:`cmpipe.plots.flow.comparison_figure`.
 """

@@ -166,8 +166,9 @@ def predict_inputs(model, normalisation: dict, inputs: np.ndarray, *,
     """Network predictions (log10 h^-1 Msun) for in-memory inputs.
 
     Applies exactly the transforms of :func:`cmpipe.cnn.training.predict`
-    (:func:`cmpipe.cnn.training.transform_inputs` in float32, ``z * std + mean``) in consecutive batches of ``batch_size``, so the same
-    cubes in the same batches give bit-identical predictions.
+    (:func:`cmpipe.cnn.training.transform_inputs` in float32, ``z * std + mean``) in
+    consecutive batches of ``batch_size``, so the same cubes in the same batches give
+    bit-identical predictions.
 
     Parameters
     ----------
@@ -235,8 +236,9 @@ def compare(pdf: JointPDF, log10_m_true, pred_reference, pred_perturbed, *,
     dict
         ``n``; ``reference`` and ``perturbed``, each with ``mean_residual_dex``,
         ``scatter_dex``, ``half_width_68_dex``, ``coverage_68``, ``coverage_95``,
-        ``coverage`` (the full :func:`cmpipe.evaluation.metrics.coverage` dicts), ``n_extrapolated``
-        and ``per_bin`` (mean and sd of residuals per true-mass bin); ``bias_shift_dex``
+        ``coverage`` (the full :func:`cmpipe.evaluation.metrics.coverage` dicts),
+        ``n_extrapolated`` and ``per_bin`` (mean and sd of residuals per true-mass bin);
+        ``bias_shift_dex``
         (mean of the paired residual differences, perturbed minus reference) and
         ``bias_shift_err_dex``; ``prediction_shift_dex`` (mean raw d~ change);
         ``scatter_ratio`` (perturbed / reference).

@@ -53,7 +53,7 @@ import torch
 from torch import nn
 
 from .model import (DISTANCE_COLUMN, META_FILE, MODEL_FILE, FlowModel, FlowSettings,
-                         ImageEmbedding, build_flow)
+                    ImageEmbedding, build_flow)
 from ..io.cubes import CubeReader
 from ..io.cubes import distance_standardisation as io_distance_standardisation
 from ..io.tables import CatalogueError

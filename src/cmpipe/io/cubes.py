@@ -38,7 +38,8 @@ import numpy as np
 
 from .tables import AtomicH5File, CatalogueError, atomic_output
 
-__all__ = ["CUBE_COLUMNS", "DISTANCE_COLUMN", "distance_standardisation", "CubeWriter", "CubeReader", "gather_shards", "cube_digest"]
+__all__ = ["CUBE_COLUMNS", "DISTANCE_COLUMN", "distance_standardisation", "CubeWriter",
+           "CubeReader", "gather_shards", "cube_digest"]
 
 #: The per-cube comoving distance from the observer (h^-1 Mpc): the networks' second input.
 DISTANCE_COLUMN = "distance_mpc_h"

@@ -27,6 +27,7 @@ __all__ = [
     "TableWriter",
     "table_length",
     "write_json",
+    "write_csv",
     "check_columns",
 ]
 
@@ -293,6 +294,23 @@ def append_rows(parts: Iterable[Mapping[str, np.ndarray]]) -> dict:
         return {}
     keys = parts[0].keys()
     return {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in keys}
+
+
+def write_csv(path, columns, rows: Iterable[Mapping]) -> None:
+    """Write ``rows`` (mappings) as CSV with a header of ``columns``, atomically: floats
+    with 6 significant digits, None (or a missing key) as an empty cell, anything else as
+    ``str`` (the report's tables and the analyses' summaries)."""
+    import csv
+
+    def cell(v):
+        return "" if v is None else (f"{v:.6g}" if isinstance(v, float) else v)
+
+    with atomic_output(path) as tmp:
+        with open(tmp, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(columns)
+            for r in rows:
+                w.writerow([cell(r.get(c)) for c in columns])
 
 
 def write_json(path, obj, indent: int = 2) -> None:

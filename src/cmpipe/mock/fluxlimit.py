@@ -12,7 +12,8 @@ distance and no k-correction (at z < 0.09 the ^{0.1}r-band k-correction is below
 Galaxies with ``m_r >= mag_r_limit`` are dropped, as are the rare ones whose distance would
 put them behind the observer (``D + d_par <= 0``). Clusters left with fewer than
 ``min_galaxies`` galaxies are dropped and counted. The observer ball's radius and the
-apparent magnitudes come from :mod:`cmpipe.cosmology` (:func:`~cmpipe.cosmology.observer_radius_mpc_h`,
+apparent magnitudes come from :mod:`cmpipe.cosmology`
+(:func:`~cmpipe.cosmology.observer_radius_mpc_h`,
 :func:`~cmpipe.cosmology.apparent_magnitudes`), which the survey's depth flag reads too.
 """
 from __future__ import annotations

@@ -8,17 +8,20 @@ mock is marginalised (``nuisance.sample: true``), held at a value for a variant 
 (``nuisance.fixed``), or at its fiducial value (the universe as simulated). All act after
 the projection, in the ``flux_limit`` rule, so none rebuilds the universe:
 
-==========================  ========  =======  ====================================================
+==========================  ========  =======  ===================================================
 nuisance                    fiducial  prior    what it does, and the source of the prior's range
-==========================  ========  =======  ====================================================
-``mag_shift_mag``           0         -0.03,   every absolute magnitude + delta (mag): the luminosity
-                                      +0.33    function's normalisation, so richness at fixed mass.
+==========================  ========  =======  ===================================================
+``mag_shift_mag``           0         -0.03,   every absolute magnitude + delta (mag): the
+                                      +0.33    luminosity function's normalisation, so richness
+                                               at fixed mass.
                                                Centred on +0.15: the default box has n(<M_r) /
                                                Blanton et al. (2003) = 1.08 / 1.21 / 1.20 at
-                                               M_r = -17 / -19 / -21 (``tests/test_universe.py``),
-                                               and at the LF's slope there (~1.25 per mag in
-                                               ln n) 0.15 mag fainter matches SDSS; +-0.18 mag is
-                                               +-25% in members near M*.
+                                               M_r = -17 / -19 / -21 (``tests/test_universe.py``);
+                                               on Blanton's Schechter function the shift that
+                                               removes a 1.20 excess is 0.23 mag at -19 and 0.08
+                                               at -21 (d ln n / dM = 0.74 and 2.27 per mag), 0.15
+                                               at -20 (1.22 per mag). +-0.18 mag changes the
+                                               galaxies brighter than M* by -26% / +31%.
 ``completeness``            1         0.7,     each spectroscopic target kept with probability f
                                       1.0      (redshift failures, bright-star masks, incomplete
                                                plates): SDSS main-sample completeness is ~0.9
@@ -45,7 +48,7 @@ nuisance                    fiducial  prior    what it does, and the source of t
                                                of the window and a new sky position uniform in the
                                                window (the linear-theory box has no non-linear
                                                infall, which real clusters have around them).
-==========================  ========  =======  ====================================================
+==========================  ========  =======  ===================================================
 
 Order, as a survey would see it: the central's offset and the satellites' velocity bias
 move velocities (then the window's ``|v_los| <= v_max`` is applied again), the field is

@@ -12,7 +12,8 @@ empty for seed 0 and ``seeds/{k}/`` for seeds k = 1 .. ``ablation.seeds`` - 1:
 - ``ablation_evaluate`` -> ``ablation/{dim}/{seeddir}summaries/{test,eval}.h5``,
   ``joint_pdf.h5``, ``metrics.json`` (3d seed 0: rule ``evaluate``'s
   ``evaluation/metrics.json``)
-- ``ablation_summary``  -> ``ablation/summary.json``; ``ablation_plots`` -> ``ablation/scatter.png``
+- ``ablation_summary``  -> ``ablation/summary.json``;
+  ``ablation_plots`` -> ``ablation/scatter.png``
 
 The science (reports, seed statistics, rankings) is in :mod:`cmpipe.evaluation.ablation`, imported
 inside the functions: ``ablation_inputs`` runs in ``envs/kde.yaml``, without the evaluation
@@ -229,8 +230,9 @@ def ablation_evaluate(*, config, dim, model, test_inputs, eval_inputs, clusters,
 # -- summary and figure -----------------------------------------------------------------------
 
 def _network_rows(files: dict, fix: str):
-    """Ablation rows (:func:`cmpipe.evaluation.ablation.method_entry`) of every network at every seed
-    (``files``: network -> metrics files, seed 0 first) and the common eval-set size."""
+    """Ablation rows (:func:`cmpipe.evaluation.ablation.method_entry`) of every network at
+    every seed (``files``: network -> metrics files, seed 0 first) and the common eval-set
+    size."""
     from ..evaluation.ablation import method_entry
 
     rows, n_eval = {}, {}
@@ -263,7 +265,7 @@ def ablation_summary(*, config, metrics_1d, metrics_2d, metrics_3d, out, seeds_1
     also holds the baselines), ``seeds_{dim}`` the metrics files of seeds 1, 2, ... (the same
     number for every network)."""
     from ..evaluation.ablation import (method_entry, network_seeds, precision_order,
-                            precision_order_seeds, thirds_over_seeds)
+                                       precision_order_seeds, thirds_over_seeds)
 
     s = settings_of(config)
     fix = "rerun the evaluate / ablation_evaluate rules"

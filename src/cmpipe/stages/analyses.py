@@ -19,7 +19,7 @@ import numpy as np
 
 from .. import io
 from ..io.mock import galaxy_offsets
-from ..io.tables import CatalogueError, atomic_output, read_table, write_table
+from ..io.tables import CatalogueError, atomic_output, read_table, write_csv, write_table
 from ..settings import stage_rng
 from .common import jsonable, settings_of, log
 from .cubes import split_galaxies
@@ -394,22 +394,10 @@ def misspecification(*, config, model, normalisation, joint_pdf, projected, clus
                                                          for r_ in edges)),
                    n_edge_variants=len(edges), variants=rows)
     io.write_json(summary_out, jsonable(summary))
-    _write_csv(table_out, rows)
+    write_csv(table_out, MISSPECIFICATION_COLUMNS, rows)
     log.info("misspecification: %d of %d prior-edge variants within the criteria (model "
              "trained with nuisance.sample: %s)", summary["edge_variants_within_criteria"],
              len(edges), s.nuisance.sample)
-
-
-def _write_csv(path, rows) -> None:
-    import csv
-
-    with atomic_output(path) as tmp:
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=MISSPECIFICATION_COLUMNS, extrasaction="ignore")
-            w.writeheader()
-            for r_ in rows:
-                w.writerow({k: (f"{v:.5g}" if isinstance(v, float) else v)
-                            for k, v in r_.items()})
 
 
 def misspecification_plots(*, summary, png):
@@ -496,7 +484,8 @@ def saliency_maps(*, config, model, normalisation, eval_cubes, out, summary_out,
         units="dex per unit voxel probability", per_bin=per_bin,
         uniform_reference=weighted_extent(np.ones(grid.shape), xc, yc, vc),
         notes="mean_r_proj_mpc_h / mean_abs_v_kms / fraction_inner: where the mean |saliency| "
-              "lies (uniform_reference: the same for a map flat over the window); sum_mean_dex: change of log10 M_pred for adding probability 1 uniformly "
+              "lies (uniform_reference: the same for a map flat over the window); "
+              "sum_mean_dex: change of log10 M_pred for adding probability 1 uniformly "
               "to every voxel (cubes are normalised, so this direction is never taken)")))
     log.info("saliency: %d eval clusters in %d mass bins (%s per bin)", n_use, len(sal["n"]),
              list(map(int, sal["n"])))

@@ -57,7 +57,8 @@ def box_attrs(attrs):
 
 
 def jsonable(obj):
-    """Plain-Python copy of ``obj`` for JSON: numpy scalars/arrays converted, non-finite -> None."""
+    """Plain-Python copy of ``obj`` for JSON: numpy scalars/arrays converted, non-finite ->
+    None."""
     if isinstance(obj, dict):
         return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):

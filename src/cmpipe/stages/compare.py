@@ -9,13 +9,12 @@ no Keras).
 """
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
 from .. import io
 from ..evaluation.comparison import ROW_KEYS, SURVEY_RANGE_KEYS, comparison_summary
-from ..io.tables import CatalogueError, atomic_output
+from ..io.tables import CatalogueError, write_csv
 from ..settings import ConfigError
 from .common import jsonable, settings_of, log
 
@@ -34,13 +33,7 @@ def write_comparison_csv(path, summary: dict) -> None:
     significant digits."""
     cols = ("catalogue", "run", "estimator", "label") + ROW_KEYS + tuple(
         f"survey_{part}_{k}" for part in ("all", "top") for k in SURVEY_RANGE_KEYS)
-    with atomic_output(path) as tmp:
-        with open(tmp, "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(cols)
-            for r in summary["rows"]:
-                w.writerow(["" if r[c] is None else (f"{r[c]:.6g}" if isinstance(r[c], float)
-                                                    else r[c]) for c in cols])
+    write_csv(path, cols, summary["rows"])
 
 
 def compare(*, config, metrics, flow_metrics, summary_out, csv_out, png,

@@ -398,8 +398,9 @@ def evaluation_plots(*, joint_pdf, test_predictions, metrics, posteriors, joint_
 def training_plots(*, history, loss_png):
     """Rule ``training_plots``: the CNN3D's loss curve.
 
-    Drawn by :func:`cmpipe.plots.pipeline.loss_curve_figure` from ``history.csv``, without importing
-    :mod:`cmpipe.cnn.training` (Keras, TensorFlow): the rule runs in ``envs/plots.yaml``."""
+    Drawn by :func:`cmpipe.plots.pipeline.loss_curve_figure` from ``history.csv``, without
+    importing :mod:`cmpipe.cnn.training` (Keras, TensorFlow): the rule runs in
+    ``envs/plots.yaml``."""
     from ..plots import pipeline as plots
 
     plots.loss_curve_figure(history, loss_png)
@@ -411,10 +412,9 @@ def metrics_table(*, metrics, out):
     One row per headline metric (the JSON's top-level numbers), one column per estimator:
     ``cnn3d_sbi`` (the network's posteriors) and each baseline (keys ``<baseline>_<metric>``
     in the JSON). Values keep 6 significant digits; the JSON keeps full precision."""
-    import csv
     import json
 
-    from ..io.tables import atomic_output
+    from ..io.tables import write_csv
 
     m = json.loads(Path(metrics).read_text())
     baselines = list(m.get("baselines", {}))
@@ -426,13 +426,8 @@ def metrics_table(*, metrics, out):
         owner = next((b for b in baselines if key.startswith(f"{b}_")), None)
         metric, column = (key[len(owner) + 1:], owner) if owner else (key, "cnn3d_sbi")
         rows.setdefault(metric, {})[column] = value
-    with atomic_output(out) as tmp, open(tmp, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["metric", *columns])
-        for metric, vals in rows.items():
-            w.writerow([metric, *("" if vals.get(c) is None else
-                                  (vals[c] if isinstance(vals[c], int) else f"{vals[c]:.6g}")
-                                  for c in columns)])
+    write_csv(out, ["metric", *columns], [dict(vals, metric=metric)
+                                          for metric, vals in rows.items()])
     log.info("metrics table: %d metrics x %d estimators -> %s", len(rows), len(columns), out)
 
 

@@ -6,8 +6,8 @@ from pathlib import Path
 from .. import io
 from ..cosmology import make_cosmology
 from ..io.mock import (FLUX_CLUSTER_SCHEMA, FLUX_GALAXY_SCHEMA, PROJECTED_CLUSTER_SCHEMA,
-                      SIGHTLINE_SCHEMA, SPLIT_CLUSTER_SCHEMA, WINDOW_GALAXY_SCHEMA,
-                      galaxy_offsets)
+                       SIGHTLINE_SCHEMA, SPLIT_CLUSTER_SCHEMA, WINDOW_GALAXY_SCHEMA,
+                       galaxy_offsets)
 from ..io.tables import (CatalogueError, Schema, TableWriter, append_rows, read_table,
                          table_length, write_table)
 from ..mock.nuisance import NUISANCE_SCHEMA

@@ -17,8 +17,9 @@ from ..io.survey_products import SURVEY_POSTERIOR_KEYS, SURVEY_PRIORS
 from ..io.tables import CatalogueError
 from ..settings import ConfigError, Settings
 
-__all__ = ["population_mass_range", "nearest_calibrated_distance", "posterior_table_base", "predictions_by_cluster",
-           "survey_posterior_table", "survey_posterior_meta", "log_posterior_summary"]
+__all__ = ["population_mass_range", "nearest_calibrated_distance", "posterior_table_base",
+           "predictions_by_cluster", "survey_posterior_table", "survey_posterior_meta",
+           "log_posterior_summary"]
 
 log = logging.getLogger(__name__)
 

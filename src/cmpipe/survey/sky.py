@@ -58,7 +58,7 @@ from scipy.spatial import cKDTree
 from ..cosmology import C_KMS, Cosmology
 # the checks of sky input live with the readers (cmpipe.io.validate); kept importable here
 from ..io.validate import (MAX_REDSHIFT, RADIANS_MIN_POINTS, RADIANS_MIN_SPAN, SkyInputError,
-                          check_redshifts, check_sky_positions)
+                           check_redshifts, check_sky_positions)
 
 __all__ = [
     "RADIANS_MIN_POINTS",

@@ -8,6 +8,7 @@ VENV   ?= .venv
 CORES  ?= 2
 CONFIG ?= config.yaml
 PURE   ?= configs/pure.yaml
+FIDUCIAL ?= configs/fiducial.yaml
 REPORT ?= report.html
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.cmpipe-installed
@@ -29,14 +30,18 @@ $(STAMP): pyproject.toml | $(BIN)/python
 install: $(STAMP)
 
 # The default config compares its catalogue with the pure one (compare.pure_run:
-# demo-pure), so `make run` first builds what the comparison reads from the pure variant
-# (configs/pure.yaml overlay; target rule comparison_inputs: its evaluation and flow
-# metrics), then the default run. Other CONFIGs run as they are. The whole pure run:
+# demo-pure) and its marginalised model with the fiducial one (compare.fiducial_run:
+# demo-fiducial), so `make run` first builds what the comparison and the misspecification
+# matrix read from those variants (configs/pure.yaml overlay, target comparison_inputs: its
+# evaluation and flow metrics; configs/fiducial.yaml overlay, target fiducial_inputs: its
+# CNN3D, calibration, eval predictions and metrics), then the default run. Other CONFIGs
+# run as they are. The whole pure run:
 #   $(BIN)/snakemake --cores 2 --configfile config.yaml configs/pure.yaml
 run: $(STAMP)
 	@test -f $(CONFIG) || { echo "make run: config file $(CONFIG) does not exist. Fix: CONFIG=path/to/config.yaml (e.g. configs/tiny.yaml)" >&2; exit 1; }
 ifeq ($(CONFIG),config.yaml)
 	$(BIN)/snakemake comparison_inputs --cores $(CORES) --configfile $(CONFIG) $(PURE)
+	$(BIN)/snakemake fiducial_inputs --cores $(CORES) --configfile $(CONFIG) $(FIDUCIAL)
 endif
 	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG)
 

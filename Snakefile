@@ -39,3 +39,17 @@ rule comparison_inputs:
         res("evaluation/metrics.json"),
         res("flow/metrics.json"),
         res("config.resolved.yaml"),
+
+
+rule fiducial_inputs:
+    """What another run's misspecification matrix and comparison read from this one
+    (compare.fiducial_run): the CNN3D, its calibration and eval predictions, the metrics.
+    `make run` builds only these for the fiducial-model run (configs/fiducial.yaml)."""
+    input:
+        res("model/cnn3d.keras"),
+        res("model/normalisation.json"),
+        res("calibration/joint_pdf.h5"),
+        res("summaries/eval.h5"),
+        res("evaluation/metrics.json"),
+        res("flow/metrics.json"),
+        res("config.resolved.yaml"),

@@ -190,6 +190,37 @@ def test_infer_from_phase_space_input(run, tmp_path):
     assert np.all(Table.read(out)["n_members"] == -1)
 
 
+@pytest.mark.slow
+def test_infer_with_cluster_names(run, tmp_path):
+    """Clusters named (``SYN-<id>``), listed in reverse order, galaxies labelled with the
+    names: every cluster gets the posterior the workflow gave it under its numeric id
+    (matched by name), and the output keeps the names beside the row ids."""
+    t = Table.read(run / "survey/clusters.ecsv")[::-1]
+    names = np.array([f"SYN-{int(i):04d}" for i in t["cluster_id"]])
+    t.remove_column("cluster_id")
+    t.add_column(names, name="name", index=0)
+    t.write(tmp_path / "named.ecsv")
+    g = Table.read(run / "survey/galaxies.ecsv")
+    lab = np.asarray(g["cluster_id"])
+    g["cluster_id"] = np.where(lab >= 0, np.char.add("SYN-", np.char.zfill(
+        lab.astype(str), 4)), "")
+    g.write(tmp_path / "gal.ecsv")
+    out = tmp_path / "out.ecsv"
+    proc = _cmpipe("infer", "--run-dir", run, "--clusters", tmp_path / "named.ecsv",
+                   "--galaxies", tmp_path / "gal.ecsv", "-o", out, "-q", "--estimator",
+                   "cnn3d")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = Table.read(out), Table.read(run / "survey/posteriors.ecsv")
+    assert a.colnames[:2] == ["cluster_id", "cluster_name"]
+    np.testing.assert_array_equal(a["cluster_id"], np.arange(len(t)))     # rows of the input
+    np.testing.assert_array_equal(a["cluster_name"], names)
+    ref = b[np.searchsorted(b["cluster_id"], [int(n[4:]) for n in a["cluster_name"]])]
+    for c in b.colnames:
+        if c != "cluster_id":
+            np.testing.assert_allclose(np.asarray(a[c], float), np.asarray(ref[c], float),
+                                       rtol=1e-9, equal_nan=True, err_msg=c)
+
+
 def _bad_clusters(run, tmp_path, kind):
     t = Table.read(run / "survey/clusters.ecsv")
     if kind == "missing z":

@@ -343,3 +343,67 @@ def test_population_range_cut_is_not_a_warning(tiny, caplog):
     caplog.clear()
     population_prior_posterior(g, flat, 0.05, cosmo, prior, log10_m_range=(13.6, 15.5))
     assert [r for r in caplog.records if r.levelno == logging.WARNING]
+
+
+# ------------------------------------------------------------------ clusters by name
+
+def test_cluster_names_are_read_as_rows_and_kept(tmp_path):
+    """Real catalogues name clusters (A2029, Coma): the names are accepted, numbered by
+    row (in file order, which need not be sorted), and kept as cluster_name."""
+    p = _csv(tmp_path / "cl.csv", ["name", "ra_deg", "dec_deg", "z"],
+             [("Coma", 194.95, 27.98, 0.0231), ("A2029", 227.73, 5.74, 0.0773),
+              (" A1656 ", 194.9, 27.9, 0.0232)])
+    cl = read_survey_clusters(p)
+    np.testing.assert_array_equal(cl["cluster_id"], [0, 1, 2])
+    assert list(cl["cluster_name"]) == ["Coma", "A2029", "A1656"]
+    # integer ids stored as text (an ECSV string column) stay the ids, with no names
+    q = tmp_path / "num.ecsv"
+    Table(dict(cluster_id=np.array(["7", " 12"]), ra_deg=[10.0, 11.0], dec_deg=[5.0, 5.0],
+               z=[0.05, 0.05])).write(q)
+    num = read_survey_clusters(q)
+    np.testing.assert_array_equal(num["cluster_id"], [7, 12])
+    assert "cluster_name" not in num
+
+
+def test_named_membership_and_phase_space_labels(tiny, tmp_path):
+    """Galaxy labels that name clusters count the members of the named cluster; a name
+    of no listed cluster is no membership; numeric labels beside named clusters, or a
+    phase-space row naming an unlisted cluster, are refused with the fix."""
+    from cmpipe.stages import survey_cubes
+
+    rng = np.random.default_rng(11)
+    ra1, dec1, z1 = _sky_galaxies(rng, 150.0, 20.0, 0.05, 40)
+    ra2, dec2, z2 = _sky_galaxies(rng, 200.0, -5.0, 0.06, 35)
+    lab = ["A2029"] * 25 + [""] * 15 + ["Coma"] * 30 + ["Virgo"] * 5
+    gal = tmp_path / "gal.csv"
+    Table(dict(ra=np.r_[ra1, ra2], dec=np.r_[dec1, dec2], z=np.r_[z1, z2],
+               cluster=lab)).write(gal, format="ascii.csv")
+    # Coma listed first: ids are rows (Coma 0, A2029 1); the output keeps the names
+    cl = _csv(tmp_path / "cl.csv", ["name", "ra", "dec", "z"],
+              [("Coma", 200.0, -5.0, 0.06), ("A2029", 150.0, 20.0, 0.05)])
+    survey_cubes(config=tiny, clusters=cl, galaxies=gal, cubes_out=tmp_path / "c.h5",
+                 phase_space_out=tmp_path / "ps.h5")
+    ps, attrs = read_table(tmp_path / "ps.h5", group="clusters")
+    np.testing.assert_array_equal(ps["cluster_id"], [0, 1])
+    assert attrs["cluster_names"] == ["Coma", "A2029"]
+    np.testing.assert_array_equal(ps["n_gal"], [35, 40])
+    np.testing.assert_array_equal(ps["n_members"], [30, 25])       # Virgo: no cluster listed
+
+    numeric = tmp_path / "numlab.csv"
+    Table(dict(ra=ra1, dec=dec1, z=z1, cluster=np.ones(40, int))).write(numeric,
+                                                                      format="ascii.csv")
+    with pytest.raises(CatalogueError) as exc:
+        survey_cubes(config=tiny, clusters=cl, galaxies=numeric, cubes_out=None,
+                     phase_space_out=tmp_path / "ps2.h5")
+    msg = _one_line(str(exc.value))
+    assert str(numeric) in msg and "names" in msg and "Fix" in msg
+
+    psin = tmp_path / "psin.csv"
+    Table(dict(cluster_id=["Coma"] * 20 + ["Perseus"] * 20,
+               x_proj=rng.uniform(-1, 1, 40), y_proj=rng.uniform(-1, 1, 40),
+               v_los=rng.normal(0, 700, 40))).write(psin, format="ascii.csv")
+    with pytest.raises(CatalogueError) as exc:
+        survey_cubes(config=tiny, clusters=cl, phase_space_in=psin, cubes_out=None,
+                     phase_space_out=tmp_path / "ps3.h5")
+    msg = _one_line(str(exc.value))
+    assert str(psin) in msg and "Perseus" in msg and "--clusters" in msg

@@ -5,6 +5,8 @@ the central's offset shifts every other galaxy by one N(0, alpha sigma_DM) draw,
 scale thins binomially or adds Poisson extra interlopers uniform on the sky, the magnitude
 shift moves every magnitude by delta, and fibre collisions leave a hard-core, maximal set of
 targets. Seeds fixed; statistical bounds are 4 sigma."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 from scipy import stats
@@ -265,10 +267,11 @@ def test_variants_are_the_prior_edges_and_the_beyond_values():
 
     vs = variants(settings(), {"completeness": 0.5})
     names = [v.name for v in vs]
-    assert names[0] == "fiducial" and vs[0].fixed == {}
+    assert names[:2] == ["fiducial", "prior"] and vs[0].fixed == vs[1].fixed == {}
+    assert [v.kind for v in vs[:2]] == ["fiducial", "prior"]
     # ends equal to the fiducial value (completeness 1, fibre loss 0, central 0) are the
     # fiducial universe itself
-    assert names[1:] == ["mag_shift_mag=-0.03", "mag_shift_mag=0.33", "completeness=0.7",
+    assert names[2:] == ["mag_shift_mag=-0.03", "mag_shift_mag=0.33", "completeness=0.7",
                          "fibre_collision_loss=0.7", "velocity_bias=0.85", "velocity_bias=1.15",
                          "central_velocity_frac=0.3", "field_scale=0.75", "field_scale=1.5",
                          "completeness=0.5"]
@@ -303,3 +306,38 @@ def test_variant_metrics_against_direct_counts():
     assert m["mean_residual_dex_err"] == pytest.approx(np.std(boot), rel=0.15)
     assert m["coverage_68_pull"] == pytest.approx(
         (m["coverage_68"] - 0.6827) / m["coverage_68_err"], rel=1e-3)
+
+
+def test_fiducial_run_needs_a_marginalised_run_beside_a_fiducial_one():
+    """compare.fiducial_run names another run, and only from a run whose mock draws its
+    nuisances (nuisance.sample: true); the fiducial overlay itself sets it null."""
+    from cmpipe.settings import semantic_errors
+
+    ok = {"run": "demo", "nuisance": {"sample": True},
+          "compare": {"pure_run": "demo-pure", "fiducial_run": "demo-fiducial"}}
+    assert not semantic_errors(ok)
+    for bad in ({**ok, "nuisance": {"sample": False}},
+                {**ok, "compare": {"pure_run": "demo-pure", "fiducial_run": "demo"}},
+                {**ok, "compare": {"pure_run": "demo-pure", "fiducial_run": "demo-pure"}},
+                {**ok, "compare": {"pure_run": None, "fiducial_run": "a b"}}):
+        errs = semantic_errors(bad)
+        assert len(errs) >= 1 and all(e.startswith("compare.fiducial_run") for e in errs), errs
+        assert all("Fix" in e for e in errs)
+
+
+def test_fiducial_overlay_is_a_valid_fiducial_run():
+    """configs/fiducial.yaml over config.yaml: the fiducial universe, no companions; the
+    default config is marginalised with demo-fiducial beside it."""
+    from cmpipe.settings import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    schema = root / "src/cmpipe/data/config.schema.yaml"
+    base = load_config(root / "config.yaml", schema)
+    fid = load_config(root / "config.yaml", schema, overlays=[root / "configs/fiducial.yaml"])
+    assert base["nuisance"]["sample"] is True
+    assert base["compare"]["fiducial_run"] == fid["run"] == "demo-fiducial"
+    assert fid["nuisance"]["sample"] is False and fid["compare"]["fiducial_run"] is None
+    # everything upstream of the nuisances is the default run's
+    for key in ("seed", "simulation", "selection", "sightlines", "window", "mock", "kde",
+                "splits", "train", "calibration"):
+        assert fid[key] == base[key], key

@@ -278,7 +278,10 @@ CLUSTER_CASES = {
     "linear_mass": (["cluster_id", "ra_deg", "dec_deg", "z", "log10_m_cat"],
                     [(1, 10.0, 5.0, 0.05, 3e14)], "log10_m_cat", "not log10"),
     "ids_not_integers": (["cluster_id", "ra_deg", "dec_deg", "z"],
-                         [("A1", 10.0, 5.0, 0.05)], "cluster_id", "not integers"),
+                         [(1.5, 10.0, 5.0, 0.05)], "cluster_id", "not integers"),
+    "duplicate_names": (["cluster_id", "ra_deg", "dec_deg", "z"],
+                        [("A1", 10.0, 5.0, 0.05), ("A1", 11.0, 5.0, 0.05)], "cluster_id",
+                        "duplicated"),
 }
 
 

@@ -315,9 +315,11 @@ class FlowSection(Section):
 
 @dataclass(frozen=True)
 class CompareSettings(Section):
-    """``compare``: the pure-catalogue run compared with this one (None: none)."""
+    """``compare``: the pure-catalogue run and the fiducial-model run compared with this
+    one (None: none)."""
 
     pure_run: str | None
+    fiducial_run: str | None
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,9 @@ import yaml
 
 from .sections import (AblationSettings, BaselineSettings, CalibrationSettings, CompareSettings,
                        FlowSection, KDESettings, LayerSpecError, MDPL2Settings, MockSettings,
-                       NuisanceSettings,
-                       RobustnessSettings, SaliencySettings, SightlineSettings, SplitSettings,
-                       SurveySettings, SyntheticSettings, TailSection, TrainSection,
-                       WindowSettings, validate_layers)
+                       NuisanceSettings, RobustnessSettings, SaliencySettings,
+                       SightlineSettings, SplitSettings, SurveySettings, SyntheticSettings,
+                       TailSection, TrainSection, WindowSettings, validate_layers)
 
 __all__ = [
     "ConfigError",
@@ -237,16 +236,23 @@ def semantic_errors(config: dict) -> list[str]:
     its data arrive; :func:`input_file_errors` checks them.) Returns one line per
     problem, each naming the dotted key and the fix (empty: the config is fine)."""
     out = []
+    cmp = config.get("compare") or {}
     for key, value in (("run", config.get("run")),
-                       ("compare.pure_run", (config.get("compare") or {}).get("pure_run"))):
+                       ("compare.pure_run", cmp.get("pure_run")),
+                       ("compare.fiducial_run", cmp.get("fiducial_run"))):
         if key == "run" or value is not None:
             err = _safe_name_error(key, value)
             if err:
                 out.append(err)
-    pure = (config.get("compare") or {}).get("pure_run")
+    pure, fid = cmp.get("pure_run"), cmp.get("fiducial_run")
     if pure is not None and pure == config.get("run"):
         out.append(f"compare.pure_run: names this run itself ({pure}). Fix: name the run of "
                    "configs/pure.yaml (e.g. demo-pure) or set compare.pure_run: null")
+    if fid is not None and (fid in (config.get("run"), pure)
+                            or not _get(config, "nuisance.sample")):
+        out.append(f"compare.fiducial_run: {fid} must be another run (nuisance.sample: false) "
+                   "and this run must have nuisance.sample: true. Fix: name the run of "
+                   "configs/fiducial.yaml (e.g. demo-fiducial), or null")
     fr = (config.get("splits") or {}).get("fractions") or {}
     if fr:
         total = sum(float(v) for v in fr.values())

@@ -179,6 +179,12 @@ rule robustness_plots:
 
 rule misspecification:
     input:
+        unpack(
+            lambda wc: fiducial_run_inputs(
+                ["fiducial_model", "fiducial_normalisation", "fiducial_joint_pdf",
+                 "fiducial_eval", "fiducial_config"]
+            )
+        ),
         model=res("model/cnn3d.keras"),
         normalisation=res("model/normalisation.json"),
         joint_pdf=res("calibration/joint_pdf.h5"),

@@ -168,7 +168,42 @@ def compare_inputs(wildcards):
                 "mock.members: bound; `make run` does both), or set compare.pure_run: null in "
                 "the config (or an overlay) to compare this catalogue only.")
         inputs.update(other)
+    inputs.update(fiducial_run_inputs(["fiducial_metrics", "fiducial_flow_metrics",
+                                       "fiducial_config"]))
     return inputs
+
+
+def fiducial_run_inputs(names):
+    """The products of the finished fiducial-model run (compare.fiducial_run) that a rule
+    reads, by input name (FIDUCIAL_PRODUCTS), or none when it is null; a missing one stops
+    the run with the command that makes it."""
+    from snakemake.exceptions import WorkflowError
+
+    fid = config["compare"].get("fiducial_run")
+    if not fid:
+        return {}
+    inputs = {k: f"results/{fid}/{FIDUCIAL_PRODUCTS[k]}" for k in names}
+    missing = [p for p in inputs.values() if not Path(p).exists()]
+    if missing:
+        raise WorkflowError(
+            f"compare.fiducial_run is '{fid}' but that run is not finished (missing: "
+            f"{', '.join(missing)}). Fix: run the fiducial model first, e.g. `snakemake "
+            f"fiducial_inputs --cores 2 --configfile config.yaml configs/fiducial.yaml` (run: "
+            f"{fid}, nuisance.sample: false; `make run` does both), or set "
+            "compare.fiducial_run: null to evaluate this run's model only.")
+    return inputs
+
+
+#: The fiducial-model run's products by input name (rule fiducial_inputs makes them).
+FIDUCIAL_PRODUCTS = {
+    "fiducial_model": "model/cnn3d.keras",
+    "fiducial_normalisation": "model/normalisation.json",
+    "fiducial_joint_pdf": "calibration/joint_pdf.h5",
+    "fiducial_eval": "summaries/eval.h5",
+    "fiducial_metrics": "evaluation/metrics.json",
+    "fiducial_flow_metrics": "flow/metrics.json",
+    "fiducial_config": "config.resolved.yaml",
+}
 
 
 def ablation_products():

@@ -6,5 +6,8 @@ run_rule(compare, snakemake.log[0], config=snakemake.config, metrics=inp.metrics
          flow_metrics=inp.flow_metrics, pure_metrics=inp.get("pure_metrics"),
          pure_flow_metrics=inp.get("pure_flow_metrics"), pure_config=inp.get("pure_config"),
          cube_only_metrics=inp.get("cube_only_metrics"),
+         fiducial_metrics=inp.get("fiducial_metrics"),
+         fiducial_flow_metrics=inp.get("fiducial_flow_metrics"),
+         fiducial_config=inp.get("fiducial_config"),
          summary_out=snakemake.output.summary, csv_out=snakemake.output.csv,
          png=snakemake.output.figure)

@@ -5,5 +5,7 @@ run_rule(misspecification, snakemake.log[0], config=snakemake.config,
          model=snakemake.input.model, normalisation=snakemake.input.normalisation,
          joint_pdf=snakemake.input.joint_pdf, projected=snakemake.input.projected,
          clusters=snakemake.input.clusters, eval_predictions=snakemake.input.eval,
+         fiducial={k[len("fiducial_"):]: v for k, v in snakemake.input.items()
+                   if k.startswith("fiducial_")} or None,
          summary_out=snakemake.output.summary, table_out=snakemake.output.table,
          threads=snakemake.threads)

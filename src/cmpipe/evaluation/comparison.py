@@ -49,7 +49,7 @@ ROW_KEYS = ("n", "mean_residual_dex", "scatter_dex", "half_width_68_dex", "cover
 SURVEY_RANGE_KEYS = ("n", "mean_residual_dex", "mean_residual_err_dex", "coverage_68",
                      "coverage_95")
 
-_CATALOGUE_ORDER = ("contaminated", "pure")
+_CATALOGUE_ORDER = ("contaminated", "contaminated_fiducial", "pure", "pure_fiducial")
 
 
 def _num(v):
@@ -159,7 +159,9 @@ def comparison_summary(catalogues: dict) -> dict:
     ----------
     catalogues : dict
         ``{"contaminated" | "pure": {"run": str, "metrics": dict, "flow": dict}}``, each
-        optionally with ``cube_only`` (the cube-only CNN3D's metrics).
+        optionally with ``cube_only`` (the cube-only CNN3D's metrics); with a fiducial-model
+        run (``compare.fiducial_run``) also ``contaminated_fiducial`` (its own eval set: the
+        models trained on one universe).
 
     Returns
     -------

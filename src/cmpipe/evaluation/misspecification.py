@@ -7,7 +7,8 @@ guarantee ends). The eval clusters' windows are taken before the flux limit
 (``mock/projected.h5``), seen by the same observers, perturbed, flux-limited and cut on
 richness again, then go through the run's KDE, network and calibration unchanged. The
 fiducial variant (no nuisance moved) goes through the same path and must reproduce the
-stored eval predictions.
+stored eval predictions of a model trained on the fiducial universe (the run's own, or the
+fiducial-model run's beside a marginalised run, on the clusters both eval sets share).
 
 Every variant is summarised by the mean residual ``log M_true - median`` and the 68 / 95%
 coverage, each with a halo-bootstrap error (the sightlines of one halo are correlated),
@@ -31,8 +32,10 @@ __all__ = ["Variant", "variants", "variant_metrics"]
 class Variant:
     """A universe that differs from the run's mock in the nuisances of ``fixed``.
 
-    ``kind`` is ``fiducial`` (nothing fixed: the run's own mock), ``edge`` (a nuisance at
-    an end of its prior) or ``beyond`` (outside the prior)."""
+    ``kind`` is ``fiducial`` (nothing fixed, no nuisance drawn: the simulated universe),
+    ``prior`` (every cluster draws its own nuisances from the prior: the universe the
+    marginalised model was trained on), ``edge`` (a nuisance at an end of its prior) or
+    ``beyond`` (outside the prior)."""
 
     name: str
     kind: str
@@ -44,9 +47,9 @@ def _label(name: str, value: float) -> str:
 
 
 def variants(prior, beyond: Mapping[str, float] | None = None) -> list[Variant]:
-    """The fiducial universe, every nuisance at each end of its prior range (ends equal to
-    the fiducial value are the fiducial universe and are left out), and the ``beyond``
-    values.
+    """The fiducial universe, the prior-drawn one, every nuisance at each end of its prior
+    range (ends equal to the fiducial value are the fiducial universe and are left out),
+    and the ``beyond`` values.
 
     Parameters
     ----------
@@ -60,7 +63,7 @@ def variants(prior, beyond: Mapping[str, float] | None = None) -> list[Variant]:
     ValueError
         A ``beyond`` value names an unknown nuisance or lies inside its prior.
     """
-    out = [Variant("fiducial", "fiducial")]
+    out = [Variant("fiducial", "fiducial"), Variant("prior", "prior")]
     for name in NUISANCES:
         for value in getattr(prior, name):
             if float(value) != FIDUCIAL[name]:

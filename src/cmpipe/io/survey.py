@@ -44,8 +44,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from .table_columns import (angle_deg, float_column, int_column, read_any_table,
-                            resolve_column, table_format)
+from .table_columns import (angle_deg, float_column, id_or_name_column, int_column,
+                            labels_to_ids, read_any_table, resolve_column, table_format)
 from .tables import CatalogueError, Schema, atomic_output
 from .validate import check_redshifts, check_sky_positions
 
@@ -56,6 +56,7 @@ __all__ = [
     "CLUSTER_COLUMNS",
     "GALAXY_COLUMNS",
     "NO_CLUSTER",
+    "CLUSTER_NAME",
     "table_format",
     "read_survey_clusters",
     "read_survey_galaxies",
@@ -103,7 +104,8 @@ SURVEY_TRUTH_SCHEMA = Schema({
 
 #: Default column candidates of the cluster table (GalWeight-style names unverified).
 CLUSTER_COLUMNS = {
-    "cluster_id": ("cluster_id", "ID", "id", "GalWCat19", "Seq"),
+    "cluster_id": ("cluster_id", "ID", "id", "GalWCat19", "Seq", "name", "Name",
+                   "cluster_name"),
     "ra_deg": ("ra_deg", "RA", "RAdeg", "RA_deg", "ra", "_RA"),
     "dec_deg": ("dec_deg", "Dec", "DEC", "DEdeg", "Dec_deg", "dec", "_DE"),
     "z": ("z", "Z", "zcl", "z_cl", "redshift"),
@@ -132,6 +134,10 @@ PHASE_SPACE_INPUT_COLUMNS = {
 }
 
 _REQUIRED = ("ra_deg", "dec_deg", "z")
+
+#: Key of the cluster names (``A2029``, ``Coma``) when a cluster table's ids are names:
+#: the ids are then the row numbers, and the survey products carry the names back.
+CLUSTER_NAME = "cluster_name"
 
 #: A galaxy's ``cluster_id`` when it is listed in no cluster (an empty cell, or no
 #: membership column): the smallest int64, so that every real id, -1 included, is free.
@@ -180,7 +186,8 @@ def read_survey_clusters(path, columns: Mapping[str, str | Sequence[str]] | None
     Returns
     -------
     dict of ndarray
-        The schema's columns: ids (rows numbered 0..N-1 if no id column is found), RA in
+        The schema's columns: ids (rows numbered 0..N-1 if no id column is found, or if
+        the ids are names: then ``cluster_name`` holds the names too), RA in
         [0, 360) deg, Dec deg, z, catalogue log10 M200c [h^-1 Msun] and its error (NaN if
         absent), member count (-1 if absent).
 
@@ -198,12 +205,13 @@ def read_survey_clusters(path, columns: Mapping[str, str | Sequence[str]] | None
                     path, ", ".join(CLUSTER_COLUMNS["cluster_id"]), n - 1)
         cid = np.arange(n, dtype=np.int64)
     else:
-        cid = int_column(t, found["cluster_id"], path, "cluster_id")
-        uniq, cnt = np.unique(cid, return_counts=True)
+        cid, names = id_or_name_column(t, found["cluster_id"], path, "cluster_id")
+        key = cid if names is None else names.astype(str)
+        uniq, cnt = np.unique(key, return_counts=True)
         if (cnt > 1).any():
             dup = uniq[cnt > 1]
             raise CatalogueError(path, found["cluster_id"], f"{dup.size} duplicated id(s), "
-                                 f"e.g. {', '.join(str(int(d)) for d in dup[:5])}",
+                                 f"e.g. {', '.join(str(d) for d in dup[:5])}",
                                  "give every cluster a unique id (drop repeated rows)")
     ra, dec = _positions(t, path, found, angle_unit)
     z = _redshift(t, path, found, allow_zero=False)
@@ -225,12 +233,17 @@ def read_survey_clusters(path, columns: Mapping[str, str | Sequence[str]] | None
         out["n_mem"] = np.full(n, -1, dtype=np.int64)
     log.info("%s: %d clusters (columns %s)", path, n,
              {k: v for k, v in found.items() if v is not None})
-    return {k: np.ascontiguousarray(out[k], dtype=SURVEY_CLUSTER_SCHEMA[k][0])
-            for k in SURVEY_CLUSTER_SCHEMA}
+    table = {k: np.ascontiguousarray(out[k], dtype=SURVEY_CLUSTER_SCHEMA[k][0])
+             for k in SURVEY_CLUSTER_SCHEMA}
+    if found["cluster_id"] is not None and names is not None:
+        log.info("%s: cluster ids are names (%s, ...): numbered 0..%d in row order; the "
+                 "outputs carry them as cluster_name", path, ", ".join(names[:3]), n - 1)
+        table[CLUSTER_NAME] = names
+    return table
 
 
 def read_survey_galaxies(path, columns: Mapping[str, str | Sequence[str]] | None = None, *,
-                         angle_unit: str = "auto") -> dict:
+                         angle_unit: str = "auto", cluster_names=None) -> dict:
     """Read a survey galaxy table (FITS, CSV or ECSV) into :data:`SURVEY_GALAXY_SCHEMA`.
 
     Parameters
@@ -241,6 +254,9 @@ def read_survey_galaxies(path, columns: Mapping[str, str | Sequence[str]] | None
         cmpipe name -> file column (or candidate list); overrides :data:`GALAXY_COLUMNS`.
     angle_unit : {"auto", "deg"}
         For unitless RA/Dec columns: ``"auto"`` rejects values that are clearly radians.
+    cluster_names : sequence of str, optional
+        The cluster table's names (its ``cluster_name``) when its ids are names: text
+        membership labels are matched to them (:func:`.table_columns.labels_to_ids`).
 
     Returns
     -------
@@ -262,8 +278,11 @@ def read_survey_galaxies(path, columns: Mapping[str, str | Sequence[str]] | None
     out["galaxy_id"] = (int_column(t, found["galaxy_id"], path, "galaxy_id")
                         if found["galaxy_id"] is not None else np.arange(n, dtype=np.int64))
     if found["cluster_id"] is not None:
-        lab = float_column(t, found["cluster_id"], path)
-        out["cluster_id"] = np.where(np.isfinite(lab), lab, NO_CLUSTER).astype(np.int64)
+        out["cluster_id"], unknown = labels_to_ids(t, found["cluster_id"], path, cluster_names,
+                                                   missing=NO_CLUSTER)
+        if unknown:
+            log.warning("%s: %d galaxy label(s) in %s name no cluster of the cluster table; "
+                        "read as no membership", path, unknown, found["cluster_id"])
     else:
         out["cluster_id"] = np.full(n, NO_CLUSTER, dtype=np.int64)
     out["mag_r"] = (float_column(t, found["mag_r"], path) if found["mag_r"] is not None
@@ -345,7 +364,7 @@ def _check_velocity_spread(vabs, v_max_kms, path, column):
 
 
 def read_phase_space_galaxies(path, cluster_ids, *, half_width_mpc_h: float,
-                              v_max_kms: float) -> dict:
+                              v_max_kms: float, cluster_names=None) -> dict:
     """Read galaxies given directly in phase space (``cmpipe infer --phase-space``).
 
     Parameters
@@ -359,6 +378,9 @@ def read_phase_space_galaxies(path, cluster_ids, *, half_width_mpc_h: float,
     half_width_mpc_h, v_max_kms : float
         The window [proper h^-1 Mpc, km/s]: offsets or velocities far beyond it (20 times)
         are taken for wrong units.
+    cluster_names : sequence of str, optional
+        The cluster table's names when its ids are names: the rows' text cluster labels
+        are matched to them.
 
     Returns
     -------
@@ -382,7 +404,17 @@ def read_phase_space_galaxies(path, cluster_ids, *, half_width_mpc_h: float,
                                  "give cluster_id, x_proj, y_proj [h^-1 Mpc, proper] and "
                                  "v_los [km/s] columns")
     n = len(t)
-    cid = int_column(t, found["cluster_id"], path, "cluster_id")
+    if np.asarray(t[found["cluster_id"]]).dtype.kind in "USO" or cluster_names is not None:
+        cid, _ = labels_to_ids(t, found["cluster_id"], path, cluster_names, missing=-1)
+    else:
+        cid = int_column(t, found["cluster_id"], path, "cluster_id")
+    if cluster_names is not None and np.asarray(t[found["cluster_id"]]).dtype.kind in "USO":
+        text = np.array([str(v).strip() for v in np.asarray(t[found["cluster_id"]])])
+        bad = np.unique(text[cid < 0])
+        if bad.size:
+            raise CatalogueError(path, found["cluster_id"], f"{bad.size} cluster name(s) not "
+                                 f"in the cluster table, e.g. {', '.join(bad[:5])}",
+                                 "list every cluster in --clusters (name, RA, Dec, z)")
     cols = _phase_space_values(t, path, found)
     W, V = half_width_mpc_h, v_max_kms
     big = max(np.abs(cols["x_proj_mpc_h"]).max(initial=0.0),

@@ -16,6 +16,8 @@ from .survey import SURVEY_TRUTH_SCHEMA, read_any_table
 from .tables import CatalogueError, Schema, TableWriter, atomic_output, read_table
 
 __all__ = [
+    "CLUSTER_NAMES_ATTR",
+    "with_cluster_names",
     "SURVEY_POSTERIOR_KEYS",
     "SURVEY_PRIORS",
     "SURVEY_PHASE_SPACE_CLUSTER_SCHEMA",
@@ -93,6 +95,35 @@ def survey_posterior_schema() -> Schema:
             unit = "dex" if key == "sd" else "log10(h^-1 Msun)"
             cols[f"{p}_{key}"] = ("f8", unit, f"log10 M200c {what[key]}, {name}")
     return Schema(cols)
+
+
+#: Attribute of ``phase_space.h5``'s cluster group holding the input table's cluster names
+#: (indexed by ``cluster_id``) when its ids were names.
+CLUSTER_NAMES_ATTR = "cluster_names"
+
+
+def with_cluster_names(table: Mapping, schema: Mapping, attrs: Mapping,
+                       source=None) -> tuple[dict, Schema]:
+    """A posterior table and schema with ``cluster_name`` after ``cluster_id`` when the
+    phase-space clusters' ``attrs`` carry names (:data:`CLUSTER_NAMES_ATTR`); unchanged
+    otherwise."""
+    names = attrs.get(CLUSTER_NAMES_ATTR)
+    if names is None:
+        return dict(table), Schema(schema)
+    ids = np.asarray(table["cluster_id"], dtype=np.int64)
+    if ids.size and (ids.min() < 0 or ids.max() >= len(names)):
+        raise CatalogueError(source, CLUSTER_NAMES_ATTR, "cluster ids outside the name list",
+                             "rerun survey_cubes (cmpipe infer) on the named cluster table")
+    width = max([len(n) for n in names] + [1])
+    col = np.array([names[i] for i in ids], dtype=f"U{width}")
+    out_t, out_s = {}, {}
+    for k in schema:
+        out_t[k], out_s[k] = table[k], schema[k]
+        if k == "cluster_id":
+            out_t["cluster_name"] = col
+            out_s["cluster_name"] = (f"U{width}", "", "cluster name of the input table "
+                                     "(cluster_id is its row, from 0)")
+    return out_t, Schema(out_s)
 
 
 def write_survey_phase_space(path, clusters: Mapping, galaxies: Mapping,

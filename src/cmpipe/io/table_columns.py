@@ -200,3 +200,90 @@ def int_column(table, name, path, key):
                          f"{arr[:3].tolist()})",
                          f"map '{key}' to an integer id column, or drop the mapping to "
                          "number the rows")
+
+
+def _text_values(table, name, path, key):
+    """A column of names as stripped str, refusing missing cells."""
+    col = table[name]
+    if hasattr(col, "mask") and np.any(np.ma.getmaskarray(col)):
+        raise CatalogueError(path, name, "masked (missing) ids",
+                             f"give every row a name or id in '{name}'")
+    return np.array([s.decode() if isinstance(s, bytes) else str(s) for s in
+                     np.asarray(col)], dtype=object), col
+
+
+def id_or_name_column(table, name, path, key):
+    """Cluster ids that may be names (``A2029``, ``Coma``): integer ids as int64 and None;
+    names (a text column that is not all integers) as ids 0..N-1 in row order and the
+    stripped names (an object array of str), which the outputs carry back as
+    ``cluster_name``.
+
+    Raises
+    ------
+    CatalogueError
+        Masked or empty names, naming the rows.
+    """
+    arr = np.asarray(table[name])
+    if arr.dtype.kind not in "USO":
+        return int_column(table, name, path, key), None
+    names, _ = _text_values(table, name, path, key)
+    names = np.array([s.strip() for s in names], dtype=object)
+    try:
+        return np.array([int(s) for s in names], dtype=np.int64), None
+    except ValueError:
+        pass
+    empty = np.flatnonzero(names == "")
+    if empty.size:
+        raise CatalogueError(path, name, f"{empty.size} empty name(s), e.g. row(s) "
+                             f"{', '.join(str(int(i) + 1) for i in empty[:5])} (1 = first "
+                             "data row)", f"give every cluster a name or id in '{name}'")
+    return np.arange(names.size, dtype=np.int64), names
+
+
+def labels_to_ids(table, name, path, names=None, *, missing):
+    """Galaxy membership labels or phase-space cluster labels as int64 cluster ids.
+
+    Numeric labels are returned as they are (empty or NaN cells as ``missing``). Text
+    labels are matched to the cluster table's ``names`` (:func:`id_or_name_column`):
+    a name's id is its cluster's row; empty cells and names of no cluster become
+    ``missing``. Text labels that are integers are read as ids.
+
+    Returns
+    -------
+    ids : ndarray of int64
+    n_unknown : int
+        Non-empty text labels naming no cluster of the table.
+
+    Raises
+    ------
+    CatalogueError
+        Text labels that are not integers when the cluster table has numeric ids.
+    """
+    arr = np.asarray(table[name])
+    if arr.dtype.kind not in "USO" and names is not None:
+        raise CatalogueError(path, name, "cluster labels are numbers but the cluster table "
+                             f"names its clusters ({', '.join(list(names)[:3])}, ...)",
+                             "label the galaxies with the cluster table's names")
+    if arr.dtype.kind not in "USO":
+        lab = float_column(table, name, path)
+        return np.where(np.isfinite(lab), lab, missing).astype(np.int64), 0
+    col = table[name]
+    mask = np.ma.getmaskarray(col) if hasattr(col, "mask") else np.zeros(len(arr), bool)
+    text = np.array(["" if m else (s.decode() if isinstance(s, bytes) else str(s)).strip()
+                     for s, m in zip(arr, mask)], dtype=object)
+    if names is None:
+        out = np.full(text.size, missing, dtype=np.int64)
+        filled = text != ""
+        try:
+            out[filled] = [int(s) for s in text[filled]]
+        except ValueError:
+            bad = [s for s in text[filled] if not s.lstrip("+-").isdigit()][:3]
+            raise CatalogueError(path, name, f"cluster labels are names ({', '.join(bad)}) "
+                                 "but the cluster table's ids are numbers",
+                                 "give the cluster table the same names in its id column "
+                                 "(cluster_id / ID / name), or numeric labels here") from None
+        return out, 0
+    lookup = {s: i for i, s in enumerate(names)}
+    out = np.array([lookup.get(s, missing) for s in text], dtype=np.int64)
+    n_unknown = int(((text != "") & (out == missing)).sum())
+    return out, n_unknown

@@ -163,31 +163,49 @@ def robustness_figure(summary: dict, path) -> None:
 
 
 def misspecification_figure(summary: dict, path) -> None:
-    """Mean residual and 68 / 95% coverage of the unchanged estimator per variant universe
-    (``robustness/misspecification.json``), with the criteria of a calibrated one."""
+    """Mean residual and 68 / 95% coverage of each unchanged model per variant universe
+    (``robustness/misspecification.json``; the marginalised and the fiducial model side by
+    side, filled and open markers), with the criteria of a calibrated one (grey bands)."""
     rows = summary["variants"]
     crit = summary["criteria"]
-    y = np.arange(len(rows))[::-1]
-    colours = {"fiducial": "0.4", "edge": "C0", "beyond": "C3"}
+    names = list(dict.fromkeys(r["variant"] for r in rows))
+    models = list(dict.fromkeys(r.get("model", "model") for r in rows))
+    y_of = dict(zip(names, np.arange(len(names))[::-1]))
+    step = 0.3 if len(models) > 1 else 0.0
+    colours = {"eval": "0.2", "fiducial": "0.4", "prior": "C2", "edge": "C0", "beyond": "C3"}
     panels = [("mean_residual_dex", "mean residual log M_true - median [dex]", 0.0,
                crit["mean_residual_dex"]),
               ("coverage_68", "68% coverage", 0.68, crit["coverage_68"]),
               ("coverage_95", "95% coverage", 0.95, crit["coverage_95"])]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 0.35 * len(rows) + 1.8), sharey=True)
+    fig, axes = plt.subplots(1, 3, figsize=(12.5, 0.42 * len(names) + 2.2), sharey=True)
     for a, (key, label, centre, tol) in zip(axes, panels):
         a.axvspan(centre - tol, centre + tol, color="0.9", zorder=0)
         a.axvline(centre, color="k", lw=1)
-        for yi, r in zip(y, rows):
-            a.errorbar(r[key], yi, xerr=r.get(f"{key}_err") or 0.0, fmt="o", capsize=3,
-                       color=colours.get(r["kind"], "k"))
+        for r in rows:
+            j = models.index(r.get("model", "model"))
+            c = colours.get(r["kind"], "k")
+            a.errorbar(r[key], y_of[r["variant"]] + step * (0.5 - j), fmt="o", capsize=3,
+                       xerr=r.get(f"{key}_err") or 0.0, color=c, mfc=c if j == 0 else "white",
+                       label=r.get("model") if (key == "coverage_68" and r["kind"] == "edge")
+                       else None)
         a.set_xlabel(label)
-    axes[0].set_yticks(y)
-    axes[0].set_yticklabels([f"{r['variant']} (n={r['n']})" for r in rows], fontsize=8)
-    within = summary.get("edge_variants_within_criteria")
-    fig.suptitle(f"Unchanged CNN3D + SBI on variant universes (run {summary['run']}, trained "
-                 f"with nuisance.sample: {summary.get('nuisance_sample')}): {within} of "
-                 f"{summary.get('n_edge_variants')} prior-edge variants within the criteria "
-                 "(grey bands); blue: prior edge, red: beyond the prior", fontsize=9)
+    handles, labels = axes[1].get_legend_handles_labels()
+    uniq = dict(zip(labels, handles))
+    if len(uniq) > 1:
+        axes[1].legend([uniq[m] for m in models if m in uniq],
+                       [f"{m} model (run {summary.get('models', {}).get(m, {}).get('run', '?')})"
+                        for m in models if m in uniq], fontsize=8, loc="lower left")
+    axes[0].set_yticks(list(y_of.values()))
+    counts = {r["variant"]: r["n"] for r in rows}
+    axes[0].set_yticklabels([f"{v} (n={counts[v]})" for v in names], fontsize=8)
+    said = "; ".join(f"{m}: {d['edge_variants_within_criteria']} of {d['n_edge_variants']}"
+                     for m, d in summary.get("models", {}).items())
+    fig.suptitle(f"Unchanged CNN3D + SBI on variant universes (run {summary['run']}). "
+                 f"Prior-edge variants within the criteria (grey bands): {said}\n"
+                 "dark grey: eval set as stored, grey: fiducial universe, green: nuisances "
+                 "drawn from the prior, blue: prior edge, red: beyond the prior; filled: "
+                 f"{models[0]} model" + (f", open: {models[1]} model" if len(models) > 1
+                                          else ""), fontsize=9)
     fig.tight_layout()
     save(fig, path)
 

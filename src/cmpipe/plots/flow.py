@@ -47,7 +47,7 @@ def comparison_figure(summary: dict, path) -> None:
     ests = list(ESTIMATORS)
     width = 0.8 / max(len(cats), 1)
     x = np.arange(len(ests))
-    hatches = {"contaminated": "", "pure": "//"}
+    hatches = {"contaminated": "", "pure": "//", "contaminated_fiducial": ".."}
 
     def get(cat, est, key):
         for r in rows:

@@ -21,14 +21,14 @@ module per group of rules:
 from .common import run_rule
 from .ablation import (ablation_evaluate, ablation_inputs, ablation_plots, ablation_summary,
                        ablation_train)
-from .analyses import (misspecification, misspecification_plots, perturbed_eval,
-                       robustness_plots, saliency_maps, saliency_plots)
+from .analyses import perturbed_eval, robustness_plots, saliency_maps, saliency_plots
 from .compare import compare
 from .cubes import (SPLIT_NAMES, gathered_shard_size, kde_gather, kde_shard, n_shards,
                     split_counts)
 # training_plots lives in .evaluate: it draws history.csv without Keras (envs/plots.yaml)
 from .evaluate import (calibrate, evaluate, evaluation_plots, metrics_table, report_tables,
                        training_plots)
+from .misspecification import misspecification, misspecification_plots
 from .flow import (flow_calibrate, flow_evaluate, flow_images, flow_plots,
                    flow_survey_images, flow_survey_posteriors, flow_train)
 from .mock import (catalogue, flux_limit, mock_plots, mock_summary, project, select_halos,

@@ -7,8 +7,8 @@ Products under ``results/{run}/`` (``docs/data-products.md``, "Analyses"):
   ``robustness_plots``  -> ``robustness/robustness.png``
 - ``saliency_maps``     -> ``saliency/saliency.h5``, ``saliency/summary.json``;
   ``saliency_plots``    -> ``saliency/mean.png``, ``saliency/abs.png``
-- ``misspecification``  -> ``robustness/misspecification.{json,csv}``;
-  ``misspecification_plots`` -> ``robustness/misspecification.png``
+
+The misspecification matrix is :mod:`.misspecification`.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import numpy as np
 
 from .. import io
 from ..io.mock import galaxy_offsets
-from ..io.tables import CatalogueError, atomic_output, read_table, write_csv, write_table
+from ..io.tables import CatalogueError, atomic_output, read_table, write_table
 from ..settings import stage_rng
 from .common import jsonable, settings_of, log
 from .cubes import split_galaxies
@@ -27,7 +27,7 @@ from .cubes import split_galaxies
 
 # -- helpers ------------------------------------------------------------------------------
 
-def _read_json(path, what, fix):
+def read_json(path, what, fix):
     try:
         return json.loads(Path(path).read_text())
     except FileNotFoundError:
@@ -36,13 +36,13 @@ def _read_json(path, what, fix):
         raise CatalogueError(path, what, f"not valid JSON ({err})", fix) from None
 
 
-def _load_network(model, normalisation):
+def load_network(model, normalisation):
     """The trained Keras model and its ``normalisation.json``."""
     import keras
 
     if not Path(model).is_file():
         raise CatalogueError(model, "model", "trained model missing", "run the train rule")
-    norm = _read_json(normalisation, "normalisation", "rerun the train rule")
+    norm = read_json(normalisation, "normalisation", "rerun the train rule")
     return keras.saving.load_model(model, compile=False), norm
 
 
@@ -60,19 +60,20 @@ ROBUSTNESS_SCHEMA = io.Schema({
 })
 
 
-def _cubes_and_predict(model, norm, gal, offsets, ids, grid, k, batch_size, distance,
-                       chunk=256):
-    """KDE cubes of the clusters in ``offsets`` (chunked) -> network predictions
-    (``distance``: the clusters' observer distances, h^-1 Mpc)."""
+def cubes_and_predict(networks, gal, offsets, ids, grid, k, batch_size, distance, chunk=256):
+    """KDE cubes of the clusters in ``offsets`` (chunked, made once) -> the predictions of
+    each network of ``networks`` (pairs of Keras model and ``normalisation.json``), shape
+    (len(networks), n clusters); ``distance``: the clusters' observer distances, h^-1 Mpc."""
     from ..kde import kde_cube_batches
     from ..evaluation.robustness import predict_inputs
 
-    pred = np.empty(offsets.size - 1)
+    pred = np.empty((len(networks), offsets.size - 1))
     for b0, b1, cubes in kde_cube_batches(gal["x_mpc_h"], gal["y_mpc_h"], gal["v_kms"], offsets,
                                           grid=grid, h0=k.h0, truncation=k.truncation,
                                           batch_size=chunk, ids=ids):
-        pred[b0:b1] = predict_inputs(model, norm, cubes, batch_size=batch_size,
-                                     distance_mpc_h=distance[b0:b1])
+        for i, (model, norm) in enumerate(networks):
+            pred[i, b0:b1] = predict_inputs(model, norm, cubes, batch_size=batch_size,
+                                            distance_mpc_h=distance[b0:b1])
     return pred
 
 
@@ -201,7 +202,7 @@ def perturbed_eval(*, config, model, normalisation, joint_pdf, clusters, eval_pr
     r = s.robustness
     k = s.kde
     numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
-    net, norm = _load_network(model, normalisation)
+    net, norm = load_network(model, normalisation)
     pdf = load_calibration(joint_pdf, distance_aware=s.calibration.distance_aware)
     ref_table, ids, gal, offsets, grid = _eval_clusters(s, clusters, eval_predictions,
                                                         normalisation, norm)
@@ -221,7 +222,7 @@ def perturbed_eval(*, config, model, normalisation, joint_pdf, clusters, eval_pr
 
     def predict(g, offs, cl_ids):
         d = np.array([dist_of[int(i)] for i in cl_ids], dtype=np.float64)
-        return _cubes_and_predict(net, norm, g, offs, cl_ids, grid, k, bs, d)
+        return cubes_and_predict([(net, norm)], g, offs, cl_ids, grid, k, bs, d)[0]
 
     ref, max_diff_stored, zero = _reference_predictions(
         predict, s, ref_table, gal, offsets, ids, checks, eval_predictions, bar)
@@ -268,144 +269,7 @@ def robustness_plots(*, summary, png):
     """Rule ``robustness_plots``: bias shift, scatter and coverage against the level."""
     from ..plots.analyses import robustness_figure
 
-    robustness_figure(_read_json(summary, "perturbations", "rerun the robustness rule"), png)
-
-
-# -- misspecification matrix -------------------------------------------------------------------
-
-MISSPECIFICATION_COLUMNS = ("variant", "kind", "nuisance", "value", "n", "n_halos", "n_dropped",
-                            "mean_residual_dex", "mean_residual_dex_err", "scatter_dex",
-                            "coverage_68", "coverage_68_err", "coverage_95", "coverage_95_err",
-                            "within_criteria")
-#: Where a variant at a prior edge counts as calibrated (issue 28): |mean residual| <= 0.03
-#: dex, 68% coverage within 0.68 +- 0.05, 95% within 0.95 +- 0.03.
-MISSPECIFICATION_CRITERIA = {"mean_residual_dex": 0.03, "coverage_68": 0.05, "coverage_95": 0.03}
-
-
-def _projected_eval_windows(projected, ids):
-    """The eval clusters' rows of ``mock/projected.h5`` and their window galaxies before
-    the flux limit (galaxy table sorted by cluster id), and the snapshot redshift."""
-    from ..io.mock import PROJECTED_CLUSTER_SCHEMA
-
-    pc, attrs = read_table(projected, group="clusters", required=PROJECTED_CLUSTER_SCHEMA)
-    row = np.clip(np.searchsorted(pc["cluster_id"], ids), 0, len(pc["cluster_id"]) - 1)
-    if not np.array_equal(pc["cluster_id"][row], ids):
-        raise CatalogueError(projected, "cluster_id", "eval clusters missing from the "
-                             "projected windows", "rerun the mock rules (snakemake ... "
-                             "--forcerun project)")
-    g_cid, _ = read_table(projected, group="galaxies", columns=["cluster_id"])
-    lo = int(np.searchsorted(g_cid["cluster_id"], ids.min(), side="left"))
-    hi = int(np.searchsorted(g_cid["cluster_id"], ids.max(), side="right"))
-    del g_cid
-    g, _ = read_table(projected, group="galaxies", rows=slice(lo, hi))
-    keep = np.isin(g["cluster_id"], ids)
-    return ({k: v[row] for k, v in pc.items()}, {k: v[keep] for k, v in g.items()},
-            float(attrs["redshift"]))
-
-
-def _variant_row(v, m, n_eval) -> dict:
-    name, value = (next(iter(v.fixed.items())) if v.fixed else ("", float("nan")))
-    ok = None
-    if v.kind != "fiducial":
-        ok = bool(abs(m["mean_residual_dex"]) <= MISSPECIFICATION_CRITERIA["mean_residual_dex"]
-                  and abs(m["coverage_68"] - 0.68) <= MISSPECIFICATION_CRITERIA["coverage_68"]
-                  and abs(m["coverage_95"] - 0.95) <= MISSPECIFICATION_CRITERIA["coverage_95"])
-    return dict(variant=v.name, kind=v.kind, nuisance=name, value=value,
-                n_dropped=int(n_eval - m["n"]), within_criteria=ok, **m)
-
-
-def misspecification(*, config, model, normalisation, joint_pdf, projected, clusters,
-                     eval_predictions, summary_out, table_out, threads=1, progress=True):
-    """Rule ``misspecification``: the run's CNN3D + calibration, unchanged, on the eval
-    clusters of variant universes (:mod:`cmpipe.evaluation.misspecification`)."""
-    import dataclasses
-
-    import numba
-    from tqdm.auto import tqdm
-
-    from ..calibration import load_calibration, summarise
-    from ..cosmology import make_cosmology
-    from ..evaluation.misspecification import variant_metrics, variants
-    from ..kde import Grid3D
-    from ..mock.fluxlimit import flux_limit
-    from ..mock.nuisance import WindowNuisances
-    from .evaluate import cluster_columns
-
-    s = settings_of(config)
-    numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
-    cosmo = make_cosmology(s.cosmology)
-    net, norm = _load_network(model, normalisation)
-    pdf = load_calibration(joint_pdf, distance_aware=s.calibration.distance_aware)
-    ref, _ = read_table(eval_predictions, group="predictions")
-    order = np.argsort(ref["cluster_id"], kind="stable")
-    ref = {k: np.asarray(v)[order] for k, v in ref.items()}
-    ids = ref["cluster_id"]
-    if ids.size == 0:
-        raise CatalogueError(eval_predictions, "cluster_id", "the eval split is empty",
-                             "raise splits.fractions.eval")
-    dist = np.asarray(cluster_columns(clusters, ids, ["observer_distance_mpc_h"])[
-        "observer_distance_mpc_h"], dtype=np.float64)
-    proj, gal, z = _projected_eval_windows(projected, ids)
-    if s.mock.members == "bound":
-        gal = {k: v[gal["is_member"] != 0] for k, v in gal.items()}
-    grid = Grid3D(n=s.kde.n_grid, half_width_mpc_h=s.window.half_width_mpc_h,
-                  v_max_kms=s.window.v_max_kms)
-    vs = variants(s.nuisance, s.robustness.misspecification_beyond)
-    rows, check = [], None
-    for v in tqdm(vs, desc="misspecification", unit="variant", disable=not progress):
-        select, cl, g = None, proj, gal
-        if v.fixed:
-            nset = dataclasses.replace(s.nuisance, sample=False, fixed=dict(v.fixed))
-            wn = WindowNuisances(nset, s.window, cosmo, log10_m200c=proj["log10_m200c"],
-                                 redshift=z, observer_distance_mpc_h=dist,
-                                 rng=stage_rng(s.seed, f"misspecification/{v.name}"))
-            cl, g, select = wn.apply(slice(None), proj, gal)
-        c_out, g_out, _ = flux_limit(cl, g, dist, cosmology=cosmo,
-                                     mag_r_limit=s.mock.mag_r_limit,
-                                     min_galaxies=s.mock.min_galaxies, select=select)
-        kept = c_out["cluster_id"]
-        pred = _cubes_and_predict(
-            net, norm, dict(x_mpc_h=g_out["x_proj_mpc_h"], y_mpc_h=g_out["y_proj_mpc_h"],
-                            v_kms=g_out["v_los_kms"]),
-            galaxy_offsets(kept, g_out["cluster_id"]), kept, grid, s.kde, s.train.batch_size,
-            c_out["observer_distance_mpc_h"])
-        if not v.fixed:
-            check = float(np.max(np.abs(pred - ref["log10_m200c_pred"]))) if (
-                kept.size == ids.size) else float("inf")
-        summ = summarise(pdf, pred, distance=c_out["observer_distance_mpc_h"])
-        m = variant_metrics(c_out["log10_m200c"], summ, c_out["halo_id"],
-                            seed=s.seed)
-        rows.append(_variant_row(v, m, ids.size))
-        log.info("misspecification %s: n %d, mean residual %+.3f +- %.3f dex, scatter %.3f, "
-                 "68%% %.3f +- %.3f, 95%% %.3f +- %.3f", v.name, m["n"],
-                 m["mean_residual_dex"], m["mean_residual_dex_err"], m["scatter_dex"],
-                 m["coverage_68"], m["coverage_68_err"], m["coverage_95"],
-                 m["coverage_95_err"])
-    if check is None or check > 1e-6:
-        raise RuntimeError(f"the fiducial variant does not reproduce {eval_predictions} "
-                           f"(max |difference| {check} dex): the windows of "
-                           f"{projected} and the eval clusters disagree")
-    edges = [r_ for r_ in rows if r_["kind"] == "edge"]
-    summary = dict(run=s.run, model=str(model), joint_pdf=str(joint_pdf),
-                   nuisance_sample=bool(s.nuisance.sample), n_eval=int(ids.size),
-                   criteria=MISSPECIFICATION_CRITERIA,
-                   fiducial_reproduces_eval_predictions_dex=check,
-                   edge_variants_within_criteria=int(sum(bool(r_["within_criteria"])
-                                                         for r_ in edges)),
-                   n_edge_variants=len(edges), variants=rows)
-    io.write_json(summary_out, jsonable(summary))
-    write_csv(table_out, MISSPECIFICATION_COLUMNS, rows)
-    log.info("misspecification: %d of %d prior-edge variants within the criteria (model "
-             "trained with nuisance.sample: %s)", summary["edge_variants_within_criteria"],
-             len(edges), s.nuisance.sample)
-
-
-def misspecification_plots(*, summary, png):
-    """Rule ``misspecification_plots``: mean residual and coverage per variant universe."""
-    from ..plots.analyses import misspecification_figure
-
-    misspecification_figure(_read_json(summary, "variants", "rerun the misspecification rule"),
-                            png)
+    robustness_figure(read_json(summary, "perturbations", "rerun the robustness rule"), png)
 
 
 # -- saliency ---------------------------------------------------------------------------------
@@ -425,7 +289,7 @@ def saliency_maps(*, config, model, normalisation, eval_cubes, out, summary_out,
     cfg = s.saliency
     bins = np.asarray(cfg.mass_bins, dtype=float)
     max_cl = cfg.max_clusters
-    net, norm = _load_network(model, normalisation)
+    net, norm = load_network(model, normalisation)
     with CubeReader(eval_cubes) as r:
         n_all = len(r)
         grid_shape = r.shape[1:]

@@ -36,9 +36,16 @@ def write_comparison_csv(path, summary: dict) -> None:
     write_csv(path, cols, summary["rows"])
 
 
+def _model_kind(config) -> str:
+    """``marginalised`` (the run's mock draws every cluster's nuisances from their priors,
+    ``nuisance.sample: true``) or ``fiducial`` (one universe)."""
+    return "marginalised" if (config.get("nuisance") or {}).get("sample") else "fiducial"
+
+
 def compare(*, config, metrics, flow_metrics, summary_out, csv_out, png,
             pure_metrics=None, pure_flow_metrics=None, pure_config=None,
-            cube_only_metrics=None):
+            cube_only_metrics=None, fiducial_metrics=None, fiducial_flow_metrics=None,
+            fiducial_config=None):
     """Rule ``compare``: CNN3D + SBI, neural flow, M-sigma and virial side by side on this
     run's eval set and, with ``compare.pure_run``, on the pure run's.
 
@@ -46,7 +53,10 @@ def compare(*, config, metrics, flow_metrics, summary_out, csv_out, png,
     ``config.resolved.yaml`` is checked); settings that make the two runs' eval sets differ
     in more than their interlopers (seed, simulation, sightlines, window, splits) are
     reported as warnings. ``cube_only_metrics`` (``ablation/3dcube/metrics.json``, with
-    ``ablation.cube_only``) adds the cube-only CNN3D's rows to this run's catalogue.
+    ``ablation.cube_only``) adds the cube-only CNN3D's rows to this run's catalogue. With
+    ``compare.fiducial_run`` (this run marginalised over the nuisances, ``nuisance.sample:
+    true``) the fiducial-model run's metrics (its ``config.resolved.yaml`` must say
+    ``nuisance.sample: false``) are the catalogue ``contaminated_fiducial``.
     """
     import yaml
 
@@ -55,7 +65,8 @@ def compare(*, config, metrics, flow_metrics, summary_out, csv_out, png,
     s = settings_of(config)
     label = {"all": "contaminated", "bound": "pure"}
     cats = {label[s.mock.members]: dict(run=s.run, metrics=_read_json(metrics, "metrics"),
-                                        flow=_read_json(flow_metrics, "flow metrics"))}
+                                        flow=_read_json(flow_metrics, "flow metrics"),
+                                        model=_model_kind(config))}
     if cube_only_metrics is not None:
         cats[label[s.mock.members]]["cube_only"] = _read_json(cube_only_metrics, "network")
     pure_run = s.compare.pure_run
@@ -83,8 +94,25 @@ def compare(*, config, metrics, flow_metrics, summary_out, csv_out, png,
                             "two eval sets differ in more than their interlopers", key, s.run,
                             pure_run)
         cats["pure"] = dict(run=pure_run, metrics=_read_json(pure_metrics, "metrics"),
-                            flow=_read_json(pure_flow_metrics, "flow metrics"))
+                            flow=_read_json(pure_flow_metrics, "flow metrics"),
+                            model=_model_kind(other))
+    fid_run = s.compare.fiducial_run
+    if fid_run:
+        if None in (fiducial_metrics, fiducial_flow_metrics, fiducial_config):
+            raise ConfigError("compare: the fiducial run's metrics, flow metrics and "
+                              "config.resolved.yaml are all needed")
+        other = yaml.safe_load(Path(fiducial_config).read_text()) or {}
+        if (other.get("nuisance") or {}).get("sample", True):
+            raise CatalogueError(fiducial_config, "nuisance.sample", f"run {fid_run} is "
+                                 "marginalised too, not the fiducial model",
+                                 "rerun it with --configfile config.yaml configs/fiducial.yaml")
+        cats[f"{label[s.mock.members]}_fiducial"] = dict(
+            run=fid_run, metrics=_read_json(fiducial_metrics, "metrics"),
+            flow=_read_json(fiducial_flow_metrics, "flow metrics"), model="fiducial")
     summary = comparison_summary(cats)
+    # which model each catalogue's rows come from: marginalised over the simulator's
+    # nuisances (nuisance.sample: true) or trained on the one fiducial universe
+    summary["models"] = {c: v.get("model", "fiducial") for c, v in cats.items()}
     io.write_json(summary_out, jsonable(summary))
     write_comparison_csv(csv_out, summary)
     comparison_figure(summary, png)

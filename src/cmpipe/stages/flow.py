@@ -472,7 +472,7 @@ def flow_survey_posteriors(*, config, model, images, phase_space, out, csv_out=N
     _set_threads(threads)
     cosmo = make_cosmology(s.cosmology)
     point = s.calibration.point_estimate
-    cl, _ = read_table(phase_space, group="clusters")
+    cl, cl_attrs = read_table(phase_space, group="clusters")
     n = len(cl["cluster_id"])
     fm, meta, grid = _load(model)
     cols, curves, mass = _curves(fm, grid, images)
@@ -485,7 +485,7 @@ def flow_survey_posteriors(*, config, model, images, phase_space, out, csv_out=N
         table, schema, meta_out = _calibrated_survey_table(s, cosmo, cl, row, curves, grid,
                                                            joint_pdf, images, model)
         return _write_flow_survey(table, schema, dict(meta_out, **(extra_meta or {})), cl,
-                                  out, csv_out)
+                                  cl_attrs, phase_space, out, csv_out)
     m_range = _population_range(s, meta)
     prior = np.asarray(meta["training_prior"], dtype=np.float64)
     if prior.shape != grid.shape:
@@ -532,7 +532,8 @@ def flow_survey_posteriors(*, config, model, images, phase_space, out, csv_out=N
                   "masses log10(M200c / h^-1 Msun); *_sd in dex; lo68/hi68 = 15.87/84.13%, "
                   "lo95/hi95 = 2.5/97.5% quantiles",
                   "skipped = 1: fewer than survey.min_galaxies galaxies in the window (NaN)"])
-    _write_flow_survey(table, io.Schema(schema), meta_out, cl, out, csv_out)
+    _write_flow_survey(table, io.Schema(schema), meta_out, cl, cl_attrs, phase_space, out,
+                       csv_out)
 
 
 def _calibrated_survey_table(s, cosmo, cl, row, curves, grid, joint_pdf, images, model):
@@ -556,9 +557,13 @@ def _calibrated_survey_table(s, cosmo, cl, row, curves, grid, joint_pdf, images,
     return table, io.Schema(schema), meta
 
 
-def _write_flow_survey(table, schema, meta_out, cl, out, csv_out):
-    """Write the flow's survey posterior table (and its CSV twin) and log a summary."""
+def _write_flow_survey(table, schema, meta_out, cl, cl_attrs, phase_space, out, csv_out):
+    """Write the flow's survey posterior table (and its CSV twin; ``cluster_name`` when the
+    input's ids were names) and log a summary."""
     from ..io.survey import write_any_table
+    from ..io.survey_products import with_cluster_names
+
+    table, schema = with_cluster_names(table, schema, cl_attrs, phase_space)
 
     n = len(cl["cluster_id"])
     write_any_table(out, table, schema, meta_out)

@@ -14,12 +14,13 @@ import numpy as np
 from .. import io
 from ..cosmology import make_cosmology
 from ..io.mock import galaxy_offsets
-from ..io.survey import (read_phase_space_galaxies, read_survey_clusters, read_survey_galaxies,
-                         write_any_table, write_survey_clusters, write_survey_galaxies,
-                         write_survey_truth)
-from ..io.survey_products import (SURVEY_PHASE_SPACE_CLUSTER_SCHEMA, empty_survey_truth,
-                                  read_table_columns, read_table_meta, read_test_set_truth,
-                                  survey_posterior_schema, write_mass_function_table,
+from ..io.survey import (CLUSTER_NAME, read_phase_space_galaxies, read_survey_clusters,
+                         read_survey_galaxies, write_any_table, write_survey_clusters,
+                         write_survey_galaxies, write_survey_truth)
+from ..io.survey_products import (CLUSTER_NAMES_ATTR, SURVEY_PHASE_SPACE_CLUSTER_SCHEMA,
+                                  empty_survey_truth, read_table_columns, read_table_meta,
+                                  read_test_set_truth, survey_posterior_schema,
+                                  with_cluster_names, write_mass_function_table,
                                   write_survey_phase_space)
 from ..io.tables import CatalogueError, read_table
 from ..settings import ConfigError, stage_seed
@@ -158,6 +159,7 @@ def survey_cubes(*, config, clusters, cubes_out, phase_space_out, galaxies=None,
     if not len(cl["cluster_id"]):
         raise CatalogueError(clusters, "(rows)", "the table has no cluster row (header only?)",
                              "give one row per cluster (cluster_id, ra_deg, dec_deg, z)")
+    names = cl.pop(CLUSTER_NAME, None)       # ids are names: ids = rows, names kept
     order = np.argsort(cl["cluster_id"], kind="stable")
     cl = {c: v[order] for c, v in cl.items()}
     if phase_space_in is None:
@@ -165,13 +167,14 @@ def survey_cubes(*, config, clusters, cubes_out, phase_space_out, galaxies=None,
             from ..survey.sky import check_cluster_density
             check_cluster_density(cl["ra_deg"], cl["dec_deg"], cl["z"], cosmo,
                                   table=str(clusters))
-        gal = read_survey_galaxies(galaxies, galaxy_columns, angle_unit=angle_unit)
+        gal = read_survey_galaxies(galaxies, galaxy_columns, angle_unit=angle_unit,
+                                   cluster_names=names)
         win = sky_windows(cl, gal, cosmo, half_width_mpc_h=W, v_max_kms=V,
                           pair_by_cluster_id=s.survey.pair_by_cluster_id,
                           cluster_table=str(clusters), galaxy_table=str(galaxies))
     else:
         gal = read_phase_space_galaxies(phase_space_in, cl["cluster_id"], half_width_mpc_h=W,
-                                        v_max_kms=V)
+                                        v_max_kms=V, cluster_names=names)
         win = phase_space_windows(gal, cl, cosmo, half_width_mpc_h=W, v_max_kms=V,
                                   source=phase_space_in)
     sel = select_windows(cl, win, min_gal, half_width_mpc_h=W, v_max_kms=V)
@@ -182,7 +185,8 @@ def survey_cubes(*, config, clusters, cubes_out, phase_space_out, galaxies=None,
         skipped_ids=[int(i) for i in sel.skipped_ids], cosmology=cosmo.name,
         clusters_file=str(clusters),
         galaxies_file=str(galaxies if galaxies is not None else phase_space_in),
-        input="sky" if phase_space_in is None else "phase space"))
+        input="sky" if phase_space_in is None else "phase space",
+        **({} if names is None else {CLUSTER_NAMES_ATTR: [str(x) for x in names]})))
     ids = cl["cluster_id"][sel.kept]
     warn_degenerate_windows(ids, sel.galaxies,
                             galaxies if galaxies is not None else phase_space_in)
@@ -268,8 +272,8 @@ def survey_posteriors(*, config, model, joint_pdf, cubes, phase_space, out, csv_
 
     s = settings_of(config)
     cosmo = make_cosmology(s.cosmology)
-    cl, _ = read_table(phase_space, group="clusters",
-                       required=list(SURVEY_PHASE_SPACE_CLUSTER_SCHEMA))
+    cl, cl_attrs = read_table(phase_space, group="clusters",
+                              required=list(SURVEY_PHASE_SPACE_CLUSTER_SCHEMA))
     pdf = load_calibration(joint_pdf, distance_aware=s.calibration.distance_aware)
     pred = predict(Path(model).parent, cubes,
                    batch_size=s.train.batch_size)
@@ -278,7 +282,7 @@ def survey_posteriors(*, config, model, joint_pdf, cubes, phase_space, out, csv_
     table = survey_posterior_table(s, cosmo, cl, d, pdf, m_range)
     meta = survey_posterior_meta(s, table, cl, m_range, model=model, joint_pdf=joint_pdf)
     meta.update(extra_meta or {})
-    schema = survey_posterior_schema()
+    table, schema = with_cluster_names(table, survey_posterior_schema(), cl_attrs, phase_space)
     write_any_table(out, table, schema, meta)
     if csv_out is not None:
         write_any_table(csv_out, table, schema, meta)

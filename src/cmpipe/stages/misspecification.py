@@ -1,0 +1,293 @@
+"""Rule ``misspecification``: trained CNN3D + calibrations, unchanged, on the eval clusters
+of variant universes (:mod:`cmpipe.evaluation.misspecification`).
+
+Products under ``results/{run}/`` (``docs/data-products.md``, "Analyses"):
+
+- ``misspecification``  -> ``robustness/misspecification.{json,csv}``;
+  ``misspecification_plots`` -> ``robustness/misspecification.png``
+
+Models: the run's own (``marginalised`` when its mock draws every cluster's nuisances,
+``nuisance.sample: true``; else ``fiducial``) and, with ``compare.fiducial_run``, the
+fiducial-model run's beside it, on the same variant windows (one set of KDE cubes per
+variant, both networks on it).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from .. import io
+from ..io.mock import galaxy_offsets
+from ..io.tables import CatalogueError, read_table, write_csv
+from ..settings import ConfigError, read_config_file, stage_rng
+from .analyses import cubes_and_predict, load_network, read_json
+from .common import jsonable, log, settings_of
+from .cubes import split_galaxies
+
+__all__ = ["MISSPECIFICATION_COLUMNS", "MISSPECIFICATION_CRITERIA", "FIDUCIAL_EVAL_TOLERANCE",
+           "misspecification", "misspecification_plots"]
+
+MISSPECIFICATION_COLUMNS = ("model", "run", "variant", "kind", "nuisance", "value", "n",
+                            "n_halos", "n_dropped", "mean_residual_dex",
+                            "mean_residual_dex_err", "scatter_dex", "scatter_dex_near",
+                            "scatter_dex_mid", "scatter_dex_far", "coverage_68",
+                            "coverage_68_err", "coverage_95", "coverage_95_err",
+                            "within_criteria")
+#: Where a variant at a prior edge counts as calibrated (issue 28): |mean residual| <= 0.03
+#: dex, 68% coverage within 0.68 +- 0.05, 95% within 0.95 +- 0.03.
+MISSPECIFICATION_CRITERIA = {"mean_residual_dex": 0.03, "coverage_68": 0.05, "coverage_95": 0.03}
+#: On the fiducial universe a marginalised model must still cover within these of nominal
+#: (0.6827 / 0.9545).
+FIDUCIAL_EVAL_TOLERANCE = {"coverage_68": 0.03, "coverage_95": 0.02}
+_NOMINAL = {"coverage_68": 0.6827, "coverage_95": 0.9545}
+#: Predictions that must agree to round-off (dex): the same windows through the same code.
+_REPRODUCE_DEX = 1e-6
+
+
+def _projected_eval_windows(projected, ids):
+    """The eval clusters' rows of ``mock/projected.h5`` and their window galaxies before
+    the flux limit (galaxy table sorted by cluster id), and the snapshot redshift."""
+    from ..io.mock import PROJECTED_CLUSTER_SCHEMA
+
+    pc, attrs = read_table(projected, group="clusters", required=PROJECTED_CLUSTER_SCHEMA)
+    row = np.clip(np.searchsorted(pc["cluster_id"], ids), 0, len(pc["cluster_id"]) - 1)
+    if not np.array_equal(pc["cluster_id"][row], ids):
+        raise CatalogueError(projected, "cluster_id", "eval clusters missing from the "
+                             "projected windows", "rerun the mock rules (snakemake ... "
+                             "--forcerun project)")
+    g_cid, _ = read_table(projected, group="galaxies", columns=["cluster_id"])
+    lo = int(np.searchsorted(g_cid["cluster_id"], ids.min(), side="left"))
+    hi = int(np.searchsorted(g_cid["cluster_id"], ids.max(), side="right"))
+    del g_cid
+    g, _ = read_table(projected, group="galaxies", rows=slice(lo, hi))
+    keep = np.isin(g["cluster_id"], ids)
+    return ({k: v[row] for k, v in pc.items()}, {k: v[keep] for k, v in g.items()},
+            float(attrs["redshift"]))
+
+
+def _eval_reference(path):
+    """Stored eval predictions sorted by cluster id."""
+    ref, _ = read_table(path, group="predictions")
+    order = np.argsort(ref["cluster_id"], kind="stable")
+    return {k: np.asarray(v)[order] for k, v in ref.items()}
+
+
+def _models(s, model, normalisation, joint_pdf, eval_predictions, fiducial):
+    """The models of the matrix: this run's, and the fiducial-model run's when given
+    (checked: a fiducial run beside a marginalised one, on the same KDE grid)."""
+    from ..calibration import load_calibration
+
+    def one(kind, run, m, norm_path, pdf_path, ev):
+        net, norm = load_network(m, norm_path)
+        return dict(kind=kind, run=run, net=net, norm=norm, model=str(m),
+                    joint_pdf=str(pdf_path), eval=ev,
+                    pdf=load_calibration(pdf_path, distance_aware=s.calibration.distance_aware))
+
+    out = [one("marginalised" if s.nuisance.sample else "fiducial", s.run, model,
+               normalisation, joint_pdf, eval_predictions)]
+    if fiducial:
+        if not s.nuisance.sample:
+            raise ConfigError("misspecification: compare.fiducial_run is set in a run with "
+                              "nuisance.sample: false. Fix: set compare.fiducial_run: null")
+        cfg = read_config_file(fiducial["config"])
+        if (cfg.get("nuisance") or {}).get("sample", True):
+            raise CatalogueError(fiducial["config"], "nuisance.sample", "the fiducial-model "
+                                 "run is marginalised too", "rerun it with --configfile "
+                                 "config.yaml configs/fiducial.yaml")
+        fid = one("fiducial", s.compare.fiducial_run, fiducial["model"],
+                  fiducial["normalisation"], fiducial["joint_pdf"], fiducial["eval"])
+        if list(fid["norm"]["input"]["grid"]) != list(out[0]["norm"]["input"]["grid"]):
+            raise CatalogueError(fiducial["normalisation"], "input.grid", "the fiducial "
+                                 "model's cube grid differs from this run's",
+                                 "run the fiducial model with this config's kde section")
+        out.append(fid)
+    return out
+
+
+def _variant_windows(v, s, cosmo, proj, gal, z, dist):
+    """The eval clusters of variant ``v`` after its nuisances, the flux limit and the
+    richness cut: cluster rows and window galaxies (as flux_limit writes them)."""
+    from ..mock.fluxlimit import flux_limit
+    from ..mock.nuisance import WindowNuisances
+
+    select, cl, g = None, proj, gal
+    if v.kind != "fiducial":
+        nset = dataclasses.replace(s.nuisance, sample=v.kind == "prior", fixed=dict(v.fixed))
+        wn = WindowNuisances(nset, s.window, cosmo, log10_m200c=proj["log10_m200c"],
+                             redshift=z, observer_distance_mpc_h=dist,
+                             rng=stage_rng(s.seed, f"misspecification/{v.name}"))
+        cl, g, select = wn.apply(slice(None), proj, gal)
+    c_out, g_out, _ = flux_limit(cl, g, dist, cosmology=cosmo, mag_r_limit=s.mock.mag_r_limit,
+                                 min_galaxies=s.mock.min_galaxies, select=select)
+    return c_out, g_out
+
+
+def _thirds_scatter(eps, distance, edges) -> dict:
+    """Scatter of the residuals in the near, middle and far thirds of the eval set's
+    observer distances (``edges``: its 1/3 and 2/3 quantiles)."""
+    which = np.searchsorted(edges, distance, side="right")
+    out = {}
+    for i, name in enumerate(("near", "mid", "far")):
+        e = eps[(which == i) & np.isfinite(eps)]
+        out[f"scatter_dex_{name}"] = float(np.std(e)) if e.size else float("nan")
+    return out
+
+
+def _row(m_kind, run, v, m, n_eval, thirds) -> dict:
+    name, value = (next(iter(v.fixed.items())) if v.fixed else ("", float("nan")))
+    ok = None
+    if v.kind == "edge":
+        c = MISSPECIFICATION_CRITERIA
+        ok = bool(abs(m["mean_residual_dex"]) <= c["mean_residual_dex"]
+                  and abs(m["coverage_68"] - 0.68) <= c["coverage_68"]
+                  and abs(m["coverage_95"] - 0.95) <= c["coverage_95"])
+    elif v.kind == "fiducial" and m_kind == "marginalised":
+        ok = all(abs(m[k] - _NOMINAL[k]) <= tol for k, tol in FIDUCIAL_EVAL_TOLERANCE.items())
+    return dict(model=m_kind, run=run, variant=v.name, kind=v.kind, nuisance=name,
+                value=value, n_dropped=int(n_eval - m["n"]), within_criteria=ok, **thirds, **m)
+
+
+def _score(models, rows, t, summ_of, dist, halo, v, n_eval, edges):
+    """Rows of variant ``v`` for every model (``summ_of[i]``: model i's summaries)."""
+    from ..evaluation.misspecification import variant_metrics
+
+    out = []
+    for i, mdl in enumerate(models):
+        m = variant_metrics(t, summ_of[i], halo, seed=0)
+        eps = t - np.asarray(summ_of[i]["median"], dtype=float)
+        out.append(_row(mdl["kind"], mdl["run"], v, m, n_eval,
+                        _thirds_scatter(eps, dist, edges)))
+        log.info("misspecification %s, %s model: n %d, mean residual %+.3f +- %.3f dex, "
+                 "scatter %.3f, 68%% %.3f +- %.3f, 95%% %.3f +- %.3f", v.name, mdl["kind"],
+                 m["n"], m["mean_residual_dex"], m["mean_residual_dex_err"], m["scatter_dex"],
+                 m["coverage_68"], m["coverage_68_err"], m["coverage_95"],
+                 m["coverage_95_err"])
+    rows += out
+
+
+def _reproduced(pred, ids, ref, what) -> float:
+    """Largest |difference| between ``pred`` of ``ids`` and the stored ``ref`` predictions
+    on the ids both have (inf when they share none)."""
+    both, a, b = np.intersect1d(ids, ref["cluster_id"], return_indices=True)
+    if not both.size:
+        log.warning("misspecification: no cluster of %s among the variant's", what)
+        return float("inf")
+    return float(np.max(np.abs(pred[a] - ref["log10_m200c_pred"][b])))
+
+
+def misspecification(*, config, model, normalisation, joint_pdf, projected, clusters,
+                     eval_predictions, summary_out, table_out, fiducial=None, threads=1,
+                     progress=True):
+    """Rule ``misspecification``: the run's CNN3D + calibration (and, with ``fiducial``,
+    the fiducial-model run's: a mapping of ``model``, ``normalisation``, ``joint_pdf``,
+    ``eval`` and ``config`` paths) on the eval clusters as stored (``eval``, this run's
+    model) and of every variant universe.
+
+    Checks, which stop the rule if broken (the windows would not be the eval clusters'):
+    this run's model on the stored eval windows reproduces ``eval_predictions``; a model
+    trained on the fiducial universe reproduces its own run's stored eval predictions on
+    the fiducial variant (on the clusters both share).
+    """
+    import numba
+    from tqdm.auto import tqdm
+
+    from ..calibration import summarise
+    from ..cosmology import make_cosmology
+    from ..evaluation.misspecification import Variant, variants
+    from ..kde import Grid3D
+    from .evaluate import cluster_columns
+
+    s = settings_of(config)
+    numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
+    cosmo = make_cosmology(s.cosmology)
+    models = _models(s, model, normalisation, joint_pdf, eval_predictions, fiducial)
+    nets = [(mdl["net"], mdl["norm"]) for mdl in models]
+    ref = _eval_reference(eval_predictions)
+    ids = ref["cluster_id"]
+    if ids.size == 0:
+        raise CatalogueError(eval_predictions, "cluster_id", "the eval split is empty",
+                             "raise splits.fractions.eval")
+    cc = cluster_columns(clusters, ids, ["observer_distance_mpc_h", "halo_id"])
+    dist = np.asarray(cc["observer_distance_mpc_h"], dtype=np.float64)
+    edges = np.quantile(dist, [1.0 / 3.0, 2.0 / 3.0])
+    grid = Grid3D(n=s.kde.n_grid, half_width_mpc_h=s.window.half_width_mpc_h,
+                  v_max_kms=s.window.v_max_kms)
+    bs = s.train.batch_size
+    rows, checks = [], {}
+
+    # the eval clusters as stored (this run's model): the path's own check
+    g = split_galaxies(clusters, ids)
+    pred = cubes_and_predict(nets[:1], dict(x_mpc_h=g["x_proj_mpc_h"], y_mpc_h=g["y_proj_mpc_h"],
+                                            v_kms=g["v_los_kms"]),
+                             galaxy_offsets(ids, g["cluster_id"]), ids, grid, s.kde, bs, dist)[0]
+    checks["eval"] = float(np.max(np.abs(pred - ref["log10_m200c_pred"])))
+    _score(models[:1], rows, ref["log10_m200c_true"], [summarise(models[0]["pdf"], pred, distance=dist)], dist, cc["halo_id"],
+           Variant("eval", "eval"), ids.size, edges)
+
+    proj, gal, z = _projected_eval_windows(projected, ids)
+    if s.mock.members == "bound":
+        gal = {k: v[gal["is_member"] != 0] for k, v in gal.items()}
+    vs = variants(s.nuisance, s.robustness.misspecification_beyond)
+    for v in tqdm(vs, desc="misspecification", unit="variant", disable=not progress):
+        c_out, g_out = _variant_windows(v, s, cosmo, proj, gal, z, dist)
+        kept, d = c_out["cluster_id"], c_out["observer_distance_mpc_h"]
+        preds = cubes_and_predict(nets, dict(x_mpc_h=g_out["x_proj_mpc_h"],
+                                             y_mpc_h=g_out["y_proj_mpc_h"],
+                                             v_kms=g_out["v_los_kms"]),
+                                  galaxy_offsets(kept, g_out["cluster_id"]), kept, grid, s.kde,
+                                  bs, d)
+        if v.kind == "fiducial":
+            for i, mdl in enumerate(models):
+                if mdl["kind"] == "fiducial":
+                    fref = ref if mdl["eval"] == eval_predictions else _eval_reference(
+                        mdl["eval"])
+                    checks["fiducial"] = _reproduced(preds[i], kept, fref, mdl["eval"])
+                    if mdl["eval"] == eval_predictions and kept.size != ids.size:
+                        checks["fiducial"] = float("inf")
+        _score(models, rows, c_out["log10_m200c"],
+               [summarise(mdl["pdf"], preds[i], distance=d) for i, mdl in enumerate(models)],
+               d, c_out["halo_id"], v, ids.size, edges)
+    bad = {k: c for k, c in checks.items() if not c <= _REPRODUCE_DEX}
+    if bad:
+        raise RuntimeError(f"misspecification: the matrix's windows do not reproduce the stored "
+                           f"eval predictions (max |difference| dex: {bad}; 'eval': "
+                           f"{eval_predictions} from the eval split's galaxies, 'fiducial': "
+                           "the fiducial variant of projected.h5 through the fiducial model): "
+                           "rerun the mock rules (--forcerun project)")
+    summary = _summary(s, models, rows, checks, edges)
+    io.write_json(summary_out, jsonable(summary))
+    write_csv(table_out, MISSPECIFICATION_COLUMNS, rows)
+    for kind, m in summary["models"].items():
+        log.info("misspecification (%s model, run %s): %d of %d prior-edge variants within "
+                 "the criteria", kind, m["run"], m["edge_variants_within_criteria"],
+                 m["n_edge_variants"])
+
+
+def _summary(s, models, rows, checks, edges) -> dict:
+    per = {}
+    for mdl in models:
+        mine = [r for r in rows if r["model"] == mdl["kind"]]
+        edge = [r for r in mine if r["kind"] == "edge"]
+        fid = next((r for r in mine if r["kind"] == "fiducial"), None)
+        per[mdl["kind"]] = dict(
+            run=mdl["run"], model=mdl["model"], joint_pdf=mdl["joint_pdf"],
+            edge_variants_within_criteria=int(sum(bool(r["within_criteria"]) for r in edge)),
+            n_edge_variants=len(edge),
+            fiducial_eval_within_tolerance=(fid or {}).get("within_criteria"))
+    first = per[models[0]["kind"]]
+    return dict(run=s.run, nuisance_sample=bool(s.nuisance.sample), n_eval=int(rows[0]["n"]),
+                criteria=MISSPECIFICATION_CRITERIA,
+                fiducial_eval_tolerance=FIDUCIAL_EVAL_TOLERANCE,
+                distance_third_edges_mpc_h=[float(e) for e in edges],
+                reproduces_eval_predictions_dex=checks,
+                edge_variants_within_criteria=first["edge_variants_within_criteria"],
+                n_edge_variants=first["n_edge_variants"], models=per, variants=rows)
+
+
+def misspecification_plots(*, summary, png):
+    """Rule ``misspecification_plots``: mean residual and coverage per variant universe."""
+    from ..plots.analyses import misspecification_figure
+
+    misspecification_figure(read_json(summary, "variants", "rerun the misspecification rule"),
+                            png)

@@ -43,7 +43,8 @@ rule comparison_inputs:
 
 rule fiducial_inputs:
     """What another run's misspecification matrix and comparison read from this one
-    (compare.fiducial_run): the CNN3D, its calibration and eval predictions, the metrics.
+    (compare.fiducial_run): the CNN3D, its calibration and eval predictions, the flow and
+    its calibration, the metrics.
     `make run` builds only these for the fiducial-model run (configs/fiducial.yaml)."""
     input:
         res("model/cnn3d.keras"),
@@ -52,4 +53,6 @@ rule fiducial_inputs:
         res("summaries/eval.h5"),
         res("evaluation/metrics.json"),
         res("flow/metrics.json"),
+        res("flow/model/flow.pt"),
+        flow_joint_pdf(),
         res("config.resolved.yaml"),

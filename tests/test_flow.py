@@ -343,7 +343,7 @@ def test_missing_or_nan_distances_raise(tmp_path, one_thread):
     the file and distance_mpc_h named (ValueError without a file); training on a file with
     a NaN distance stops before any epoch; equal distances standardise with sd 1."""
     from cmpipe.flow.training import distance_standardisation
-    from cmpipe.stages.flow import _curves
+    from cmpipe.stages.flow import flow_curves
 
     img, m, dist = distance_toy(20, np.random.default_rng(3))
     g = np.linspace(13.0, 15.0, 21)
@@ -358,7 +358,7 @@ def test_missing_or_nan_distances_raise(tmp_path, one_thread):
         fm.sample(img, 5, bad)
     write_images(tmp_path / "nan.h5", img, m, bad)
     with pytest.raises(CatalogueError, match=r"nan\.h5.*distance_mpc_h"):
-        _curves(fm, g, tmp_path / "nan.h5")
+        flow_curves(fm, g, tmp_path / "nan.h5")
     write_images(tmp_path / "ok.h5", img, m, dist)
     with pytest.raises(CatalogueError, match=r"nan\.h5.*distance_mpc_h.*training"):
         train_flow(tmp_path / "nan.h5", tmp_path / "ok.h5", tmp_path / "m",
@@ -371,7 +371,7 @@ def test_missing_or_nan_distances_raise(tmp_path, one_thread):
                    replace(D_SETTINGS, epochs=1))
     assert r.epochs_run == 1
     blind, meta = FlowModel.load(tmp_path / "blind")
-    cols, curves, _ = _curves(blind, grid_of(meta), tmp_path / "nan.h5")
+    cols, curves, _ = flow_curves(blind, grid_of(meta), tmp_path / "nan.h5")
     assert np.isnan(cols["distance_mpc_h"][4]) and np.all(np.isfinite(curves))
     assert distance_standardisation(np.full(5, 0.1)) == dict(distance_mean=pytest.approx(0.1),
                                                              distance_sd=1.0)

@@ -384,11 +384,15 @@ def _check_misspecification(res, m3):
     import csv
 
     mm = json.loads((res / "robustness/misspecification.json").read_text())
-    assert mm["nuisance_sample"] is True and list(mm["models"]) == ["marginalised"]
+    assert mm["nuisance_sample"] is True
+    assert list(mm["models"]) == ["marginalised/cnn3d_sbi", "marginalised/flow_sbi"]
     assert mm["reproduces_eval_predictions_dex"]["eval"] <= 1e-6
     assert "fiducial" not in mm["reproduces_eval_predictions_dex"]    # no fiducial model
-    rows = {r["variant"]: r for r in mm["variants"]}
-    assert {r["model"] for r in mm["variants"]} == {"marginalised"}
+    rows = {r["variant"]: r for r in mm["variants"] if r["estimator"] == "cnn3d_sbi"}
+    flow = {r["variant"]: r for r in mm["variants"] if r["estimator"] == "flow_sbi"}
+    assert set(flow) == set(rows) and {r["model"] for r in mm["variants"]} == {"marginalised"}
+    # the flow on the same windows: the same clusters
+    assert all(flow[v]["n"] == rows[v]["n"] for v in rows)
     assert set(rows) == {"eval", "fiducial", "prior", "mag_shift_mag=-0.03",
                          "mag_shift_mag=0.33", "completeness=0.7", "fibre_collision_loss=0.7",
                          "velocity_bias=0.85", "velocity_bias=1.15", "central_velocity_frac=0.3",
@@ -413,7 +417,8 @@ def _check_misspecification(res, m3):
     assert rows["completeness=0.5"]["mean_residual_dex"] > fid["mean_residual_dex"]
     with open(res / "robustness/misspecification.csv") as f:
         table = list(csv.DictReader(f))
-    assert [r["variant"] for r in table] == [r["variant"] for r in mm["variants"]]
+    assert [(r["variant"], r["estimator"]) for r in table] == [
+        (r["variant"], r["estimator"]) for r in mm["variants"]]
     assert (res / "robustness/misspecification.png").is_file()
 
 
@@ -539,15 +544,19 @@ def test_flow_products_are_consistent(tiny_run):
 def test_pure_catalogue_keeps_bound_members_only(tiny_run, tmp_path):
     """mock.members: bound on the tiny run's projection: only is_member = 1 galaxies, the
     same observers, so a cluster survives iff its visible members pass the richness cut and
-    its pure n_gal equals its contaminated n_members."""
+    its pure n_gal equals its contaminated n_members. In the fiducial universe (nuisance.sample
+    false: the random completeness and the cloned interlopers of the marginalised mock draw
+    differently once the interlopers are gone)."""
     wd, res = tiny_run
     cfg = load_config(wd / "config.yaml", ROOT / "src/cmpipe/data/config.schema.yaml",
                       overlays=[wd / "configs/tiny.yaml"])
+    cfg["nuisance"]["sample"] = False
+    stages.flux_limit(config=cfg, projected=res / "mock/projected.h5", out=tmp_path / "all.h5")
     cfg["mock"]["members"] = "bound"
     stages.flux_limit(config=cfg, projected=res / "mock/projected.h5", out=tmp_path / "pure.h5")
     pc, pattrs = read_table(tmp_path / "pure.h5", group="clusters")
     pg, _ = read_table(tmp_path / "pure.h5", group="galaxies")
-    cc, _ = read_table(res / "mock/fluxlimited.h5", group="clusters")
+    cc, _ = read_table(tmp_path / "all.h5", group="clusters")
     assert pattrs["members"] == "bound"
     assert np.all(pg["is_member"] == 1) and len(pg["cluster_id"]) > 0
     np.testing.assert_array_equal(pc["n_gal"], pc["n_members"])
@@ -561,3 +570,69 @@ def test_pure_catalogue_keeps_bound_members_only(tiny_run, tmp_path):
     np.testing.assert_array_equal(pc["n_gal"], cc["n_members"][row])
     np.testing.assert_allclose(pc["observer_distance_mpc_h"],
                                cc["observer_distance_mpc_h"][row], rtol=0, atol=0)
+
+
+def test_misspecification_beside_the_fiducial_model(tiny_run, tmp_path):
+    """compare.fiducial_run (issue 28): a fiducial-model run of the tiny config
+    (configs/fiducial.yaml, target fiducial_inputs, in its own directory) beside the
+    tiny run's marginalised model. The matrix puts both through the same variant windows:
+    the fiducial variant reproduces the fiducial run's stored eval predictions (on the
+    clusters both eval sets share) and both models have every variant on the same clusters.
+    The comparison names each catalogue's model. A missing fiducial run
+    stops the workflow before any job with the command that makes it."""
+    wd, res = tiny_run
+    fd = _workdir(tmp_path)
+    proc = _snakemake(fd, "fiducial_inputs", "--configfile", "configs/tiny.yaml",
+                      "configs/fiducial.yaml", "--config", "run=tiny-fiducial")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    fres = fd / "results/tiny-fiducial"
+    cfg = load_config(wd / "config.yaml", ROOT / "src/cmpipe/data/config.schema.yaml",
+                      overlays=[wd / "configs/tiny.yaml"])
+    cfg["compare"]["fiducial_run"] = "tiny-fiducial"
+    fid = dict(model=fres / "model/cnn3d.keras", normalisation=fres / "model/normalisation.json",
+               joint_pdf=fres / "calibration/joint_pdf.h5", eval=fres / "summaries/eval.h5",
+               config=fres / "config.resolved.yaml", flow_model=fres / "flow/model/flow.pt",
+               flow_joint_pdf=fres / "flow/joint_pdf.h5")
+    stages.misspecification(
+        config=cfg, model=res / "model/cnn3d.keras", normalisation=res / "model/normalisation.json",
+        joint_pdf=res / "calibration/joint_pdf.h5", projected=res / "mock/projected.h5",
+        clusters=res / "mock/clusters.h5", eval_predictions=res / "summaries/eval.h5",
+        flow=dict(model=res / "flow/model/flow.pt", joint_pdf=res / "flow/joint_pdf.h5"),
+        fiducial=fid, summary_out=tmp_path / "mm.json", table_out=tmp_path / "mm.csv",
+        progress=False)
+    mm = json.loads((tmp_path / "mm.json").read_text())
+    assert mm["reproduces_eval_predictions_dex"]["fiducial"] <= 1e-6
+    assert list(mm["models"]) == ["marginalised/cnn3d_sbi", "marginalised/flow_sbi",
+                                  "fiducial/cnn3d_sbi", "fiducial/flow_sbi"]
+    by = {(r["model"], r["variant"]): r for r in mm["variants"]
+          if r["estimator"] == "cnn3d_sbi"}
+    names = {v for _, v in by}
+    assert {("fiducial", v) for v in names - {"eval"}} <= set(by)
+    assert ("fiducial", "eval") not in by
+    # the same cluster windows for both models and both estimators
+    for r in mm["variants"]:
+        assert r["n"] == by[("marginalised", r["variant"])]["n"]
+    fm = json.loads((fres / "evaluation/metrics.json").read_text())
+    assert by[("marginalised", "fiducial")]["within_criteria"] in (True, False)
+    assert by[("fiducial", "fiducial")]["within_criteria"] is None
+
+    # comparison: this run's model is marginalised, the fiducial run's beside it
+    summary = tmp_path / "cmp.json"
+    stages.compare(config=cfg, metrics=res / "evaluation/metrics.json",
+                   flow_metrics=res / "flow/metrics.json",
+                   fiducial_metrics=fres / "evaluation/metrics.json",
+                   fiducial_flow_metrics=fres / "flow/metrics.json",
+                   fiducial_config=fres / "config.resolved.yaml", summary_out=summary,
+                   csv_out=tmp_path / "cmp.csv", png=tmp_path / "cmp.png")
+    cs = json.loads(summary.read_text())
+    assert cs["models"] == {"contaminated": "marginalised", "contaminated_fiducial": "fiducial"}
+    row = next(r for r in cs["rows"] if r["catalogue"] == "contaminated_fiducial"
+               and r["estimator"] == "cnn3d_sbi")
+    assert row["scatter_dex"] == pytest.approx(fm["scatter_dex"], abs=1e-12)
+
+    # a fiducial run that is not there: stopped before any job, with the command
+    (tmp_path / "other.yaml").write_text("compare:\n  fiducial_run: no-such-run\n")
+    proc = _snakemake(fd, "-n", "--configfile", "configs/tiny.yaml", str(tmp_path / "other.yaml"))
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "no-such-run" in out and "fiducial_inputs" in out and "configs/fiducial.yaml" in out

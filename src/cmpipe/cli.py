@@ -48,7 +48,9 @@ Input tables: FITS (.fits, .fit, .fits.gz), CSV (.csv) or ECSV (.ecsv), format f
 extension.
 
 --clusters (always): one row per cluster
-  cluster_id   integer, unique (rows are numbered 0..N-1 if there is no id column)
+  cluster_id   integer, unique (rows are numbered 0..N-1 if there is no id column), or
+               names (A2029, Coma; also read from a name column): then the ids are the
+               rows 0..N-1 and the output keeps the names as cluster_name
   ra_deg       right ascension of the centre, degrees (ICRS)
   dec_deg      declination of the centre, degrees
   z            cluster redshift (> 0)
@@ -59,12 +61,13 @@ extension.
 
 --galaxies (galaxies on the sky): one row per galaxy
   ra_deg, dec_deg   degrees;  z   spectroscopic redshift (>= 0)
-  optional: galaxy_id, cluster_id (membership, used for n_members), mag_r.
+  optional: galaxy_id, cluster_id (membership, used for n_members; the clusters' names
+  when --clusters names them), mag_r.
   Every galaxy enters every cluster window it falls in. Map names with
   --galaxy-column KEY=COLUMN.
 
 --phase-space (galaxies already in projected phase space): one row per galaxy
-  cluster_id           the cluster (must be in --clusters)
+  cluster_id           the cluster (must be in --clusters; its name if they are named)
   x_proj, y_proj       offsets from the centre, proper h^-1 Mpc (east, north)
   v_los                line-of-sight velocity in the cluster frame, km/s
                        (c (z - z_cl) / (1 + z_cl))
@@ -76,7 +79,8 @@ converted). Window and grid come from the run: |x|, |y| <= window.half_width_mpc
 |v| <= window.v_max_kms.
 
 Output (-o, .ecsv/.csv/.fits): one row per cluster, sorted by cluster_id:
-  cluster_id, ra_deg, dec_deg, z, n_gal (galaxies in the window), n_members, n_mem,
+  cluster_id (cluster_name after it when the clusters are named), ra_deg, dec_deg, z,
+  n_gal (galaxies in the window), n_members, n_mem,
   log10_m_cat, log10_m_cat_err, skipped (1: fewer than min_galaxies galaxies, NaN
   posteriors), comoving_distance_mpc_h (from z: the distance-aware calibration is
   sliced there), beyond_mock_depth (1: farther than the mock's observers),

@@ -182,12 +182,16 @@ rule misspecification:
         unpack(
             lambda wc: fiducial_run_inputs(
                 ["fiducial_model", "fiducial_normalisation", "fiducial_joint_pdf",
-                 "fiducial_eval", "fiducial_config"]
+                 "fiducial_eval", "fiducial_config", "fiducial_flow_model"]
+                + (["fiducial_flow_joint_pdf"] if config["calibration"]["recalibrate_flow"]
+                   else [])
             )
         ),
         model=res("model/cnn3d.keras"),
         normalisation=res("model/normalisation.json"),
         joint_pdf=res("calibration/joint_pdf.h5"),
+        flow_model=res("flow/model/flow.pt"),
+        flow_joint_pdf=flow_joint_pdf(),
         projected=res("mock/projected.h5"),
         clusters=res("mock/clusters.h5"),
         eval=res("summaries/eval.h5"),
@@ -205,6 +209,7 @@ rule misspecification:
         mock=product_params("mock"),
         kde=product_params("kde"),
         calibration=config["calibration"],
+        flow=product_params("flow"),
     log:
         res("logs/robustness/misspecification.log"),
     benchmark:
@@ -214,7 +219,7 @@ rule misspecification:
         mem_mb=6000,
         runtime=60,
     conda:
-        "../../envs/survey.yaml"
+        "../../envs/misspecification.yaml"
     script:
         "../scripts/misspecification.py"
 

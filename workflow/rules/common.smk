@@ -203,6 +203,8 @@ FIDUCIAL_PRODUCTS = {
     "fiducial_metrics": "evaluation/metrics.json",
     "fiducial_flow_metrics": "flow/metrics.json",
     "fiducial_config": "config.resolved.yaml",
+    "fiducial_flow_model": "flow/model/flow.pt",
+    "fiducial_flow_joint_pdf": "flow/joint_pdf.h5",
 }
 
 

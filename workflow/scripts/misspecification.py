@@ -5,6 +5,8 @@ run_rule(misspecification, snakemake.log[0], config=snakemake.config,
          model=snakemake.input.model, normalisation=snakemake.input.normalisation,
          joint_pdf=snakemake.input.joint_pdf, projected=snakemake.input.projected,
          clusters=snakemake.input.clusters, eval_predictions=snakemake.input.eval,
+         flow=dict(model=snakemake.input.flow_model,
+                   joint_pdf=snakemake.input.get("flow_joint_pdf") or None),
          fiducial={k[len("fiducial_"):]: v for k, v in snakemake.input.items()
                    if k.startswith("fiducial_")} or None,
          summary_out=snakemake.output.summary, table_out=snakemake.output.table,

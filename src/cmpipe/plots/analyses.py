@@ -163,50 +163,54 @@ def robustness_figure(summary: dict, path) -> None:
 
 
 def misspecification_figure(summary: dict, path) -> None:
-    """Mean residual and 68 / 95% coverage of each unchanged model per variant universe
-    (``robustness/misspecification.json``; the marginalised and the fiducial model side by
-    side, filled and open markers), with the criteria of a calibrated one (grey bands)."""
+    """Mean residual and 68 / 95% coverage of each unchanged estimator per variant universe
+    (``robustness/misspecification.json``): CNN3D + SBI circles, flow squares; this run's
+    (marginalised) model filled, the fiducial model open; the criteria as grey bands."""
     rows = summary["variants"]
     crit = summary["criteria"]
     names = list(dict.fromkeys(r["variant"] for r in rows))
-    models = list(dict.fromkeys(r.get("model", "model") for r in rows))
+    series = list(dict.fromkeys((r.get("model", "model"), r.get("estimator", "cnn3d_sbi"))
+                                for r in rows))
+    models = list(dict.fromkeys(m for m, _ in series))
     y_of = dict(zip(names, np.arange(len(names))[::-1]))
-    step = 0.3 if len(models) > 1 else 0.0
-    colours = {"eval": "0.2", "fiducial": "0.4", "prior": "C2", "edge": "C0", "beyond": "C3"}
+    step = 0.8 / max(len(series), 1)
+    colours = {"eval": "0.2", "fiducial": "0.45", "prior": "C2", "edge": "C0", "beyond": "C3"}
+    markers = {"cnn3d_sbi": "o", "flow_sbi": "s", "flow": "s"}
     panels = [("mean_residual_dex", "mean residual log M_true - median [dex]", 0.0,
                crit["mean_residual_dex"]),
               ("coverage_68", "68% coverage", 0.68, crit["coverage_68"]),
               ("coverage_95", "95% coverage", 0.95, crit["coverage_95"])]
-    fig, axes = plt.subplots(1, 3, figsize=(12.5, 0.42 * len(names) + 2.2), sharey=True)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 0.55 * len(names) + 2.4), sharey=True)
     for a, (key, label, centre, tol) in zip(axes, panels):
         a.axvspan(centre - tol, centre + tol, color="0.9", zorder=0)
         a.axvline(centre, color="k", lw=1)
         for r in rows:
-            j = models.index(r.get("model", "model"))
+            sk = (r.get("model", "model"), r.get("estimator", "cnn3d_sbi"))
+            j = series.index(sk)
             c = colours.get(r["kind"], "k")
-            a.errorbar(r[key], y_of[r["variant"]] + step * (0.5 - j), fmt="o", capsize=3,
-                       xerr=r.get(f"{key}_err") or 0.0, color=c, mfc=c if j == 0 else "white",
-                       label=r.get("model") if (key == "coverage_68" and r["kind"] == "edge")
-                       else None)
+            a.errorbar(r[key], y_of[r["variant"]] + step * ((len(series) - 1) / 2 - j),
+                       xerr=r.get(f"{key}_err") or 0.0, fmt=markers.get(sk[1], "o"), ms=5,
+                       capsize=2, color=c, mfc=c if models.index(sk[0]) == 0 else "white")
         a.set_xlabel(label)
-    handles, labels = axes[1].get_legend_handles_labels()
-    uniq = dict(zip(labels, handles))
-    if len(uniq) > 1:
-        axes[1].legend([uniq[m] for m in models if m in uniq],
-                       [f"{m} model (run {summary.get('models', {}).get(m, {}).get('run', '?')})"
-                        for m in models if m in uniq], fontsize=8, loc="lower left")
+    names_of = {"cnn3d_sbi": "CNN3D + SBI", "flow_sbi": "flow + SBI", "flow": "flow"}
+    for m, e in series:                          # legend: one grey marker per series
+        axes[1].plot([], [], markers.get(e, "o"), color="0.3",
+                     mfc="0.3" if models.index(m) == 0 else "white",
+                     label=f"{m} model, {names_of.get(e, e)}")
+    fig.legend(*axes[1].get_legend_handles_labels(), loc="lower center", ncol=len(series),
+               fontsize=8, frameon=False)
     axes[0].set_yticks(list(y_of.values()))
-    counts = {r["variant"]: r["n"] for r in rows}
+    counts = {}
+    for r in rows:
+        counts.setdefault(r["variant"], r["n"])
     axes[0].set_yticklabels([f"{v} (n={counts[v]})" for v in names], fontsize=8)
-    said = "; ".join(f"{m}: {d['edge_variants_within_criteria']} of {d['n_edge_variants']}"
-                     for m, d in summary.get("models", {}).items())
-    fig.suptitle(f"Unchanged CNN3D + SBI on variant universes (run {summary['run']}). "
-                 f"Prior-edge variants within the criteria (grey bands): {said}\n"
+    said = "; ".join(f"{k}: {d['edge_variants_within_criteria']}/{d['n_edge_variants']}"
+                     for k, d in summary.get("models", {}).items())
+    fig.suptitle(f"Unchanged estimators on variant universes (run {summary['run']}). Prior-edge "
+                 f"variants within the criteria (grey bands): {said}\n"
                  "dark grey: eval set as stored, grey: fiducial universe, green: nuisances "
-                 "drawn from the prior, blue: prior edge, red: beyond the prior; filled: "
-                 f"{models[0]} model" + (f", open: {models[1]} model" if len(models) > 1
-                                          else ""), fontsize=9)
-    fig.tight_layout()
+                 "drawn from the prior, blue: prior edge, red: beyond the prior", fontsize=9)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
     save(fig, path)
 
 

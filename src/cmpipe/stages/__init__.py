@@ -29,8 +29,8 @@ from .cubes import (SPLIT_NAMES, gathered_shard_size, kde_gather, kde_shard, n_s
 from .evaluate import (calibrate, evaluate, evaluation_plots, metrics_table, report_tables,
                        training_plots)
 from .misspecification import misspecification, misspecification_plots
-from .flow import (flow_calibrate, flow_evaluate, flow_images, flow_plots,
-                   flow_survey_images, flow_survey_posteriors, flow_train)
+from .flow import flow_calibrate, flow_evaluate, flow_images, flow_plots, flow_train
+from .flow_survey import flow_survey_images, flow_survey_posteriors
 from .mock import (catalogue, flux_limit, mock_plots, mock_summary, project, select_halos,
                    sightlines, split)
 from .infer import infer, load_run_config

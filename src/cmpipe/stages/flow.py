@@ -3,11 +3,11 @@
 Products under ``results/{run}/`` (docs/data-products.md, "Neural flow"):
 
 - ``flow_images``           -> flow/images/{split}.h5 (2-D (R_proj, v) KDE images)
-- ``flow_survey_images``    -> flow/images/survey.h5
 - ``flow_train``            -> flow/model/flow.pt, flow.json, history.csv
 - ``flow_evaluate``         -> flow/metrics.json, flow/posteriors.h5
-- ``flow_survey_posteriors``-> flow/survey_posteriors.ecsv, .csv
 - ``flow_plots``            -> figures/flow_loss.png, flow_predictions.png, flow_calibration.png
+
+The survey rules of the flow are :mod:`.flow_survey`.
 
 torch is imported only inside the flow functions (never by ``cmpipe.stages`` itself), so the
 other rules' processes do not load it.
@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 
 from .. import io
-from ..cosmology import make_cosmology
 from ..io.mock import galaxy_offsets
 from ..io.tables import CatalogueError, TableWriter, read_table
 from ..settings import SPLIT_CODES, ConfigError, stage_seed
@@ -48,7 +47,7 @@ def _image_n(s) -> int:
     return int(s.flow.n_grid or s.kde.n_grid)
 
 
-def _set_threads(threads):
+def set_flow_threads(threads):
     import torch
 
     torch.set_num_threads(max(1, int(threads)))
@@ -56,7 +55,7 @@ def _set_threads(threads):
 
 # -- inputs ---------------------------------------------------------------------------------
 
-def _write_images(out, ids, gal, rows, s, split_name, source, progress):
+def write_flow_images(out, ids, gal, rows, s, split_name, source, progress):
     """2-D KDE images of clusters ``ids`` (sorted) from their window galaxies ``gal``."""
     from tqdm.auto import tqdm
 
@@ -107,34 +106,7 @@ def flow_images(*, config, clusters, split_name, out, progress=False):
     rows = cube_rows(cl, cl["split"] == SPLIT_CODES[split_name])
     ids = rows["cluster_id"]
     gal = split_galaxies(clusters, ids) if len(ids) else {}
-    _write_images(out, ids, gal, rows, s, split_name, clusters, progress)
-
-
-def flow_survey_images(*, config, phase_space, out, progress=False):
-    """Rule ``flow_survey_images``: 2-D KDE images of the survey clusters that have a cube
-    (``skipped == 0`` in ``survey/phase_space.h5``); true masses NaN. The distance is the
-    comoving one of the cluster redshift, ``(1 + z) d_A`` from the phase-space table (equal
-    to the run cosmology's comoving distance in flat LCDM; this rule's environment has no
-    astropy)."""
-    s = settings_of(config)
-    cl, _ = read_table(phase_space, group="clusters",
-                       columns=["cluster_id", "n_gal", "n_members", "skipped", "z",
-                                "d_a_mpc_h"])
-    kept = cl["skipped"] == 0
-    ids = cl["cluster_id"][kept]
-    order = np.argsort(ids, kind="stable")
-    ids = ids[order]
-    rows = dict(cluster_id=ids, log10_m200c=np.full(ids.size, np.nan),
-                n_gal=cl["n_gal"][kept][order], n_members=cl["n_members"][kept][order],
-                distance_mpc_h=((1.0 + cl["z"]) * cl["d_a_mpc_h"])[kept][order])
-    g, _ = read_table(phase_space, group="galaxies",
-                      columns=["cluster_id", "x_proj_mpc_h", "y_proj_mpc_h", "v_los_kms"],
-                      finite=["x_proj_mpc_h", "y_proj_mpc_h", "v_los_kms"])
-    keep = np.isin(g["cluster_id"], ids)
-    g = {c: v[keep] for c, v in g.items()}
-    o = np.argsort(g["cluster_id"], kind="stable")
-    g = {c: v[o] for c, v in g.items()}
-    _write_images(out, ids, g, rows, s, "survey", phase_space, progress)
+    write_flow_images(out, ids, gal, rows, s, split_name, clusters, progress)
 
 
 # -- training ---------------------------------------------------------------------------
@@ -145,7 +117,7 @@ def flow_train(*, config, train, validation, model_out, threads=1, progress=Fals
 
     s = settings_of(config)
     fs = _flow_settings(s)
-    _set_threads(threads)
+    set_flow_threads(threads)
     r = train_flow(train, validation, Path(model_out).parent, fs, progress=progress)
     log.info("flow_train: %d parameters, best epoch %d of %d (validation NLL %.4f nats per "
              "cluster), stopped early: %s", r.n_params, r.best_epoch, r.epochs_run,
@@ -154,14 +126,15 @@ def flow_train(*, config, train, validation, model_out, threads=1, progress=Fals
 
 # -- posteriors ---------------------------------------------------------------------------
 
-def _load(model):
+def load_flow(model):
+    """The trained flow of ``flow/model/flow.pt``: model, metadata and its mass grid."""
     from ..flow.training import FlowModel, grid_of
 
     fm, meta = FlowModel.load(Path(model).parent)
     return fm, meta, grid_of(meta)
 
 
-def _curves(fm, grid, images, chunk=1024):
+def flow_curves(fm, grid, images, chunk=1024):
     """Posterior curves and in-grid probability of every image/cube of a file (given its
     ``distance_mpc_h`` when the flow takes the distance)."""
     from ..io.cubes import CubeReader
@@ -208,10 +181,10 @@ def flow_calibrate(*, config, model, images, clusters, out, threads=1):
     from .evaluate import cluster_columns, cross_validated_coverage, tabulate_calibration
 
     s = settings_of(config)
-    _set_threads(threads)
-    fm, meta, grid = _load(model)
-    cols, curves, _ = _curves(fm, grid, images)
-    d = _grid_summaries(grid, curves, None, None, s.calibration.point_estimate)["point"]
+    set_flow_threads(threads)
+    fm, meta, grid = load_flow(model)
+    cols, curves, _ = flow_curves(fm, grid, images)
+    d = grid_summaries(grid, curves, None, None, s.calibration.point_estimate)["point"]
     fin = np.isfinite(d)
     pred = dict(cluster_id=cols["cluster_id"][fin], log10_m200c_pred=d[fin],
                 log10_m200c_true=cols["log10_m200c"][fin].astype(np.float64))
@@ -235,7 +208,7 @@ def flow_calibrate(*, config, model, images, clusters, out, threads=1):
              s.calibration.point_estimate)
 
 
-def _grid_summaries(grid, curves, mass, t, point) -> dict:
+def grid_summaries(grid, curves, mass, t, point) -> dict:
     """The flow's own posterior summaries on ``grid`` (with PIT of ``t`` and the
     ``extrapolated`` flag from the in-grid probability ``mass`` when given)."""
     from ..flow.training import pit_from_curves
@@ -269,6 +242,61 @@ def _recalibrated(s, joint_pdf, raw, t, distance):
     curves = np.full((t.size, pdf.m_grid.size), np.nan, dtype=np.float32)
     curves[fin] = cv
     return summ, curves, pdf.m_grid
+
+
+def flow_window_summaries(config, flow, joint_pdf, gal, offsets, ids, distance,
+                          log10_m_true) -> dict:
+    """Posterior summaries of the flow (+ SBI with ``joint_pdf``, rule ``flow_calibrate``'s)
+    for clusters given by their window galaxies in memory, as rules ``flow_images`` and
+    ``flow_evaluate`` make them: the flow's inputs (2-D ``(R_proj, v)`` KDE images, or the
+    CNN3D's cubes when ``flow.input`` is 3d), its posterior curves at each cluster's
+    ``distance`` [h^-1 Mpc], the point estimate, and the test-split recalibration.
+
+    Parameters
+    ----------
+    flow : tuple
+        :func:`load_flow`'s (model, metadata, mass grid).
+    gal : mapping
+        ``x_proj_mpc_h``, ``y_proj_mpc_h``, ``v_los_kms`` of the windows, by cluster.
+    offsets, ids : ndarray
+        Cluster ``k`` (id ``ids[k]``) is galaxies ``offsets[k]:offsets[k+1]``.
+
+    Returns
+    -------
+    dict of ndarray
+        ``median``, ``lo68``, ``hi68``, ``lo95``, ``hi95`` (log10 h^-1 Msun), ... per cluster.
+    """
+    from ..kde import Grid3D, kde_cube_batches
+    from ..kde.images import ablation_inputs
+
+    s = settings_of(config)
+    fm, _, grid = flow
+    W, V, k = s.window.half_width_mpc_h, s.window.v_max_kms, s.kde
+    n = len(ids)
+    curves, mass = np.empty((n, grid.size)), np.empty(n)
+    if s.flow.input == "3d":
+        g3 = Grid3D(n=k.n_grid, half_width_mpc_h=W, v_max_kms=V)
+        batches = kde_cube_batches(gal["x_proj_mpc_h"], gal["y_proj_mpc_h"], gal["v_los_kms"],
+                                   offsets, grid=g3, h0=k.h0, truncation=k.truncation,
+                                   batch_size=_IMAGE_BATCH, ids=ids)
+    else:
+        def images():
+            for b0 in range(0, n, _IMAGE_BATCH):
+                b1 = min(b0 + _IMAGE_BATCH, n)
+                o = offsets[b0:b1 + 1]
+                r = slice(int(o[0]), int(o[-1]))
+                yield b0, b1, ablation_inputs(
+                    gal["x_proj_mpc_h"][r], gal["y_proj_mpc_h"][r], gal["v_los_kms"][r],
+                    o - o[0], "2d", n=_image_n(s), half_width_mpc_h=W, v_max_kms=V, h0=k.h0,
+                    truncation=k.truncation, min_galaxies=3, ids=ids[b0:b1].tolist())
+        batches = images()
+    for b0, b1, x in batches:
+        curves[b0:b1], mass[b0:b1] = fm.posterior_curves(x, grid, distance[b0:b1])
+    t = np.asarray(log10_m_true, dtype=float)
+    raw = grid_summaries(grid, curves, mass, t, s.calibration.point_estimate)
+    if joint_pdf is None:
+        return raw
+    return _recalibrated(s, joint_pdf, raw, t, np.asarray(distance, dtype=float))[0]
 
 
 def _uncalibrated_metrics(t, raw) -> dict:
@@ -315,15 +343,15 @@ def flow_evaluate(*, config, model, images, clusters, metrics_out, posteriors_ou
     from ..evaluation.metrics import evaluation_report, interloper_diagnostic, residuals
 
     s = settings_of(config)
-    _set_threads(threads)
+    set_flow_threads(threads)
     point = s.calibration.point_estimate
-    fm, meta, grid = _load(model)
-    cols, curves, mass = _curves(fm, grid, images)
+    fm, meta, grid = load_flow(model)
+    cols, curves, mass = flow_curves(fm, grid, images)
     if len(cols["cluster_id"]) == 0:
         raise CatalogueError(images, "cluster_id", "the eval split is empty",
                              "raise splits.fractions.eval")
     t = cols["log10_m200c"].astype(np.float64)
-    summ = raw = _grid_summaries(grid, curves, mass, t, point)
+    summ = raw = grid_summaries(grid, curves, mass, t, point)
     rows = _eval_rows(clusters, cols, images)
     if joint_pdf is not None:
         summ, curves, grid = _recalibrated(s, joint_pdf, raw, t,
@@ -438,145 +466,6 @@ def _write_flow_posteriors(path, cols, rows, t, raw, summ, mass, grid, curves, p
         w.add_array("curves", np.asarray(curves, dtype=np.float32), unit="dex^-1",
                     description="posterior density per eval cluster on grid/log10_m200c; "
                                 "rows as posteriors/")
-
-
-def _population_range(s, meta) -> tuple[float, float]:
-    """True-mass range of the population prior: the survey sample's (as for the CNN3D +
-    SBI survey posteriors) clipped to the flow's training masses."""
-    from ..survey.posteriors import population_mass_range
-
-    return population_mass_range(s, meta["training_mass_range"],
-                                  "the flow's training masses")
-
-
-def flow_survey_posteriors(*, config, model, images, phase_space, out, csv_out=None,
-                           joint_pdf=None, threads=1, extra_meta=None):
-    """Rule ``flow_survey_posteriors``: the flow's posteriors of the survey clusters.
-
-    Same table as ``survey/posteriors.ecsv`` (one row per survey cluster, sorted by id;
-    ``flat_*`` under the training-set prior the flow carries, ``pop_*`` re-weighted by
-    Tinker 2008 at the cluster redshift over that prior, truncated to the sample's mass
-    range inside the training masses). ``log10_m_pred`` holds the flow's point estimate
-    (``calibration.point_estimate`` of the flat posterior); ``extrapolated`` flags
-    posteriors with more than 1% of their probability outside the mass grid. With
-    ``joint_pdf`` (rule ``flow_calibrate``) the table is the CNN3D's
-    (:func:`cmpipe.survey.posteriors.survey_posterior_table`) with the flow's point
-    estimate as d~: slices of the test-split calibration at each cluster's d~ and distance.
-    ``extra_meta``: more header metadata (``cmpipe infer`` names the estimator it chose).
-    """
-    from ..io.survey_products import SURVEY_POSTERIOR_KEYS, survey_posterior_schema
-    from ..massfunction import summaries_under_priors
-    from ..survey.posteriors import flag_calibration_edge, posterior_table_base
-
-    s = settings_of(config)
-    _set_threads(threads)
-    cosmo = make_cosmology(s.cosmology)
-    point = s.calibration.point_estimate
-    cl, cl_attrs = read_table(phase_space, group="clusters")
-    n = len(cl["cluster_id"])
-    fm, meta, grid = _load(model)
-    cols, curves, mass = _curves(fm, grid, images)
-    row = np.searchsorted(cl["cluster_id"], cols["cluster_id"])
-    if np.any(row >= n) or np.any(cl["cluster_id"][np.minimum(row, n - 1)]
-                                  != cols["cluster_id"]):
-        raise CatalogueError(images, "cluster_id", "image ids differ from the phase-space "
-                             "cluster table", "rerun flow_survey_images")
-    if joint_pdf is not None:
-        table, schema, meta_out = _calibrated_survey_table(s, cosmo, cl, row, curves, grid,
-                                                           joint_pdf, images, model)
-        return _write_flow_survey(table, schema, dict(meta_out, **(extra_meta or {})), cl,
-                                  cl_attrs, phase_space, out, csv_out)
-    m_range = _population_range(s, meta)
-    prior = np.asarray(meta["training_prior"], dtype=np.float64)
-    if prior.shape != grid.shape:
-        raise CatalogueError(Path(model).parent / "flow.json", "training_prior",
-                             "prior and mass grid differ in length", "rerun flow_train")
-    table = posterior_table_base(s, cosmo, cl)
-    for p in ("flat", "pop"):
-        for key in SURVEY_POSTERIOR_KEYS:
-            table[f"{p}_{key}"] = np.full(n, np.nan)
-    table["extrapolated"] = np.zeros(n, dtype=np.int8)
-    table["extrapolated"][row] = ~(mass >= 1.0 - OUTSIDE_GRID_TOLERANCE)
-    inside = ((grid >= m_range[0]) & (grid <= m_range[1])).astype(np.float64)
-    for c0 in range(0, row.size, 2048):
-        sl = slice(c0, c0 + 2048)
-        su = summaries_under_priors(grid, curves[sl], cl["z"][row[sl]], cosmo, prior * inside)
-        for p, name in (("flat", "test_prior"), ("pop", "population_prior")):
-            for key in SURVEY_POSTERIOR_KEYS:
-                table[f"{p}_{key}"][row[sl]] = su[name][key]
-    table["log10_m_pred"] = table[f"flat_{point}"]
-    flag_calibration_edge(table, meta["training_mass_range"])
-    schema = dict(survey_posterior_schema())
-    schema["log10_m_pred"] = ("f8", "log10(h^-1 Msun)",
-                              f"flow point estimate (posterior {point}, training-set prior)")
-    schema["extrapolated"] = ("i1", "", "1: more than 1% of the flow's probability outside "
-                                        "the mass grid")
-    for key in SURVEY_POSTERIOR_KEYS:
-        unit, desc = schema[f"flat_{key}"][1:]
-        schema[f"flat_{key}"] = ("f8", unit, desc.replace("test-set (flat) prior",
-                                                          "training-set (flat) prior"))
-    meta_out = dict(
-        **(extra_meta or {}), run=s.run, estimator="neural flow", model=str(model),
-        images=str(images),
-        prior_flat=FLOW_PRIOR,
-        prior_pop="population prior: the flat posterior re-weighted by the Tinker et al. "
-                  "(2008) mass function at the cluster redshift over the training-set prior",
-        population_log10_m_range=list(m_range),
-        n_clusters=int(n), n_with_posterior=int(np.isfinite(table["flat_median"]).sum()),
-        n_skipped=int(cl["skipped"].sum()), n_extrapolated=int(table["extrapolated"].sum()),
-        n_beyond_mock_depth=int(table["beyond_mock_depth"].sum()),
-        n_outside_calibrated_range=int(table["outside_calibrated_range"].sum()),
-        comments=["flat_*: the flow's posterior (training-set prior, flat in log M)",
-                  "pop_*: posterior under the Tinker (2008) mass function at the cluster "
-                  f"redshift, truncated to log10 M in [{m_range[0]:.3f}, {m_range[1]:.3f}]",
-                  "masses log10(M200c / h^-1 Msun); *_sd in dex; lo68/hi68 = 15.87/84.13%, "
-                  "lo95/hi95 = 2.5/97.5% quantiles",
-                  "skipped = 1: fewer than survey.min_galaxies galaxies in the window (NaN)"])
-    _write_flow_survey(table, io.Schema(schema), meta_out, cl, cl_attrs, phase_space, out,
-                       csv_out)
-
-
-def _calibrated_survey_table(s, cosmo, cl, row, curves, grid, joint_pdf, images, model):
-    """Survey posteriors of the flow + SBI: table, schema and header metadata."""
-    from ..calibration import load_calibration
-    from ..io.survey_products import survey_posterior_schema
-    from ..survey.posteriors import (population_mass_range, survey_posterior_meta,
-                                     survey_posterior_table)
-
-    pdf = load_calibration(joint_pdf, distance_aware=s.calibration.distance_aware)
-    d = np.full(len(cl["cluster_id"]), np.nan)
-    d[row] = _grid_summaries(grid, curves, None, None, s.calibration.point_estimate)["point"]
-    m_range = population_mass_range(s, pdf.calibrated_mass_range)
-    table = survey_posterior_table(s, cosmo, cl, d, pdf, m_range)
-    meta = survey_posterior_meta(s, table, cl, m_range, model=model, joint_pdf=joint_pdf)
-    meta.update(estimator="neural flow + SBI", images=str(images),
-                prior_flat=FLOW_SBI_PRIOR)
-    schema = dict(survey_posterior_schema())
-    schema["log10_m_pred"] = ("f8", "log10(h^-1 Msun)", "flow point estimate (posterior "
-                              f"{s.calibration.point_estimate}): the summary d~ calibrated")
-    return table, io.Schema(schema), meta
-
-
-def _write_flow_survey(table, schema, meta_out, cl, cl_attrs, phase_space, out, csv_out):
-    """Write the flow's survey posterior table (and its CSV twin; ``cluster_name`` when the
-    input's ids were names) and log a summary."""
-    from ..io.survey import write_any_table
-    from ..io.survey_products import with_cluster_names
-
-    table, schema = with_cluster_names(table, schema, cl_attrs, phase_space)
-
-    n = len(cl["cluster_id"])
-    write_any_table(out, table, schema, meta_out)
-    if csv_out is not None:
-        write_any_table(csv_out, table, schema, meta_out)
-    good = np.isfinite(table["flat_median"])
-    if good.any():
-        log.info("flow survey posteriors: %d of %d clusters (%d skipped); median log M "
-                 "(flat prior) %.3f, median population - flat shift %.3f dex", good.sum(), n,
-                 int(cl["skipped"].sum()), float(np.median(table["flat_median"][good])),
-                 float(np.nanmedian(table["pop_median"] - table["flat_median"])))
-    else:
-        log.warning("flow survey posteriors: no cluster has an image; every posterior is NaN")
 
 
 # -- figures ---------------------------------------------------------------------------------

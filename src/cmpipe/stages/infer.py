@@ -19,7 +19,7 @@ from ..io.tables import CatalogueError
 from ..sections import SPEED_ONLY_KEYS
 from ..settings import ConfigError, Settings, read_config_file
 from .common import log
-from .flow import flow_survey_images, flow_survey_posteriors
+from .flow_survey import flow_survey_images, flow_survey_posteriors
 from .survey import survey_cubes, survey_posteriors
 
 __all__ = ["RESOLVED_CONFIG", "ESTIMATORS", "NOMINAL_COVERAGE", "load_run_config",

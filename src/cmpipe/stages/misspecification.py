@@ -28,7 +28,7 @@ from .cubes import split_galaxies
 __all__ = ["MISSPECIFICATION_COLUMNS", "MISSPECIFICATION_CRITERIA", "FIDUCIAL_EVAL_TOLERANCE",
            "misspecification", "misspecification_plots"]
 
-MISSPECIFICATION_COLUMNS = ("model", "run", "variant", "kind", "nuisance", "value", "n",
+MISSPECIFICATION_COLUMNS = ("model", "run", "estimator", "variant", "kind", "nuisance", "value", "n",
                             "n_halos", "n_dropped", "mean_residual_dex",
                             "mean_residual_dex_err", "scatter_dex", "scatter_dex_near",
                             "scatter_dex_mid", "scatter_dex_far", "coverage_68",
@@ -73,19 +73,24 @@ def _eval_reference(path):
     return {k: np.asarray(v)[order] for k, v in ref.items()}
 
 
-def _models(s, model, normalisation, joint_pdf, eval_predictions, fiducial):
+def _models(s, model, normalisation, joint_pdf, eval_predictions, flow, fiducial):
     """The models of the matrix: this run's, and the fiducial-model run's when given
-    (checked: a fiducial run beside a marginalised one, on the same KDE grid)."""
+    (checked: a fiducial run beside a marginalised one, on the same KDE grid). Each has
+    its CNN3D + calibration and, when given, its flow (+ test-split calibration)."""
     from ..calibration import load_calibration
+    from .flow import load_flow
 
-    def one(kind, run, m, norm_path, pdf_path, ev):
+    def one(kind, run, m, norm_path, pdf_path, ev, fl):
         net, norm = load_network(m, norm_path)
+        fl = fl or {}
         return dict(kind=kind, run=run, net=net, norm=norm, model=str(m),
                     joint_pdf=str(pdf_path), eval=ev,
-                    pdf=load_calibration(pdf_path, distance_aware=s.calibration.distance_aware))
+                    pdf=load_calibration(pdf_path, distance_aware=s.calibration.distance_aware),
+                    flow=load_flow(fl["model"]) if fl.get("model") else None,
+                    flow_pdf=str(fl["joint_pdf"]) if fl.get("joint_pdf") else None)
 
     out = [one("marginalised" if s.nuisance.sample else "fiducial", s.run, model,
-               normalisation, joint_pdf, eval_predictions)]
+               normalisation, joint_pdf, eval_predictions, flow)]
     if fiducial:
         if not s.nuisance.sample:
             raise ConfigError("misspecification: compare.fiducial_run is set in a run with "
@@ -96,7 +101,9 @@ def _models(s, model, normalisation, joint_pdf, eval_predictions, fiducial):
                                  "run is marginalised too", "rerun it with --configfile "
                                  "config.yaml configs/fiducial.yaml")
         fid = one("fiducial", s.compare.fiducial_run, fiducial["model"],
-                  fiducial["normalisation"], fiducial["joint_pdf"], fiducial["eval"])
+                  fiducial["normalisation"], fiducial["joint_pdf"], fiducial["eval"],
+                  dict(model=fiducial.get("flow_model"),
+                       joint_pdf=fiducial.get("flow_joint_pdf")) if flow else None)
         if list(fid["norm"]["input"]["grid"]) != list(out[0]["norm"]["input"]["grid"]):
             raise CatalogueError(fiducial["normalisation"], "input.grid", "the fiducial "
                                  "model's cube grid differs from this run's",
@@ -134,7 +141,7 @@ def _thirds_scatter(eps, distance, edges) -> dict:
     return out
 
 
-def _row(m_kind, run, v, m, n_eval, thirds) -> dict:
+def _row(m_kind, run, estimator, v, m, n_eval, thirds) -> dict:
     name, value = (next(iter(v.fixed.items())) if v.fixed else ("", float("nan")))
     ok = None
     if v.kind == "edge":
@@ -144,26 +151,44 @@ def _row(m_kind, run, v, m, n_eval, thirds) -> dict:
                   and abs(m["coverage_95"] - 0.95) <= c["coverage_95"])
     elif v.kind == "fiducial" and m_kind == "marginalised":
         ok = all(abs(m[k] - _NOMINAL[k]) <= tol for k, tol in FIDUCIAL_EVAL_TOLERANCE.items())
-    return dict(model=m_kind, run=run, variant=v.name, kind=v.kind, nuisance=name,
+    return dict(model=m_kind, run=run, estimator=estimator, variant=v.name, kind=v.kind,
+                nuisance=name,
                 value=value, n_dropped=int(n_eval - m["n"]), within_criteria=ok, **thirds, **m)
 
 
-def _score(models, rows, t, summ_of, dist, halo, v, n_eval, edges):
-    """Rows of variant ``v`` for every model (``summ_of[i]``: model i's summaries)."""
+def _score(rows, results, t, dist, halo, v, n_eval, edges):
+    """Rows of variant ``v``: ``results`` holds (model, estimator, summaries) triples."""
     from ..evaluation.misspecification import variant_metrics
 
-    out = []
-    for i, mdl in enumerate(models):
-        m = variant_metrics(t, summ_of[i], halo, seed=0)
-        eps = t - np.asarray(summ_of[i]["median"], dtype=float)
-        out.append(_row(mdl["kind"], mdl["run"], v, m, n_eval,
-                        _thirds_scatter(eps, dist, edges)))
-        log.info("misspecification %s, %s model: n %d, mean residual %+.3f +- %.3f dex, "
-                 "scatter %.3f, 68%% %.3f +- %.3f, 95%% %.3f +- %.3f", v.name, mdl["kind"],
+    for mdl, est, summ in results:
+        m = variant_metrics(t, summ, halo, seed=0)
+        eps = t - np.asarray(summ["median"], dtype=float)
+        rows.append(_row(mdl["kind"], mdl["run"], est, v, m, n_eval,
+                         _thirds_scatter(eps, dist, edges)))
+        log.info("misspecification %s, %s model, %s: n %d, mean residual %+.3f +- %.3f dex, "
+                 "scatter %.3f, 68%% %.3f +- %.3f, 95%% %.3f +- %.3f", v.name, mdl["kind"], est,
                  m["n"], m["mean_residual_dex"], m["mean_residual_dex_err"], m["scatter_dex"],
                  m["coverage_68"], m["coverage_68_err"], m["coverage_95"],
                  m["coverage_95_err"])
-    rows += out
+
+
+def _flow_name(mdl) -> str:
+    return "flow_sbi" if mdl["flow_pdf"] else "flow"
+
+
+def _estimates(s, models, preds, gal, offsets, ids, dist, t):
+    """(model, estimator, summaries) of every model's CNN3D + SBI (``preds``: its
+    predictions) and flow on one set of windows."""
+    from ..calibration import summarise
+    from .flow import flow_window_summaries
+
+    out = []
+    for i, mdl in enumerate(models):
+        out.append((mdl, "cnn3d_sbi", summarise(mdl["pdf"], preds[i], distance=dist)))
+        if mdl["flow"] is not None:
+            out.append((mdl, _flow_name(mdl), flow_window_summaries(
+                s, mdl["flow"], mdl["flow_pdf"], gal, offsets, ids, dist, t)))
+    return out
 
 
 def _reproduced(pred, ids, ref, what) -> float:
@@ -177,22 +202,23 @@ def _reproduced(pred, ids, ref, what) -> float:
 
 
 def misspecification(*, config, model, normalisation, joint_pdf, projected, clusters,
-                     eval_predictions, summary_out, table_out, fiducial=None, threads=1,
-                     progress=True):
-    """Rule ``misspecification``: the run's CNN3D + calibration (and, with ``fiducial``,
-    the fiducial-model run's: a mapping of ``model``, ``normalisation``, ``joint_pdf``,
-    ``eval`` and ``config`` paths) on the eval clusters as stored (``eval``, this run's
-    model) and of every variant universe.
+                     eval_predictions, summary_out, table_out, flow=None, fiducial=None,
+                     threads=1, progress=True):
+    """Rule ``misspecification``: the run's CNN3D + calibration and flow (``flow``: a
+    mapping of ``model``, the flow's ``flow.pt``, and ``joint_pdf``, its test-split
+    calibration or None) and, with ``fiducial``, the fiducial-model run's (a mapping of
+    ``model``, ``normalisation``, ``joint_pdf``, ``eval``, ``config``, ``flow_model`` and
+    ``flow_joint_pdf`` paths) on the eval clusters as stored (``eval``, this run's models)
+    and of every variant universe.
 
     Checks, which stop the rule if broken (the windows would not be the eval clusters'):
-    this run's model on the stored eval windows reproduces ``eval_predictions``; a model
+    this run's CNN3D on the stored eval windows reproduces ``eval_predictions``; a CNN3D
     trained on the fiducial universe reproduces its own run's stored eval predictions on
     the fiducial variant (on the clusters both share).
     """
     import numba
     from tqdm.auto import tqdm
 
-    from ..calibration import summarise
     from ..cosmology import make_cosmology
     from ..evaluation.misspecification import Variant, variants
     from ..kde import Grid3D
@@ -201,7 +227,7 @@ def misspecification(*, config, model, normalisation, joint_pdf, projected, clus
     s = settings_of(config)
     numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
     cosmo = make_cosmology(s.cosmology)
-    models = _models(s, model, normalisation, joint_pdf, eval_predictions, fiducial)
+    models = _models(s, model, normalisation, joint_pdf, eval_predictions, flow, fiducial)
     nets = [(mdl["net"], mdl["norm"]) for mdl in models]
     ref = _eval_reference(eval_predictions)
     ids = ref["cluster_id"]
@@ -216,14 +242,18 @@ def misspecification(*, config, model, normalisation, joint_pdf, projected, clus
     bs = s.train.batch_size
     rows, checks = [], {}
 
-    # the eval clusters as stored (this run's model): the path's own check
+    def windows(g, kept):
+        return dict(x_mpc_h=g["x_proj_mpc_h"], y_mpc_h=g["y_proj_mpc_h"],
+                    v_kms=g["v_los_kms"]), galaxy_offsets(kept, g["cluster_id"])
+
+    # the eval clusters as stored (this run's models): the path's own check
     g = split_galaxies(clusters, ids)
-    pred = cubes_and_predict(nets[:1], dict(x_mpc_h=g["x_proj_mpc_h"], y_mpc_h=g["y_proj_mpc_h"],
-                                            v_kms=g["v_los_kms"]),
-                             galaxy_offsets(ids, g["cluster_id"]), ids, grid, s.kde, bs, dist)[0]
-    checks["eval"] = float(np.max(np.abs(pred - ref["log10_m200c_pred"])))
-    _score(models[:1], rows, ref["log10_m200c_true"], [summarise(models[0]["pdf"], pred, distance=dist)], dist, cc["halo_id"],
-           Variant("eval", "eval"), ids.size, edges)
+    w, offs = windows(g, ids)
+    pred = cubes_and_predict(nets[:1], w, offs, ids, grid, s.kde, bs, dist)
+    checks["eval"] = float(np.max(np.abs(pred[0] - ref["log10_m200c_pred"])))
+    t = ref["log10_m200c_true"]
+    _score(rows, _estimates(s, models[:1], pred, g, offs, ids, dist, t), t, dist,
+           cc["halo_id"], Variant("eval", "eval"), ids.size, edges)
 
     proj, gal, z = _projected_eval_windows(projected, ids)
     if s.mock.members == "bound":
@@ -232,22 +262,17 @@ def misspecification(*, config, model, normalisation, joint_pdf, projected, clus
     for v in tqdm(vs, desc="misspecification", unit="variant", disable=not progress):
         c_out, g_out = _variant_windows(v, s, cosmo, proj, gal, z, dist)
         kept, d = c_out["cluster_id"], c_out["observer_distance_mpc_h"]
-        preds = cubes_and_predict(nets, dict(x_mpc_h=g_out["x_proj_mpc_h"],
-                                             y_mpc_h=g_out["y_proj_mpc_h"],
-                                             v_kms=g_out["v_los_kms"]),
-                                  galaxy_offsets(kept, g_out["cluster_id"]), kept, grid, s.kde,
-                                  bs, d)
-        if v.kind == "fiducial":
-            for i, mdl in enumerate(models):
-                if mdl["kind"] == "fiducial":
-                    fref = ref if mdl["eval"] == eval_predictions else _eval_reference(
-                        mdl["eval"])
-                    checks["fiducial"] = _reproduced(preds[i], kept, fref, mdl["eval"])
-                    if mdl["eval"] == eval_predictions and kept.size != ids.size:
-                        checks["fiducial"] = float("inf")
-        _score(models, rows, c_out["log10_m200c"],
-               [summarise(mdl["pdf"], preds[i], distance=d) for i, mdl in enumerate(models)],
-               d, c_out["halo_id"], v, ids.size, edges)
+        w, offs = windows(g_out, kept)
+        preds = cubes_and_predict(nets, w, offs, kept, grid, s.kde, bs, d)
+        for i, mdl in enumerate(models):
+            if v.kind == "fiducial" and mdl["kind"] == "fiducial":
+                own = mdl["eval"] == eval_predictions
+                checks["fiducial"] = (float("inf") if own and kept.size != ids.size else
+                                      _reproduced(preds[i], kept, ref if own else
+                                                  _eval_reference(mdl["eval"]), mdl["eval"]))
+        t = c_out["log10_m200c"]
+        _score(rows, _estimates(s, models, preds, g_out, offs, kept, d, t), t, d,
+               c_out["halo_id"], v, ids.size, edges)
     bad = {k: c for k, c in checks.items() if not c <= _REPRODUCE_DEX}
     if bad:
         raise RuntimeError(f"misspecification: the matrix's windows do not reproduce the stored "
@@ -258,24 +283,29 @@ def misspecification(*, config, model, normalisation, joint_pdf, projected, clus
     summary = _summary(s, models, rows, checks, edges)
     io.write_json(summary_out, jsonable(summary))
     write_csv(table_out, MISSPECIFICATION_COLUMNS, rows)
-    for kind, m in summary["models"].items():
-        log.info("misspecification (%s model, run %s): %d of %d prior-edge variants within "
-                 "the criteria", kind, m["run"], m["edge_variants_within_criteria"],
+    for key, m in summary["models"].items():
+        log.info("misspecification (%s, run %s): %d of %d prior-edge variants within the "
+                 "criteria", key, m["run"], m["edge_variants_within_criteria"],
                  m["n_edge_variants"])
 
 
 def _summary(s, models, rows, checks, edges) -> dict:
+    """The matrix's header: per model and estimator (``{model}/{estimator}``) the count of
+    prior-edge variants within the criteria and the fiducial-universe verdict."""
     per = {}
-    for mdl in models:
-        mine = [r for r in rows if r["model"] == mdl["kind"]]
+    for key in dict.fromkeys((r["model"], r["estimator"]) for r in rows):
+        mdl = next(m for m in models if m["kind"] == key[0])
+        mine = [r for r in rows if (r["model"], r["estimator"]) == key]
         edge = [r for r in mine if r["kind"] == "edge"]
         fid = next((r for r in mine if r["kind"] == "fiducial"), None)
-        per[mdl["kind"]] = dict(
-            run=mdl["run"], model=mdl["model"], joint_pdf=mdl["joint_pdf"],
+        per["/".join(key)] = dict(
+            model_kind=key[0], estimator=key[1], run=mdl["run"],
+            model=mdl["model"] if key[1] == "cnn3d_sbi" else None,
+            joint_pdf=mdl["joint_pdf"] if key[1] == "cnn3d_sbi" else mdl["flow_pdf"],
             edge_variants_within_criteria=int(sum(bool(r["within_criteria"]) for r in edge)),
             n_edge_variants=len(edge),
             fiducial_eval_within_tolerance=(fid or {}).get("within_criteria"))
-    first = per[models[0]["kind"]]
+    first = per[f"{models[0]['kind']}/cnn3d_sbi"]
     return dict(run=s.run, nuisance_sample=bool(s.nuisance.sample), n_eval=int(rows[0]["n"]),
                 criteria=MISSPECIFICATION_CRITERIA,
                 fiducial_eval_tolerance=FIDUCIAL_EVAL_TOLERANCE,

@@ -457,6 +457,7 @@ def test_comparison_table_rows_and_ratios(tmp_path):
 def test_compare_stage_reads_a_pure_run_and_checks_it(tmp_path):
     cfg = load_config(ROOT / "config.yaml", SCHEMA)
     cfg["compare"]["pure_run"] = "demo-pure"
+    cfg["compare"]["fiducial_run"] = None
     files = {}
     for name, m in (("metrics", _metrics(0.2, {"msigma_gapper": 0.4, "virial": 0.35})),
                     ("flow", _metrics(0.1, {})),
@@ -465,7 +466,7 @@ def test_compare_stage_reads_a_pure_run_and_checks_it(tmp_path):
         files[name] = tmp_path / f"{name}.json"
         files[name].write_text(json.dumps(m))
     pure_cfg = dict(cfg, run="demo-pure", mock=dict(cfg["mock"], members="bound"),
-                    compare={"pure_run": None})
+                    compare={"pure_run": None, "fiducial_run": None})
     (tmp_path / "pure.yaml").write_text(yaml.safe_dump(pure_cfg))
     kw = dict(config=cfg, metrics=files["metrics"], flow_metrics=files["flow"],
               pure_metrics=files["pmetrics"], pure_flow_metrics=files["pflow"],
@@ -481,12 +482,33 @@ def test_compare_stage_reads_a_pure_run_and_checks_it(tmp_path):
     with pytest.raises(CatalogueError, match="mock.members"):
         stages.compare(**dict(kw, pure_config=tmp_path / "bad.yaml"))
     with pytest.raises(ConfigError, match="itself"):
-        stages.compare(**dict(kw, config=dict(cfg, compare={"pure_run": "demo"})))
+        stages.compare(**dict(kw, config=dict(cfg, compare={"pure_run": "demo",
+                                                            "fiducial_run": None})))
+    # the fiducial-model run beside this (marginalised) one, and one that is not fiducial
+    fid_cfg = dict(cfg, run="demo-fiducial", nuisance=dict(cfg["nuisance"], sample=False),
+                   compare={"pure_run": None, "fiducial_run": None})
+    (tmp_path / "fid.yaml").write_text(yaml.safe_dump(fid_cfg))
+    with_fid = dict(cfg, compare={"pure_run": "demo-pure", "fiducial_run": "demo-fiducial"})
+    kw_fid = dict(kw, config=with_fid, fiducial_metrics=files["metrics"],
+                  fiducial_flow_metrics=files["flow"], fiducial_config=tmp_path / "fid.yaml")
+    stages.compare(**kw_fid)
+    s = json.loads((tmp_path / "out/s.json").read_text())
+    assert s["runs"]["contaminated_fiducial"] == "demo-fiducial"
+    assert s["models"] == {"contaminated": "marginalised", "pure": "marginalised",
+                           "contaminated_fiducial": "fiducial"}
+    assert [r["catalogue"] for r in s["rows"] if r["estimator"] == "cnn3d_sbi"] == [
+        "contaminated", "contaminated_fiducial", "pure"]
+    (tmp_path / "notfid.yaml").write_text(yaml.safe_dump(dict(fid_cfg, nuisance=cfg["nuisance"])))
+    with pytest.raises(CatalogueError, match="nuisance.sample"):
+        stages.compare(**dict(kw_fid, fiducial_config=tmp_path / "notfid.yaml"))
+    with pytest.raises(ConfigError, match="fiducial run's metrics"):
+        stages.compare(**dict(kw_fid, fiducial_metrics=None))
 
 
 def test_default_run_names_the_command_for_a_missing_pure_run(tmp_path):
-    """config.yaml compares with the pure run demo-pure: without it the run stops before
-    any job with the command that makes it; once it exists, compare is planned."""
+    """config.yaml compares with the pure run demo-pure and the fiducial-model run
+    demo-fiducial: without either the run stops before any job with the command that makes
+    it; once both exist, compare and the misspecification matrix are planned."""
     import shutil
     import subprocess
     import sys
@@ -503,10 +525,20 @@ def test_default_run_names_the_command_for_a_missing_pure_run(tmp_path):
     for p in ("evaluation/metrics.json", "flow/metrics.json", "config.resolved.yaml"):
         (tmp_path / "results/demo-pure" / p).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / "results/demo-pure" / p).write_text("{}\n")
+    # then the fiducial-model run (compare.fiducial_run: demo-fiducial), the same way
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "configs/fiducial.yaml" in out and "fiducial_inputs" in out
+    for p in ("model/cnn3d.keras", "model/normalisation.json", "calibration/joint_pdf.h5",
+              "summaries/eval.h5", "evaluation/metrics.json", "flow/metrics.json",
+              "config.resolved.yaml", "flow/model/flow.pt", "flow/joint_pdf.h5"):
+        (tmp_path / "results/demo-fiducial" / p).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "results/demo-fiducial" / p).write_text("{}\n")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
-    assert "compare" in out and "flow_train" in out
+    assert "compare" in out and "flow_train" in out and "misspecification" in out
 
 
 def test_distance_variant_rows_sit_beside_the_cnn3d(tmp_path):

@@ -406,6 +406,13 @@ def _check_misspecification(res, m3):
     assert ev["mean_residual_dex"] == pytest.approx(float(np.mean(eps)), abs=1e-9)
     inside = (post["lo68"] <= post["log10_m200c_true"]) & (post["log10_m200c_true"] <= post["hi68"])
     assert ev["coverage_68"] == pytest.approx(float(np.mean(inside)), abs=1e-9)
+    # the flow's in-memory path (images, curves, recalibration) on the stored eval windows
+    # gives flow_evaluate's posteriors exactly
+    fp, _ = read_table(res / "flow/posteriors.h5", group="posteriors")
+    feps = fp["log10_m200c_true"] - fp["median"]
+    assert flow["eval"]["mean_residual_dex"] == pytest.approx(float(np.mean(feps)), abs=1e-9)
+    fin = (fp["lo68"] <= fp["log10_m200c_true"]) & (fp["log10_m200c_true"] <= fp["hi68"])
+    assert flow["eval"]["coverage_68"] == pytest.approx(float(np.mean(fin)), abs=1e-9)
     fid = rows["fiducial"]
     assert isinstance(fid["within_criteria"], bool)
     assert fid["within_criteria"] == (abs(fid["coverage_68"] - 0.6827) <= 0.03

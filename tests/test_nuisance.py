@@ -271,11 +271,14 @@ def test_variants_are_the_prior_edges_and_the_beyond_values():
     assert [v.kind for v in vs[:2]] == ["fiducial", "prior"]
     # ends equal to the fiducial value (completeness 1, fibre loss 0, central 0) are the
     # fiducial universe itself
-    assert names[2:] == ["mag_shift_mag=-0.03", "mag_shift_mag=0.33", "completeness=0.7",
+    assert names[2:12] == ["mag_shift_mag=-0.03", "mag_shift_mag=0.33", "completeness=0.7",
                          "fibre_collision_loss=0.7", "velocity_bias=0.85", "velocity_bias=1.15",
                          "central_velocity_frac=0.3", "field_scale=0.75", "field_scale=1.5",
                          "completeness=0.5"]
-    assert [v.kind for v in vs].count("edge") == 9 and vs[-1].kind == "beyond"
+    # then each moved value again, the other nuisances drawn from the prior
+    assert names[12:] == [n + "|prior" for n in names[2:12]]
+    assert {v.others for v in vs[2:12]} == {"fiducial"} and {v.others for v in vs[12:]} == {"prior"}
+    assert [v.kind for v in vs].count("edge") == 18 and vs[-1].kind == "beyond"
     assert vs[-1].fixed == {"completeness": 0.5}
     with pytest.raises(ValueError, match="inside the prior"):
         variants(settings(), {"completeness": 0.8})

@@ -40,6 +40,10 @@ class Variant:
     name: str
     kind: str
     fixed: Mapping[str, float] = field(default_factory=dict)
+    #: The nuisances not in ``fixed``: ``fiducial`` (the simulated universe moved along one
+    #: axis) or ``prior`` (drawn per cluster from the prior: one nuisance at its edge in a
+    #: universe otherwise as uncertain as the marginalised model assumes).
+    others: str = "fiducial"
 
 
 def _label(name: str, value: float) -> str:
@@ -49,7 +53,8 @@ def _label(name: str, value: float) -> str:
 def variants(prior, beyond: Mapping[str, float] | None = None) -> list[Variant]:
     """The fiducial universe, the prior-drawn one, every nuisance at each end of its prior
     range (ends equal to the fiducial value are the fiducial universe and are left out),
-    and the ``beyond`` values.
+    and the ``beyond`` values; each edge and beyond value twice, with the other nuisances
+    at their fiducial values and drawn from the prior (name suffix ``|prior``).
 
     Parameters
     ----------
@@ -64,10 +69,11 @@ def variants(prior, beyond: Mapping[str, float] | None = None) -> list[Variant]:
         A ``beyond`` value names an unknown nuisance or lies inside its prior.
     """
     out = [Variant("fiducial", "fiducial"), Variant("prior", "prior")]
+    moved = []
     for name in NUISANCES:
         for value in getattr(prior, name):
             if float(value) != FIDUCIAL[name]:
-                out.append(Variant(_label(name, float(value)), "edge", {name: float(value)}))
+                moved.append(("edge", name, float(value)))
     for name, value in (beyond or {}).items():
         if name not in NUISANCES:
             raise ValueError(f"robustness.misspecification_beyond: unknown nuisance {name!r}; "
@@ -76,7 +82,10 @@ def variants(prior, beyond: Mapping[str, float] | None = None) -> list[Variant]:
         if lo <= float(value) <= hi:
             raise ValueError(f"robustness.misspecification_beyond.{name}: {value:g} lies "
                              f"inside the prior [{lo:g}, {hi:g}]; give a value outside it")
-        out.append(Variant(_label(name, float(value)), "beyond", {name: float(value)}))
+        moved.append(("beyond", name, float(value)))
+    for others, suffix in (("fiducial", ""), ("prior", "|prior")):
+        out += [Variant(_label(name, value) + suffix, kind, {name: value}, others)
+                for kind, name, value in moved]
     return out
 
 

@@ -192,6 +192,9 @@ def misspecification_figure(summary: dict, path) -> None:
                        xerr=r.get(f"{key}_err") or 0.0, fmt=markers.get(sk[1], "o"), ms=5,
                        capsize=2, color=c, mfc=c if models.index(sk[0]) == 0 else "white")
         a.set_xlabel(label)
+        split = [y_of[n] for n in names if n.endswith("|prior")]
+        if split:                                # the "others drawn from the prior" block
+            a.axhline(max(split) + 0.5, color="0.6", lw=0.8, ls="--")
     names_of = {"cnn3d_sbi": "CNN3D + SBI", "flow_sbi": "flow + SBI", "flow": "flow"}
     for m, e in series:                          # legend: one grey marker per series
         axes[1].plot([], [], markers.get(e, "o"), color="0.3",
@@ -205,9 +208,13 @@ def misspecification_figure(summary: dict, path) -> None:
         counts.setdefault(r["variant"], r["n"])
     axes[0].set_yticklabels([f"{v} (n={counts[v]})" for v in names], fontsize=8)
     said = "; ".join(f"{k}: {d['edge_variants_within_criteria']}/{d['n_edge_variants']}"
+                     + (f" and {d['edge_variants_within_criteria_others_prior']}/"
+                        f"{d['n_edge_variants_others_prior']}"
+                        if "n_edge_variants_others_prior" in d else "")
                      for k, d in summary.get("models", {}).items())
     fig.suptitle(f"Unchanged estimators on variant universes (run {summary['run']}). Prior-edge "
-                 f"variants within the criteria (grey bands): {said}\n"
+                 f"variants within the criteria (grey bands), other nuisances fiducial and "
+                 f"drawn from the prior (|prior, below the dashed line):\n{said}\n"
                  "dark grey: eval set as stored, grey: fiducial universe, green: nuisances "
                  "drawn from the prior, blue: prior edge, red: beyond the prior", fontsize=9)
     fig.tight_layout(rect=(0, 0.03, 1, 1))

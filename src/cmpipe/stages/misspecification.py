@@ -28,11 +28,11 @@ from .cubes import split_galaxies
 __all__ = ["MISSPECIFICATION_COLUMNS", "MISSPECIFICATION_CRITERIA", "FIDUCIAL_EVAL_TOLERANCE",
            "misspecification", "misspecification_plots"]
 
-MISSPECIFICATION_COLUMNS = ("model", "run", "estimator", "variant", "kind", "nuisance", "value", "n",
-                            "n_halos", "n_dropped", "mean_residual_dex",
-                            "mean_residual_dex_err", "scatter_dex", "scatter_dex_near",
-                            "scatter_dex_mid", "scatter_dex_far", "coverage_68",
-                            "coverage_68_err", "coverage_95", "coverage_95_err",
+MISSPECIFICATION_COLUMNS = ("model", "run", "estimator", "variant", "kind", "others",
+                            "nuisance", "value", "n", "n_halos", "n_dropped",
+                            "mean_residual_dex", "mean_residual_dex_err", "scatter_dex",
+                            "scatter_dex_near", "scatter_dex_mid", "scatter_dex_far",
+                            "coverage_68", "coverage_68_err", "coverage_95", "coverage_95_err",
                             "within_criteria")
 #: Where a variant at a prior edge counts as calibrated (issue 28): |mean residual| <= 0.03
 #: dex, 68% coverage within 0.68 +- 0.05, 95% within 0.95 +- 0.03.
@@ -120,7 +120,8 @@ def _variant_windows(v, s, cosmo, proj, gal, z, dist):
 
     select, cl, g = None, proj, gal
     if v.kind != "fiducial":
-        nset = dataclasses.replace(s.nuisance, sample=v.kind == "prior", fixed=dict(v.fixed))
+        nset = dataclasses.replace(s.nuisance, sample=v.kind == "prior" or v.others == "prior",
+                                   fixed=dict(v.fixed))
         wn = WindowNuisances(nset, s.window, cosmo, log10_m200c=proj["log10_m200c"],
                              redshift=z, observer_distance_mpc_h=dist,
                              rng=stage_rng(s.seed, f"misspecification/{v.name}"))
@@ -152,7 +153,7 @@ def _row(m_kind, run, estimator, v, m, n_eval, thirds) -> dict:
     elif v.kind == "fiducial" and m_kind == "marginalised":
         ok = all(abs(m[k] - _NOMINAL[k]) <= tol for k, tol in FIDUCIAL_EVAL_TOLERANCE.items())
     return dict(model=m_kind, run=run, estimator=estimator, variant=v.name, kind=v.kind,
-                nuisance=name,
+                others=v.others, nuisance=name,
                 value=value, n_dropped=int(n_eval - m["n"]), within_criteria=ok, **thirds, **m)
 
 
@@ -296,14 +297,19 @@ def _summary(s, models, rows, checks, edges) -> dict:
     for key in dict.fromkeys((r["model"], r["estimator"]) for r in rows):
         mdl = next(m for m in models if m["kind"] == key[0])
         mine = [r for r in rows if (r["model"], r["estimator"]) == key]
-        edge = [r for r in mine if r["kind"] == "edge"]
+        edge = {o: [r for r in mine if r["kind"] == "edge" and r["others"] == o]
+                for o in ("fiducial", "prior")}
         fid = next((r for r in mine if r["kind"] == "fiducial"), None)
         per["/".join(key)] = dict(
             model_kind=key[0], estimator=key[1], run=mdl["run"],
             model=mdl["model"] if key[1] == "cnn3d_sbi" else None,
             joint_pdf=mdl["joint_pdf"] if key[1] == "cnn3d_sbi" else mdl["flow_pdf"],
-            edge_variants_within_criteria=int(sum(bool(r["within_criteria"]) for r in edge)),
-            n_edge_variants=len(edge),
+            edge_variants_within_criteria=int(sum(bool(r["within_criteria"])
+                                                  for r in edge["fiducial"])),
+            n_edge_variants=len(edge["fiducial"]),
+            edge_variants_within_criteria_others_prior=int(sum(
+                bool(r["within_criteria"]) for r in edge["prior"])),
+            n_edge_variants_others_prior=len(edge["prior"]),
             fiducial_eval_within_tolerance=(fid or {}).get("within_criteria"))
     first = per[f"{models[0]['kind']}/cnn3d_sbi"]
     return dict(run=s.run, nuisance_sample=bool(s.nuisance.sample), n_eval=int(rows[0]["n"]),

@@ -300,3 +300,45 @@ def test_end_to_end_on_synthetic_universe(cosmo, tmp_path):
     # most flux-limited members of a cluster are in its window
     n_in = np.bincount(row[member], minlength=len(cl["cluster_id"]))
     assert n_in.sum() >= 0.9 * cl["n_mem"].sum()
+
+
+def test_synthetic_survey_nuisances(cosmo):
+    """The survey universe's nuisances (survey.synthetic): the magnitude shift moves every
+    apparent magnitude by delta (same galaxies when the limit is far); completeness f keeps
+    a binomial fraction (4 sigma); fibre collisions leave no two kept collided-and-lost
+    targets within the radius and lose about the set fraction of collided targets."""
+    from cmpipe.survey.synthetic import spectroscopic_targets
+
+    box, R = 300.0, 150.0
+    halos, gals, attrs = _uniform_box(cosmo, box, 12.5, 0.05, seed=3)
+    kw = dict(radius_mpc_h=R, area_deg2=8250.0, log10_m_min=13.5, galaxy_margin_mpc_h=10.0,
+              seed=9)
+    base = make_synthetic_survey(halos, gals, attrs, cosmo, **kw)
+    shifted = make_synthetic_survey(halos, gals, attrs, cosmo, mag_shift_mag=0.3, **kw)
+    np.testing.assert_array_equal(shifted.galaxies["ra_deg"], base.galaxies["ra_deg"])
+    np.testing.assert_allclose(shifted.galaxies["mag_r"] - base.galaxies["mag_r"], 0.3,
+                               atol=1e-12)
+    n = len(base.galaxies["ra_deg"])
+    half = make_synthetic_survey(halos, gals, attrs, cosmo, completeness=0.5, **kw)
+    k = len(half.galaxies["ra_deg"])
+    assert n > 2000 and abs(k - 0.5 * n) < 4 * np.sqrt(0.25 * n), (k, n)
+    assert half.meta["n_galaxies_flux_limited"] == n
+    # kept members are counted per cluster; the truth keeps the flux-limited count
+    np.testing.assert_array_equal(half.truth["n_mem_true"], base.clusters["n_mem"])
+    assert half.clusters["n_mem"].sum() < base.clusters["n_mem"].sum()
+
+    # fibre collisions on a dense patch of the sky: 2000 targets in a 0.2 deg square
+    rng = np.random.default_rng(4)
+    ra, dec = 150.0 + rng.uniform(0, 0.2, 2000), 20.0 + rng.uniform(0, 0.2, 2000)
+    keep_all = spectroscopic_targets(ra, dec, completeness=1.0, fibre_collision_loss=1.0,
+                                     fibre_arcsec=55.0, rng=np.random.default_rng(1))
+    u = radec_to_unit(ra[keep_all], dec[keep_all])
+    from scipy.spatial import cKDTree
+    chord = 2 * np.sin(0.5 * np.radians(55.0 / 3600.0))
+    assert len(cKDTree(u).query_pairs(chord)) == 0          # loss 1: a hard-core set
+    lost = (~keep_all).sum()
+    assert lost > 200
+    keep_half = spectroscopic_targets(ra, dec, completeness=1.0, fibre_collision_loss=0.5,
+                                      fibre_arcsec=55.0, rng=np.random.default_rng(1))
+    frac = (~keep_half).sum() / lost                          # same collided set, same seed
+    assert abs(frac - 0.5) < 4 * np.sqrt(0.25 / lost), frac

@@ -333,6 +333,9 @@ class SurveySyntheticSettings(Section):
     pole_ra_deg: float
     pole_dec_deg: float
     galaxy_margin_mpc_h: float
+    mag_shift_mag: float
+    completeness: float
+    fibre_collision_loss: float
 
 
 @dataclass(frozen=True)

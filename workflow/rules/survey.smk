@@ -65,6 +65,7 @@ rule survey_catalogue:
                              "catalogue_volume"),
         cosmology=config["cosmology"],
         seed=config["seed"],
+        fibre_arcsec=config["nuisance"]["fibre_collision_arcsec"],
     log:
         res("logs/survey_catalogue.log"),
     benchmark:

@@ -71,7 +71,8 @@ import numpy as np
 from ..io.tables import Schema
 
 __all__ = ["NUISANCES", "NUISANCE_SCHEMA", "FIDUCIAL", "column", "is_active", "draw",
-           "perturb_window", "spectroscopic_selection", "central_mask", "WindowNuisances"]
+           "perturb_window", "spectroscopic_selection", "collided_targets", "central_mask",
+           "WindowNuisances"]
 
 log = logging.getLogger(__name__)
 
@@ -231,8 +232,9 @@ def perturb_window(clusters: Mapping, galaxies: Mapping, nu: Mapping, *, a_h: fl
     return g, offset
 
 
-def _collided(theta: np.ndarray, radius: float, rng: np.random.Generator) -> np.ndarray:
-    """Targets of one window that lose a fibre: in a random order, a target is collided if
+def collided_targets(theta: np.ndarray, radius: float,
+                     rng: np.random.Generator) -> np.ndarray:
+    """Targets (of a window, or of a survey on the sky) that lose a fibre: in a random order, a target is collided if
     an earlier target that got a fibre lies within ``radius`` (same units as ``theta``)."""
     from scipy.spatial import cKDTree
 
@@ -298,7 +300,7 @@ def spectroscopic_selection(galaxies: Mapping, row: np.ndarray, visible: np.ndar
             continue
         theta = np.column_stack([np.asarray(galaxies["x_proj_mpc_h"])[idx],
                                  np.asarray(galaxies["y_proj_mpc_h"])[idx]]) / d_a[c]
-        hit = _collided(theta, radius, rng)
+        hit = collided_targets(theta, radius, rng)
         keep[idx[hit & (rng.random(idx.size) < loss[c])]] = False
     f = np.asarray(nu[column("completeness")], dtype=float)[row]
     lost = keep & (f < 1.0) & (rng.random(row.size) >= f)

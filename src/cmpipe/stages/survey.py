@@ -98,7 +98,9 @@ def survey_catalogue(*, config, clusters_out, galaxies_out, truth_out, meta_out,
         h, attrs = io.read_halos(halos)
         g, _ = io.read_galaxies(galaxies)
         seed = stage_seed(s.seed, "survey")
-        sur = make_synthetic_survey(h, g, attrs, cosmo, seed=seed, **sv.synthetic.to_dict())
+        sur = make_synthetic_survey(h, g, attrs, cosmo, seed=seed,
+                                    fibre_arcsec=s.nuisance.fibre_collision_arcsec,
+                                    **sv.synthetic.to_dict())
         del h, g
         cl, gal, truth = sur.clusters, sur.galaxies, sur.truth
         meta = synthetic_survey_record(sur, attrs, seed, cosmo)

@@ -263,11 +263,13 @@ def _cluster_images(b: _Box, host, shifts, observer, box, radius_mpc_h, pole, co
 
 
 def _galaxy_images(b: _Box, shifts, observer, box, r_gal, pole, cos_cap, cosmology,
-                   mag_r_limit):
-    """Galaxy images within ``r_gal`` in the cap and brighter than ``mag_r_limit``: galaxy
-    row, shift index, offset, distance and apparent r magnitude."""
+                   mag_r_limit, mag_shift_mag=0.0):
+    """Galaxy images within ``r_gal`` in the cap and brighter than ``mag_r_limit`` (absolute
+    magnitudes shifted by ``mag_shift_mag``): galaxy row, shift index, offset, distance and
+    apparent r magnitude."""
     gi, gs, gr, gd = _images(b.g_pos, shifts, observer, box, r_gal, pole, cos_cap)
-    m_app = apparent_magnitudes(b.g_mag[gi], gd, cosmology) if gi.size else np.zeros(0)
+    m_app = (apparent_magnitudes(b.g_mag[gi] + mag_shift_mag, gd, cosmology) if gi.size
+             else np.zeros(0))
     bright = m_app < mag_r_limit
     return gi[bright], gs[bright], gr[bright], gd[bright], m_app[bright]
 
@@ -283,6 +285,35 @@ def _members(b: _Box, hi, hs, gi, gs, n_sh):
     g_cl = np.where(hit >= 0, cluster_id[np.maximum(hit, 0)], -1).astype(np.int64)
     n_mem = np.bincount(g_cl[g_cl >= 0], minlength=n_cl).astype(np.int64)
     return g_cl, n_mem
+
+
+def spectroscopic_targets(ra_deg, dec_deg, *, completeness: float,
+                          fibre_collision_loss: float, fibre_arcsec: float,
+                          rng: np.random.Generator) -> np.ndarray:
+    """Which flux-limited galaxies of a survey get a redshift: fibre collisions on the sky
+    (:func:`cmpipe.mock.nuisance.collided_targets`: in a random order, a target within
+    ``fibre_arcsec`` of an earlier one that got a fibre is collided; each collided target
+    is then lost with probability ``fibre_collision_loss``), then the random completeness
+    (each remaining target kept with probability ``completeness``), in the order and with
+    the rules of the mock's :func:`cmpipe.mock.nuisance.spectroscopic_selection`.
+
+    Returns
+    -------
+    ndarray of bool
+        True for a galaxy with a redshift.
+    """
+    from ..mock.nuisance import collided_targets
+
+    n = np.asarray(ra_deg).size
+    keep = np.ones(n, dtype=bool)
+    if fibre_collision_loss > 0.0 and n > 1:
+        u = radec_to_unit(ra_deg, dec_deg)
+        chord = 2.0 * np.sin(0.5 * np.radians(fibre_arcsec / 3600.0))
+        hit = collided_targets(u, chord, rng)
+        keep &= ~(hit & (rng.random(n) < fibre_collision_loss))
+    if completeness < 1.0:
+        keep &= rng.random(n) < completeness
+    return keep
 
 
 def _receding(g_ra, g_dec, g_zobs):
@@ -318,6 +349,8 @@ def make_synthetic_survey(halos: dict, galaxies: dict, box_attrs: dict,
                           area_deg2: float = 8250.0, log10_m_min: float = 13.7,
                           mag_r_limit: float = 18.0, pole_ra_deg: float = 185.0,
                           pole_dec_deg: float = 32.0, galaxy_margin_mpc_h: float = 50.0,
+                          mag_shift_mag: float = 0.0, completeness: float = 1.0,
+                          fibre_collision_loss: float = 0.0, fibre_arcsec: float = 55.0,
                           seed=0) -> SyntheticSurvey:
     """Observe the synthetic box as an SDSS-like survey (module docstring for the geometry).
 
@@ -345,8 +378,14 @@ def make_synthetic_survey(halos: dict, galaxies: dict, box_attrs: dict,
         Centre of the footprint cap, degrees.
     galaxy_margin_mpc_h : float
         Galaxies are kept out to ``radius_mpc_h + galaxy_margin_mpc_h`` (comoving).
+    mag_shift_mag, completeness, fibre_collision_loss : float
+        The survey's nuisances (as the mock's, :mod:`cmpipe.mock.nuisance`): a shift of
+        every absolute magnitude before the flux limit, then the spectroscopic selection
+        (:func:`spectroscopic_targets`). 0, 1, 0: every galaxy brighter than the limit.
+    fibre_arcsec : float
+        Fibre collision radius, arcsec.
     seed : int or numpy.random.SeedSequence
-        Fixes the observer position.
+        Fixes the observer position (and, through it, the selection's random draws).
 
     Returns
     -------
@@ -373,16 +412,25 @@ def make_synthetic_survey(halos: dict, galaxies: dict, box_attrs: dict,
     n_cl = hi.size
     # galaxies: within R + margin, inside the cap, brighter than the flux limit
     gi, gs, gr, gd, m_app = _galaxy_images(b, shifts, observer, box, r_gal, pole, cos_cap,
-                                           cosmology, mag_r_limit)
+                                           cosmology, mag_r_limit, mag_shift_mag)
     # one distance -> redshift inversion for everything (each call tabulates the
     # astropy distance afresh)
     z_all = np.atleast_1d(cosmology.z_at_comoving_distance(np.concatenate([c_dist, hd, gd])))
     c_zcos, h_zcos, g_zcos = np.split(z_all, [n_cl, 2 * n_cl])
     c_ra, c_dec, c_zobs = _sky(c_pos, c_dist, c_vel, c_zcos)
     g_ra, g_dec, g_zobs = _sky(gr, gd, b.g_vel[gi], g_zcos)
-    g_cl, n_mem = _members(b, hi, hs, gi, gs, len(shifts))
+    g_cl, n_mem_true = _members(b, hi, hs, gi, gs, len(shifts))
     g_order = _receding(g_ra, g_dec, g_zobs)
+    n_flux = g_order.size
+    # the spectroscopic selection, from its own stream after the observer's draw
+    sel_rng = np.random.default_rng(rng.integers(2**63))
+    got_z = spectroscopic_targets(g_ra[g_order], g_dec[g_order], completeness=completeness,
+                                  fibre_collision_loss=fibre_collision_loss,
+                                  fibre_arcsec=fibre_arcsec, rng=sel_rng)
+    g_order = g_order[got_z]
     n_gal = g_order.size
+    lab = g_cl[g_order]                       # members with a redshift, per cluster
+    n_mem = np.bincount(lab[lab >= 0], minlength=n_cl).astype(np.int64)
 
     cluster_id = np.arange(n_cl, dtype=np.int64)
     clusters = dict(cluster_id=cluster_id, ra_deg=c_ra, dec_deg=c_dec, z=c_zobs,
@@ -394,7 +442,8 @@ def make_synthetic_survey(halos: dict, galaxies: dict, box_attrs: dict,
     truth = dict(cluster_id=cluster_id, halo_id=b.h_id[hi], replica=hs,
                  log10_m200c=b.h_logm[hi], r200c_mpc_h=np.asarray(halos["r200c_mpc_h"],
                                                                   float)[hi],
-                 comoving_distance_mpc_h=hd, z_cos=h_zcos, z_obs=c_zobs, n_mem_true=n_mem)
+                 comoving_distance_mpc_h=hd, z_cos=h_zcos, z_obs=c_zobs,
+                 n_mem_true=n_mem_true)
     n_repeat = n_cl - np.unique(hi).size
     meta = dict(observer_mpc_h=observer.tolist(), box_size_mpc_h=box,
                 box_redshift=float(box_attrs.get("redshift", np.nan)),
@@ -404,6 +453,9 @@ def make_synthetic_survey(halos: dict, galaxies: dict, box_attrs: dict,
                 cap_half_angle_deg=float(np.degrees(np.arccos(cos_cap))),
                 volume_mpc_h3=volume, log10_m_min=float(log10_m_min),
                 mag_r_limit=float(mag_r_limit), tiled=bool(tiled),
+                mag_shift_mag=float(mag_shift_mag), completeness=float(completeness),
+                fibre_collision_loss=float(fibre_collision_loss),
+                fibre_arcsec=float(fibre_arcsec), n_galaxies_flux_limited=int(n_flux),
                 replica_shifts=shifts.tolist(), n_repeated_clusters=int(n_repeat),
                 seed=str(seed), cosmology=cosmology.name)
     _log_survey(meta, n_cl, n_gal)

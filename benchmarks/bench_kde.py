@@ -10,8 +10,10 @@ cluster size it reports cubes per second of
 * ``kde_cubes``: one batch call over all clusters, clusters spread over all numba threads
   (``threads`` in the output; set ``NUMBA_NUM_THREADS`` to change);
 * scipy: ``gaussian_kde(data, bw_method=0.175).evaluate(grid_points)`` plus normalisation,
-  timed on only a few clusters because it is slow (single thread: scipy's kernel sum is
-  serial C code).
+  timed on only a few clusters because it is slow, on one thread: its BLAS thread pools
+  are limited to one thread while it runs (``threadpoolctl.threadpool_limits(1)``; numpy's
+  OpenBLAS otherwise takes every core for the kernel sums, so "one thread" would be
+  several). ``scipy_blas_threads`` reports the limit seen inside the timed region.
 
 ``speedup_single_thread`` = kde_cube / scipy, both on one thread: the like-for-like figure.
 ``speedup_all_threads`` = kde_cubes / scipy (scipy still on one thread).
@@ -75,13 +77,18 @@ def time_batch(clusters, grid, repeats):
 
 def time_scipy(clusters, grid, points):
     """Cubes per wall second and per CPU second of scipy gaussian_kde (construction +
-    evaluate + normalisation)."""
-    t0, c0 = time.perf_counter(), time.process_time()
-    for x, y, v in clusters:
-        vals = gaussian_kde(np.stack([x, y, v]), bw_method=DEFAULT_H0).evaluate(points)
-        (vals / vals.sum()).reshape(grid.shape)
-    return (len(clusters) / (time.perf_counter() - t0),
-            len(clusters) / (time.process_time() - c0))
+    evaluate + normalisation) with every BLAS/OpenMP pool limited to one thread, and the
+    largest pool size seen inside the limit (1 when the pin holds)."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    with threadpool_limits(limits=1):
+        seen = max((p["num_threads"] for p in threadpool_info()), default=1)
+        t0, c0 = time.perf_counter(), time.process_time()
+        for x, y, v in clusters:
+            vals = gaussian_kde(np.stack([x, y, v]), bw_method=DEFAULT_H0).evaluate(points)
+            (vals / vals.sum()).reshape(grid.shape)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return len(clusters) / wall, len(clusters) / cpu, seen
 
 
 def main(argv=None):
@@ -113,7 +120,7 @@ def main(argv=None):
         clusters = make_clusters(rng, n_gal, n_batch, grid)
         single, single_cpu = time_single(clusters[:16], grid, min_seconds)
         batch = time_batch(clusters, grid, repeats=2 if args.quick else 3)
-        sp, sp_cpu = time_scipy(clusters[:n_scipy], grid, points)
+        sp, sp_cpu, blas_threads = time_scipy(clusters[:n_scipy], grid, points)
         row = {
             "n_gal": n_gal,
             "kde_cube_cubes_per_s_1thread": round(single, 2),
@@ -121,6 +128,7 @@ def main(argv=None):
             "kde_cubes_threads": threads,
             "scipy_cubes_per_s_1thread": round(sp, 3),
             "scipy_clusters_timed": n_scipy,
+            "scipy_blas_threads": blas_threads,
             "speedup_single_thread": round(single / sp, 1),
             "speedup_all_threads": round(batch / sp, 1),
             "kde_cube_cubes_per_cpu_s": round(single_cpu, 2),

@@ -316,6 +316,36 @@ def spectroscopic_targets(ra_deg, dec_deg, *, completeness: float,
     return keep
 
 
+def _with_redshift(g_ra, g_dec, g_order, g_cl, n_cl, rng, **selection):
+    """The galaxies of ``g_order`` that get a redshift (:func:`spectroscopic_targets`) and
+    each cluster's members among them."""
+    got_z = spectroscopic_targets(g_ra[g_order], g_dec[g_order], rng=rng, **selection)
+    g_order = g_order[got_z]
+    lab = g_cl[g_order]
+    return g_order, np.bincount(lab[lab >= 0], minlength=n_cl).astype(np.int64)
+
+
+#: Numbers of make_synthetic_survey recorded in the survey's meta, as floats.
+_META_FLOATS = ("radius_mpc_h", "area_deg2", "pole_ra_deg", "pole_dec_deg", "volume",
+                "log10_m_min", "mag_r_limit", "mag_shift_mag", "completeness",
+                "fibre_collision_loss", "fibre_arcsec")
+
+
+def _meta(v: dict, box_attrs: dict, cosmology) -> dict:
+    """The survey's record from make_synthetic_survey's local variables ``v``."""
+    meta = dict(observer_mpc_h=v["observer"].tolist(), box_size_mpc_h=v["box"],
+                box_redshift=float(box_attrs.get("redshift", np.nan)),
+                galaxy_radius_mpc_h=float(v["r_gal"]),
+                cap_half_angle_deg=float(np.degrees(np.arccos(v["cos_cap"]))),
+                **{("volume_mpc_h3" if k == "volume" else k): float(v[k])
+                   for k in _META_FLOATS},
+                tiled=bool(v["tiled"]), n_galaxies_flux_limited=int(v["n_flux"]),
+                replica_shifts=v["shifts"].tolist(),
+                n_repeated_clusters=int(v["n_cl"] - np.unique(v["hi"]).size),
+                seed=str(v["seed"]), cosmology=cosmology.name)
+    return meta
+
+
 def _receding(g_ra, g_dec, g_zobs):
     """Rows of the galaxies a redshift survey keeps (z_obs > :data:`Z_MIN_OBS`), sorted by
     RA then Dec: galaxies right around the observer can be blueshifted by their peculiar
@@ -378,12 +408,9 @@ def make_synthetic_survey(halos: dict, galaxies: dict, box_attrs: dict,
         Centre of the footprint cap, degrees.
     galaxy_margin_mpc_h : float
         Galaxies are kept out to ``radius_mpc_h + galaxy_margin_mpc_h`` (comoving).
-    mag_shift_mag, completeness, fibre_collision_loss : float
-        The survey's nuisances (as the mock's, :mod:`cmpipe.mock.nuisance`): a shift of
-        every absolute magnitude before the flux limit, then the spectroscopic selection
-        (:func:`spectroscopic_targets`). 0, 1, 0: every galaxy brighter than the limit.
-    fibre_arcsec : float
-        Fibre collision radius, arcsec.
+    mag_shift_mag, completeness, fibre_collision_loss, fibre_arcsec : float
+        The survey's nuisances (:mod:`cmpipe.mock.nuisance`): magnitudes shifted before the
+        flux limit, then :func:`spectroscopic_targets`. 0, 1, 0: every galaxy kept.
     seed : int or numpy.random.SeedSequence
         Fixes the observer position (and, through it, the selection's random draws).
 
@@ -404,7 +431,6 @@ def make_synthetic_survey(halos: dict, galaxies: dict, box_attrs: dict,
     shifts = _shifts(allpos.min(axis=0), allpos.max(axis=0), observer, r_gal, box)
     tiled = box < 2.0 * r_gal
 
-    # clusters: hosts above the threshold, halo centre within R and inside the cap
     host = np.flatnonzero((np.asarray(halos["upid"]) == -1) & (b.h_logm >= log10_m_min))
     hi, hs, hd, c_pos, c_vel = _cluster_images(b, host, shifts, observer, box, radius_mpc_h,
                                                pole, cos_cap)
@@ -423,14 +449,12 @@ def make_synthetic_survey(halos: dict, galaxies: dict, box_attrs: dict,
     g_order = _receding(g_ra, g_dec, g_zobs)
     n_flux = g_order.size
     # the spectroscopic selection, from its own stream after the observer's draw
-    sel_rng = np.random.default_rng(rng.integers(2**63))
-    got_z = spectroscopic_targets(g_ra[g_order], g_dec[g_order], completeness=completeness,
-                                  fibre_collision_loss=fibre_collision_loss,
-                                  fibre_arcsec=fibre_arcsec, rng=sel_rng)
-    g_order = g_order[got_z]
+    g_order, n_mem = _with_redshift(g_ra, g_dec, g_order, g_cl, n_cl,
+                                    np.random.default_rng(rng.integers(2**63)),
+                                    completeness=completeness,
+                                    fibre_collision_loss=fibre_collision_loss,
+                                    fibre_arcsec=fibre_arcsec)
     n_gal = g_order.size
-    lab = g_cl[g_order]                       # members with a redshift, per cluster
-    n_mem = np.bincount(lab[lab >= 0], minlength=n_cl).astype(np.int64)
 
     cluster_id = np.arange(n_cl, dtype=np.int64)
     clusters = dict(cluster_id=cluster_id, ra_deg=c_ra, dec_deg=c_dec, z=c_zobs,
@@ -444,20 +468,7 @@ def make_synthetic_survey(halos: dict, galaxies: dict, box_attrs: dict,
                                                                   float)[hi],
                  comoving_distance_mpc_h=hd, z_cos=h_zcos, z_obs=c_zobs,
                  n_mem_true=n_mem_true)
-    n_repeat = n_cl - np.unique(hi).size
-    meta = dict(observer_mpc_h=observer.tolist(), box_size_mpc_h=box,
-                box_redshift=float(box_attrs.get("redshift", np.nan)),
-                radius_mpc_h=float(radius_mpc_h), galaxy_radius_mpc_h=float(r_gal),
-                area_deg2=float(area_deg2), pole_ra_deg=float(pole_ra_deg),
-                pole_dec_deg=float(pole_dec_deg),
-                cap_half_angle_deg=float(np.degrees(np.arccos(cos_cap))),
-                volume_mpc_h3=volume, log10_m_min=float(log10_m_min),
-                mag_r_limit=float(mag_r_limit), tiled=bool(tiled),
-                mag_shift_mag=float(mag_shift_mag), completeness=float(completeness),
-                fibre_collision_loss=float(fibre_collision_loss),
-                fibre_arcsec=float(fibre_arcsec), n_galaxies_flux_limited=int(n_flux),
-                replica_shifts=shifts.tolist(), n_repeated_clusters=int(n_repeat),
-                seed=str(seed), cosmology=cosmology.name)
+    meta = _meta(locals(), box_attrs, cosmology)
     _log_survey(meta, n_cl, n_gal)
     return SyntheticSurvey(_as_schema(clusters, SURVEY_CLUSTER_SCHEMA),
                            _as_schema(gals, SURVEY_GALAXY_SCHEMA),

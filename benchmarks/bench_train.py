@@ -224,25 +224,20 @@ def memory_run(train_path, val_path, workdir, tag):
 
 def config_of(run_dir, config_files):
     """The run's config: ``config.resolved.yaml`` of the run, else the given config files
-    merged over config.yaml (as Snakemake merges --configfile)."""
-    import yaml
-    from cmpipe.settings import Settings
+    merged in order (as Snakemake merges --configfile), validated against the package's
+    schema (which fills the defaults)."""
+    from cmpipe.sections import CONFIG_SCHEMA
+    from cmpipe.settings import Settings, load_config, read_config_file
 
     resolved = Path(run_dir) / "config.resolved.yaml"
     if not config_files and resolved.exists():
-        cfg = yaml.safe_load(resolved.read_text())
-    else:
-        cfg = {}
-        for f in config_files or ["config.yaml"]:
-            cfg = _merge(cfg, yaml.safe_load(Path(f).read_text()) or {})
-    return Settings.from_config(cfg)
+        from cmpipe.io.artefacts import PRODUCTS_KEY
 
-
-def _merge(a, b):
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
+        cfg = read_config_file(resolved)
+        cfg.pop(PRODUCTS_KEY, None)
+        return Settings.from_config(cfg)
+    files = [Path(f) for f in (config_files or ["config.yaml"])]
+    return Settings.from_config(load_config(files[0], CONFIG_SCHEMA, overlays=files[1:]))
 
 
 def pipeline_mode(args):

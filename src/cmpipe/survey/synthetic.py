@@ -325,25 +325,16 @@ def _with_redshift(g_ra, g_dec, g_order, g_cl, n_cl, rng, **selection):
     return g_order, np.bincount(lab[lab >= 0], minlength=n_cl).astype(np.int64)
 
 
-#: Numbers of make_synthetic_survey recorded in the survey's meta, as floats.
-_META_FLOATS = ("radius_mpc_h", "area_deg2", "pole_ra_deg", "pole_dec_deg", "volume",
-                "log10_m_min", "mag_r_limit", "mag_shift_mag", "completeness",
-                "fibre_collision_loss", "fibre_arcsec")
-
-
-def _meta(v: dict, box_attrs: dict, cosmology) -> dict:
-    """The survey's record from make_synthetic_survey's local variables ``v``."""
-    meta = dict(observer_mpc_h=v["observer"].tolist(), box_size_mpc_h=v["box"],
+def _meta(box_attrs, cosmology, observer, box, r_gal, cos_cap, tiled, n_flux, shifts,
+          n_repeat, seed, numbers) -> dict:
+    """The record of a synthetic survey (``numbers``: its settings, stored as floats)."""
+    return dict(observer_mpc_h=observer.tolist(), box_size_mpc_h=box,
                 box_redshift=float(box_attrs.get("redshift", np.nan)),
-                galaxy_radius_mpc_h=float(v["r_gal"]),
-                cap_half_angle_deg=float(np.degrees(np.arccos(v["cos_cap"]))),
-                **{("volume_mpc_h3" if k == "volume" else k): float(v[k])
-                   for k in _META_FLOATS},
-                tiled=bool(v["tiled"]), n_galaxies_flux_limited=int(v["n_flux"]),
-                replica_shifts=v["shifts"].tolist(),
-                n_repeated_clusters=int(v["n_cl"] - np.unique(v["hi"]).size),
-                seed=str(v["seed"]), cosmology=cosmology.name)
-    return meta
+                galaxy_radius_mpc_h=float(r_gal),
+                cap_half_angle_deg=float(np.degrees(np.arccos(cos_cap))),
+                **{k: float(v) for k, v in numbers.items()}, tiled=bool(tiled),
+                n_galaxies_flux_limited=int(n_flux), replica_shifts=shifts.tolist(),
+                n_repeated_clusters=int(n_repeat), seed=str(seed), cosmology=cosmology.name)
 
 
 def _receding(g_ra, g_dec, g_zobs):
@@ -386,15 +377,11 @@ def make_synthetic_survey(halos: dict, galaxies: dict, box_attrs: dict,
 
     Parameters
     ----------
-    halos : dict of ndarray
-        :data:`~cmpipe.io.catalogues.HALO_SCHEMA` table; host halos (``upid == -1``) with
-        ``log10_m200c >= log10_m_min`` become clusters.
-    galaxies : dict of ndarray
-        :data:`~cmpipe.io.catalogues.GALAXY_SCHEMA` table (absolute ``mag_r``,
-        M - 5 log10 h).
+    halos, galaxies : dict of ndarray
+        :data:`~cmpipe.io.catalogues.HALO_SCHEMA` and ``GALAXY_SCHEMA`` tables (absolute
+        ``mag_r``); hosts (``upid == -1``) from ``log10_m_min`` become clusters.
     box_attrs : dict
-        Table attributes of the box: ``box_size_mpc_h`` (comoving h^-1 Mpc); ``redshift``
-        is recorded.
+        ``box_size_mpc_h`` (comoving h^-1 Mpc); ``redshift`` is recorded.
     cosmology : Cosmology
     radius_mpc_h : float
         Comoving depth of the cluster sample, h^-1 Mpc.
@@ -416,8 +403,7 @@ def make_synthetic_survey(halos: dict, galaxies: dict, box_attrs: dict,
 
     Returns
     -------
-    SyntheticSurvey
-        ``(clusters, galaxies, truth, volume_mpc_h3, meta)``.
+    SyntheticSurvey : ``(clusters, galaxies, truth, volume_mpc_h3, meta)``.
     """
     box = _box_size(box_attrs, radius_mpc_h, galaxy_margin_mpc_h)
     cos_cap = cap_cos_half_angle(area_deg2)
@@ -439,8 +425,7 @@ def make_synthetic_survey(halos: dict, galaxies: dict, box_attrs: dict,
     # galaxies: within R + margin, inside the cap, brighter than the flux limit
     gi, gs, gr, gd, m_app = _galaxy_images(b, shifts, observer, box, r_gal, pole, cos_cap,
                                            cosmology, mag_r_limit, mag_shift_mag)
-    # one distance -> redshift inversion for everything (each call tabulates the
-    # astropy distance afresh)
+    # one distance -> redshift inversion for everything (each call tabulates afresh)
     z_all = np.atleast_1d(cosmology.z_at_comoving_distance(np.concatenate([c_dist, hd, gd])))
     c_zcos, h_zcos, g_zcos = np.split(z_all, [n_cl, 2 * n_cl])
     c_ra, c_dec, c_zobs = _sky(c_pos, c_dist, c_vel, c_zcos)
@@ -468,7 +453,13 @@ def make_synthetic_survey(halos: dict, galaxies: dict, box_attrs: dict,
                                                                   float)[hi],
                  comoving_distance_mpc_h=hd, z_cos=h_zcos, z_obs=c_zobs,
                  n_mem_true=n_mem_true)
-    meta = _meta(locals(), box_attrs, cosmology)
+    meta = _meta(box_attrs, cosmology, observer, box, r_gal, cos_cap, tiled, n_flux, shifts,
+                 n_cl - np.unique(hi).size, seed, dict(
+                     radius_mpc_h=radius_mpc_h, area_deg2=area_deg2, pole_ra_deg=pole_ra_deg,
+                     pole_dec_deg=pole_dec_deg, volume_mpc_h3=volume, log10_m_min=log10_m_min,
+                     mag_r_limit=mag_r_limit, mag_shift_mag=mag_shift_mag,
+                     completeness=completeness, fibre_collision_loss=fibre_collision_loss,
+                     fibre_arcsec=fibre_arcsec))
     _log_survey(meta, n_cl, n_gal)
     return SyntheticSurvey(_as_schema(clusters, SURVEY_CLUSTER_SCHEMA),
                            _as_schema(gals, SURVEY_GALAXY_SCHEMA),

@@ -280,9 +280,10 @@ def read_survey_galaxies(path, columns: Mapping[str, str | Sequence[str]] | None
     if found["cluster_id"] is not None:
         out["cluster_id"], unknown = labels_to_ids(t, found["cluster_id"], path, cluster_names,
                                                    missing=NO_CLUSTER)
-        if unknown:
-            log.warning("%s: %d galaxy label(s) in %s name no cluster of the cluster table; "
-                        "read as no membership", path, unknown, found["cluster_id"])
+        if unknown.size:
+            log.warning("%s: galaxy labels in %s name %d cluster(s) not in the cluster table "
+                        "(e.g. %s); read as no membership", path, found["cluster_id"],
+                        unknown.size, ", ".join(unknown[:5]))
     else:
         out["cluster_id"] = np.full(n, NO_CLUSTER, dtype=np.int64)
     out["mag_r"] = (float_column(t, found["mag_r"], path) if found["mag_r"] is not None
@@ -405,16 +406,13 @@ def read_phase_space_galaxies(path, cluster_ids, *, half_width_mpc_h: float,
                                  "v_los [km/s] columns")
     n = len(t)
     if np.asarray(t[found["cluster_id"]]).dtype.kind in "USO" or cluster_names is not None:
-        cid, _ = labels_to_ids(t, found["cluster_id"], path, cluster_names, missing=-1)
-    else:
-        cid = int_column(t, found["cluster_id"], path, "cluster_id")
-    if cluster_names is not None and np.asarray(t[found["cluster_id"]]).dtype.kind in "USO":
-        text = np.array([str(v).strip() for v in np.asarray(t[found["cluster_id"]])])
-        bad = np.unique(text[cid < 0])
+        cid, bad = labels_to_ids(t, found["cluster_id"], path, cluster_names, missing=-1)
         if bad.size:
             raise CatalogueError(path, found["cluster_id"], f"{bad.size} cluster name(s) not "
                                  f"in the cluster table, e.g. {', '.join(bad[:5])}",
                                  "list every cluster in --clusters (name, RA, Dec, z)")
+    else:
+        cid = int_column(t, found["cluster_id"], path, "cluster_id")
     cols = _phase_space_values(t, path, found)
     W, V = half_width_mpc_h, v_max_kms
     big = max(np.abs(cols["x_proj_mpc_h"]).max(initial=0.0),

@@ -202,14 +202,14 @@ def int_column(table, name, path, key):
                          "number the rows")
 
 
-def _text_values(table, name, path, key):
-    """A column of names as stripped str, refusing missing cells."""
+def _texts(table, name):
+    """A text column as stripped str (an object array) and its mask (masked cells are
+    '')."""
     col = table[name]
-    if hasattr(col, "mask") and np.any(np.ma.getmaskarray(col)):
-        raise CatalogueError(path, name, "masked (missing) ids",
-                             f"give every row a name or id in '{name}'")
-    return np.array([s.decode() if isinstance(s, bytes) else str(s) for s in
-                     np.asarray(col)], dtype=object), col
+    mask = np.ma.getmaskarray(col) if hasattr(col, "mask") else np.zeros(len(col), bool)
+    text = np.array(["" if m else (s.decode() if isinstance(s, bytes) else str(s)).strip()
+                     for s, m in zip(np.asarray(col), mask)], dtype=object)
+    return text, mask
 
 
 def id_or_name_column(table, name, path, key):
@@ -223,11 +223,12 @@ def id_or_name_column(table, name, path, key):
     CatalogueError
         Masked or empty names, naming the rows.
     """
-    arr = np.asarray(table[name])
-    if arr.dtype.kind not in "USO":
+    if np.asarray(table[name]).dtype.kind not in "USO":
         return int_column(table, name, path, key), None
-    names, _ = _text_values(table, name, path, key)
-    names = np.array([s.strip() for s in names], dtype=object)
+    names, mask = _texts(table, name)
+    if mask.any():
+        raise CatalogueError(path, name, "masked (missing) ids",
+                             f"give every row a name or id in '{name}'")
     try:
         return np.array([int(s) for s in names], dtype=np.int64), None
     except ValueError:
@@ -251,26 +252,25 @@ def labels_to_ids(table, name, path, names=None, *, missing):
     Returns
     -------
     ids : ndarray of int64
-    n_unknown : int
-        Non-empty text labels naming no cluster of the table.
+    unknown : ndarray of str
+        The distinct non-empty text labels that name no cluster of the table.
 
     Raises
     ------
     CatalogueError
-        Text labels that are not integers when the cluster table has numeric ids.
+        Text labels that are not integers when the cluster table has numeric ids, or
+        numeric labels when it has names.
     """
-    arr = np.asarray(table[name])
-    if arr.dtype.kind not in "USO" and names is not None:
+    text_column = np.asarray(table[name]).dtype.kind in "USO"
+    if not text_column and names is not None:
         raise CatalogueError(path, name, "cluster labels are numbers but the cluster table "
                              f"names its clusters ({', '.join(list(names)[:3])}, ...)",
                              "label the galaxies with the cluster table's names")
-    if arr.dtype.kind not in "USO":
+    none = np.zeros(0, dtype=str)
+    if not text_column:
         lab = float_column(table, name, path)
-        return np.where(np.isfinite(lab), lab, missing).astype(np.int64), 0
-    col = table[name]
-    mask = np.ma.getmaskarray(col) if hasattr(col, "mask") else np.zeros(len(arr), bool)
-    text = np.array(["" if m else (s.decode() if isinstance(s, bytes) else str(s)).strip()
-                     for s, m in zip(arr, mask)], dtype=object)
+        return np.where(np.isfinite(lab), lab, missing).astype(np.int64), none
+    text, _ = _texts(table, name)
     if names is None:
         out = np.full(text.size, missing, dtype=np.int64)
         filled = text != ""
@@ -282,8 +282,7 @@ def labels_to_ids(table, name, path, names=None, *, missing):
                                  "but the cluster table's ids are numbers",
                                  "give the cluster table the same names in its id column "
                                  "(cluster_id / ID / name), or numeric labels here") from None
-        return out, 0
+        return out, none
     lookup = {s: i for i, s in enumerate(names)}
     out = np.array([lookup.get(s, missing) for s in text], dtype=np.int64)
-    n_unknown = int(((text != "") & (out == missing)).sum())
-    return out, n_unknown
+    return out, np.unique(text[(text != "") & (out == missing)].astype(str))

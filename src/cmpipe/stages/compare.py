@@ -36,6 +36,24 @@ def write_comparison_csv(path, summary: dict) -> None:
     write_csv(path, cols, summary["rows"])
 
 
+def check_fiducial_run(resolved_config, run) -> None:
+    """The run named by ``compare.fiducial_run`` must be a fiducial-model run: its
+    ``config.resolved.yaml`` says ``nuisance.sample: false``.
+
+    Raises
+    ------
+    CatalogueError
+        Naming the file, the key and the overlay that makes such a run.
+    """
+    import yaml
+
+    other = yaml.safe_load(Path(resolved_config).read_text()) or {}
+    if (other.get("nuisance") or {}).get("sample", True):
+        raise CatalogueError(resolved_config, "nuisance.sample", f"run {run} is marginalised "
+                             "too, not the fiducial model",
+                             "rerun it with --configfile config.yaml configs/fiducial.yaml")
+
+
 def _model_kind(config) -> str:
     """``marginalised`` (the run's mock draws every cluster's nuisances from their priors,
     ``nuisance.sample: true``) or ``fiducial`` (one universe)."""
@@ -101,11 +119,7 @@ def compare(*, config, metrics, flow_metrics, summary_out, csv_out, png,
         if None in (fiducial_metrics, fiducial_flow_metrics, fiducial_config):
             raise ConfigError("compare: the fiducial run's metrics, flow metrics and "
                               "config.resolved.yaml are all needed")
-        other = yaml.safe_load(Path(fiducial_config).read_text()) or {}
-        if (other.get("nuisance") or {}).get("sample", True):
-            raise CatalogueError(fiducial_config, "nuisance.sample", f"run {fid_run} is "
-                                 "marginalised too, not the fiducial model",
-                                 "rerun it with --configfile config.yaml configs/fiducial.yaml")
+        check_fiducial_run(fiducial_config, fid_run)
         cats[f"{label[s.mock.members]}_fiducial"] = dict(
             run=fid_run, metrics=_read_json(fiducial_metrics, "metrics"),
             flow=_read_json(fiducial_flow_metrics, "flow metrics"), model="fiducial")

@@ -20,9 +20,10 @@ import numpy as np
 from .. import io
 from ..io.mock import galaxy_offsets
 from ..io.tables import CatalogueError, read_table, write_csv
-from ..settings import ConfigError, read_config_file, stage_rng
+from ..settings import stage_rng
 from .analyses import cubes_and_predict, load_network, read_json
 from .common import jsonable, log, settings_of
+from .compare import check_fiducial_run
 from .cubes import split_galaxies
 
 __all__ = ["MISSPECIFICATION_COLUMNS", "MISSPECIFICATION_CRITERIA", "FIDUCIAL_EVAL_TOLERANCE",
@@ -92,14 +93,9 @@ def _models(s, model, normalisation, joint_pdf, eval_predictions, flow, fiducial
     out = [one("marginalised" if s.nuisance.sample else "fiducial", s.run, model,
                normalisation, joint_pdf, eval_predictions, flow)]
     if fiducial:
-        if not s.nuisance.sample:
-            raise ConfigError("misspecification: compare.fiducial_run is set in a run with "
-                              "nuisance.sample: false. Fix: set compare.fiducial_run: null")
-        cfg = read_config_file(fiducial["config"])
-        if (cfg.get("nuisance") or {}).get("sample", True):
-            raise CatalogueError(fiducial["config"], "nuisance.sample", "the fiducial-model "
-                                 "run is marginalised too", "rerun it with --configfile "
-                                 "config.yaml configs/fiducial.yaml")
+        # compare.fiducial_run beside nuisance.sample: false is a config error
+        # (settings.semantic_errors); the named run must be fiducial itself
+        check_fiducial_run(fiducial["config"], s.compare.fiducial_run)
         fid = one("fiducial", s.compare.fiducial_run, fiducial["model"],
                   fiducial["normalisation"], fiducial["joint_pdf"], fiducial["eval"],
                   dict(model=fiducial.get("flow_model"),

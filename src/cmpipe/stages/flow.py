@@ -55,13 +55,37 @@ def set_flow_threads(threads):
 
 # -- inputs ---------------------------------------------------------------------------------
 
+def _image_batches(s, gal, offsets, ids, source):
+    """(b0, b1, images) of clusters ``ids[b0:b1]``, ``_IMAGE_BATCH`` at a time: the flow's
+    2-D (R_proj, v) KDE images (the ablation's 2-D inputs, same code path) of the window
+    galaxies ``gal`` (cluster ``k`` is rows ``offsets[k]:offsets[k+1]``)."""
+    from ..kde import KDEInputError
+    from ..kde.images import ablation_inputs
+
+    k, n = s.kde, _image_n(s)
+    for b0 in range(0, len(ids), _IMAGE_BATCH):
+        b1 = min(b0 + _IMAGE_BATCH, len(ids))
+        o = offsets[b0:b1 + 1]
+        r = slice(int(o[0]), int(o[-1]))
+        try:
+            batch = ablation_inputs(gal["x_proj_mpc_h"][r], gal["y_proj_mpc_h"][r],
+                                    gal["v_los_kms"][r], o - o[0], "2d", n=n,
+                                    half_width_mpc_h=s.window.half_width_mpc_h,
+                                    v_max_kms=s.window.v_max_kms, h0=k.h0,
+                                    truncation=k.truncation, min_galaxies=3,
+                                    ids=np.asarray(ids[b0:b1]).tolist())
+        except KDEInputError as err:
+            raise CatalogueError(source, "galaxies", str(err),
+                                 "rebuild it with min_galaxies >= 3 or drop the "
+                                 "cluster") from err
+        yield b0, b1, batch
+
+
 def write_flow_images(out, ids, gal, rows, s, split_name, source, progress):
     """2-D KDE images of clusters ``ids`` (sorted) from their window galaxies ``gal``."""
     from tqdm.auto import tqdm
 
-    from ..kde.images import ablation_inputs
     from ..io.cubes import CubeWriter
-    from ..kde import KDEInputError
 
     n = _image_n(s)
     k = s.kde
@@ -75,20 +99,7 @@ def write_flow_images(out, ids, gal, rows, s, split_name, source, progress):
     with CubeWriter(out, len(ids), (n, n), attrs) as w:
         bar = tqdm(total=len(ids), desc=f"flow images {split_name}", unit="image",
                    disable=not progress)
-        for b0 in range(0, len(ids), _IMAGE_BATCH):
-            b1 = min(b0 + _IMAGE_BATCH, len(ids))
-            o = offsets[b0:b1 + 1]
-            r = slice(int(o[0]), int(o[-1]))
-            try:                                # the ablation's 2-D inputs, same code path
-                batch = ablation_inputs(gal["x_proj_mpc_h"][r], gal["y_proj_mpc_h"][r],
-                                        gal["v_los_kms"][r], o - o[0], "2d", n=n,
-                                        half_width_mpc_h=W, v_max_kms=V, h0=k.h0,
-                                        truncation=k.truncation, min_galaxies=3,
-                                        ids=ids[b0:b1].tolist())
-            except KDEInputError as err:
-                raise CatalogueError(source, "galaxies", str(err),
-                                     "rebuild it with min_galaxies >= 3 or drop the "
-                                     "cluster") from err
+        for b0, b1, batch in _image_batches(s, gal, offsets, ids, source):
             w.write(batch, {c: v[b0:b1] for c, v in rows.items()})
             bar.update(b1 - b0)
         bar.close()
@@ -267,7 +278,6 @@ def flow_window_summaries(config, flow, joint_pdf, gal, offsets, ids, distance,
         ``median``, ``lo68``, ``hi68``, ``lo95``, ``hi95`` (log10 h^-1 Msun), ... per cluster.
     """
     from ..kde import Grid3D, kde_cube_batches
-    from ..kde.images import ablation_inputs
 
     s = settings_of(config)
     fm, _, grid = flow
@@ -280,16 +290,7 @@ def flow_window_summaries(config, flow, joint_pdf, gal, offsets, ids, distance,
                                    offsets, grid=g3, h0=k.h0, truncation=k.truncation,
                                    batch_size=_IMAGE_BATCH, ids=ids)
     else:
-        def images():
-            for b0 in range(0, n, _IMAGE_BATCH):
-                b1 = min(b0 + _IMAGE_BATCH, n)
-                o = offsets[b0:b1 + 1]
-                r = slice(int(o[0]), int(o[-1]))
-                yield b0, b1, ablation_inputs(
-                    gal["x_proj_mpc_h"][r], gal["y_proj_mpc_h"][r], gal["v_los_kms"][r],
-                    o - o[0], "2d", n=_image_n(s), half_width_mpc_h=W, v_max_kms=V, h0=k.h0,
-                    truncation=k.truncation, min_galaxies=3, ids=ids[b0:b1].tolist())
-        batches = images()
+        batches = _image_batches(s, gal, offsets, ids, "the matrix's windows")
     for b0, b1, x in batches:
         curves[b0:b1], mass[b0:b1] = fm.posterior_curves(x, grid, distance[b0:b1])
     t = np.asarray(log10_m_true, dtype=float)

@@ -147,27 +147,37 @@ def flow_joint_pdf():
     return res("flow/joint_pdf.h5") if config["calibration"]["recalibrate_flow"] else []
 
 
-def compare_inputs(wildcards):
-    """This run's metrics and, with compare.pure_run, the finished pure run's; a missing
-    pure run stops the run with the command that makes it."""
+def other_run_inputs(key, products, fix):
+    """Products of another finished run named by config key ``compare.{key}``, by input
+    name (``products``: name -> path inside results/{run}/), or none when it is null; a
+    missing one stops the run before any job with ``fix`` (the command that makes it)."""
     from snakemake.exceptions import WorkflowError
 
+    run = config["compare"].get(key)
+    if not run:
+        return {}
+    inputs = {k: f"results/{run}/{p}" for k, p in products.items()}
+    missing = [p for p in inputs.values() if not Path(p).exists()]
+    if missing:
+        raise WorkflowError(
+            f"compare.{key} is '{run}' but that run is not finished (missing: "
+            f"{', '.join(missing)}). Fix: {fix.format(run=run)}")
+    return inputs
+
+
+def compare_inputs(wildcards):
+    """This run's metrics and, with compare.pure_run / compare.fiducial_run, the finished
+    pure and fiducial-model runs'; a missing run stops the run with the command that makes
+    it."""
     inputs = {"metrics": res("evaluation/metrics.json"),
               "flow_metrics": res("flow/metrics.json"), **cube_only_metrics()}
-    pure = config["compare"]["pure_run"]
-    if pure:
-        other = {"pure_metrics": f"results/{pure}/evaluation/metrics.json",
-                 "pure_flow_metrics": f"results/{pure}/flow/metrics.json",
-                 "pure_config": f"results/{pure}/config.resolved.yaml"}
-        missing = [p for p in other.values() if not Path(p).exists()]
-        if missing:
-            raise WorkflowError(
-                f"compare.pure_run is '{pure}' but that run is not finished (missing: "
-                f"{', '.join(missing)}). Fix: run the pure catalogue first, e.g. "
-                f"`snakemake --cores 2 --configfile configs/pure.yaml` (run: {pure}, "
-                "mock.members: bound; `make run` does both), or set compare.pure_run: null in "
-                "the config (or an overlay) to compare this catalogue only.")
-        inputs.update(other)
+    inputs.update(other_run_inputs("pure_run", {
+        "pure_metrics": "evaluation/metrics.json", "pure_flow_metrics": "flow/metrics.json",
+        "pure_config": "config.resolved.yaml"},
+        "run the pure catalogue first, e.g. `snakemake --cores 2 --configfile "
+        "configs/pure.yaml` (run: {run}, mock.members: bound; `make run` does both), or set "
+        "compare.pure_run: null in the config (or an overlay) to compare this catalogue "
+        "only."))
     inputs.update(fiducial_run_inputs(["fiducial_metrics", "fiducial_flow_metrics",
                                        "fiducial_config"]))
     return inputs
@@ -175,23 +185,12 @@ def compare_inputs(wildcards):
 
 def fiducial_run_inputs(names):
     """The products of the finished fiducial-model run (compare.fiducial_run) that a rule
-    reads, by input name (FIDUCIAL_PRODUCTS), or none when it is null; a missing one stops
-    the run with the command that makes it."""
-    from snakemake.exceptions import WorkflowError
-
-    fid = config["compare"].get("fiducial_run")
-    if not fid:
-        return {}
-    inputs = {k: f"results/{fid}/{FIDUCIAL_PRODUCTS[k]}" for k in names}
-    missing = [p for p in inputs.values() if not Path(p).exists()]
-    if missing:
-        raise WorkflowError(
-            f"compare.fiducial_run is '{fid}' but that run is not finished (missing: "
-            f"{', '.join(missing)}). Fix: run the fiducial model first, e.g. `snakemake "
-            f"fiducial_inputs --cores 2 --configfile config.yaml configs/fiducial.yaml` (run: "
-            f"{fid}, nuisance.sample: false; `make run` does both), or set "
-            "compare.fiducial_run: null to evaluate this run's model only.")
-    return inputs
+    reads, by input name (FIDUCIAL_PRODUCTS), or none when it is null."""
+    return other_run_inputs("fiducial_run", {k: FIDUCIAL_PRODUCTS[k] for k in names},
+        "run the fiducial model first, e.g. `snakemake fiducial_inputs --cores 2 "
+        "--configfile config.yaml configs/fiducial.yaml` (run: {run}, nuisance.sample: "
+        "false; `make run` does both), or set compare.fiducial_run: null to evaluate this "
+        "run's model only.")
 
 
 #: The fiducial-model run's products by input name (rule fiducial_inputs makes them).

@@ -255,43 +255,52 @@ def _recalibrated(s, joint_pdf, raw, t, distance):
     return summ, curves, pdf.m_grid
 
 
-def flow_window_summaries(config, flow, joint_pdf, gal, offsets, ids, distance,
-                          log10_m_true) -> dict:
+def flow_window_inputs(config, gal, offsets, ids) -> list:
+    """The flow's inputs of clusters given by their window galaxies in memory, as rule
+    ``flow_images`` makes them: 2-D ``(R_proj, v)`` KDE images, or the CNN3D's cubes when
+    ``flow.input`` is 3d; a list of ``(b0, b1, inputs of ids[b0:b1])`` batches.
+
+    Parameters
+    ----------
+    gal : mapping
+        ``x_proj_mpc_h``, ``y_proj_mpc_h``, ``v_los_kms`` of the windows, by cluster.
+    offsets, ids : ndarray
+        Cluster ``k`` (id ``ids[k]``) is galaxies ``offsets[k]:offsets[k+1]``.
+    """
+    from ..kde import Grid3D, kde_cube_batches
+
+    s = settings_of(config)
+    if s.flow.input != "3d":
+        return list(_image_batches(s, gal, offsets, ids, "the windows in memory"))
+    k, W, V = s.kde, s.window.half_width_mpc_h, s.window.v_max_kms
+    return list(kde_cube_batches(gal["x_proj_mpc_h"], gal["y_proj_mpc_h"], gal["v_los_kms"],
+                                 offsets, grid=Grid3D(n=k.n_grid, half_width_mpc_h=W,
+                                                      v_max_kms=V),
+                                 h0=k.h0, truncation=k.truncation, batch_size=_IMAGE_BATCH,
+                                 ids=ids))
+
+
+def flow_window_summaries(config, flow, joint_pdf, inputs, distance, log10_m_true) -> dict:
     """Posterior summaries of the flow (+ SBI with ``joint_pdf``, rule ``flow_calibrate``'s)
-    for clusters given by their window galaxies in memory, as rules ``flow_images`` and
-    ``flow_evaluate`` make them: the flow's inputs (2-D ``(R_proj, v)`` KDE images, or the
-    CNN3D's cubes when ``flow.input`` is 3d), its posterior curves at each cluster's
-    ``distance`` [h^-1 Mpc], the point estimate, and the test-split recalibration.
+    on :func:`flow_window_inputs`' ``inputs``, as rule ``flow_evaluate`` makes them: the
+    posterior curves at each cluster's ``distance`` [h^-1 Mpc], the point estimate, and the
+    test-split recalibration.
 
     Parameters
     ----------
     flow : tuple
         :func:`load_flow`'s (model, metadata, mass grid).
-    gal : mapping
-        ``x_proj_mpc_h``, ``y_proj_mpc_h``, ``v_los_kms`` of the windows, by cluster.
-    offsets, ids : ndarray
-        Cluster ``k`` (id ``ids[k]``) is galaxies ``offsets[k]:offsets[k+1]``.
 
     Returns
     -------
     dict of ndarray
         ``median``, ``lo68``, ``hi68``, ``lo95``, ``hi95`` (log10 h^-1 Msun), ... per cluster.
     """
-    from ..kde import Grid3D, kde_cube_batches
-
     s = settings_of(config)
     fm, _, grid = flow
-    W, V, k = s.window.half_width_mpc_h, s.window.v_max_kms, s.kde
-    n = len(ids)
+    n = len(distance)
     curves, mass = np.empty((n, grid.size)), np.empty(n)
-    if s.flow.input == "3d":
-        g3 = Grid3D(n=k.n_grid, half_width_mpc_h=W, v_max_kms=V)
-        batches = kde_cube_batches(gal["x_proj_mpc_h"], gal["y_proj_mpc_h"], gal["v_los_kms"],
-                                   offsets, grid=g3, h0=k.h0, truncation=k.truncation,
-                                   batch_size=_IMAGE_BATCH, ids=ids)
-    else:
-        batches = _image_batches(s, gal, offsets, ids, "the matrix's windows")
-    for b0, b1, x in batches:
+    for b0, b1, x in inputs:
         curves[b0:b1], mass[b0:b1] = fm.posterior_curves(x, grid, distance[b0:b1])
     t = np.asarray(log10_m_true, dtype=float)
     raw = grid_summaries(grid, curves, mass, t, s.calibration.point_estimate)

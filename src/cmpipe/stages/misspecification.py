@@ -177,14 +177,16 @@ def _estimates(s, models, preds, gal, offsets, ids, dist, t):
     """(model, estimator, summaries) of every model's CNN3D + SBI (``preds``: its
     predictions) and flow on one set of windows."""
     from ..calibration import summarise
-    from .flow import flow_window_summaries
+    from .flow import flow_window_inputs, flow_window_summaries
 
-    out = []
+    out, flow_inputs = [], None
     for i, mdl in enumerate(models):
         out.append((mdl, "cnn3d_sbi", summarise(mdl["pdf"], preds[i], distance=dist)))
         if mdl["flow"] is not None:
+            if flow_inputs is None:          # one set of images for every model's flow
+                flow_inputs = flow_window_inputs(s, gal, offsets, ids)
             out.append((mdl, _flow_name(mdl), flow_window_summaries(
-                s, mdl["flow"], mdl["flow_pdf"], gal, offsets, ids, dist, t)))
+                s, mdl["flow"], mdl["flow_pdf"], flow_inputs, dist, t)))
     return out
 
 

@@ -23,6 +23,7 @@ include: "workflow/rules/calibrate.smk"
 include: "workflow/rules/plots.smk"
 include: "workflow/rules/survey.smk"
 include: "workflow/rules/flow.smk"
+include: "workflow/rules/sets.smk"
 include: "workflow/rules/analyses.smk"
 
 
@@ -38,6 +39,7 @@ rule comparison_inputs:
     input:
         res("evaluation/metrics.json"),
         res("flow/metrics.json"),
+        res("sets/metrics.json"),
         res("config.resolved.yaml"),
 
 

@@ -143,6 +143,9 @@ def test_default_estimator_is_the_best_calibrated(tmp_path):
     assert best_estimator(tmp_path)[0] == "cnn3d"
     (tmp_path / "evaluation/metrics.json").unlink()
     assert best_estimator(tmp_path)[0] == "flow"
+    _metrics(tmp_path / "sets/metrics.json", 0.685, 0.952, 0.2)      # the set estimator
+    name, reason = best_estimator(tmp_path)
+    assert name == "sets" and "sets coverage 68% 0.685" in reason
 
 
 @pytest.mark.slow
@@ -174,6 +177,9 @@ def test_infer_all_writes_one_table_per_estimator(run, tmp_path):
     assert not (tmp_path / "post.csv").exists()
     _same_posteriors(tmp_path / "post-cnn3d.csv", run / "survey/posteriors.ecsv")
     _same_posteriors(tmp_path / "post-flow.csv", run / "flow/survey_posteriors.ecsv")
+    # the set estimator (issue 29): set_survey_inputs + its flow and calibration, as rule
+    # set_survey_posteriors
+    _same_posteriors(tmp_path / "post-sets.csv", run / "sets/survey_posteriors.ecsv")
 
 
 @pytest.mark.slow

@@ -180,8 +180,6 @@ def test_3d_cubes_train_with_sky_symmetries_and_give_normalised_posteriors(tmp_p
                                                                            one_thread):
     """flow.input 3d: a Conv3d embedding over (x, y, v) cubes, D4 augmentation; the
     augmentation maps are exact symmetries of the cube's sky axes."""
-    from cmpipe.flow.training import _d4
-
     rng = np.random.default_rng(2)
     n = 8
     for name, size in (("train", 48), ("validation", 16)):
@@ -199,10 +197,11 @@ def test_3d_cubes_train_with_sky_symmetries_and_give_normalised_posteriors(tmp_p
     curves, mass = model.posterior_curves(cubes[:3], grid_of(meta))
     np.testing.assert_allclose(np.trapezoid(curves, grid_of(meta), axis=1), 1.0, rtol=1e-9)
     x = torch.as_tensor(cubes[:2])
-    seen = {_d4(x, k)[0].numpy().tobytes() for k in range(8)}
+    seen = {model.augmented(x, k)[0].numpy().tobytes() for k in range(8)}
     assert len(seen) == 8
     for k in range(8):
-        torch.testing.assert_close(_d4(x, k).sum(dim=(1, 2)), x.sum(dim=(1, 2)))  # v intact
+        torch.testing.assert_close(model.augmented(x, k).sum(dim=(1, 2)),
+                                   x.sum(dim=(1, 2)))                      # v intact
     with pytest.raises(ValueError, match="shrink"):
         FlowModel(replace(s, embedding_channels=(2, 2, 2, 2)), (n, n, n),
                   dict(mass_mean=14, mass_sd=0.3, image_mean=1, image_sd=1))
@@ -522,7 +521,8 @@ def test_default_run_names_the_command_for_a_missing_pure_run(tmp_path):
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "configs/pure.yaml" in out and "results/demo-pure/flow/metrics.json" in out
-    for p in ("evaluation/metrics.json", "flow/metrics.json", "config.resolved.yaml"):
+    for p in ("evaluation/metrics.json", "flow/metrics.json", "sets/metrics.json",
+              "config.resolved.yaml"):
         (tmp_path / "results/demo-pure" / p).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / "results/demo-pure" / p).write_text("{}\n")
     # then the fiducial-model run (compare.fiducial_run: demo-fiducial), the same way

@@ -32,7 +32,8 @@ SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 SCHEMA = ROOT / "src/cmpipe/data/config.schema.yaml"
 SURVEY_TARGETS = ["survey/posteriors.ecsv", "survey/posteriors.csv", "survey/mass_function.csv",
                   "survey/pulls.json", "figures/mass_function.png", "figures/survey_pulls.png",
-                  "config.resolved.yaml", "flow/survey_posteriors.ecsv"]
+                  "config.resolved.yaml", "flow/survey_posteriors.ecsv",
+                  "sets/survey_posteriors.ecsv"]
 
 pytestmark = pytest.mark.slow
 

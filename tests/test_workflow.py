@@ -385,7 +385,8 @@ def _check_misspecification(res, m3):
 
     mm = json.loads((res / "robustness/misspecification.json").read_text())
     assert mm["nuisance_sample"] is True
-    assert list(mm["models"]) == ["marginalised/cnn3d_sbi", "marginalised/flow_sbi"]
+    assert list(mm["models"]) == ["marginalised/cnn3d_sbi", "marginalised/flow_sbi",
+                                  "marginalised/sets_sbi"]
     assert mm["reproduces_eval_predictions_dex"]["eval"] <= 1e-6
     assert "fiducial" not in mm["reproduces_eval_predictions_dex"]    # no fiducial model
     rows = {r["variant"]: r for r in mm["variants"] if r["estimator"] == "cnn3d_sbi"}
@@ -505,7 +506,7 @@ def test_flow_products_are_consistent(tiny_run):
     # (ablation.cube_only, inherited from config.yaml) under either calibration
     from cmpipe.evaluation.comparison import DISTANCE_VARIANTS
     assert [r["estimator"] for r in comp["rows"]] == [
-        "cnn3d_sbi", "flow", "msigma_gapper", "virial", *DISTANCE_VARIANTS]
+        "cnn3d_sbi", "flow", "sets", "msigma_gapper", "virial", *DISTANCE_VARIANTS]
     assert rows["cnn3d_sbi_blind_calibration"]["scatter_dex"] == pytest.approx(
         cnn["distance_blind"]["scatter_dex"])
     cube = json.loads((res / "ablation/3dcube/metrics.json").read_text())
@@ -547,6 +548,75 @@ def test_flow_products_are_consistent(tiny_run):
     assert rows["virial"]["scatter_dex"] == pytest.approx(cnn["virial_scatter_dex"])
     assert comp["ratios"]["contaminated"]["msigma_over_flow_scatter"] == pytest.approx(
         cnn["msigma_gapper_scatter_dex"] / m["scatter_dex"])
+
+
+def test_set_products_are_consistent(tiny_run):
+    """The set estimator's products (issue 29): its inputs are the eval clusters' window
+    galaxies as the mock has them, its metrics count the eval split and match the stored
+    intervals, its seeds are summarised, its survey table has the CNN3D + SBI table's
+    columns, and the comparison and the misspecification matrix carry its rows."""
+    from astropy.table import Table
+
+    from cmpipe.flow.sets import read_set_file
+
+    _, res = tiny_run
+    for p in ["sets/inputs/train.h5", "sets/inputs/survey.h5", "sets/model/flow.pt",
+              "sets/model/history.csv", "sets/joint_pdf.h5", "sets/metrics.json",
+              "sets/posteriors.h5", "sets/seeds.json", "sets/seeds/1/metrics.json",
+              "sets/survey_posteriors.ecsv", "figures/sets_loss.png",
+              "figures/sets_predictions.png", "figures/sets_calibration.png",
+              "logs/sets/train.log"]:
+        assert (res / p).is_file(), p
+    cl, _ = read_table(res / "mock/clusters.h5", group="clusters")
+    gal, _ = read_table(res / "mock/clusters.h5", group="galaxies")
+    ev = cl["split"] == SPLIT_CODES["eval"]
+    cols, sets, attrs = read_set_file(res / "sets/inputs/eval.h5", ("x", "v"))
+    np.testing.assert_array_equal(cols["cluster_id"], cl["cluster_id"][ev])
+    np.testing.assert_array_equal(sets.counts, cl["n_gal"][ev])
+    np.testing.assert_array_equal(cols["distance_mpc_h"], cl["observer_distance_mpc_h"][ev])
+    for k in (0, len(sets) - 1):
+        g = gal["cluster_id"] == cols["cluster_id"][k]
+        one = sets[[k]].features
+        np.testing.assert_allclose(one[:, 0], gal["x_proj_mpc_h"][g] / attrs["half_width_mpc_h"],
+                                   rtol=1e-6)
+        np.testing.assert_allclose(one[:, 1], gal["v_los_kms"][g] / attrs["v_max_kms"],
+                                   rtol=1e-6)
+    m = json.loads((res / "sets/metrics.json").read_text())
+    assert m["estimator"] == "Deep Sets flow" and m["input"] == "set"
+    assert m["n_eval"] == int(ev.sum()) and "test-set prior" in m["prior"]
+    post, _ = read_table(res / "sets/posteriors.h5", group="posteriors")
+    inside = (post["log10_m200c_true"] >= post["lo68"]) & (post["log10_m200c_true"]
+                                                          <= post["hi68"])
+    assert m["coverage_68"] == pytest.approx(inside.mean())
+    eps = post["log10_m200c_true"] - post[m["point_estimate"]]
+    assert m["scatter_dex"] == pytest.approx(eps.std(ddof=1), rel=1e-9)
+    assert len([k for k in m["by_observer_distance"] if k != "note"]) == 3
+    seeds = json.loads((res / "sets/seeds.json").read_text())
+    s1 = json.loads((res / "sets/seeds/1/metrics.json").read_text())
+    assert seeds["n_seeds"] == 2                          # configs/tiny.yaml ablation.seeds
+    assert seeds["scatter_dex"]["values"] == pytest.approx([m["scatter_dex"],
+                                                            s1["scatter_dex"]])
+    assert seeds["scatter_dex"]["sd"] == pytest.approx(np.std(
+        [m["scatter_dex"], s1["scatter_dex"]], ddof=1))
+    assert s1["scatter_dex"] != m["scatter_dex"]          # another seed, another network
+    sv = Table.read(res / "sets/survey_posteriors.ecsv")
+    cnn_sv = Table.read(res / "survey/posteriors.ecsv")
+    assert sv.colnames == cnn_sv.colnames and sv.meta["estimator"] == "Deep Sets flow + SBI"
+    ok = sv["skipped"] == 0
+    assert np.all(np.isfinite(sv["flat_median"][ok]))
+    comp = json.loads((res / "comparison/summary.json").read_text())
+    row = next(r for r in comp["rows"] if r["estimator"] == "sets")
+    assert row["label"] == "Deep Sets flow + SBI"
+    assert row["scatter_dex"] == pytest.approx(m["scatter_dex"])
+    assert comp["ratios"]["contaminated"]["sets_seed_scatter_dex"]["values"] == \
+        pytest.approx(seeds["scatter_dex"]["values"])
+    mis = json.loads((res / "robustness/misspecification.json").read_text())
+    eval_row = next(r for r in mis["variants"]
+                    if r["variant"] == "eval" and r["estimator"] == "sets_sbi")
+    # the matrix's eval row: the stored eval windows through the same set model and
+    # calibration as rule set_evaluate
+    assert eval_row["coverage_68"] == pytest.approx(m["coverage_68"], abs=1e-12)
+    assert eval_row["mean_residual_dex"] == pytest.approx(m["mean_residual_dex"], abs=1e-9)
 
 
 def test_pure_catalogue_keeps_bound_members_only(tiny_run, tmp_path):

@@ -34,10 +34,15 @@ and the SHA-256 of the models and calibrations) and the chosen estimator's files
                     flow/model/flow.pt, flow/model/flow.json and, when the run has
                     calibration.recalibrate_flow (the default), its test-split calibration
                     flow/joint_pdf.h5; else the flow's own posteriors
---estimator all     one table per estimator: OUT with -cnn3d / -flow inserted before the
-                    extension (post.ecsv -> post-cnn3d.ecsv, post-flow.ecsv)
-(default)           the run's best-calibrated estimator: of evaluation/metrics.json and
-                    flow/metrics.json, the one whose eval coverage of the 68% and 95%
+--estimator sets    the set estimator, Deep Sets flow on the window galaxies (rule
+                    set_survey_posteriors -> sets/survey_posteriors): sets/model/flow.pt,
+                    sets/model/flow.json and, with calibration.recalibrate_sets (the
+                    default), sets/joint_pdf.h5
+--estimator all     one table per estimator: OUT with -cnn3d / -flow / -sets inserted
+                    before the extension (post.ecsv -> post-cnn3d.ecsv, post-flow.ecsv, ...)
+(default)           the run's best-calibrated estimator: of evaluation/metrics.json,
+                    flow/metrics.json and sets/metrics.json, the one whose eval coverage of
+                    the 68% and 95%
                     intervals is closest to nominal (sum of |coverage - 0.683|, |coverage -
                     0.954|), ties to the smaller scatter_dex.
 The table's metadata (ECSV header, FITS header) says which estimator made it and why:
@@ -145,9 +150,10 @@ def _infer_parser(sub):
                           "[h^-1 Mpc, proper], v_los [km/s]")
     p.add_argument("-o", "--output", type=Path, required=True,
                    help="posterior table to write (.ecsv, .csv or .fits)")
-    p.add_argument("--estimator", choices=("cnn3d", "flow", "all"), default=None,
+    p.add_argument("--estimator", choices=("cnn3d", "flow", "sets", "all"), default=None,
                    help="cnn3d (CNN3D + SBI), flow (neural flow, recalibrated when the run "
-                        "is), all (OUT-cnn3d.EXT and OUT-flow.EXT); default: the run's "
+                        "is), sets (Deep Sets flow on the galaxies, likewise), all "
+                        "(OUT-cnn3d.EXT, OUT-flow.EXT, OUT-sets.EXT); default: the run's "
                         "best-calibrated one (see above)")
     p.add_argument("--cluster-column", action="append", metavar="KEY=COLUMN",
                    help="map a cmpipe cluster column to a file column (repeatable)")

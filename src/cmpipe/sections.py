@@ -37,7 +37,7 @@ __all__ = [
     "Section", "SyntheticSettings", "MDPL2Settings", "WindowSettings", "SightlineSettings",
     "MockSettings", "NuisanceSettings", "SplitSettings", "KDESettings", "TrainSection",
     "CalibrationSettings",
-    "BaselineSettings", "FlowSection", "CompareSettings", "SurveySyntheticSettings",
+    "BaselineSettings", "FlowSection", "SetsSection", "CompareSettings", "SurveySyntheticSettings",
     "CatalogueVolumeSettings", "PopulationPriorSettings", "MassFunctionSettings",
     "SurveySettings", "AblationSettings", "TailSection", "RobustnessSettings",
     "SaliencySettings",
@@ -273,6 +273,7 @@ class CalibrationSettings(Section):
     tail_weight: float | str
     tail_width: float | str
     recalibrate_flow: bool
+    recalibrate_sets: bool
     survey_mass_range: tuple
 
 
@@ -311,6 +312,35 @@ class FlowSection(Section):
     prior_bandwidth: float
     max_memory_mb: float
     input_transform: str
+
+
+@dataclass(frozen=True)
+class SetsSection(Section):
+    """``sets``: the set-based estimator (Deep Sets embedding of the window galaxies and a
+    conditional flow; :mod:`cmpipe.flow.sets`)."""
+
+    features: tuple
+    pooling: str
+    phi_units: tuple
+    richness_input: bool
+    dispersion_input: bool
+    embedding_units: int
+    embedding_features: int
+    distance_input: bool
+    model: str
+    transforms: int
+    bins: int
+    hidden_features: int
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    weight_decay: float
+    patience: int
+    clip_grad_norm: float
+    augment: bool
+    n_grid_mass: int
+    mass_margin_dex: float
+    prior_bandwidth: float
 
 
 @dataclass(frozen=True)

@@ -17,16 +17,12 @@ import yaml
 
 from .sections import (AblationSettings, BaselineSettings, CalibrationSettings, CompareSettings,
                        FlowSection, KDESettings, LayerSpecError, MDPL2Settings, MockSettings,
-                       NuisanceSettings, RobustnessSettings, SaliencySettings,
+                       NuisanceSettings, RobustnessSettings, SaliencySettings, SetsSection,
                        SightlineSettings, SplitSettings, SurveySettings, SyntheticSettings,
                        TailSection, TrainSection, WindowSettings, validate_layers)
 
 __all__ = [
-    "ConfigError",
-    "WindowSettings",
-    "SightlineSettings",
-    "MockSettings",
-    "SplitSettings",
+    "ConfigError", "WindowSettings", "SightlineSettings", "MockSettings", "SplitSettings",
     "KDESettings",
     "Settings",
     "load_config",
@@ -95,6 +91,7 @@ class Settings:
     robustness: RobustnessSettings
     saliency: SaliencySettings
     flow: FlowSection
+    sets: SetsSection
     compare: CompareSettings
 
     @classmethod
@@ -125,6 +122,7 @@ class Settings:
             robustness=RobustnessSettings.from_dict(config["robustness"]),
             saliency=SaliencySettings.from_dict(config["saliency"]),
             flow=FlowSection.from_dict(config["flow"]),
+            sets=SetsSection.from_dict(config["sets"]),
             compare=CompareSettings.from_dict(config["compare"]),
         )
 

@@ -192,6 +192,8 @@ rule misspecification:
         joint_pdf=res("calibration/joint_pdf.h5"),
         flow_model=res("flow/model/flow.pt"),
         flow_joint_pdf=flow_joint_pdf(),
+        set_model=res("sets/model/flow.pt"),
+        set_joint_pdf=set_joint_pdf,
         projected=res("mock/projected.h5"),
         clusters=res("mock/clusters.h5"),
         eval=res("summaries/eval.h5"),
@@ -210,6 +212,7 @@ rule misspecification:
         kde=product_params("kde"),
         calibration=config["calibration"],
         flow=product_params("flow"),
+        sets=product_params("sets"),
     log:
         res("logs/robustness/misspecification.log"),
     benchmark:

@@ -147,6 +147,23 @@ def flow_joint_pdf():
     return res("flow/joint_pdf.h5") if config["calibration"]["recalibrate_flow"] else []
 
 
+def set_joint_pdf(wildcards):
+    """The set estimator's test-split calibration of the same seed (rule set_calibrate)
+    when calibration.recalibrate_sets is set, else no input."""
+    if not config["calibration"]["recalibrate_sets"]:
+        return []
+    return res(f"sets/{wildcards.get('seeddir', '')}joint_pdf.h5")
+
+
+def set_products():
+    """The set estimator's products (rules set_*): model, eval metrics and posteriors, the
+    seed summary, survey posteriors, figures."""
+    return [res("sets/model/flow.pt"), res("sets/metrics.json"), res("sets/posteriors.h5"),
+            res("sets/seeds.json"), res("sets/survey_posteriors.ecsv"),
+            res("sets/survey_posteriors.csv"), res("figures/sets_loss.png"),
+            res("figures/sets_predictions.png"), res("figures/sets_calibration.png")]
+
+
 def other_run_inputs(key, products, fix):
     """Products of another finished run named by config key ``compare.{key}``, by input
     name (``products``: name -> path inside results/{run}/), or none when it is null; a
@@ -170,10 +187,12 @@ def compare_inputs(wildcards):
     pure and fiducial-model runs'; a missing run stops the run with the command that makes
     it."""
     inputs = {"metrics": res("evaluation/metrics.json"),
-              "flow_metrics": res("flow/metrics.json"), **cube_only_metrics()}
+              "flow_metrics": res("flow/metrics.json"),
+              "set_metrics": res("sets/metrics.json"), "set_seeds": res("sets/seeds.json"),
+              **cube_only_metrics()}
     inputs.update(other_run_inputs("pure_run", {
         "pure_metrics": "evaluation/metrics.json", "pure_flow_metrics": "flow/metrics.json",
-        "pure_config": "config.resolved.yaml"},
+        "pure_set_metrics": "sets/metrics.json", "pure_config": "config.resolved.yaml"},
         "run the pure catalogue first, e.g. `snakemake --cores 2 --configfile "
         "configs/pure.yaml` (run: {run}, mock.members: bound; `make run` does both), or set "
         "compare.pure_run: null in the config (or an overlay) to compare this catalogue "
@@ -272,6 +291,7 @@ def final_targets():
         res("figures/flow_loss.png"),
         res("figures/flow_predictions.png"),
         res("figures/flow_calibration.png"),
+        *set_products(),
         res("comparison/summary.json"),
         res("comparison/summary.csv"),
         res("figures/comparison.png"),

@@ -1,9 +1,10 @@
-"""The estimators side by side: CNN3D + SBI, the neural flow, M-sigma and virial, on the
-eval sets of a contaminated and (optionally) a pure catalogue.
+"""The estimators side by side: CNN3D + SBI, the neural flow, the set estimator (Deep Sets
+flow), M-sigma and virial, on the eval sets of a contaminated and (optionally) a pure
+catalogue.
 
 Everything here is read from finished products -- ``evaluation/metrics.json`` (the CNN3D +
 SBI posteriors and the classical baselines, each baseline with one offset fitted on the test
-set) and ``flow/metrics.json`` -- so the numbers are the ones those rules measured with the
+set), ``flow/metrics.json`` and ``sets/metrics.json`` -- so the numbers are the ones those rules measured with the
 same :mod:`cmpipe.evaluation.metrics` functions on the same eval clusters. The talk's
 headline ("the flow is about 4x better than M-sigma on contaminated mocks") is the ratio
 ``msigma_over_flow_scatter``. The table is written by :mod:`cmpipe.stages.compare`, the
@@ -13,13 +14,14 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["ESTIMATORS", "DISTANCE_VARIANTS", "ROW_KEYS", "SURVEY_RANGE_KEYS",
+__all__ = ["ESTIMATORS", "POSTERIOR_ESTIMATORS", "DISTANCE_VARIANTS", "ROW_KEYS", "SURVEY_RANGE_KEYS",
            "estimator_rows", "distance_variant_rows", "comparison_summary"]
 
 #: Estimator key -> (label, source, key prefix in its metrics JSON).
 ESTIMATORS = {
     "cnn3d_sbi": ("CNN3D + SBI", "metrics", ""),
     "flow": ("neural flow", "flow", ""),
+    "sets": ("Deep Sets flow", "sets", ""),
     "msigma_gapper": ("M-sigma (gapper)", "metrics", "msigma_gapper_"),
     "virial": ("virial", "metrics", "virial_"),
 }
@@ -56,7 +58,12 @@ def _num(v):
     return None if v is None or (isinstance(v, float) and not math.isfinite(v)) else v
 
 
-def estimator_rows(catalogue: str, run: str, metrics: dict, flow_metrics: dict) -> list:
+#: The estimators with posteriors (coverage), in :data:`ESTIMATORS` order.
+POSTERIOR_ESTIMATORS = tuple(k for k, v in ESTIMATORS.items() if v[2] == "")
+
+
+def estimator_rows(catalogue: str, run: str, metrics: dict, flow_metrics: dict,
+                   set_metrics: dict | None = None) -> list:
     """One row per estimator of one catalogue's eval set.
 
     Parameters
@@ -67,6 +74,9 @@ def estimator_rows(catalogue: str, run: str, metrics: dict, flow_metrics: dict) 
         The run the metrics come from.
     metrics, flow_metrics : dict
         ``evaluation/metrics.json`` and ``flow/metrics.json`` of that run.
+    set_metrics : dict, optional
+        ``sets/metrics.json`` (the set estimator's row; none without it, e.g. a run made
+        before the set estimator existed).
 
     Returns
     -------
@@ -75,11 +85,13 @@ def estimator_rows(catalogue: str, run: str, metrics: dict, flow_metrics: dict) 
         dex; coverage only for the posterior estimators, None for the point estimators).
     """
     rows = []
-    src = {"metrics": metrics, "flow": flow_metrics}
+    src = {"metrics": metrics, "flow": flow_metrics, "sets": set_metrics}
     for key, (label, which, prefix) in ESTIMATORS.items():
         m = src[which]
-        if key == "flow" and "uncalibrated" in m:      # calibration.recalibrate_flow
-            label = "neural flow + SBI"
+        if m is None:
+            continue
+        if which != "metrics" and "uncalibrated" in m:  # recalibrate_flow / _sets
+            label = f"{label} + SBI"
         row = dict(catalogue=catalogue, run=run, estimator=key, label=label)
         for k in ROW_KEYS:
             if k.startswith("coverage"):
@@ -159,7 +171,8 @@ def comparison_summary(catalogues: dict) -> dict:
     ----------
     catalogues : dict
         ``{"contaminated" | "pure": {"run": str, "metrics": dict, "flow": dict}}``, each
-        optionally with ``cube_only`` (the cube-only CNN3D's metrics); with a fiducial-model
+        optionally with ``sets`` (the set estimator's metrics), ``set_seeds`` (its
+        ``sets/seeds.json``) and ``cube_only`` (the cube-only CNN3D's metrics); with a fiducial-model
         run (``compare.fiducial_run``) also ``contaminated_fiducial`` (its own eval set: the
         models trained on one universe).
 
@@ -168,24 +181,30 @@ def comparison_summary(catalogues: dict) -> dict:
     dict
         ``runs`` (catalogue -> run), ``rows`` (:func:`estimator_rows` of each catalogue, then
         its :func:`distance_variant_rows`),
-        ``ratios`` per catalogue (scatters of CNN3D + SBI, flow and M-sigma, dex, and
-        ``msigma_over_flow_scatter``, ``msigma_over_cnn3d_sbi_scatter``,
-        ``flow_over_cnn3d_sbi_scatter``), and ``n_eval`` per catalogue and estimator.
+        ``ratios`` per catalogue (scatters of CNN3D + SBI, flow, set estimator and M-sigma,
+        dex, and ``msigma_over_flow_scatter``, ``msigma_over_cnn3d_sbi_scatter``,
+        ``flow_over_cnn3d_sbi_scatter``, ``sets_over_flow_scatter``; with its seeds,
+        ``sets_seed_scatter_dex``: mean, sd and values over the training seeds), and ``n_eval`` per catalogue and estimator.
     """
     rows, ratios, runs = [], {}, {}
     for cat in sorted(catalogues, key=lambda c: _CATALOGUE_ORDER.index(c)
                       if c in _CATALOGUE_ORDER else 99):
         c = catalogues[cat]
         runs[cat] = c["run"]
-        r = estimator_rows(cat, c["run"], c["metrics"], c["flow"])
+        r = estimator_rows(cat, c["run"], c["metrics"], c["flow"], c.get("sets"))
         rows += r + distance_variant_rows(cat, c["run"], c["metrics"], c.get("cube_only"))
         sc = {x["estimator"]: x["scatter_dex"] for x in r}
+        sc.setdefault("sets", None)
         ratios[cat] = dict(
             cnn3d_sbi_scatter_dex=sc["cnn3d_sbi"], flow_scatter_dex=sc["flow"],
+            sets_scatter_dex=sc["sets"],
             msigma_scatter_dex=sc["msigma_gapper"], virial_scatter_dex=sc["virial"],
             msigma_over_flow_scatter=_ratio(sc["msigma_gapper"], sc["flow"]),
             msigma_over_cnn3d_sbi_scatter=_ratio(sc["msigma_gapper"], sc["cnn3d_sbi"]),
-            flow_over_cnn3d_sbi_scatter=_ratio(sc["flow"], sc["cnn3d_sbi"]))
+            flow_over_cnn3d_sbi_scatter=_ratio(sc["flow"], sc["cnn3d_sbi"]),
+            sets_over_flow_scatter=_ratio(sc["sets"], sc["flow"]))
+        if c.get("set_seeds"):
+            ratios[cat]["sets_seed_scatter_dex"] = c["set_seeds"].get("scatter_dex")
     return dict(
         runs=runs, rows=rows, ratios=ratios,
         definitions=dict(

@@ -46,7 +46,8 @@ class FlowSettings:
     ----------
     input : str
         ``2d``: the (R_proj, v_los) KDE image (the talk's input); ``3d``: the (x, y, v)
-        KDE cubes of the CNN3D.
+        KDE cubes of the CNN3D; ``set``: the window galaxies themselves, a Deep Sets
+        embedding (:mod:`cmpipe.flow.sets`; the ``set_*`` settings).
     model : str
         ``nsf`` (rational-quadratic neural spline flow) or ``maf`` (affine autoregressive).
     transforms, bins, hidden_features : int
@@ -68,7 +69,8 @@ class FlowSettings:
     clip_grad_norm : float
         Gradient-norm clipping (0: none).
     augment : bool
-        ``3d`` only: a random one of the 8 sky-plane symmetries of each training cube.
+        ``3d`` and ``set``: a random one of the 8 sky-plane symmetries per training batch
+        (the cubes' (x, y) axes; the sets' ``x`` and ``y`` features).
     distance_input : bool
         Condition the flow on the cluster's comoving distance from the observer (the image
         files' ``distance_mpc_h``, standardised by the training split's mean and sd) as
@@ -88,6 +90,18 @@ class FlowSettings:
         ``linear``: ``n_voxels * image``. Either is then standardised.
     seed : int
         Seeds the weights, the shuffling and the augmentation.
+    set_features : tuple of str
+        ``set`` only: the per-galaxy features (:data:`cmpipe.flow.sets.SET_FEATURES`).
+    set_pooling : str
+        ``set`` only: ``mean``, ``max`` or ``mean_max`` over each set's galaxies.
+    set_phi_units : tuple of int
+        ``set`` only: widths of the per-galaxy layers (``phi``) of the Deep Sets embedding;
+        ``embedding_units`` and ``embedding_features`` size its ``rho``.
+    set_richness : bool
+        ``set`` only: the set size (log10 of the window's galaxies) joins the pooled summary.
+    set_dispersion : bool
+        ``set`` only: log10 of the set's velocity dispersion (feature ``v``) joins it too: the
+        network then learns the residual about the M-sigma relation.
     """
 
     input: str = "2d"
@@ -113,12 +127,32 @@ class FlowSettings:
     max_memory_mb: float = 2000.0
     input_transform: str = "log1p"
     seed: int = 0
+    set_features: tuple = ("x", "y", "v")
+    set_pooling: str = "mean"
+    set_phi_units: tuple = (64, 64)
+    set_richness: bool = True
+    set_dispersion: bool = False
 
     def __post_init__(self):
+        from .sets import POOLINGS, SET_FEATURES
+
         object.__setattr__(self, "embedding_channels",
                            tuple(int(c) for c in self.embedding_channels))
-        if self.input not in ("2d", "3d"):
-            raise ValueError(f"FlowSettings.input must be '2d' or '3d', got {self.input!r}")
+        object.__setattr__(self, "set_features", tuple(str(f) for f in self.set_features))
+        object.__setattr__(self, "set_phi_units", tuple(int(u) for u in self.set_phi_units))
+        if self.input not in ("2d", "3d", "set"):
+            raise ValueError(f"FlowSettings.input must be '2d', '3d' or 'set', got "
+                             f"{self.input!r}")
+        unknown = sorted(set(self.set_features) - set(SET_FEATURES))
+        if unknown or not self.set_features or len(set(self.set_features)) < len(
+                self.set_features):
+            raise ValueError(f"FlowSettings.set_features must list distinct features of "
+                             f"{', '.join(SET_FEATURES)}, got {list(self.set_features)}")
+        if self.set_pooling not in POOLINGS:
+            raise ValueError(f"FlowSettings.set_pooling must be one of {', '.join(POOLINGS)}, "
+                             f"got {self.set_pooling!r}")
+        if not self.set_phi_units or min(self.set_phi_units) < 1:
+            raise ValueError("FlowSettings.set_phi_units must list >= 1 positive ints")
         if self.input_transform not in ("log1p", "linear"):
             raise ValueError(f"FlowSettings.input_transform must be 'log1p' or 'linear', "
                              f"got {self.input_transform!r}")
@@ -134,6 +168,10 @@ class FlowSettings:
             raise ValueError(f"FlowSettings.distance_input must be true or false, got "
                              f"{self.distance_input!r}")
         object.__setattr__(self, "distance_input", bool(self.distance_input))
+        object.__setattr__(self, "set_richness", bool(self.set_richness))
+        object.__setattr__(self, "set_dispersion", bool(self.set_dispersion))
+        if self.set_dispersion and "v" not in self.set_features:
+            raise ValueError("FlowSettings.set_dispersion needs the feature v")
         if not self.embedding_channels or min(self.embedding_channels) < 1:
             raise ValueError("FlowSettings.embedding_channels must list >= 1 positive ints")
         if self.embedding_kernel < 1 or self.embedding_kernel % 2 == 0:
@@ -142,6 +180,9 @@ class FlowSettings:
         if not self.learning_rate > 0:
             raise ValueError(f"FlowSettings.learning_rate must be > 0, "
                              f"got {self.learning_rate!r}")
+        if self.augment and self.input == "set" and not {"x", "y"} <= set(self.set_features):
+            raise ValueError("FlowSettings.augment with input 'set' needs the features x "
+                             "and y (the sky-plane symmetries act on them)")
         if self.augment and self.input == "2d":
             raise ValueError("FlowSettings.augment applies to input '3d' only: the "
                              "(R_proj, v) image has no exact symmetry left (R_proj is "
@@ -222,9 +263,23 @@ class FlowModel(nn.Module):
             if not self.standardisation["distance_sd"] > 0:
                 raise ValueError(f"distance_sd must be > 0, got "
                                  f"{self.standardisation['distance_sd']!r}")
-        self.embedding = ImageEmbedding(self.shape, settings.embedding_channels,
-                                        settings.embedding_kernel, settings.embedding_units,
-                                        settings.embedding_features)
+        if settings.input == "set":
+            from .sets import SetEmbedding
+
+            if self.shape != (len(settings.set_features),):
+                raise ValueError(f"a set flow of features {settings.set_features} takes "
+                                 f"inputs of shape ({len(settings.set_features)},), got "
+                                 f"{self.shape}")
+            self.embedding = SetEmbedding(self.shape[0], settings.set_phi_units,
+                                          settings.set_pooling, settings.embedding_units,
+                                          settings.embedding_features, settings.set_richness,
+                                          settings.set_features.index("v")
+                                          if settings.set_dispersion else None)
+        else:
+            self.embedding = ImageEmbedding(self.shape, settings.embedding_channels,
+                                            settings.embedding_kernel,
+                                            settings.embedding_units,
+                                            settings.embedding_features)
         kw = dict(features=1,
                   context=settings.embedding_features + int(settings.distance_input),
                   transforms=settings.transforms,
@@ -236,13 +291,62 @@ class FlowModel(nn.Module):
 
     # -- standardisation ---------------------------------------------------------------
     def images_to_tensor(self, images) -> torch.Tensor:
-        """Standardised float32 tensor of a batch of normalised KDE images."""
+        """Standardised float32 tensor of a batch of normalised KDE images (for a set flow:
+        the :class:`~cmpipe.flow.sets.PaddedSets` of a :class:`~cmpipe.flow.sets.GalaxySets`
+        batch, :meth:`sets_to_tensor`)."""
+        if self.settings.input == "set":
+            return self.sets_to_tensor(images)
         s = self.standardisation
         x = torch.as_tensor(np.asarray(images, dtype=np.float32))
         if tuple(x.shape[1:]) != self.shape:
             raise ValueError(f"images of shape {tuple(x.shape[1:])}, the flow was trained on "
                              f"{self.shape}")
         return (self.transform(x * self.n_voxels) - s["image_mean"]) / s["image_sd"]
+
+    def sets_to_tensor(self, sets):
+        """The padded, standardised :class:`~cmpipe.flow.sets.PaddedSets` of a batch of
+        galaxy sets (:class:`~cmpipe.flow.sets.GalaxySets` of this flow's features)."""
+        from .sets import PaddedSets
+
+        if sets.n_features != self.shape[0]:
+            raise ValueError(f"galaxy sets of {sets.n_features} features, the flow was "
+                             f"trained on {self.shape[0]} ({', '.join(self.settings.set_features)})")
+        s = self.standardisation
+        names = self.settings.set_features
+        mean = np.array([s[f"set_mean_{n}"] for n in names], dtype=np.float32)
+        sd = np.array([s[f"set_sd_{n}"] for n in names], dtype=np.float32)
+        feats, mask = sets.padded()
+        feats = np.where(mask[..., None], (feats - mean) / sd, 0.0).astype(np.float32)
+        log_n = (np.log10(np.maximum(sets.counts, 1)) - s["log_n_mean"]) / s["log_n_sd"]
+        return PaddedSets(torch.as_tensor(feats), torch.as_tensor(mask),
+                          torch.as_tensor(log_n.astype(np.float32)).reshape(-1, 1))
+
+    def augmented(self, x, k: int):
+        """Sky-plane symmetry ``k`` (0-7) of a standardised batch: flips and the transpose of
+        the cubes' (x, y) axes, or of the sets' ``x`` and ``y`` features."""
+        if self.settings.input != "set":
+            if k & 1:
+                x = x.flip(1)
+            if k & 2:
+                x = x.flip(2)
+            return x.transpose(1, 2) if k & 4 else x
+        from .sets import PaddedSets
+
+        names = list(self.settings.set_features)
+        ix, iy = names.index("x"), names.index("y")
+        f = x.features.clone()
+        if k & 1:
+            f[..., ix] = -f[..., ix]
+        if k & 2:
+            f[..., iy] = -f[..., iy]
+        if k & 4:
+            f[..., [ix, iy]] = f[..., [iy, ix]]
+        return PaddedSets(f, x.mask, x.log_n)
+
+    def batchable(self, inputs):
+        """``inputs`` as the density methods slice them: an array of images, or the
+        :class:`~cmpipe.flow.sets.GalaxySets` of a set flow as they are."""
+        return inputs if self.settings.input == "set" else np.asarray(inputs)
 
     def transform(self, x):
         """The input transform (on images scaled by the voxel count): log1p or identity."""
@@ -320,7 +424,14 @@ class FlowModel(nn.Module):
         by a distance-input flow (ignored otherwise); ``source``: the file they come from,
         named by the error when they are missing or not finite."""
         self.eval()
-        images = np.asarray(images)
+        images = self.batchable(images)
+        order = _size_order(images)
+        if order is not None:              # sets: batches of similar sizes pad little
+            d = None if distance_mpc_h is None else np.asarray(distance_mpc_h)[order]
+            out = np.empty((len(images), np.size(m_grid)))
+            out[order] = self.log_density(images[order], m_grid, d, batch_size=batch_size,
+                                          source=source)
+            return out
         d_all = self.distances_to_tensor(distance_mpc_h, len(images), source=source)
         t = self.masses_to_tensor(m_grid).reshape(-1, 1, 1)
         out = np.empty((len(images), t.shape[0]))
@@ -361,7 +472,7 @@ class FlowModel(nn.Module):
         """``n_samples`` posterior draws of log10 M per image, shape (N, n_samples)
         (``distance_mpc_h``, ``source``: as for :meth:`log_density`)."""
         self.eval()
-        images = np.asarray(images)
+        images = self.batchable(images)
         d_all = self.distances_to_tensor(distance_mpc_h, len(images), source=source)
         gen_state = torch.random.get_rng_state()
         torch.manual_seed(int(seed))
@@ -413,9 +524,19 @@ class FlowModel(nn.Module):
         return model, meta
 
 
+def _size_order(inputs):
+    """The order of galaxy sets by size when ``inputs`` are sets not yet in that order,
+    else ``None``."""
+    counts = getattr(inputs, "counts", None)
+    if counts is None or np.all(np.diff(counts) >= 0):
+        return None
+    return np.argsort(counts, kind="stable")
+
+
 def _settings_json(s: FlowSettings) -> dict:
     d = asdict(s)
-    d["embedding_channels"] = list(s.embedding_channels)
+    for k in ("embedding_channels", "set_features", "set_phi_units"):
+        d[k] = list(d[k])
     return d
 
 

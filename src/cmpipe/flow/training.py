@@ -61,7 +61,7 @@ from ..io.training import read_flow_history, write_flow_history
 from ..settings import ConfigError
 
 __all__ = ["FlowSettings", "FlowResult", "FlowModel", "ImageEmbedding", "build_flow",
-           "train_flow", "mass_grid", "training_prior", "pit_from_curves",
+           "train_flow", "open_inputs", "mass_grid", "training_prior", "pit_from_curves",
            "read_flow_history", "grid_of", "distance_standardisation", "MODEL_FILE",
            "META_FILE", "HISTORY_FILE", "DISTANCE_COLUMN"]
 
@@ -133,6 +133,7 @@ class _Images:
         self.path = Path(path)
         self.reader = CubeReader(path)
         self.shape = self.reader.shape[1:]
+        self.kind = "2d" if len(self.shape) == 2 else "3d"
         self.log10_m = self.reader.column("log10_m200c").astype(np.float64)
         self.distance = self.reader.column(DISTANCE_COLUMN).astype(np.float64)
         size_mb = 4.0 * self.reader.shape[0] * int(np.prod(self.shape)) / 2 ** 20
@@ -149,6 +150,15 @@ class _Images:
         out = np.empty((len(idx),) + self.shape, dtype=np.float32)
         out[order] = self.reader.take(np.asarray(idx)[order])
         return out
+
+    def batches(self, perm, batch_size: int) -> list:
+        """Consecutive batches of the shuffled order ``perm``."""
+        return [perm[b0:b0 + batch_size] for b0 in range(0, len(perm), batch_size)]
+
+    def input_standardisation(self, s: FlowSettings) -> dict:
+        """``image_mean`` and ``image_sd`` of the transformed training images."""
+        mean, sd = self.moments(int(np.prod(self.shape)), s.input_transform)
+        return dict(image_mean=float(mean), image_sd=float(sd))
 
     def moments(self, n_voxels: int, transform: str, chunk: int = 256):
         """Mean and sd of all image values, scaled by the voxel count and transformed."""
@@ -175,15 +185,14 @@ def _check_finite(images: _Images, split: str):
                              "have no finite true mass", "rebuild the images from the mock")
 
 
-def _d4(x: torch.Tensor, k: int) -> torch.Tensor:
-    """Sky-plane symmetry ``k`` (0-7) of cubes (b, n, n, n) with axes (x, y, v)."""
-    if k & 1:
-        x = x.flip(1)
-    if k & 2:
-        x = x.flip(2)
-    if k & 4:
-        x = x.transpose(1, 2)
-    return x
+def open_inputs(path, s: FlowSettings):
+    """The training inputs of a file: images/cubes, or galaxy sets with ``input`` set
+    (:class:`cmpipe.flow.sets.SetInputs`)."""
+    if s.input == "set":
+        from .sets import SetInputs
+
+        return SetInputs(path, s.set_features)
+    return _Images(path, s.max_memory_mb)
 
 
 @dataclass
@@ -231,20 +240,21 @@ def _check_images(tr: _Images, va: _Images, train_path, validation_path,
     if tr.shape != va.shape:
         raise CatalogueError(validation_path, "cubes", f"grid {va.shape} differs from the "
                              f"training grid {tr.shape}", "rebuild both from one config")
-    if (len(tr.shape) == 2) != (s.input == "2d"):
-        raise CatalogueError(train_path, "cubes", f"inputs of shape {tr.shape} but "
-                             f"flow.input is {s.input}", "rebuild the flow inputs")
+    if tr.kind != s.input:
+        raise CatalogueError(train_path, "cubes", f"inputs of kind {tr.kind} (shape "
+                             f"{tr.shape}) but the flow's input is {s.input}",
+                             "rebuild the flow inputs")
+    if len(tr) and (s.input == "set") and np.any(tr.sets.counts < 1):
+        raise CatalogueError(train_path, "galaxies", "a training cluster has no galaxy",
+                             "rebuild the set inputs with mock.min_galaxies >= 1")
 
 
 def _standardisation(tr: _Images, s: FlowSettings) -> dict:
     """Mean and sd of the training masses (log10 h^-1 Msun; sd at least 1e-3 dex), of
     the transformed training image values, and with ``distance_input`` of the training
     distances (:func:`distance_standardisation`)."""
-    n_vox = int(np.prod(tr.shape))
-    img_mean, img_sd = tr.moments(n_vox, s.input_transform)
     std = dict(mass_mean=float(tr.log10_m.mean()),
-               mass_sd=float(max(tr.log10_m.std(), 1e-3)),
-               image_mean=float(img_mean), image_sd=float(img_sd))
+               mass_sd=float(max(tr.log10_m.std(), 1e-3)), **tr.input_standardisation(s))
     if s.distance_input:
         std.update(distance_standardisation(tr.distance))
     return std
@@ -265,11 +275,10 @@ def _train_epoch(model: FlowModel, opt, tr: _Images, t_tr, d_tr, rng,
     model.train()
     perm = rng.permutation(len(tr))
     tot = 0.0
-    for b0 in range(0, len(tr), s.batch_size):
-        idx = perm[b0:b0 + s.batch_size]
+    for idx in tr.batches(perm, s.batch_size):
         x = model.images_to_tensor(tr.batch(idx))
         if s.augment:
-            x = _d4(x, int(rng.integers(8)))
+            x = model.augmented(x, int(rng.integers(8)))
         loss = model.nll(x, t_tr[idx], None if d_tr is None else d_tr[idx]).mean()
         opt.zero_grad()
         loss.backward()
@@ -342,8 +351,8 @@ def train_flow(train_path, validation_path, model_dir, settings: FlowSettings, *
     """
     s = settings
     model_dir = Path(model_dir)
-    tr = _Images(train_path, s.max_memory_mb)
-    va = _Images(validation_path, s.max_memory_mb)
+    tr = open_inputs(train_path, s)
+    va = open_inputs(validation_path, s)
     try:
         _check_images(tr, va, train_path, validation_path, s)
         std = _standardisation(tr, s)

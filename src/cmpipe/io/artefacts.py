@@ -10,7 +10,8 @@ resolved config (``config.resolved.yaml``). Two records tie them together:
 ``config.resolved.yaml`` (rule ``resolved_config``, written last, after the calibration)
     The whole config and, under ``products``, the SHA-256 of ``model/config.json``, the
     model files and the calibration it describes, of the neural flow's model and its
-    calibration (:data:`FLOW_PRODUCTS`) where the run has them, and of its own sections
+    calibration (:data:`FLOW_PRODUCTS`) and of the set estimator's (:data:`SET_PRODUCTS`)
+    where the run has them, and of its own sections
     that shape a posterior after the model (:data:`POSTERIOR_CONFIG_SECTIONS`: the
     calibration and the survey), so an edit of those sections is detected too.
 
@@ -36,6 +37,7 @@ __all__ = [
     "MODEL_CONFIG_FILE",
     "PRODUCTS_KEY",
     "FLOW_PRODUCTS",
+    "SET_PRODUCTS",
     "file_digest",
     "read_json_artefact",
     "load_keras_model",
@@ -66,6 +68,8 @@ _MODEL_FILES = ("cnn3d.keras", "normalisation.json")
 #: ``flow_train``) and its test-split calibration (rule ``flow_calibrate``, made when
 #: ``calibration.recalibrate_flow`` is set).
 FLOW_PRODUCTS = ("flow/model/flow.pt", "flow/model/flow.json", "flow/joint_pdf.h5")
+#: The set estimator's, likewise (rules ``set_train``, ``set_calibrate``).
+SET_PRODUCTS = ("sets/model/flow.pt", "sets/model/flow.json", "sets/joint_pdf.h5")
 
 
 def file_digest(path, chunk: int = 1 << 20) -> str:
@@ -185,11 +189,13 @@ def write_model_config(config: dict, model_dir, out) -> dict:
 
 def run_products(run_dir, config: dict | None = None, ignore=None) -> dict:
     """SHA-256 of the run-directory files ``config.resolved.yaml`` describes (the CNN3D's
-    model, its config record and calibration, and the flow's files that exist) and, given
+    model, its config record and calibration, and the flow's and the set estimator's files
+    that exist) and, given
     the ``config``, of its :data:`POSTERIOR_CONFIG_SECTIONS` (without the keys ``ignore``
     names, see :func:`section_digest`)."""
     run_dir = Path(run_dir)
-    rels = [*_RUN_PRODUCTS, *(r for r in FLOW_PRODUCTS if (run_dir / r).exists())]
+    rels = [*_RUN_PRODUCTS, *(r for r in FLOW_PRODUCTS + SET_PRODUCTS
+                              if (run_dir / r).exists())]
     out = {rel: file_digest(run_dir / rel) for rel in rels}
     if config is not None:
         out.update({_section_key(k): section_digest(config, k, ignore)

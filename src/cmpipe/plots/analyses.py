@@ -164,8 +164,9 @@ def robustness_figure(summary: dict, path) -> None:
 
 def misspecification_figure(summary: dict, path) -> None:
     """Mean residual and 68 / 95% coverage of each unchanged estimator per variant universe
-    (``robustness/misspecification.json``): CNN3D + SBI circles, flow squares; this run's
-    (marginalised) model filled, the fiducial model open; the criteria as grey bands."""
+    (``robustness/misspecification.json``): CNN3D + SBI circles, flow squares, set
+    estimator triangles; this run's (marginalised) model filled, the fiducial model open;
+    the criteria as grey bands."""
     rows = summary["variants"]
     crit = summary["criteria"]
     names = list(dict.fromkeys(r["variant"] for r in rows))
@@ -175,7 +176,7 @@ def misspecification_figure(summary: dict, path) -> None:
     y_of = dict(zip(names, np.arange(len(names))[::-1]))
     step = 0.8 / max(len(series), 1)
     colours = {"eval": "0.2", "fiducial": "0.45", "prior": "C2", "edge": "C0", "beyond": "C3"}
-    markers = {"cnn3d_sbi": "o", "flow_sbi": "s", "flow": "s"}
+    markers = {"cnn3d_sbi": "o", "flow_sbi": "s", "flow": "s", "sets_sbi": "^", "sets": "^"}
     panels = [("mean_residual_dex", "mean residual log M_true - median [dex]", 0.0,
                crit["mean_residual_dex"]),
               ("coverage_68", "68% coverage", 0.68, crit["coverage_68"]),
@@ -195,7 +196,8 @@ def misspecification_figure(summary: dict, path) -> None:
         split = [y_of[n] for n in names if n.endswith("|prior")]
         if split:                                # the "others drawn from the prior" block
             a.axhline(max(split) + 0.5, color="0.6", lw=0.8, ls="--")
-    names_of = {"cnn3d_sbi": "CNN3D + SBI", "flow_sbi": "flow + SBI", "flow": "flow"}
+    names_of = {"cnn3d_sbi": "CNN3D + SBI", "flow_sbi": "flow + SBI", "flow": "flow",
+                "sets_sbi": "Deep Sets + SBI", "sets": "Deep Sets"}
     for m, e in series:                          # legend: one grey marker per series
         axes[1].plot([], [], markers.get(e, "o"), color="0.3",
                      mfc="0.3" if models.index(m) == 0 else "white",

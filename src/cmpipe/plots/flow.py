@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..evaluation.comparison import ESTIMATORS
+from ..evaluation.comparison import ESTIMATORS, POSTERIOR_ESTIMATORS
 from ..io.training import read_flow_history
 from .pipeline import plt, save
 
 __all__ = ["flow_loss_figure", "comparison_figure"]
 
 
-def flow_loss_figure(history_csv, png) -> None:
-    """NLL curves of the flow (training and validation against epoch, best epoch marked).
+def flow_loss_figure(history_csv, png, title: str = "Neural flow training") -> None:
+    """NLL curves of the flow (training and validation against epoch, best epoch marked;
+    the set estimator's with its own ``title``).
 
     Parameters
     ----------
@@ -34,7 +35,7 @@ def flow_loss_figure(history_csv, png) -> None:
         ax.set_ylim(lo - 0.05 * (hi - lo + 1e-9), hi + 0.1 * (hi - lo + 1e-9))
     ax.set_xlabel("epoch")
     ax.set_ylabel(r"NLL per cluster [nats, density of $\log_{10} M_{200c}$]")
-    ax.set_title("Neural flow training")
+    ax.set_title(title)
     ax.legend()
     save(fig, png)
 
@@ -45,6 +46,7 @@ def comparison_figure(summary: dict, path) -> None:
     rows = summary["rows"]
     cats = list(summary["runs"])
     ests = list(ESTIMATORS)
+    post = list(POSTERIOR_ESTIMATORS)
     width = 0.8 / max(len(cats), 1)
     x = np.arange(len(ests))
     hatches = {"contaminated": "", "pure": "//", "contaminated_fiducial": ".."}
@@ -70,11 +72,11 @@ def comparison_figure(summary: dict, path) -> None:
         a_mu.bar(x + off, [get(cat, e, "mean_residual_dex") for e in ests],
                  color=[f"C{i}" for i in range(len(ests))], **kw)
         for k, (lev, marker) in enumerate((("68", "o"), ("95", "s"))):
-            cov = np.array([get(cat, e, f"coverage_{lev}") for e in ests[:2]])
-            n = np.array([get(cat, e, "n") for e in ests[:2]])
-            err = np.array([get(cat, e, f"coverage_{lev}_err_halos") for e in ests[:2]])
+            cov = np.array([get(cat, e, f"coverage_{lev}") for e in post])
+            n = np.array([get(cat, e, "n") for e in post])
+            err = np.array([get(cat, e, f"coverage_{lev}_err_halos") for e in post])
             err = np.where(np.isfinite(err), err, np.sqrt(cov * (1.0 - cov) / n))
-            a_cov.errorbar(np.arange(2) + off, cov, yerr=err, fmt=marker, ms=7,
+            a_cov.errorbar(np.arange(len(post)) + off, cov, yerr=err, fmt=marker, ms=7,
                            mfc="none" if j else f"C{k}", color=f"C{k}",
                            label=f"{lev}% interval, {cat}")
         sn = [get(cat, e, "sigma_N_dex") for e in ests]
@@ -89,11 +91,11 @@ def comparison_figure(summary: dict, path) -> None:
                         label=r"$\sigma_0$, " + cat)
     # the rows' own labels (the recalibrated flow is "neural flow + SBI")
     labels = [next((r["label"] for r in rows if r["estimator"] == e), ESTIMATORS[e][0])
-              for e in ests]
+              .replace(" + ", "\n+ ").replace(" (", "\n(") for e in ests]
     for a in (a_sc, a_mu, a_prec):
         a.set_xticks(x, labels, fontsize=8)
-    a_cov.set_xticks(np.arange(2), labels[:2], fontsize=8)
-    a_cov.set_xlim(-0.6, 1.6)
+    a_cov.set_xticks(np.arange(len(post)), labels[:len(post)], fontsize=8)
+    a_cov.set_xlim(-0.6, len(post) - 0.4)
     a_sc.set_ylabel("residual scatter [dex]")
     a_sc.legend(fontsize=8)
     a_mu.axhline(0, color="k", lw=1)

@@ -194,7 +194,8 @@ def predictions_figure(post, metrics, path, bin_width=0.1):
     ax.set_ylabel(r"predicted (posterior " + metrics.get("point_estimate", "map") + ") "
                   + MASS_LABEL)
     ax.legend(loc="upper left", fontsize=8)
-    ax.set_title(f"eval set: n = {metrics['n_eval']}, scatter {metrics['scatter_dex']:.3f} "
+    who = f"{metrics['estimator']}, " if metrics.get("estimator") else ""
+    ax.set_title(f"{who}eval set: n = {metrics['n_eval']}, scatter {metrics['scatter_dex']:.3f} "
                  f"dex, coverage {metrics['coverage_68']:.2f} / {metrics['coverage_95']:.2f}")
     eps = t - p
     rx.axhline(0, color="k", lw=1)

@@ -16,6 +16,9 @@ module per group of rules:
 - :mod:`.analyses`: robustness to survey perturbations (``perturbed_eval``), the
   misspecification matrix (``misspecification``), saliency (``saliency_maps``);
 - :mod:`.flow`: the neural-flow estimator (images, training, posteriors, figures);
+  :mod:`.flow_survey`: its survey rules;
+- :mod:`.sets`: the set estimator (galaxy sets, training, seeds; the flow's calibration,
+  evaluation and survey functions run on its sets);
 - :mod:`.compare`: the estimators side by side (rule ``compare``).
 """
 from .common import run_rule
@@ -31,6 +34,8 @@ from .evaluate import (calibrate, evaluate, evaluation_plots, metrics_table, rep
 from .misspecification import misspecification, misspecification_plots
 from .flow import flow_calibrate, flow_evaluate, flow_images, flow_plots, flow_train
 from .flow_survey import flow_survey_images, flow_survey_posteriors
+from .sets import (set_calibrate, set_evaluate, set_inputs, set_plots, set_seeds,
+                   set_survey_inputs, set_survey_posteriors, set_train)
 from .mock import (catalogue, flux_limit, mock_plots, mock_summary, project, select_halos,
                    sightlines, split)
 from .infer import infer, load_run_config
@@ -52,4 +57,6 @@ __all__ = [
     "misspecification_plots", "saliency_maps", "saliency_plots",
     "flow_images", "flow_survey_images", "flow_train", "flow_calibrate", "flow_evaluate",
     "flow_survey_posteriors", "flow_plots", "compare",
+    "set_inputs", "set_survey_inputs", "set_train", "set_calibrate", "set_evaluate",
+    "set_survey_posteriors", "set_seeds", "set_plots",
 ]

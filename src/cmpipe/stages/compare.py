@@ -63,7 +63,7 @@ def _model_kind(config) -> str:
 def compare(*, config, metrics, flow_metrics, summary_out, csv_out, png,
             pure_metrics=None, pure_flow_metrics=None, pure_config=None,
             cube_only_metrics=None, fiducial_metrics=None, fiducial_flow_metrics=None,
-            fiducial_config=None):
+            fiducial_config=None, set_metrics=None, pure_set_metrics=None, set_seeds=None):
     """Rule ``compare``: CNN3D + SBI, neural flow, M-sigma and virial side by side on this
     run's eval set and, with ``compare.pure_run``, on the pure run's.
 
@@ -75,6 +75,8 @@ def compare(*, config, metrics, flow_metrics, summary_out, csv_out, png,
     ``compare.fiducial_run`` (this run marginalised over the nuisances, ``nuisance.sample:
     true``) the fiducial-model run's metrics (its ``config.resolved.yaml`` must say
     ``nuisance.sample: false``) are the catalogue ``contaminated_fiducial``.
+    ``set_metrics`` / ``pure_set_metrics`` (``sets/metrics.json``) add the set estimator's
+    rows, ``set_seeds`` (``sets/seeds.json``) its spread over training seeds.
     """
     import yaml
 
@@ -85,6 +87,10 @@ def compare(*, config, metrics, flow_metrics, summary_out, csv_out, png,
     cats = {label[s.mock.members]: dict(run=s.run, metrics=_read_json(metrics, "metrics"),
                                         flow=_read_json(flow_metrics, "flow metrics"),
                                         model=_model_kind(config))}
+    if set_metrics is not None:
+        cats[label[s.mock.members]]["sets"] = _read_json(set_metrics, "set metrics")
+    if set_seeds is not None:
+        cats[label[s.mock.members]]["set_seeds"] = _read_json(set_seeds, "set seeds")
     if cube_only_metrics is not None:
         cats[label[s.mock.members]]["cube_only"] = _read_json(cube_only_metrics, "network")
     pure_run = s.compare.pure_run
@@ -106,7 +112,7 @@ def compare(*, config, metrics, flow_metrics, summary_out, csv_out, png,
                                  "rerun it with --configfile configs/pure.yaml")
         mine = dict(config)
         for key in ("seed", "simulation", "selection", "sightlines", "window", "splits",
-                    "kde", "flow", "train"):
+                    "kde", "flow", "sets", "train"):
             if mine.get(key) != other.get(key):
                 log.warning("compare: '%s' differs between run %s and the pure run %s: the "
                             "two eval sets differ in more than their interlopers", key, s.run,
@@ -114,6 +120,8 @@ def compare(*, config, metrics, flow_metrics, summary_out, csv_out, png,
         cats["pure"] = dict(run=pure_run, metrics=_read_json(pure_metrics, "metrics"),
                             flow=_read_json(pure_flow_metrics, "flow metrics"),
                             model=_model_kind(other))
+        if pure_set_metrics is not None:
+            cats["pure"]["sets"] = _read_json(pure_set_metrics, "set metrics")
     fid_run = s.compare.fiducial_run
     if fid_run:
         if None in (fiducial_metrics, fiducial_flow_metrics, fiducial_config):
@@ -131,7 +139,8 @@ def compare(*, config, metrics, flow_metrics, summary_out, csv_out, png,
     write_comparison_csv(csv_out, summary)
     comparison_figure(summary, png)
     for cat, r in summary["ratios"].items():
-        log.info("compare (%s, run %s): scatter CNN3D+SBI %.3f, flow %.3f, M-sigma %.3f dex; "
-                 "M-sigma / flow scatter %.2f", cat, summary["runs"][cat],
-                 r["cnn3d_sbi_scatter_dex"], r["flow_scatter_dex"], r["msigma_scatter_dex"],
-                 r["msigma_over_flow_scatter"])
+        log.info("compare (%s, run %s): scatter CNN3D+SBI %.3f, flow %.3f, sets %s, M-sigma "
+                 "%.3f dex; M-sigma / flow scatter %.2f", cat, summary["runs"][cat],
+                 r["cnn3d_sbi_scatter_dex"], r["flow_scatter_dex"],
+                 "-" if r["sets_scatter_dex"] is None else f"{r['sets_scatter_dex']:.3f}",
+                 r["msigma_scatter_dex"], r["msigma_over_flow_scatter"])

@@ -147,9 +147,20 @@ def load_flow(model):
 
 def flow_curves(fm, grid, images, chunk=1024):
     """Posterior curves and in-grid probability of every image/cube of a file (given its
-    ``distance_mpc_h`` when the flow takes the distance)."""
+    ``distance_mpc_h`` when the flow takes the distance), or of every galaxy set of a set
+    file for a set flow (:mod:`cmpipe.flow.sets`)."""
     from ..io.cubes import CubeReader
 
+    if fm.settings.input == "set":
+        from ..flow.sets import read_set_file
+
+        cols, sets, _ = read_set_file(images, fm.settings.set_features)
+        curves, mass = np.empty((len(sets), grid.size)), np.empty(len(sets))
+        for i0 in range(0, len(sets), chunk):
+            i1 = min(i0 + chunk, len(sets))
+            curves[i0:i1], mass[i0:i1] = fm.posterior_curves(
+                sets[i0:i1], grid, cols["distance_mpc_h"][i0:i1], source=images)
+        return cols, curves, mass
     with CubeReader(images) as r:
         cols = {c: r.column(c) for c in ("cluster_id", "log10_m200c", "n_gal", "n_members",
                                          "distance_mpc_h")}
@@ -338,7 +349,7 @@ def _eval_rows(clusters, cols, images):
 
 
 def flow_evaluate(*, config, model, images, clusters, metrics_out, posteriors_out,
-                  joint_pdf=None, threads=1):
+                  joint_pdf=None, threads=1, estimator="neural flow"):
     """Rule ``flow_evaluate``: eval-set posteriors of the flow and their metrics.
 
     The same summaries (:func:`cmpipe.massfunction.summarise_grid_posteriors`), point
@@ -347,7 +358,8 @@ def flow_evaluate(*, config, model, images, clusters, metrics_out, posteriors_ou
     evaluation, on the same eval clusters; products in the same layout. With ``joint_pdf``
     (rule ``flow_calibrate``, ``calibration.recalibrate_flow``) the posteriors are its
     slices at the flow's point estimate, and the flow's own numbers go under
-    ``uncalibrated``.
+    ``uncalibrated``. ``estimator``: its name in the products (the set estimator's rule
+    ``set_evaluate`` runs this on galaxy sets, :mod:`.sets`).
     """
     from ..evaluation.eval_set import by_observer_distance, flat_keys
     from ..evaluation.metrics import evaluation_report, interloper_diagnostic, residuals
@@ -381,7 +393,7 @@ def flow_evaluate(*, config, model, images, clusters, metrics_out, posteriors_ou
     training = meta.get("training", {})
     prior = FLOW_PRIOR if joint_pdf is None else FLOW_SBI_PRIOR
     metrics = dict(
-        run=s.run, estimator="neural flow", members=s.mock.members, input=fm.settings.input,
+        run=s.run, estimator=estimator, members=s.mock.members, input=fm.settings.input,
         flow=fm.settings.model, distance_input=fm.settings.distance_input, prior=prior,
         n_eval=int(ok.sum()),
         n_train=training.get("n_train"), n_validation=training.get("n_validation"),
@@ -419,10 +431,10 @@ def flow_evaluate(*, config, model, images, clusters, metrics_out, posteriors_ou
         s, rows, dict(log10_m200c_true=t, **summ), cal_range)
     io.write_json(metrics_out, jsonable(metrics))
     _write_flow_posteriors(posteriors_out, cols, rows, t, raw, summ, mass, grid, curves,
-                           prior, point)
-    log.info("flow eval: n=%d, mean residual %.3f dex, scatter %.3f dex, coverage 68%% %.3f "
+                           prior, point, estimator)
+    log.info("%s eval: n=%d, mean residual %.3f dex, scatter %.3f dex, coverage 68%% %.3f "
              "+- %.3f, 95%% %.3f +- %.3f (halo resampling, %d halos), sigma_N %.3f, "
-             "sigma_0 %.3f%s", metrics["n_eval"], metrics["mean_residual_dex"],
+             "sigma_0 %.3f%s", estimator, metrics["n_eval"], metrics["mean_residual_dex"],
              metrics["scatter_dex"], metrics["coverage_68"], cov_err["coverage_68_err_halos"],
              metrics["coverage_95"], cov_err["coverage_95_err_halos"],
              metrics["n_eval_halos"], metrics["sigma_N_dex"], metrics["sigma_0_dex"],
@@ -445,7 +457,8 @@ def _halo_coverage_errors(s, t, summ, halos) -> dict:
     return out
 
 
-def _write_flow_posteriors(path, cols, rows, t, raw, summ, mass, grid, curves, prior, point):
+def _write_flow_posteriors(path, cols, rows, t, raw, summ, mass, grid, curves, prior, point,
+                           estimator):
     """``flow/posteriors.h5``: per eval cluster the summaries, and the curves on ``grid``."""
     from .evaluate import POSTERIOR_SCHEMA_UNITS
 
@@ -462,7 +475,7 @@ def _write_flow_posteriors(path, cols, rows, t, raw, summ, mass, grid, curves, p
                         for k, v in post.items()})
     with TableWriter(path) as w:
         w.add_group("posteriors", schema, dict(
-            prior=prior, point_estimate=point, estimator="neural flow",
+            prior=prior, point_estimate=point, estimator=estimator,
             log10_m200c_pred="the flow's own posterior point estimate (the summary d~ of the "
                              "test-split calibration when recalibrated)",
             grid_probability="flow probability inside the grid before renormalisation",
@@ -480,13 +493,15 @@ def _write_flow_posteriors(path, cols, rows, t, raw, summ, mass, grid, curves, p
 
 # -- figures ---------------------------------------------------------------------------------
 
-def flow_plots(*, history, metrics, posteriors, loss_png, predictions_png, calibration_png):
-    """Rule ``flow_plots``: the flow's NLL curves, predictions and calibration curve."""
+def flow_plots(*, history, metrics, posteriors, loss_png, predictions_png, calibration_png,
+               title="Neural flow training"):
+    """Rule ``flow_plots``: the flow's NLL curves (``title``), predictions and calibration
+    curve."""
     from ..plots import pipeline as plots
     from ..plots.flow import flow_loss_figure
 
     m = json.loads(Path(metrics).read_text())
     post, _ = read_table(posteriors, group="posteriors")
-    flow_loss_figure(history, loss_png)
+    flow_loss_figure(history, loss_png, title)
     plots.predictions_figure(post, m, predictions_png)
     plots.calibration_figure(m, calibration_png)

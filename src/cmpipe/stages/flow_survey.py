@@ -58,7 +58,8 @@ def _population_range(s, meta) -> tuple[float, float]:
 
 
 def flow_survey_posteriors(*, config, model, images, phase_space, out, csv_out=None,
-                           joint_pdf=None, threads=1, extra_meta=None):
+                           joint_pdf=None, threads=1, extra_meta=None,
+                           estimator="neural flow"):
     """Rule ``flow_survey_posteriors``: the flow's posteriors of the survey clusters.
 
     Same table as ``survey/posteriors.ecsv`` (one row per survey cluster, sorted by id;
@@ -70,7 +71,9 @@ def flow_survey_posteriors(*, config, model, images, phase_space, out, csv_out=N
     ``joint_pdf`` (rule ``flow_calibrate``) the table is the CNN3D's
     (:func:`cmpipe.survey.posteriors.survey_posterior_table`) with the flow's point
     estimate as d~: slices of the test-split calibration at each cluster's d~ and distance.
-    ``extra_meta``: more header metadata (``cmpipe infer`` names the estimator it chose).
+    ``extra_meta``: more header metadata (``cmpipe infer`` names the estimator it chose);
+    ``estimator``: its name (the set estimator's rule ``set_survey_posteriors`` runs this on
+    galaxy sets).
     """
     from ..io.survey_products import SURVEY_POSTERIOR_KEYS, survey_posterior_schema
     from ..massfunction import summaries_under_priors
@@ -91,7 +94,7 @@ def flow_survey_posteriors(*, config, model, images, phase_space, out, csv_out=N
                              "cluster table", "rerun flow_survey_images")
     if joint_pdf is not None:
         table, schema, meta_out = _calibrated_survey_table(s, cosmo, cl, row, curves, grid,
-                                                           joint_pdf, images, model)
+                                                           joint_pdf, images, model, estimator)
         return _write_flow_survey(table, schema, dict(meta_out, **(extra_meta or {})), cl,
                                   cl_attrs, phase_space, out, csv_out)
     m_range = _population_range(s, meta)
@@ -124,7 +127,7 @@ def flow_survey_posteriors(*, config, model, images, phase_space, out, csv_out=N
         schema[f"flat_{key}"] = ("f8", unit, desc.replace("test-set (flat) prior",
                                                           "training-set (flat) prior"))
     meta_out = dict(
-        **(extra_meta or {}), run=s.run, estimator="neural flow", model=str(model),
+        **(extra_meta or {}), run=s.run, estimator=estimator, model=str(model),
         images=str(images),
         prior_flat=FLOW_PRIOR,
         prior_pop="population prior: the flat posterior re-weighted by the Tinker et al. "
@@ -144,7 +147,8 @@ def flow_survey_posteriors(*, config, model, images, phase_space, out, csv_out=N
                        csv_out)
 
 
-def _calibrated_survey_table(s, cosmo, cl, row, curves, grid, joint_pdf, images, model):
+def _calibrated_survey_table(s, cosmo, cl, row, curves, grid, joint_pdf, images, model,
+                             estimator):
     """Survey posteriors of the flow + SBI: table, schema and header metadata."""
     from ..calibration import load_calibration
     from ..io.survey_products import survey_posterior_schema
@@ -157,7 +161,7 @@ def _calibrated_survey_table(s, cosmo, cl, row, curves, grid, joint_pdf, images,
     m_range = population_mass_range(s, pdf.calibrated_mass_range)
     table = survey_posterior_table(s, cosmo, cl, d, pdf, m_range)
     meta = survey_posterior_meta(s, table, cl, m_range, model=model, joint_pdf=joint_pdf)
-    meta.update(estimator="neural flow + SBI", images=str(images),
+    meta.update(estimator=f"{estimator} + SBI", images=str(images),
                 prior_flat=FLOW_SBI_PRIOR)
     schema = dict(survey_posterior_schema())
     schema["log10_m_pred"] = ("f8", "log10(h^-1 Msun)", "flow point estimate (posterior "

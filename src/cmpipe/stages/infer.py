@@ -7,8 +7,10 @@ calibrations; the workflow's own stage functions do the work: :func:`.survey.sur
 :func:`.survey.survey_posteriors` (``cnn3d``: CNN3D + SBI, as rule ``survey_posteriors``)
 or :func:`.flow.flow_survey_images` and :func:`.flow.flow_survey_posteriors` (``flow``: the
 neural flow, recalibrated on the test split with ``calibration.recalibrate_flow``, as rule
-``flow_survey_posteriors``). Without an estimator, :func:`best_estimator` picks the run's
-best-calibrated one from its metrics files.
+``flow_survey_posteriors``) or :func:`.sets.set_survey_inputs` and the same
+:func:`.flow.flow_survey_posteriors` (``sets``: the set estimator, recalibrated with
+``calibration.recalibrate_sets``, as rule ``set_survey_posteriors``). Without an estimator,
+:func:`best_estimator` picks the run's best-calibrated one from its metrics files.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from ..sections import SPEED_ONLY_KEYS
 from ..settings import ConfigError, Settings, read_config_file
 from .common import log
 from .flow_survey import flow_survey_images, flow_survey_posteriors
+from .sets import SET_ESTIMATOR, set_survey_inputs
 from .survey import survey_cubes, survey_posteriors
 
 __all__ = ["RESOLVED_CONFIG", "ESTIMATORS", "NOMINAL_COVERAGE", "load_run_config",
@@ -28,7 +31,12 @@ __all__ = ["RESOLVED_CONFIG", "ESTIMATORS", "NOMINAL_COVERAGE", "load_run_config
 #: File name of a run's resolved config, inside ``results/{run}``.
 RESOLVED_CONFIG = "config.resolved.yaml"
 #: Estimators ``cmpipe infer --estimator`` applies, and each one's eval metrics file.
-ESTIMATORS = {"cnn3d": "evaluation/metrics.json", "flow": "flow/metrics.json"}
+ESTIMATORS = {"cnn3d": "evaluation/metrics.json", "flow": "flow/metrics.json",
+              "sets": "sets/metrics.json"}
+#: The flow-type estimators: directory in the run, the config switch of its test-split
+#: calibration, the rule that trains it.
+_FLOWS = {"flow": ("flow", "recalibrate_flow", "flow_train", "neural flow"),
+          "sets": ("sets", "recalibrate_sets", "set_train", "set estimator")}
 #: Nominal coverage of the central 68% and 95% intervals (1 and 2 sigma of a Gaussian).
 NOMINAL_COVERAGE = {"coverage_68": 0.6827, "coverage_95": 0.9545}
 
@@ -72,7 +80,7 @@ def best_estimator(run_dir) -> tuple[str, str]:
     """The run's best-calibrated estimator and why (the default of ``cmpipe infer``).
 
     Of the estimators whose eval metrics exist (:data:`ESTIMATORS`: ``evaluation/
-    metrics.json``, ``flow/metrics.json``), the one whose eval-set coverage of the 68% and
+    metrics.json``, ``flow/metrics.json``, ``sets/metrics.json``), the one whose eval-set coverage of the 68% and
     95% intervals is closest to nominal (smallest ``|coverage_68 - 0.6827| +
     |coverage_95 - 0.9545|``); a tie (equal to 1e-6) goes to the smaller ``scatter_dex``.
     Without any metrics file: ``cnn3d``.
@@ -80,7 +88,7 @@ def best_estimator(run_dir) -> tuple[str, str]:
     Returns
     -------
     name : str
-        ``"cnn3d"`` or ``"flow"``.
+        ``"cnn3d"``, ``"flow"`` or ``"sets"``.
     reason : str
         One line naming the metrics compared (written to the output's metadata).
     """
@@ -134,12 +142,13 @@ def _check_run(run_dir: Path, cfg: dict, estimator: str) -> dict:
                      joint_pdf=run_dir / "calibration" / "joint_pdf.h5")
         what = ("trained model", "target normalisation", "calibration joint PDF")
     else:
-        files = dict(model=run_dir / "flow" / "model" / "flow.pt",
-                     meta=run_dir / "flow" / "model" / "flow.json")
-        what = ("trained neural flow", "neural flow metadata")
-        if (cfg.get("calibration") or {}).get("recalibrate_flow"):
-            files["joint_pdf"] = run_dir / "flow" / "joint_pdf.h5"
-            what += ("flow calibration joint PDF (calibration.recalibrate_flow: true)",)
+        sub, switch, _, label = _FLOWS[estimator]
+        files = dict(model=run_dir / sub / "model" / "flow.pt",
+                     meta=run_dir / sub / "model" / "flow.json")
+        what = (f"trained {label}", f"{label} metadata")
+        if (cfg.get("calibration") or {}).get(switch):
+            files["joint_pdf"] = run_dir / sub / "joint_pdf.h5"
+            what += (f"{label} calibration joint PDF (calibration.{switch}: true)",)
     for p, w in zip(files.values(), what):
         if not p.exists():
             raise ConfigError(f"{p}: {w} missing; finish the run (snakemake --configfile "
@@ -155,7 +164,7 @@ def _check_run(run_dir: Path, cfg: dict, estimator: str) -> dict:
     else:
         from ..flow.model import FlowModel
 
-        read_json_artefact(files["meta"], _FIX.format(rule="flow_train"))
+        read_json_artefact(files["meta"], _FIX.format(rule=_FLOWS[estimator][2]))
         FlowModel.load(files["model"].parent)
     if "joint_pdf" in files:
         JointPDF.load(files["joint_pdf"])
@@ -241,10 +250,12 @@ def infer(*, run_dir, clusters, out, galaxies=None, phase_space=None, cluster_co
 
     Parameters
     ----------
-    estimator : {"cnn3d", "flow", "all"} or None
+    estimator : {"cnn3d", "flow", "sets", "all"} or None
         ``cnn3d``: CNN3D + SBI (rule ``survey_posteriors``); ``flow``: the neural flow and
         its test-split recalibration when the run has ``calibration.recalibrate_flow``
-        (rule ``flow_survey_posteriors``); ``all``: one table per estimator,
+        (rule ``flow_survey_posteriors``); ``sets``: the set estimator (Deep Sets flow) and
+        its recalibration with ``calibration.recalibrate_sets`` (rule
+        ``set_survey_posteriors``); ``all``: one table per estimator,
         :func:`estimator_output`; None: :func:`best_estimator`. The table's metadata
         (ECSV meta, FITS header) names it: ``estimator_choice`` and ``estimator_reason``.
 
@@ -296,13 +307,19 @@ def infer(*, run_dir, clusters, out, galaxies=None, phase_space=None, cluster_co
                                   joint_pdf=files[e]["joint_pdf"], cubes=cubes,
                                   phase_space=ps, out=outs[e], extra_meta=meta)
                 continue
-            images = cubes if s.flow.input == "3d" else work / "flow_images.h5"
-            if s.flow.input != "3d":
-                flow_survey_images(config=s, phase_space=ps, out=images, progress=progress)
+            if e == "sets":
+                images = work / "set_inputs.h5"
+                set_survey_inputs(config=s, phase_space=ps, out=images)
+            else:
+                images = cubes if s.flow.input == "3d" else work / "flow_images.h5"
+                if s.flow.input != "3d":
+                    flow_survey_images(config=s, phase_space=ps, out=images,
+                                       progress=progress)
             flow_survey_posteriors(config=s, model=files[e]["model"], images=images,
                                    phase_space=ps, out=outs[e],
                                    joint_pdf=files[e].get("joint_pdf"), threads=threads,
-                                   extra_meta=meta)
+                                   extra_meta=meta,
+                                   estimator=SET_ESTIMATOR if e == "sets" else "neural flow")
     for e in names:
         log.info("cmpipe infer: %s posteriors of %s written to %s (run %s; %s)", e, clusters,
                  outs[e], s.run, reason)

@@ -74,10 +74,12 @@ def _eval_reference(path):
     return {k: np.asarray(v)[order] for k, v in ref.items()}
 
 
-def _models(s, model, normalisation, joint_pdf, eval_predictions, flow, fiducial):
+def _models(s, model, normalisation, joint_pdf, eval_predictions, flow, fiducial,
+            sets=None):
     """The models of the matrix: this run's, and the fiducial-model run's when given
     (checked: a fiducial run beside a marginalised one, on the same KDE grid). Each has
-    its CNN3D + calibration and, when given, its flow (+ test-split calibration)."""
+    its CNN3D + calibration and, when given, its flow (+ test-split calibration); this
+    run's also its set estimator (+ calibration) when ``sets`` is given."""
     from ..calibration import load_calibration
     from .flow import load_flow
 
@@ -92,6 +94,9 @@ def _models(s, model, normalisation, joint_pdf, eval_predictions, flow, fiducial
 
     out = [one("marginalised" if s.nuisance.sample else "fiducial", s.run, model,
                normalisation, joint_pdf, eval_predictions, flow)]
+    sets = sets or {}
+    out[0]["sets"] = load_flow(sets["model"]) if sets.get("model") else None
+    out[0]["sets_pdf"] = str(sets["joint_pdf"]) if sets.get("joint_pdf") else None
     if fiducial:
         # compare.fiducial_run beside nuisance.sample: false is a config error
         # (settings.semantic_errors); the named run must be fiducial itself
@@ -175,9 +180,10 @@ def _flow_name(mdl) -> str:
 
 def _estimates(s, models, preds, gal, offsets, ids, dist, t):
     """(model, estimator, summaries) of every model's CNN3D + SBI (``preds``: its
-    predictions) and flow on one set of windows."""
+    predictions), flow and set estimator on one set of windows."""
     from ..calibration import summarise
     from .flow import flow_window_inputs, flow_window_summaries
+    from .sets import set_window_sets
 
     out, flow_inputs = [], None
     for i, mdl in enumerate(models):
@@ -187,6 +193,12 @@ def _estimates(s, models, preds, gal, offsets, ids, dist, t):
                 flow_inputs = flow_window_inputs(s, gal, offsets, ids)
             out.append((mdl, _flow_name(mdl), flow_window_summaries(
                 s, mdl["flow"], mdl["flow_pdf"], flow_inputs, dist, t)))
+        if mdl.get("sets") is not None:
+            fm = mdl["sets"][0]
+            sets = set_window_sets(s, fm.settings.set_features, gal, offsets)
+            out.append((mdl, "sets_sbi" if mdl["sets_pdf"] else "sets",
+                        flow_window_summaries(s, mdl["sets"], mdl["sets_pdf"],
+                                              [(0, len(ids), sets)], dist, t)))
     return out
 
 
@@ -202,10 +214,10 @@ def _reproduced(pred, ids, ref, what) -> float:
 
 def misspecification(*, config, model, normalisation, joint_pdf, projected, clusters,
                      eval_predictions, summary_out, table_out, flow=None, fiducial=None,
-                     threads=1, progress=True):
-    """Rule ``misspecification``: the run's CNN3D + calibration and flow (``flow``: a
+                     threads=1, progress=True, sets=None):
+    """Rule ``misspecification``: the run's CNN3D + calibration, flow (``flow``: a
     mapping of ``model``, the flow's ``flow.pt``, and ``joint_pdf``, its test-split
-    calibration or None) and, with ``fiducial``, the fiducial-model run's (a mapping of
+    calibration or None) and set estimator (``sets``: likewise) and, with ``fiducial``, the fiducial-model run's (a mapping of
     ``model``, ``normalisation``, ``joint_pdf``, ``eval``, ``config``, ``flow_model`` and
     ``flow_joint_pdf`` paths) on the eval clusters as stored (``eval``, this run's models)
     and of every variant universe.
@@ -226,7 +238,8 @@ def misspecification(*, config, model, normalisation, joint_pdf, projected, clus
     s = settings_of(config)
     numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
     cosmo = make_cosmology(s.cosmology)
-    models = _models(s, model, normalisation, joint_pdf, eval_predictions, flow, fiducial)
+    models = _models(s, model, normalisation, joint_pdf, eval_predictions, flow, fiducial,
+                     sets)
     nets = [(mdl["net"], mdl["norm"]) for mdl in models]
     ref = _eval_reference(eval_predictions)
     ids = ref["cluster_id"]
@@ -301,7 +314,8 @@ def _summary(s, models, rows, checks, edges) -> dict:
         per["/".join(key)] = dict(
             model_kind=key[0], estimator=key[1], run=mdl["run"],
             model=mdl["model"] if key[1] == "cnn3d_sbi" else None,
-            joint_pdf=mdl["joint_pdf"] if key[1] == "cnn3d_sbi" else mdl["flow_pdf"],
+            joint_pdf=(mdl["joint_pdf"] if key[1] == "cnn3d_sbi" else
+                       mdl["sets_pdf"] if key[1].startswith("sets") else mdl["flow_pdf"]),
             edge_variants_within_criteria=int(sum(bool(r["within_criteria"])
                                                   for r in edge["fiducial"])),
             n_edge_variants=len(edge["fiducial"]),

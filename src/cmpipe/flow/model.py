@@ -127,7 +127,7 @@ class FlowSettings:
     max_memory_mb: float = 2000.0
     input_transform: str = "log1p"
     seed: int = 0
-    set_features: tuple = ("x", "y", "v")
+    set_features: tuple = ("x", "y", "r", "v")
     set_pooling: str = "mean"
     set_phi_units: tuple = (64, 64)
     set_richness: bool = True

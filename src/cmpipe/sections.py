@@ -37,7 +37,7 @@ __all__ = [
     "Section", "SyntheticSettings", "MDPL2Settings", "WindowSettings", "SightlineSettings",
     "MockSettings", "NuisanceSettings", "SplitSettings", "KDESettings", "TrainSection",
     "CalibrationSettings",
-    "BaselineSettings", "FlowSection", "SetsSection", "CompareSettings", "SurveySyntheticSettings",
+    "BaselineSettings", "FlowHeadSection", "FlowSection", "SetsSection", "CompareSettings", "SurveySyntheticSettings",
     "CatalogueVolumeSettings", "PopulationPriorSettings", "MassFunctionSettings",
     "SurveySettings", "AblationSettings", "TailSection", "RobustnessSettings",
     "SaliencySettings",
@@ -286,17 +286,14 @@ class BaselineSettings(Section):
 
 
 @dataclass(frozen=True)
-class FlowSection(Section):
-    """``flow``: the neural posterior estimator (input, architecture, training, grid)."""
+class FlowHeadSection(Section):
+    """The keys the neural flow (``flow``) and the set estimator (``sets``) share: the
+    conditional flow, the size of the summary it is conditioned on, and the training."""
 
-    input: str
-    n_grid: int | None
     model: str
     transforms: int
     bins: int
     hidden_features: int
-    embedding_channels: tuple
-    embedding_kernel: int
     embedding_units: int
     embedding_features: int
     epochs: int
@@ -310,12 +307,22 @@ class FlowSection(Section):
     n_grid_mass: int
     mass_margin_dex: float
     prior_bandwidth: float
+
+
+@dataclass(frozen=True)
+class FlowSection(FlowHeadSection):
+    """``flow``: the neural posterior estimator (input, architecture, training, grid)."""
+
+    input: str
+    n_grid: int | None
+    embedding_channels: tuple
+    embedding_kernel: int
     max_memory_mb: float
     input_transform: str
 
 
 @dataclass(frozen=True)
-class SetsSection(Section):
+class SetsSection(FlowHeadSection):
     """``sets``: the set-based estimator (Deep Sets embedding of the window galaxies and a
     conditional flow; :mod:`cmpipe.flow.sets`)."""
 
@@ -324,23 +331,6 @@ class SetsSection(Section):
     phi_units: tuple
     richness_input: bool
     dispersion_input: bool
-    embedding_units: int
-    embedding_features: int
-    distance_input: bool
-    model: str
-    transforms: int
-    bins: int
-    hidden_features: int
-    epochs: int
-    batch_size: int
-    learning_rate: float
-    weight_decay: float
-    patience: int
-    clip_grad_norm: float
-    augment: bool
-    n_grid_mass: int
-    mass_margin_dex: float
-    prior_bandwidth: float
 
 
 @dataclass(frozen=True)

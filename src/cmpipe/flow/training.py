@@ -362,9 +362,12 @@ def train_flow(train_path, validation_path, model_dir, settings: FlowSettings, *
         n_params = sum(p.numel() for p in model.parameters())
         opt = _optimizer(model, s)
         shift = math.log(std["mass_sd"])          # NLL of t -> NLL of log10 M (per dex)
-        log.info("flow: %s (%d transforms) on a %s embedding of %s inputs%s, %d "
-                 "parameters; %d training, %d validation clusters", s.model, s.transforms,
-                 "x".join(str(c) for c in s.embedding_channels), "x".join(map(str, tr.shape)),
+        emb = (f"Deep Sets ({s.set_pooling} of phi {'x'.join(map(str, s.set_phi_units))}) "
+               f"embedding of galaxy sets ({', '.join(s.set_features)})" if s.input == "set"
+               else f"{'x'.join(map(str, s.embedding_channels))} embedding of "
+                    f"{'x'.join(map(str, tr.shape))} inputs")
+        log.info("flow: %s (%d transforms) on a %s%s, %d parameters; %d training, %d "
+                 "validation clusters", s.model, s.transforms, emb,
                  " and the distance" if s.distance_input else "", n_params, len(tr), len(va))
         best, history = _fit(model, opt, tr, va, rng, shift, s, progress)
         best_epoch = int(np.argmin([h["val_loss"] for h in history])) + 1

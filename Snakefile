@@ -39,7 +39,7 @@ rule comparison_inputs:
     input:
         res("evaluation/metrics.json"),
         res("flow/metrics.json"),
-        res("sets/metrics.json"),
+        *([res("sets/metrics.json")] if config["sets"]["enabled"] else []),
         res("config.resolved.yaml"),
 
 

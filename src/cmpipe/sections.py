@@ -326,6 +326,7 @@ class SetsSection(FlowHeadSection):
     """``sets``: the set-based estimator (Deep Sets embedding of the window galaxies and a
     conditional flow; :mod:`cmpipe.flow.sets`)."""
 
+    enabled: bool
     features: tuple
     pooling: str
     phi_units: tuple

@@ -179,6 +179,7 @@ rule robustness_plots:
 
 rule misspecification:
     input:
+        unpack(set_record_inputs),
         unpack(
             lambda wc: fiducial_run_inputs(
                 ["fiducial_model", "fiducial_normalisation", "fiducial_joint_pdf",
@@ -192,8 +193,6 @@ rule misspecification:
         joint_pdf=res("calibration/joint_pdf.h5"),
         flow_model=res("flow/model/flow.pt"),
         flow_joint_pdf=flow_joint_pdf(),
-        set_model=res("sets/model/flow.pt"),
-        set_joint_pdf=set_joint_pdf,
         projected=res("mock/projected.h5"),
         clusters=res("mock/clusters.h5"),
         eval=res("summaries/eval.h5"),

@@ -155,9 +155,21 @@ def set_joint_pdf(wildcards):
     return res(f"sets/{wildcards.get('seeddir', '')}joint_pdf.h5")
 
 
+def set_record_inputs(wildcards):
+    """The set estimator's model and calibration by input name, for the rules that record
+    or read them (resolved_config, misspecification); none with sets.enabled: false."""
+    if not config["sets"]["enabled"]:
+        return {}
+    return {"set_model": res("sets/model/flow.pt"), "set_meta": res("sets/model/flow.json"),
+            **({"set_joint_pdf": set_joint_pdf(wildcards)}
+               if config["calibration"]["recalibrate_sets"] else {})}
+
+
 def set_products():
     """The set estimator's products (rules set_*): model, eval metrics and posteriors, the
-    seed summary, survey posteriors, figures."""
+    seed summary, survey posteriors, figures; none with sets.enabled: false."""
+    if not config["sets"]["enabled"]:
+        return []
     return [res("sets/model/flow.pt"), res("sets/metrics.json"), res("sets/posteriors.h5"),
             res("sets/seeds.json"), res("sets/survey_posteriors.ecsv"),
             res("sets/survey_posteriors.csv"), res("figures/sets_loss.png"),
@@ -187,9 +199,9 @@ def compare_inputs(wildcards):
     pure and fiducial-model runs'; a missing run stops the run with the command that makes
     it."""
     inputs = {"metrics": res("evaluation/metrics.json"),
-              "flow_metrics": res("flow/metrics.json"),
-              "set_metrics": res("sets/metrics.json"), "set_seeds": res("sets/seeds.json"),
-              **cube_only_metrics()}
+              "flow_metrics": res("flow/metrics.json"), **cube_only_metrics()}
+    if config["sets"]["enabled"]:
+        inputs.update(set_metrics=res("sets/metrics.json"), set_seeds=res("sets/seeds.json"))
     inputs.update(other_run_inputs("pure_run", {
         "pure_metrics": "evaluation/metrics.json", "pure_flow_metrics": "flow/metrics.json",
         "pure_set_metrics": "sets/metrics.json", "pure_config": "config.resolved.yaml"},

@@ -26,6 +26,9 @@ rule model_config:
 
 rule resolved_config:
     input:
+        # the set estimator's model and calibration, for cmpipe infer --estimator sets
+        # (sets.enabled)
+        unpack(set_record_inputs),
         model_config=res("model/config.json"),
         model=res("model/cnn3d.keras"),
         normalisation=res("model/normalisation.json"),
@@ -34,10 +37,6 @@ rule resolved_config:
         flow_model=res("flow/model/flow.pt"),
         flow_meta=res("flow/model/flow.json"),
         flow_joint_pdf=flow_joint_pdf(),
-        # and the set estimator's, for cmpipe infer --estimator sets
-        set_model=res("sets/model/flow.pt"),
-        set_meta=res("sets/model/flow.json"),
-        set_joint_pdf=set_joint_pdf,
     output:
         config=res("config.resolved.yaml"),
     params:

@@ -7,7 +7,7 @@ run_rule(misspecification, snakemake.log[0], config=snakemake.config,
          clusters=snakemake.input.clusters, eval_predictions=snakemake.input.eval,
          flow=dict(model=snakemake.input.flow_model,
                    joint_pdf=snakemake.input.get("flow_joint_pdf") or None),
-         sets=dict(model=snakemake.input.set_model,
+         sets=dict(model=snakemake.input.get("set_model") or None,
                    joint_pdf=snakemake.input.get("set_joint_pdf") or None),
          fiducial={k[len("fiducial_"):]: v for k, v in snakemake.input.items()
                    if k.startswith("fiducial_")} or None,

@@ -43,6 +43,7 @@ def set_flow_settings(s, seed: int = 0):
     from ..flow.model import FlowSettings
 
     d = s.sets.to_dict()
+    d.pop("enabled")
     renamed = dict(features="set_features", pooling="set_pooling",
                    phi_units="set_phi_units", richness_input="set_richness",
                    dispersion_input="set_dispersion")

@@ -44,8 +44,9 @@ def gathered_shard_size(cubes, default: int) -> int:
         return int(default)
 
 
-def split_galaxies(clusters_path, cluster_ids):
-    """x, y, v and cluster ids of the galaxies of ``cluster_ids`` (sorted ascending).
+def split_galaxies(clusters_path, cluster_ids, extra=()):
+    """x, y, v and cluster ids (and the ``extra`` columns) of the galaxies of
+    ``cluster_ids`` (sorted ascending).
 
     The galaxy table is sorted by cluster id, so only the row range between the first and
     the last wanted cluster is read (memory ~ one shard's share of the table).
@@ -56,7 +57,8 @@ def split_galaxies(clusters_path, cluster_ids):
     hi = int(np.searchsorted(ids["cluster_id"], want.max(), side="right"))
     del ids
     g, _ = read_table(clusters_path, group="galaxies", rows=slice(lo, hi),
-                      columns=["cluster_id", "x_proj_mpc_h", "y_proj_mpc_h", "v_los_kms"],
+                      columns=["cluster_id", "x_proj_mpc_h", "y_proj_mpc_h", "v_los_kms",
+                               *extra],
                       finite=["x_proj_mpc_h", "y_proj_mpc_h", "v_los_kms"])
     keep = np.isin(g["cluster_id"], want)
     return {k: v[keep] for k, v in g.items()}

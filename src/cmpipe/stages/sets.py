@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io.tables import CatalogueError, read_table
+from ..io.tables import read_table
 from ..settings import SPLIT_CODES, ConfigError, stage_seed
 from .common import log, settings_of
-from .cubes import cube_rows
+from .cubes import cube_rows, split_galaxies
 
 __all__ = ["SET_ESTIMATOR", "set_flow_settings", "set_inputs", "set_survey_inputs",
            "set_train", "set_window_sets", "set_seeds", "SEED_KEYS", "set_calibrate",
@@ -74,16 +74,8 @@ def set_inputs(*, config, clusters, split_name, out):
                        columns=["cluster_id", "split", "log10_m200c", "n_gal", "n_members",
                                 "observer_distance_mpc_h"])
     rows = cube_rows(cl, cl["split"] == SPLIT_CODES[split_name])
-    g = {}
-    if len(rows["cluster_id"]):
-        ids, _ = read_table(clusters, group="galaxies", columns=["cluster_id"])
-        lo = int(np.searchsorted(ids["cluster_id"], rows["cluster_id"].min(), side="left"))
-        hi = int(np.searchsorted(ids["cluster_id"], rows["cluster_id"].max(), side="right"))
-        g, _ = read_table(clusters, group="galaxies", rows=slice(lo, hi),
-                          columns=_GALAXY_COLUMNS + ["mag_r_app"],
-                          finite=_GALAXY_COLUMNS[1:])
-        keep = np.isin(g["cluster_id"], rows["cluster_id"])
-        g = {k: v[keep] for k, v in g.items()}
+    g = (split_galaxies(clusters, rows["cluster_id"], extra=["mag_r_app"])
+         if len(rows["cluster_id"]) else {})
     write_set_file(out, rows, g, _window_attrs(s, split_name))
     log.info("set inputs %s: %d clusters, %d window galaxies (median %d per cluster)",
              split_name, len(rows["cluster_id"]), len(g.get("cluster_id", [])),
@@ -142,8 +134,6 @@ def set_train(*, config, train, validation, model_out, threads=1, seed=0, progre
              "cluster), %.2f s per epoch, stopped early: %s", r.n_params, r.best_epoch,
              r.epochs_run, r.best_val_nll,
              float(np.mean([h["seconds"] for h in r.history])), r.stopped_early)
-    if not r.n_train:
-        raise CatalogueError(train, "clusters", "no training cluster", "rebuild the mock")
 
 
 #: Eval numbers of :file:`sets/metrics.json` summarised over the training seeds.

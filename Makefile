@@ -1,19 +1,17 @@
 # cmpipe: two commands do everything on a fresh machine.
 #   make run    set up .venv (pinned dependencies + cmpipe) and run the pipeline on config.yaml
-#               (its pure-catalogue variant first, for the estimator comparison)
+#               (with its pure-catalogue and fiducial-model companions, in one DAG)
 #   make test   same set-up, then the test suite
 #   make report the HTML report of a finished run (report.html; CONFIG as for make run)
 PYTHON ?= python3
 VENV   ?= .venv
 CORES  ?= 2
 CONFIG ?= config.yaml
-PURE   ?= configs/pure.yaml
-FIDUCIAL ?= configs/fiducial.yaml
 REPORT ?= report.html
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.cmpipe-installed
 
-.PHONY: all run report test test-fast install lint bench gpu-check clean-results
+.PHONY: all run seeds report test test-fast install lint bench gpu-check clean-results
 
 all: run
 
@@ -29,21 +27,23 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
-# The default config compares its catalogue with the pure one (compare.pure_run:
-# demo-pure) and its marginalised model with the fiducial one (compare.fiducial_run:
-# demo-fiducial), so `make run` first builds what the comparison and the misspecification
-# matrix read from those variants (configs/pure.yaml overlay, target comparison_inputs: its
-# evaluation and flow metrics; configs/fiducial.yaml overlay, target fiducial_inputs: its
-# CNN3D, calibration, eval predictions and metrics), then the default run. Other CONFIGs
-# run as they are. The whole pure run:
+# One Snakemake run of CONFIG. The default config compares its catalogue with the pure one
+# (compare.pure_run: demo-pure) and its marginalised model with the fiducial one
+# (compare.fiducial_run: demo-fiducial) and builds what it reads from those runs inside its
+# own DAG (compare.pure_overlay / fiducial_overlay: rule companion_run, a Snakemake of the
+# overlay on half the cores beside this run's jobs); all three share the catalogue and the
+# projection (results/upstream/). The whole pure run, figures and survey included:
 #   $(BIN)/snakemake --cores 2 --configfile config.yaml configs/pure.yaml
 run: $(STAMP)
 	@test -f $(CONFIG) || { echo "make run: config file $(CONFIG) does not exist. Fix: CONFIG=path/to/config.yaml (e.g. configs/tiny.yaml)" >&2; exit 1; }
-ifeq ($(CONFIG),config.yaml)
-	$(BIN)/snakemake comparison_inputs --cores $(CORES) --configfile $(CONFIG) $(PURE)
-	$(BIN)/snakemake fiducial_inputs --cores $(CORES) --configfile $(CONFIG) $(FIDUCIAL)
-endif
 	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG)
+
+# The default run's extra training seeds (ablation.seeds: 3 for every network of the
+# ablation, the CNN3D and the set estimator; configs/seeds.yaml): the seed spreads of
+# ablation/summary.json, sets/seeds.json and comparison/summary.json. About 20 min on 2 cores
+# after make run, which it reuses.
+seeds: $(STAMP)
+	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG) configs/seeds.yaml
 
 # Snakemake's HTML report of a finished run of CONFIG (figures and tables with captions,
 # runtimes, the config): one self-contained file, REPORT (make report CONFIG=configs/tiny.yaml).
@@ -72,4 +72,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_kde.py
 
 clean-results:
-	rm -rf results/demo results/tiny
+	rm -rf results/demo results/demo-pure results/demo-fiducial results/tiny results/upstream

@@ -504,10 +504,13 @@ def test_compare_stage_reads_a_pure_run_and_checks_it(tmp_path):
         stages.compare(**dict(kw_fid, fiducial_metrics=None))
 
 
-def test_default_run_names_the_command_for_a_missing_pure_run(tmp_path):
+def test_default_run_builds_or_names_its_companion_runs(tmp_path):
     """config.yaml compares with the pure run demo-pure and the fiducial-model run
-    demo-fiducial: without either the run stops before any job with the command that makes
-    it; once both exist, compare and the misspecification matrix are planned."""
+    demo-fiducial. With their overlays (compare.pure_overlay / fiducial_overlay, the
+    default) it builds them itself: a companion_run job each, planned before compare and the
+    misspecification matrix. Without the overlays, a missing run stops the run before any
+    job with the command that makes it; once both exist, compare and the matrix are
+    planned. A missing overlay file is named with the fix."""
     import shutil
     import subprocess
     import sys
@@ -517,6 +520,17 @@ def test_default_run_names_the_command_for_a_missing_pure_run(tmp_path):
     cmd = [str(Path(sys.executable).parent / "snakemake"), "--snakefile",
            str(ROOT / "Snakefile"), "--directory", str(tmp_path), "--cores", "1", "-n",
            "--quiet", "rules"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    counts = dict(line.split()[:2] for line in out.splitlines()
+                  if len(line.split()) == 2 and line.split()[1].isdigit())
+    assert counts["companion_run"] == "2" and counts["catalogue"] == "1"
+    assert "compare" in counts and "misspecification" in counts
+
+    (tmp_path / "nooverlay.yaml").write_text(
+        "compare:\n  pure_overlay: null\n  fiducial_overlay: null\n")
+    cmd += ["--configfile", "config.yaml", "nooverlay.yaml"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
@@ -539,6 +553,13 @@ def test_default_run_names_the_command_for_a_missing_pure_run(tmp_path):
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     assert "compare" in out and "flow_train" in out and "misspecification" in out
+    assert "companion_run" not in out
+
+    (tmp_path / "nooverlay.yaml").write_text("compare:\n  pure_overlay: configs/nope.yaml\n")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "compare.pure_overlay" in out and "configs/nope.yaml" in out and "Fix:" in out
 
 
 def test_distance_variant_rows_sit_beside_the_cnn3d(tmp_path):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from cmpipe import stages
+from cmpipe.io.artefacts import UPSTREAM_ROOT, upstream_key
 from cmpipe.io.cubes import CubeReader
 from cmpipe.io.tables import read_table
 from cmpipe.settings import SPLIT_CODES, load_config
@@ -39,10 +40,22 @@ def tiny_run(tmp_path_factory):
     return tiny_survey_run(tmp_path_factory, everything=True)
 
 
+def _upstream(wd):
+    """The tiny run's shared upstream directory (results/upstream/{key}/)."""
+    cfg = load_config(wd / "config.yaml", ROOT / "src/cmpipe/data/config.schema.yaml",
+                      overlays=[wd / "configs/tiny.yaml"])
+    return wd / UPSTREAM_ROOT / upstream_key(cfg)
+
+
 def test_every_product_is_made(tiny_run):
-    _, res = tiny_run
+    wd, res = tiny_run
+    up = _upstream(wd)
     for p in ["catalogue/halos.h5", "catalogue/galaxies.h5", "mock/hosts.h5",
-              "mock/sightlines.h5", "mock/projected.h5", "mock/fluxlimited.h5",
+              "mock/sightlines.h5", "mock/projected.h5", "logs/catalogue.log",
+              "logs/project.log", "benchmarks/catalogue.tsv"]:
+        assert (up / p).is_file(), p
+    assert not (res / "catalogue").exists()     # the run has no catalogue of its own
+    for p in ["mock/fluxlimited.h5",
               "mock/clusters.h5", "mock/summary.json", "figures/mock_mass_function.png",
               "figures/mock_split_masses.png", "figures/mock_phase_space.png",
               "cubes/train.h5", "cubes/validation.h5", "cubes/test.h5", "cubes/eval.h5",
@@ -51,7 +64,7 @@ def test_every_product_is_made(tiny_run):
               "evaluation/metrics.json", "evaluation/posteriors.h5",
               "figures/loss_curve.png", "figures/joint_pdf.png", "figures/predictions.png",
               "figures/calibration.png", "figures/interlopers.png", "figures/baselines.png",
-              "logs/catalogue.log", "logs/project.log", "logs/train.log"]:
+              "logs/train.log"]:
         assert (res / p).is_file(), p
     # shards are temporary and removed once gathered; no temp files left anywhere
     assert not list((res / "cubes").glob("*/shard-*.h5"))
@@ -629,9 +642,10 @@ def test_pure_catalogue_keeps_bound_members_only(tiny_run, tmp_path):
     cfg = load_config(wd / "config.yaml", ROOT / "src/cmpipe/data/config.schema.yaml",
                       overlays=[wd / "configs/tiny.yaml"])
     cfg["nuisance"]["sample"] = False
-    stages.flux_limit(config=cfg, projected=res / "mock/projected.h5", out=tmp_path / "all.h5")
+    projected = _upstream(wd) / "mock/projected.h5"
+    stages.flux_limit(config=cfg, projected=projected, out=tmp_path / "all.h5")
     cfg["mock"]["members"] = "bound"
-    stages.flux_limit(config=cfg, projected=res / "mock/projected.h5", out=tmp_path / "pure.h5")
+    stages.flux_limit(config=cfg, projected=projected, out=tmp_path / "pure.h5")
     pc, pattrs = read_table(tmp_path / "pure.h5", group="clusters")
     pg, _ = read_table(tmp_path / "pure.h5", group="galaxies")
     cc, _ = read_table(tmp_path / "all.h5", group="clusters")
@@ -652,18 +666,40 @@ def test_pure_catalogue_keeps_bound_members_only(tiny_run, tmp_path):
 
 def test_misspecification_beside_the_fiducial_model(tiny_run, tmp_path):
     """compare.fiducial_run (issue 28): a fiducial-model run of the tiny config
-    (configs/fiducial.yaml, target fiducial_inputs, in its own directory) beside the
-    tiny run's marginalised model. The matrix puts both through the same variant windows:
-    the fiducial variant reproduces the fiducial run's stored eval predictions (on the
-    clusters both eval sets share) and both models have every variant on the same clusters.
-    The comparison names each catalogue's model. A missing fiducial run
-    stops the workflow before any job with the command that makes it."""
+    (configs/fiducial.yaml, target fiducial_inputs) beside the tiny run's marginalised
+    model, built as the default run builds it (issue 31): by rule companion_run inside the
+    tiny run's DAG (compare.fiducial_overlay), in its own directory, sharing the catalogue
+    and the projection, which are made once. The matrix puts both models through the same
+    variant windows: the fiducial variant reproduces the fiducial run's stored eval
+    predictions (on the clusters both eval sets share) and both models have every variant
+    on the same clusters. The comparison names each catalogue's model. Without the overlay
+    a missing fiducial run stops the workflow before any job with the command that makes
+    it."""
     wd, res = tiny_run
     fd = _workdir(tmp_path)
-    proc = _snakemake(fd, "fiducial_inputs", "--configfile", "configs/tiny.yaml",
-                      "configs/fiducial.yaml", "--config", "run=tiny-fiducial")
+    (fd / "fid.yaml").write_text("compare:\n  fiducial_run: tiny-fiducial\n"
+                                 "  fiducial_overlay: configs/fiducial.yaml\n")
+    record = "results/tiny/companions/tiny-fiducial.json"
+    proc = _snakemake(fd, record, "--configfile", "configs/tiny.yaml", "fid.yaml")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     fres = fd / "results/tiny-fiducial"
+    # the record holds the digests of what the tiny run reads from the companion
+    from cmpipe.io.artefacts import file_digest
+    rec = json.loads((fd / record).read_text())
+    assert rec["run"] == "tiny-fiducial" and "configs/fiducial.yaml" in rec["command"]
+    assert len(rec["products"]) == 9
+    for p, digest in rec["products"].items():
+        assert file_digest(fd / p) == digest, p
+    # one catalogue and one projection, in the shared directory; the companion made none
+    assert [p.parent.parent.name for p in (fd / UPSTREAM_ROOT).glob("*/logs/catalogue.log")] \
+        == [_upstream(wd).name]
+    assert not (fres / "catalogue").exists() and not (fres / "mock/projected.h5").exists()
+    log = (fd / "results/tiny/logs/companion_run/tiny-fiducial.log").read_text()
+    assert "rule train:" in log and "rule catalogue:" not in log and "rule project:" not in log
+    # run directly, the companion is up to date: its products keep their own provenance
+    proc = _snakemake(fd, "-n", "fiducial_inputs", "--configfile", "configs/tiny.yaml",
+                      "configs/fiducial.yaml", "--config", "run=tiny-fiducial")
+    assert proc.returncode == 0 and "Nothing to be done" in proc.stdout + proc.stderr
     cfg = load_config(wd / "config.yaml", ROOT / "src/cmpipe/data/config.schema.yaml",
                       overlays=[wd / "configs/tiny.yaml"])
     cfg["compare"]["fiducial_run"] = "tiny-fiducial"
@@ -673,7 +709,7 @@ def test_misspecification_beside_the_fiducial_model(tiny_run, tmp_path):
                flow_joint_pdf=fres / "flow/joint_pdf.h5")
     stages.misspecification(
         config=cfg, model=res / "model/cnn3d.keras", normalisation=res / "model/normalisation.json",
-        joint_pdf=res / "calibration/joint_pdf.h5", projected=res / "mock/projected.h5",
+        joint_pdf=res / "calibration/joint_pdf.h5", projected=_upstream(wd) / "mock/projected.h5",
         clusters=res / "mock/clusters.h5", eval_predictions=res / "summaries/eval.h5",
         flow=dict(model=res / "flow/model/flow.pt", joint_pdf=res / "flow/joint_pdf.h5"),
         fiducial=fid, summary_out=tmp_path / "mm.json", table_out=tmp_path / "mm.csv",
@@ -709,7 +745,8 @@ def test_misspecification_beside_the_fiducial_model(tiny_run, tmp_path):
     assert row["scatter_dex"] == pytest.approx(fm["scatter_dex"], abs=1e-12)
 
     # a fiducial run that is not there: stopped before any job, with the command
-    (tmp_path / "other.yaml").write_text("compare:\n  fiducial_run: no-such-run\n")
+    (tmp_path / "other.yaml").write_text("compare:\n  fiducial_run: no-such-run\n"
+                                         "  fiducial_overlay: null\n")
     proc = _snakemake(fd, "-n", "--configfile", "configs/tiny.yaml", str(tmp_path / "other.yaml"))
     assert proc.returncode != 0
     out = proc.stdout + proc.stderr

@@ -341,6 +341,8 @@ class CompareSettings(Section):
 
     pure_run: str | None
     fiducial_run: str | None
+    pure_overlay: str | None
+    fiducial_overlay: str | None
 
 
 @dataclass(frozen=True)

@@ -177,23 +177,45 @@ rule robustness_plots:
         "../scripts/robustness_plots.py"
 
 
+# The companion runs this run reads (compare.pure_run, compare.fiducial_run), built inside
+# its DAG when their overlays are set (compare.pure_overlay, fiducial_overlay): one job per
+# run, a Snakemake of its own on half the cores, beside this run's jobs; it reads the shared
+# upstream products (results/upstream/) that this run makes first.
+rule companion_run:
+    input:
+        projected=up("mock/projected.h5"),
+    output:
+        record=res("companions/{companion}.json"),
+    wildcard_constraints:
+        companion=companion_names(),
+    params:
+        command=lambda wc: companion_command(companion_key(wc.companion)),
+        products=lambda wc: companion_products(companion_key(wc.companion)),
+        trigger=lambda wc: companion_trigger(companion_key(wc.companion)),
+    log:
+        res("logs/companion_run/{companion}.log"),
+    benchmark:
+        res("benchmarks/companion_run/{companion}.tsv")
+    threads: companion_threads()
+    resources:
+        mem_mb=8000,
+        runtime=120,
+    conda:
+        "../../envs/companion.yaml"
+    script:
+        "../scripts/companion_run.py"
+
+
 rule misspecification:
     input:
         unpack(set_record_inputs),
-        unpack(
-            lambda wc: fiducial_run_inputs(
-                ["fiducial_model", "fiducial_normalisation", "fiducial_joint_pdf",
-                 "fiducial_eval", "fiducial_config", "fiducial_flow_model"]
-                + (["fiducial_flow_joint_pdf"] if config["calibration"]["recalibrate_flow"]
-                   else [])
-            )
-        ),
+        unpack(lambda wc: fiducial_run_inputs(misspecification_fiducial())),
         model=res("model/cnn3d.keras"),
         normalisation=res("model/normalisation.json"),
         joint_pdf=res("calibration/joint_pdf.h5"),
         flow_model=res("flow/model/flow.pt"),
         flow_joint_pdf=flow_joint_pdf(),
-        projected=res("mock/projected.h5"),
+        projected=up("mock/projected.h5"),
         clusters=res("mock/clusters.h5"),
         eval=res("summaries/eval.h5"),
     output:
@@ -212,6 +234,8 @@ rule misspecification:
         calibration=config["calibration"],
         flow=product_params("flow"),
         sets=product_params("sets"),
+        fiducial=other_run_paths("fiducial_run", {k: FIDUCIAL_PRODUCTS[k]
+                                                  for k in misspecification_fiducial()}),
     log:
         res("logs/robustness/misspecification.log"),
     benchmark:

@@ -5,18 +5,18 @@ rule catalogue:
     input:
         unpack(catalogue_inputs),
     output:
-        halos=res("catalogue/halos.h5"),
-        galaxies=res("catalogue/galaxies.h5"),
-        tail_halos=res("catalogue/tail_halos.h5"),
-        tail_galaxies=res("catalogue/tail_galaxies.h5"),
+        halos=up("catalogue/halos.h5"),
+        galaxies=up("catalogue/galaxies.h5"),
+        tail_halos=up("catalogue/tail_halos.h5"),
+        tail_galaxies=up("catalogue/tail_galaxies.h5"),
     params:
         simulation=config["simulation"],
         cosmology=config["cosmology"],
         seed=config["seed"],
     log:
-        res("logs/catalogue.log"),
+        up("logs/catalogue.log"),
     benchmark:
-        res("benchmarks/catalogue.tsv")
+        up("benchmarks/catalogue.tsv")
     threads: 1
     resources:
         mem_mb=8000,

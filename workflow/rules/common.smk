@@ -36,6 +36,13 @@ except ConfigError as _err:
     sys.exit(1)
 
 RESULTS = f"results/{config['run']}"
+# The products upstream of the flux limit (catalogue, hosts, sightlines, projection) live in
+# a directory named by the config keys that define them (cmpipe.io.artefacts.upstream_key),
+# so runs that differ only downstream (the pure catalogue, the fiducial model, the
+# nuisance variants) build them once and share them.
+from cmpipe.io.artefacts import UPSTREAM_ROOT, upstream_key
+
+UPSTREAM = f"{UPSTREAM_ROOT}/{upstream_key(config)}"
 
 if workflow.is_main_process:
     # After a crash (kill -9) the same command resumes: the dead run's lock is cleared here,
@@ -64,6 +71,11 @@ onstart:
 def res(path):
     """Path of a product of this run (results/{run}/...)."""
     return f"{RESULTS}/{path}"
+
+
+def up(path):
+    """Path of a shared upstream product (results/upstream/{key}/...)."""
+    return f"{UPSTREAM}/{path}"
 
 
 def nuisance_params():
@@ -102,7 +114,7 @@ def survey_catalogue_inputs(wildcards):
     sv = config["survey"]
     if sv["source"] == "catalogue":
         return {"clusters_file": sv["clusters"], "galaxies_file": sv["galaxies"]}
-    return {"halos": res("catalogue/halos.h5"), "galaxies": res("catalogue/galaxies.h5")}
+    return {"halos": up("catalogue/halos.h5"), "galaxies": up("catalogue/galaxies.h5")}
 
 
 SPLITS = ["train", "validation", "test", "eval"]
@@ -176,22 +188,117 @@ def set_products():
             res("figures/sets_predictions.png"), res("figures/sets_calibration.png")]
 
 
+#: The companion runs another run reads (compare.KEY): the overlay key that makes it from
+#: this run's config files, and the target of that run holding what is read.
+COMPANIONS = {"pure_run": ("pure_overlay", "comparison_inputs"),
+              "fiducial_run": ("fiducial_overlay", "fiducial_inputs")}
+
+
+def companion_overlay(key):
+    """The overlay config (compare.pure_overlay / fiducial_overlay) with which this run
+    builds the companion run compare.{key} itself (rule companion_run), or None when that
+    run is null or has no overlay (then it must be finished beforehand)."""
+    run = config["compare"].get(key)
+    overlay = config["compare"].get(COMPANIONS[key][0])
+    if not run or not overlay:
+        return None
+    if not Path(overlay).is_file():
+        from snakemake.exceptions import WorkflowError
+
+        raise WorkflowError(
+            f"compare.{COMPANIONS[key][0]}: {overlay!r} does not exist (it makes the run "
+            f"compare.{key} = {run} from this config). Fix: give the overlay's path relative "
+            f"to the working directory (e.g. configs/{'pure' if key == 'pure_run' else 'fiducial'}.yaml), "
+            f"or null to read a finished run {run}")
+    return overlay
+
+
 def other_run_inputs(key, products, fix):
-    """Products of another finished run named by config key ``compare.{key}``, by input
-    name (``products``: name -> path inside results/{run}/), or none when it is null; a
-    missing one stops the run before any job with ``fix`` (the command that makes it)."""
+    """What a rule reading products of another run (config key ``compare.{key}``) takes as
+    input: none when that run is null; with its overlay (compare.pure_overlay /
+    fiducial_overlay) the record of rule companion_run, which builds that run inside this
+    one; else the products themselves (``products``: input name -> path inside
+    results/{run}/), a missing one stopping the run before any job with ``fix`` (the
+    command that makes it). The rule reads the products at other_run_paths."""
     from snakemake.exceptions import WorkflowError
 
     run = config["compare"].get(key)
     if not run:
         return {}
-    inputs = {k: f"results/{run}/{p}" for k, p in products.items()}
+    if companion_overlay(key):
+        return {f"{key}_record": res(f"companions/{run}.json")}
+    inputs = other_run_paths(key, products)
     missing = [p for p in inputs.values() if not Path(p).exists()]
     if missing:
         raise WorkflowError(
             f"compare.{key} is '{run}' but that run is not finished (missing: "
             f"{', '.join(missing)}). Fix: {fix.format(run=run)}")
     return inputs
+
+
+def other_run_paths(key, products):
+    """The products of the run compare.{key} by input name (``products``: name -> path
+    inside results/{run}/), or none when it is null (a rule's params)."""
+    run = config["compare"].get(key)
+    return {k: f"results/{run}/{p}" for k, p in products.items()} if run else {}
+
+
+def companion_products(key):
+    """The paths of what this run reads from the companion run compare.{key} (rule
+    companion_run records their digests)."""
+    if key == "pure_run":
+        return list(other_run_paths(key, pure_products()).values())
+    names = dict.fromkeys(COMPARE_FIDUCIAL + misspecification_fiducial())
+    return list(other_run_paths(key, {k: FIDUCIAL_PRODUCTS[k] for k in names}).values())
+
+
+def companion_names():
+    """The companion runs this run builds itself, as a wildcard pattern."""
+    import re
+
+    names = [re.escape(config["compare"][k]) for k in COMPANIONS if companion_overlay(k)]
+    return "|".join(names) or "(?!)"
+
+
+def companion_key(run):
+    """The config key (pure_run, fiducial_run) naming the companion run ``run``."""
+    return next(k for k in COMPANIONS if config["compare"].get(k) == run)
+
+
+def companion_trigger(key):
+    """The config as the companion run's rerun trigger: without the sections that shape no
+    product it makes (this run's own analyses and comparison, the survey's mass function),
+    so that changing those reruns no companion (and nothing that reads it)."""
+    own = ("ablation", "robustness", "saliency", "compare")
+    out = {k: v for k, v in without_speed_keys(config).items() if k not in own}
+    out["survey"] = {k: v for k, v in out["survey"].items() if k != "mass_function"}
+    return {"config": out, "overlay": Path(companion_overlay(key)).read_text()}
+
+
+def companion_command(key):
+    """The arguments of the Snakemake command that builds the companion run compare.{key} (without --cores):
+    this run's Snakefile, config files, --config values and software deployment (--sdm),
+    its overlay and its run name, and no lock of its own (this run's lock covers it; the
+    rule is this run's job). Its arguments: the job runs them with its own Python's
+    Snakemake (envs/companion.yaml with --sdm conda)."""
+    import json
+
+    run = config["compare"][key]
+    values = [f"{k}={json.dumps(v)}" for k, v in workflow.config_settings.config.items()
+              if k != "run"] + [f"run={run}"]
+    sdm = [m.name.lower() for m in workflow.deployment_settings.deployment_method]
+    return [COMPANIONS[key][1], "--nolock", "--ignore-incomplete",
+            "--snakefile", str(workflow.main_snakefile), *(["--sdm", *sdm] if sdm else []),
+            "--configfile", *_config_files(), companion_overlay(key), "--config", *values]
+
+
+def companion_threads():
+    """Cores of a companion run's job: half the run's, so that it and this run's own jobs
+    share the machine (1 on 2 cores)."""
+    try:
+        return max(1, int(workflow.cores) // 2)
+    except Exception:                        # no --cores (lint, dry runs): any value
+        return 1
 
 
 def compare_inputs(wildcards):
@@ -202,27 +309,56 @@ def compare_inputs(wildcards):
               "flow_metrics": res("flow/metrics.json"), **cube_only_metrics()}
     if config["sets"]["enabled"]:
         inputs.update(set_metrics=res("sets/metrics.json"), set_seeds=res("sets/seeds.json"))
-    inputs.update(other_run_inputs("pure_run", {
-        "pure_metrics": "evaluation/metrics.json", "pure_flow_metrics": "flow/metrics.json",
-        "pure_set_metrics": "sets/metrics.json", "pure_config": "config.resolved.yaml"},
+    inputs.update(other_run_inputs("pure_run", pure_products(),
         "run the pure catalogue first, e.g. `snakemake --cores 2 --configfile "
         "configs/pure.yaml` (run: {run}, mock.members: bound; `make run` does both), or set "
         "compare.pure_run: null in the config (or an overlay) to compare this catalogue "
         "only."))
-    inputs.update(fiducial_run_inputs(["fiducial_metrics", "fiducial_flow_metrics",
-                                       "fiducial_config"]))
+    inputs.update(fiducial_run_inputs(COMPARE_FIDUCIAL))
     return inputs
 
 
+def compare_other_runs():
+    """The pure and fiducial-model runs' products the compare rule reads (its params)."""
+    return {**other_run_paths("pure_run", pure_products()),
+            **other_run_paths("fiducial_run",
+                              {k: FIDUCIAL_PRODUCTS[k] for k in COMPARE_FIDUCIAL})}
+
+
+def pure_products():
+    """The pure-catalogue run's products another run reads, by input name."""
+    return {**PURE_PRODUCTS,
+            **({"pure_set_metrics": PURE_SET_METRICS} if config["sets"]["enabled"] else {})}
+
+
 def fiducial_run_inputs(names):
-    """The products of the finished fiducial-model run (compare.fiducial_run) that a rule
-    reads, by input name (FIDUCIAL_PRODUCTS), or none when it is null."""
+    """The inputs of a rule reading the fiducial-model run's products (compare.fiducial_run)
+    ``names`` (FIDUCIAL_PRODUCTS; other_run_inputs), or none when it is null."""
     return other_run_inputs("fiducial_run", {k: FIDUCIAL_PRODUCTS[k] for k in names},
         "run the fiducial model first, e.g. `snakemake fiducial_inputs --cores 2 "
         "--configfile config.yaml configs/fiducial.yaml` (run: {run}, nuisance.sample: "
         "false; `make run` does both), or set compare.fiducial_run: null to evaluate this "
         "run's model only.")
 
+
+def misspecification_fiducial():
+    """The fiducial-model run's products the misspecification rule reads, by input name."""
+    return [*MISSPECIFICATION_FIDUCIAL,
+            *(["fiducial_flow_joint_pdf"] if config["calibration"]["recalibrate_flow"]
+              else [])]
+
+
+COMPARE_FIDUCIAL = ["fiducial_metrics", "fiducial_flow_metrics", "fiducial_config"]
+MISSPECIFICATION_FIDUCIAL = ["fiducial_model", "fiducial_normalisation", "fiducial_joint_pdf",
+                             "fiducial_eval", "fiducial_config", "fiducial_flow_model"]
+
+
+#: The pure-catalogue run's products by input name (rule comparison_inputs makes them), and
+#: its set estimator's metrics (with sets.enabled).
+PURE_PRODUCTS = {"pure_metrics": "evaluation/metrics.json",
+                 "pure_flow_metrics": "flow/metrics.json",
+                 "pure_config": "config.resolved.yaml"}
+PURE_SET_METRICS = "sets/metrics.json"
 
 #: The fiducial-model run's products by input name (rule fiducial_inputs makes them).
 FIDUCIAL_PRODUCTS = {

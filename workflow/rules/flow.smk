@@ -207,6 +207,7 @@ rule compare:
     params:
         compare=config["compare"],
         members=config["mock"]["members"],
+        other_runs=compare_other_runs(),    # the pure and fiducial runs' products it reads
     log:
         res("logs/compare.log"),
     resources:

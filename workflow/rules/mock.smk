@@ -3,14 +3,14 @@
 
 rule select_halos:
     input:
-        halos=res("catalogue/halos.h5"),
-        tail_halos=res("catalogue/tail_halos.h5"),
+        halos=up("catalogue/halos.h5"),
+        tail_halos=up("catalogue/tail_halos.h5"),
     output:
-        hosts=res("mock/hosts.h5"),
+        hosts=up("mock/hosts.h5"),
     params:
         selection=config["selection"],
     log:
-        res("logs/select_halos.log"),
+        up("logs/select_halos.log"),
     resources:
         mem_mb=2000,
         runtime=10,
@@ -22,15 +22,15 @@ rule select_halos:
 
 rule sightlines:
     input:
-        hosts=res("mock/hosts.h5"),
+        hosts=up("mock/hosts.h5"),
     output:
-        sightlines=res("mock/sightlines.h5"),
+        sightlines=up("mock/sightlines.h5"),
     params:
         sightlines=config["sightlines"],
         selection=config["selection"],
         seed=config["seed"],
     log:
-        res("logs/sightlines.log"),
+        up("logs/sightlines.log"),
     resources:
         mem_mb=1000,
         runtime=10,
@@ -42,22 +42,22 @@ rule sightlines:
 
 rule project:
     input:
-        halos=res("catalogue/halos.h5"),
-        galaxies=res("catalogue/galaxies.h5"),
-        tail_halos=res("catalogue/tail_halos.h5"),
-        tail_galaxies=res("catalogue/tail_galaxies.h5"),
-        hosts=res("mock/hosts.h5"),
-        sightlines=res("mock/sightlines.h5"),
+        halos=up("catalogue/halos.h5"),
+        galaxies=up("catalogue/galaxies.h5"),
+        tail_halos=up("catalogue/tail_halos.h5"),
+        tail_galaxies=up("catalogue/tail_galaxies.h5"),
+        hosts=up("mock/hosts.h5"),
+        sightlines=up("mock/sightlines.h5"),
     output:
-        projected=res("mock/projected.h5"),
+        projected=up("mock/projected.h5"),
     params:
         window=config["window"],
         selection=config["selection"],
         cosmology=config["cosmology"],
     log:
-        res("logs/project.log"),
+        up("logs/project.log"),
     benchmark:
-        res("benchmarks/project.tsv")
+        up("benchmarks/project.tsv")
     resources:
         mem_mb=8000,
         runtime=120,
@@ -69,7 +69,7 @@ rule project:
 
 rule flux_limit:
     input:
-        projected=res("mock/projected.h5"),
+        projected=up("mock/projected.h5"),
     output:
         fluxlimited=res("mock/fluxlimited.h5"),
     params:
@@ -114,8 +114,8 @@ checkpoint split:
 
 rule mock_summary:
     input:
-        halos=res("catalogue/halos.h5"),
-        hosts=res("mock/hosts.h5"),
+        halos=up("catalogue/halos.h5"),
+        hosts=up("mock/hosts.h5"),
         clusters=res("mock/clusters.h5"),
     output:
         summary=res("mock/summary.json"),

@@ -9,7 +9,7 @@ run_rule(misspecification, snakemake.log[0], config=snakemake.config,
                    joint_pdf=snakemake.input.get("flow_joint_pdf") or None),
          sets=dict(model=snakemake.input.get("set_model") or None,
                    joint_pdf=snakemake.input.get("set_joint_pdf") or None),
-         fiducial={k[len("fiducial_"):]: v for k, v in snakemake.input.items()
-                   if k.startswith("fiducial_")} or None,
+         fiducial={k[len("fiducial_"):]: v for k, v in snakemake.params.fiducial.items()}
+         or None,
          summary_out=snakemake.output.summary, table_out=snakemake.output.table,
          threads=snakemake.threads)

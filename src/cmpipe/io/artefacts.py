@@ -34,6 +34,9 @@ __all__ = [
     "MODEL_CONFIG_SECTIONS",
     "POSTERIOR_CONFIG_SECTIONS",
     "section_digest",
+    "UPSTREAM_CONFIG_SECTIONS",
+    "UPSTREAM_ROOT",
+    "upstream_key",
     "MODEL_CONFIG_FILE",
     "PRODUCTS_KEY",
     "FLOW_PRODUCTS",
@@ -93,6 +96,27 @@ def section_digest(config: dict, section: str, ignore=None) -> str:
     names (section -> keys: :data:`cmpipe.sections.SPEED_ONLY_KEYS`)."""
     plain = _without(json.loads(json.dumps(dict(config), default=str)), ignore).get(section)
     return hashlib.sha256(json.dumps(plain, sort_keys=True).encode()).hexdigest()
+
+
+#: Config keys that define every product upstream of the flux limit: the catalogue, the
+#: host halos, the sightlines and the projected windows (rules catalogue, select_halos,
+#: sightlines, project). Runs that agree on them (the default run, its pure-catalogue and
+#: fiducial-model companions) share those products under ``UPSTREAM_ROOT/{key}/``.
+UPSTREAM_CONFIG_SECTIONS = ("simulation", "cosmology", "seed", "selection", "sightlines",
+                            "window")
+#: Where the shared upstream products live, relative to the working directory.
+UPSTREAM_ROOT = "results/upstream"
+
+
+def upstream_key(config: dict) -> str:
+    """The name of a config's shared upstream directory (``results/upstream/{key}/``): the
+    first 12 hex digits of the SHA-256 of :data:`UPSTREAM_CONFIG_SECTIONS` as canonical
+    JSON. Two configs get the same key exactly when those keys agree, so a change of any
+    of them (a new seed, box, selection or window) gets a directory of its own and the
+    previous one stays valid for the runs that still use it."""
+    plain = json.loads(json.dumps({k: dict(config).get(k) for k in UPSTREAM_CONFIG_SECTIONS},
+                                  default=str))
+    return hashlib.sha256(json.dumps(plain, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _section_key(section: str) -> str:

@@ -25,7 +25,7 @@ from .common import run_rule
 from .ablation import (ablation_evaluate, ablation_inputs, ablation_plots, ablation_summary,
                        ablation_train)
 from .analyses import perturbed_eval, robustness_plots, saliency_maps, saliency_plots
-from .compare import compare
+from .compare import companion_run, compare
 from .cubes import (SPLIT_NAMES, gathered_shard_size, kde_gather, kde_shard, n_shards,
                     split_counts)
 # training_plots lives in .evaluate: it draws history.csv without Keras (envs/plots.yaml)
@@ -56,7 +56,7 @@ __all__ = [
     "ablation_plots", "perturbed_eval", "robustness_plots", "misspecification",
     "misspecification_plots", "saliency_maps", "saliency_plots",
     "flow_images", "flow_survey_images", "flow_train", "flow_calibrate", "flow_evaluate",
-    "flow_survey_posteriors", "flow_plots", "compare",
+    "flow_survey_posteriors", "flow_plots", "compare", "companion_run",
     "set_inputs", "set_survey_inputs", "set_train", "set_calibrate", "set_evaluate",
     "set_survey_posteriors", "set_seeds", "set_plots",
 ]

@@ -144,3 +144,44 @@ def compare(*, config, metrics, flow_metrics, summary_out, csv_out, png,
                  r["cnn3d_sbi_scatter_dex"], r["flow_scatter_dex"],
                  "-" if r["sets_scatter_dex"] is None else f"{r['sets_scatter_dex']:.3f}",
                  r["msigma_scatter_dex"], r["msigma_over_flow_scatter"])
+
+
+def companion_run(command, threads, run, products, out) -> dict:
+    """Rule ``companion_run``: build a companion run that this run reads (the pure
+    catalogue's ``compare.pure_run``, the fiducial model's ``compare.fiducial_run``) inside
+    this run's DAG, so that its jobs share the machine with this run's own.
+
+    ``command`` holds the arguments of the companion's Snakemake command
+    (``workflow/rules/common.smk``: ``companion_command``: this run's config files and
+    ``--config`` values, the overlay, the run name, no lock of its own); it runs with this
+    job's Python's Snakemake on ``threads`` cores, its output going to this rule's log. ``out`` (JSON, atomically) records the run, the command and the SHA-256 of
+    each product this run reads (``products``, paths), so that the rules reading them rerun
+    exactly when one changed. A failing companion stops the rule with the command to rerun
+    it alone.
+    """
+    import shlex
+    import subprocess
+    import sys
+
+    words = [sys.executable, "-m", "snakemake", *command, "--cores", str(int(threads))]
+    log.info("companion run %s: %s", run, shlex.join(words))
+    with subprocess.Popen(words, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True) as proc:
+        for line in proc.stdout:             # streamed: the log shows its progress
+            log.info("[%s] %s", run, line.rstrip())
+    if proc.returncode != 0:
+        raise ConfigError(
+            f"companion run {run} failed (exit {proc.returncode}; its Snakemake output is "
+            f"in this rule's log). Fix: run it alone to see the failing job: "
+            f"{shlex.join(w for w in words if w not in ('--nolock', '--ignore-incomplete'))}")
+    missing = [p for p in products if not Path(p).is_file()]
+    if missing:
+        raise ConfigError(f"companion run {run} finished without {', '.join(missing)}. "
+                          "Fix: check its overlay builds them (targets comparison_inputs / "
+                          "fiducial_inputs)")
+    record = dict(run=run, command=shlex.join(words),
+                  products={str(p): io.artefacts.file_digest(p) for p in products})
+    with io.tables.atomic_output(out) as tmp:
+        Path(tmp).write_text(json.dumps(record, indent=1) + "\n")
+    return record
+

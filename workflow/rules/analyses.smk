@@ -47,7 +47,7 @@ rule ablation_train:
         res("logs/ablation/{seeddir}{dim}-train.log"),
     benchmark:
         res("benchmarks/ablation/{seeddir}{dim}-train.tsv")
-    threads: 2
+    threads: 1                  # two one-thread jobs side by side (README, run time)
     resources:
         # the CNN3Ds (extra seeds, cube-only): rule train's GPU, memory and time
         gpu=lambda wildcards: 1 if wildcards.dim.startswith("3d") else 0,
@@ -76,7 +76,7 @@ rule ablation_evaluate:
         res("logs/ablation/{seeddir}{dim}-evaluate.log"),
     benchmark:
         res("benchmarks/ablation/{seeddir}{dim}-evaluate.tsv")
-    threads: 2
+    threads: 1                  # two one-thread jobs side by side (README, run time)
     resources:
         mem_mb=4000,
         runtime=30,
@@ -146,7 +146,7 @@ rule perturbed_eval:
         res("logs/robustness/perturbed_eval.log"),
     benchmark:
         res("benchmarks/robustness.tsv")
-    threads: 2
+    threads: 1                  # two one-thread jobs side by side (README, run time)
     resources:
         mem_mb=4000,
         runtime=60,
@@ -285,7 +285,7 @@ rule saliency_maps:
         res("logs/saliency/maps.log"),
     benchmark:
         res("benchmarks/saliency.tsv")
-    threads: 2
+    threads: 1                  # two one-thread jobs side by side (README, run time)
     resources:
         mem_mb=4000,
         runtime=30,

@@ -13,7 +13,7 @@ rule calibrate:
         res("logs/calibrate.log"),
     benchmark:
         res("benchmarks/calibrate.tsv")
-    threads: 2
+    threads: 1                  # two one-thread jobs side by side (README, run time)
     resources:
         mem_mb=2000,
         runtime=20,

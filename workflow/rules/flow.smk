@@ -88,7 +88,7 @@ rule flow_calibrate:
         res("logs/flow/calibrate.log"),
     benchmark:
         res("benchmarks/flow/calibrate.tsv")
-    threads: 2
+    threads: 1                  # two one-thread jobs side by side (README, run time)
     resources:
         mem_mb=4000,
         runtime=30,
@@ -114,7 +114,7 @@ rule flow_evaluate:
         res("logs/flow/evaluate.log"),
     benchmark:
         res("benchmarks/flow/evaluate.tsv")
-    threads: 2
+    threads: 1                  # two one-thread jobs side by side (README, run time)
     resources:
         mem_mb=4000,
         runtime=30,
@@ -142,7 +142,7 @@ rule flow_survey_posteriors:
         res("logs/flow/survey_posteriors.log"),
     benchmark:
         res("benchmarks/flow/survey_posteriors.tsv")
-    threads: 2
+    threads: 1                  # two one-thread jobs side by side (README, run time)
     resources:
         mem_mb=4000,
         runtime=30,

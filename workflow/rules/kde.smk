@@ -15,7 +15,7 @@ rule kde_shard:
         shard_size=lambda wildcards: shard_size_of(wildcards.split),
         kde=product_params("kde"),
         window=config["window"],
-    threads: 2
+    threads: 1                  # two one-thread jobs side by side (README, run time)
     resources:
         mem_mb=2000,
         runtime=60,

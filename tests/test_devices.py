@@ -71,3 +71,27 @@ def test_a_tensorflow_rule_logs_its_device_and_keeps_errors(tmp_path):
     assert proc.returncode != 0
     assert "InvalidArgumentError" in err and "Traceback" in err
     assert "reshape" in err.lower()
+
+
+THREADS_CHILD = """
+from cmpipe.devices import quiet_tensorflow_startup
+quiet_tensorflow_startup()
+import tensorflow as tf
+print(tf.config.threading.get_intra_op_parallelism_threads(),
+      tf.config.threading.get_inter_op_parallelism_threads())
+"""
+
+
+def test_tensorflow_threads_follow_the_job_threads():
+    """Snakemake gives a job OMP_NUM_THREADS = the rule's threads; TensorFlow's own pools
+    ignore it, so a one-thread training ran two threads beside another job (issue 31).
+    With the variable the pools are that size; without, TensorFlow's default (0: every
+    core)."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    for omp, want in (("1", "1 1"), ("3", "3 3"), (None, "0 0")):
+        e = dict(env, **({"OMP_NUM_THREADS": omp} if omp else {}))
+        proc = subprocess.run([sys.executable, "-c", THREADS_CHILD], capture_output=True,
+                              text=True, env=e, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert proc.stdout.strip().splitlines()[-1] == want, (omp, proc.stdout)

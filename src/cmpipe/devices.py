@@ -9,7 +9,8 @@ failures in every TensorFlow job. :func:`quiet_tensorflow_startup` (called by
 first imported, the import and the first device query run with file descriptor 2 captured;
 the known start-up lines (:data:`STARTUP_NOISE`) are dropped, everything else is written
 back to stderr unchanged (Python warnings, real errors), and one ``INFO`` line says which
-device TensorFlow uses. Later C++ messages below ``ERROR`` are hidden by
+device TensorFlow uses. Its thread pools are sized to ``OMP_NUM_THREADS`` when that is set
+(Snakemake sets it to a rule's ``threads`` in each job). Later C++ messages below ``ERROR`` are hidden by
 ``TF_CPP_MIN_LOG_LEVEL=2`` (set unless the environment sets it); errors still show.
 
 ``TF_CPP_MIN_LOG_LEVEL=0`` in the environment turns all of this off (everything is shown),
@@ -68,6 +69,18 @@ def _report_device(tf, dropped: list[str]) -> None:
                  "CPU", tf.__version__)
 
 
+def _limit_threads(tf) -> None:
+    """Size TensorFlow's thread pools to the job's threads. Snakemake sets
+    ``OMP_NUM_THREADS`` to a rule's ``threads`` in its jobs' environment, which TensorFlow's
+    own pools ignore: a one-thread training would run two threads and contend with the job
+    beside it. Without the variable (``cmpipe infer``, tests) TensorFlow keeps its default
+    (every core)."""
+    n = os.environ.get("OMP_NUM_THREADS", "")
+    if n.isdigit() and int(n) > 0:
+        tf.config.threading.set_intra_op_parallelism_threads(int(n))
+        tf.config.threading.set_inter_op_parallelism_threads(int(n))
+
+
 class _QuietLoader(importlib.abc.Loader):
     """Runs TensorFlow's own loader with fd 2 captured, then filters what was written."""
 
@@ -91,6 +104,7 @@ class _QuietLoader(importlib.abc.Loader):
             try:
                 self._loader.exec_module(module)
                 try:
+                    _limit_threads(module)
                     _report_device(module, dropped)  # the first device query runs cuInit
                 except Exception as err:  # noqa: BLE001 - a device query must not fail a rule
                     log.warning("TensorFlow device query failed: %s", err)

@@ -41,9 +41,11 @@ run: $(STAMP)
 # The default run's extra training seeds (ablation.seeds: 3 for every network of the
 # ablation, the CNN3D and the set estimator; configs/seeds.yaml): the seed spreads of
 # ablation/summary.json, sets/seeds.json and comparison/summary.json. About 20 min on 2 cores
-# after make run, which it reuses.
+# after make run, which it reuses. Params are no rerun trigger here: the overlay only adds
+# seeds, and as one more config file it would otherwise rerun the companion runs' job
+# (rule companion_run: its command lists the config files) and what reads them.
 seeds: $(STAMP)
-	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG) configs/seeds.yaml
+	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG) configs/seeds.yaml --rerun-triggers mtime input code
 
 # Snakemake's HTML report of a finished run of CONFIG (figures and tables with captions,
 # runtimes, the config): one self-contained file, REPORT (make report CONFIG=configs/tiny.yaml).

@@ -481,13 +481,14 @@ def test_compare_stage_reads_a_pure_run_and_checks_it(tmp_path):
     with pytest.raises(CatalogueError, match="mock.members"):
         stages.compare(**dict(kw, pure_config=tmp_path / "bad.yaml"))
     with pytest.raises(ConfigError, match="itself"):
-        stages.compare(**dict(kw, config=dict(cfg, compare={"pure_run": "demo",
-                                                            "fiducial_run": None})))
+        stages.compare(**dict(kw, config=dict(cfg, compare=dict(
+            cfg["compare"], pure_run="demo", fiducial_run=None))))
     # the fiducial-model run beside this (marginalised) one, and one that is not fiducial
     fid_cfg = dict(cfg, run="demo-fiducial", nuisance=dict(cfg["nuisance"], sample=False),
                    compare={"pure_run": None, "fiducial_run": None})
     (tmp_path / "fid.yaml").write_text(yaml.safe_dump(fid_cfg))
-    with_fid = dict(cfg, compare={"pure_run": "demo-pure", "fiducial_run": "demo-fiducial"})
+    with_fid = dict(cfg, compare=dict(cfg["compare"], pure_run="demo-pure",
+                                       fiducial_run="demo-fiducial"))
     kw_fid = dict(kw, config=with_fid, fiducial_metrics=files["metrics"],
                   fiducial_flow_metrics=files["flow"], fiducial_config=tmp_path / "fid.yaml")
     stages.compare(**kw_fid)

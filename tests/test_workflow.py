@@ -40,10 +40,11 @@ def tiny_run(tmp_path_factory):
     return tiny_survey_run(tmp_path_factory, everything=True)
 
 
-def _upstream(wd):
-    """The tiny run's shared upstream directory (results/upstream/{key}/)."""
+def _upstream(wd, overlay=None):
+    """The shared upstream directory (results/upstream/{key}/) of the tiny run, or of the
+    config with ``overlay``."""
     cfg = load_config(wd / "config.yaml", ROOT / "src/cmpipe/data/config.schema.yaml",
-                      overlays=[wd / "configs/tiny.yaml"])
+                      overlays=[overlay or wd / "configs/tiny.yaml"])
     return wd / UPSTREAM_ROOT / upstream_key(cfg)
 
 
@@ -150,7 +151,7 @@ def test_same_seed_gives_identical_mock(tiny_run, tmp_path):
                MKL_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-c", _MOCK_STAGES, str(wd),
                            str(ROOT / "src/cmpipe/data/config.schema.yaml"),
-                           str(res / "catalogue"), str(tmp_path)],
+                           str(_upstream(wd) / "catalogue"), str(tmp_path)],
                           env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-4000:]
     for group in ("clusters", "galaxies"):
@@ -185,13 +186,14 @@ def test_bad_galaxy_file_stops_the_rule_cleanly(tmp_path):
     (wd / "bad.yaml").write_text(
         "run: bad\nsimulation:\n  source: mdpl2\n  mdpl2:\n"
         f"    halo_file: {fix / 'hlist_0.90900.list'}\n    galaxy_file: gal.csv\n")
-    proc = _snakemake(wd, "results/bad/catalogue/halos.h5", "--configfile", "bad.yaml")
+    up = _upstream(wd, wd / "bad.yaml").relative_to(wd)
+    proc = _snakemake(wd, str(up / "catalogue/halos.h5"), "--configfile", "bad.yaml")
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "gal.csv" in out and "field 'y" in out and "Fix:" in out
-    assert "Traceback" not in (wd / "results/bad/logs/catalogue.log").read_text()
-    assert not (wd / "results/bad/catalogue/halos.h5").exists()
-    assert not (wd / "results/bad/catalogue/galaxies.h5").exists()
+    assert "Traceback" not in (wd / up / "logs/catalogue.log").read_text()
+    assert not (wd / up / "catalogue/halos.h5").exists()
+    assert not (wd / up / "catalogue/galaxies.h5").exists()
 
 
 def test_evaluation_products_are_consistent(tiny_run):

@@ -278,8 +278,8 @@ def companion_trigger(key):
 def companion_command(key):
     """The arguments of the Snakemake command that builds the companion run compare.{key} (without --cores):
     this run's Snakefile, config files, --config values and software deployment (--sdm),
-    its overlay and its run name, and no lock of its own (this run's lock covers it; the
-    rule is this run's job). Its arguments: the job runs them with its own Python's
+    its overlay and its run name, and no lock of its own (this run's lock covers it, as the
+    companion is one of this run's jobs). The job runs them with its own Python's
     Snakemake (envs/companion.yaml with --sdm conda)."""
     import json
 

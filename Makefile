@@ -3,6 +3,7 @@
 #               (with its pure-catalogue and fiducial-model companions, in one DAG)
 #   make test   same set-up, then the test suite
 #   make report the HTML report of a finished run (report.html; CONFIG as for make run)
+#   make seeds  after make run: two more training seeds of every network (the seed spreads)
 PYTHON ?= python3
 VENV   ?= .venv
 CORES  ?= 2

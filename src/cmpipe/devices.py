@@ -10,8 +10,8 @@ first imported, the import and the first device query run with file descriptor 2
 the known start-up lines (:data:`STARTUP_NOISE`) are dropped, everything else is written
 back to stderr unchanged (Python warnings, real errors), and one ``INFO`` line says which
 device TensorFlow uses. Its thread pools are sized to ``OMP_NUM_THREADS`` when that is set
-(Snakemake sets it to a rule's ``threads`` in each job). Later C++ messages below ``ERROR`` are hidden by
-``TF_CPP_MIN_LOG_LEVEL=2`` (set unless the environment sets it); errors still show.
+(Snakemake sets it to a rule's ``threads`` in each job). Later C++ messages below ``ERROR``
+are hidden by ``TF_CPP_MIN_LOG_LEVEL=2`` (set unless the environment sets it); errors still show.
 
 ``TF_CPP_MIN_LOG_LEVEL=0`` in the environment turns all of this off (everything is shown),
 for debugging TensorFlow itself.
@@ -105,6 +105,10 @@ class _QuietLoader(importlib.abc.Loader):
                 self._loader.exec_module(module)
                 try:
                     _limit_threads(module)
+                except Exception as err:  # noqa: BLE001 - must not fail a rule
+                    log.warning("TensorFlow thread pools not sized to OMP_NUM_THREADS: %s",
+                                err)
+                try:
                     _report_device(module, dropped)  # the first device query runs cuInit
                 except Exception as err:  # noqa: BLE001 - a device query must not fail a rule
                     log.warning("TensorFlow device query failed: %s", err)

@@ -95,6 +95,12 @@ def section_digest(config: dict, section: str, ignore=None) -> str:
     """SHA-256 (hex) of one config section as canonical JSON, without the keys ``ignore``
     names (section -> keys: :data:`cmpipe.sections.SPEED_ONLY_KEYS`)."""
     plain = _without(json.loads(json.dumps(dict(config), default=str)), ignore).get(section)
+    return _json_digest(plain)
+
+
+def _json_digest(obj) -> str:
+    """SHA-256 (hex) of ``obj`` as canonical JSON (sorted keys; non-JSON values as str)."""
+    plain = json.loads(json.dumps(obj, default=str))
     return hashlib.sha256(json.dumps(plain, sort_keys=True).encode()).hexdigest()
 
 
@@ -114,9 +120,7 @@ def upstream_key(config: dict) -> str:
     JSON. Two configs get the same key exactly when those keys agree, so a change of any
     of them (a new seed, box, selection or window) gets a directory of its own and the
     previous one stays valid for the runs that still use it."""
-    plain = json.loads(json.dumps({k: dict(config).get(k) for k in UPSTREAM_CONFIG_SECTIONS},
-                                  default=str))
-    return hashlib.sha256(json.dumps(plain, sort_keys=True).encode()).hexdigest()[:12]
+    return _json_digest({k: dict(config).get(k) for k in UPSTREAM_CONFIG_SECTIONS})[:12]
 
 
 def _section_key(section: str) -> str:

@@ -154,10 +154,11 @@ def companion_run(command, threads, run, products, out) -> dict:
     ``command`` holds the arguments of the companion's Snakemake command
     (``workflow/rules/common.smk``: ``companion_command``: this run's config files and
     ``--config`` values, the overlay, the run name, no lock of its own); it runs with this
-    job's Python's Snakemake on ``threads`` cores, its output going to this rule's log. ``out`` (JSON, atomically) records the run, the command and the SHA-256 of
-    each product this run reads (``products``, paths), so that the rules reading them rerun
-    exactly when one changed. A failing companion stops the rule with the command to rerun
-    it alone.
+    job's Python's Snakemake on ``threads`` cores, its output going to this rule's log.
+    ``out`` (JSON, atomically) records the run, the command and the SHA-256 of each product
+    this run reads (``products``, paths): the rules reading them take this record as input
+    and so rerun after this job does. A failing companion stops the rule with the command
+    that reruns it alone.
     """
     import shlex
     import subprocess
@@ -184,4 +185,3 @@ def companion_run(command, threads, run, products, out) -> dict:
     with io.tables.atomic_output(out) as tmp:
         Path(tmp).write_text(json.dumps(record, indent=1) + "\n")
     return record
-

@@ -18,6 +18,7 @@ from numba import njit, prange
 
 from .accumulate import accumulate_3d, normalise_into
 from .bandwidth import kernel_cov_vox, params_3d, to_voxel_units
+from .factored import accumulate_3d_factored
 from .grid import (DEFAULT_H0, DEFAULT_TRUNCATION, Grid3D, as_columns, check_settings,
                    cluster_label, empty_error)
 
@@ -35,7 +36,9 @@ def _cube_one(x, y, v, c0, inv_d, h0, r_t, acc, out):
     to_voxel_units(y, c0[1], inv_d[1], data[1])
     to_voxel_units(v, c0[2], inv_d[2], data[2])
     H, prec, regularised = kernel_cov_vox(data, h0)
-    accumulate_3d(data[0], data[1], data[2], params_3d(H, prec), r_t, acc)
+    par = params_3d(H, prec)
+    if not accumulate_3d_factored(data[0], data[1], data[2], H, prec, par, r_t, acc):
+        accumulate_3d(data[0], data[1], data[2], par, r_t, acc)
     return normalise_into(acc, out), regularised
 
 

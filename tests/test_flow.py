@@ -505,6 +505,23 @@ def test_compare_stage_reads_a_pure_run_and_checks_it(tmp_path):
         stages.compare(**dict(kw_fid, fiducial_metrics=None))
 
 
+def test_config_files_are_spelt_one_way(tmp_path):
+    """The companion's command (a param of rule companion_run) lists the config files the
+    same way whether make run passed config.yaml again as an absolute path or a plain
+    snakemake read only the Snakefile's: otherwise the next plain run reruns the companions.
+    Later applications win, so a file given again moves to its last place."""
+    from cmpipe.io.artefacts import stable_paths
+
+    here = str(tmp_path / "config.yaml")
+    assert stable_paths(["config.yaml", here], tmp_path) == ["config.yaml"]
+    assert stable_paths(["config.yaml"], tmp_path) == ["config.yaml"]
+    assert stable_paths(["config.yaml", "configs/pure.yaml", here], tmp_path) == [
+        "configs/pure.yaml", "config.yaml"]
+    other = tmp_path.parent / "elsewhere" / "overlay.yaml"
+    assert stable_paths([other, "./configs/../config.yaml"], tmp_path) == [
+        str(other.resolve()), "config.yaml"]
+
+
 def test_default_run_builds_or_names_its_companion_runs(tmp_path):
     """config.yaml compares with the pure run demo-pure and the fiducial-model run
     demo-fiducial. With their overlays (compare.pure_overlay / fiducial_overlay, the

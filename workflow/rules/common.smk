@@ -4,6 +4,7 @@ from pathlib import Path
 
 from snakemake.logging import logger
 
+from cmpipe.io.artefacts import stable_paths
 from cmpipe.sections import CONFIG_SCHEMA, without_speed_keys
 from cmpipe.runstate import (blocking_run, clear_stale_locks, record_lock_owner,
                              remove_orphaned_temps)
@@ -19,8 +20,9 @@ prepend_pythonpath(Path(workflow.basedir) / "src")
 # name), the input files of the chosen sources and a writable output directory: all
 # before the first job. A bad config is one line naming the file and the key, exit 1.
 def _config_files():
-    cli = [str(f) for f in workflow.config_settings.configfiles]
-    return [*(str(f) for f in workflow.configfiles if str(f) not in cli), *cli]
+    """The config files as Snakemake applies them, each once and spelt the same whichever
+    way they were given (cmpipe.io.artefacts.stable_paths)."""
+    return stable_paths([*workflow.configfiles, *workflow.config_settings.configfiles])
 
 
 try:
@@ -279,8 +281,9 @@ def companion_command(key):
     """The arguments of the Snakemake command that builds the companion run compare.{key} (without --cores):
     this run's Snakefile, config files, --config values and software deployment (--sdm),
     its overlay and its run name, and no lock of its own (this run's lock covers it, as the
-    companion is one of this run's jobs). The job runs them with its own Python's
-    Snakemake (envs/companion.yaml with --sdm conda)."""
+    companion is one of this run's jobs). Paths are spelt one way (_config_files), so
+    `make run` and a plain `snakemake` give the same command. The job runs them with its
+    own Python's Snakemake (envs/companion.yaml with --sdm conda)."""
     import json
 
     run = config["compare"][key]
@@ -288,7 +291,8 @@ def companion_command(key):
               if k != "run"] + [f"run={run}"]
     sdm = [m.name.lower() for m in workflow.deployment_settings.deployment_method]
     return [COMPANIONS[key][1], "--nolock", "--ignore-incomplete",
-            "--snakefile", str(workflow.main_snakefile), *(["--sdm", *sdm] if sdm else []),
+            "--snakefile", *stable_paths([workflow.main_snakefile]),
+            *(["--sdm", *sdm] if sdm else []),
             "--configfile", *_config_files(), companion_overlay(key), "--config", *values]
 
 

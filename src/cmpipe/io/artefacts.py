@@ -37,6 +37,7 @@ __all__ = [
     "UPSTREAM_CONFIG_SECTIONS",
     "UPSTREAM_ROOT",
     "upstream_key",
+    "stable_paths",
     "MODEL_CONFIG_FILE",
     "PRODUCTS_KEY",
     "FLOW_PRODUCTS",
@@ -121,6 +122,23 @@ def upstream_key(config: dict) -> str:
     of them (a new seed, box, selection or window) gets a directory of its own and the
     previous one stays valid for the runs that still use it."""
     return _json_digest({k: dict(config).get(k) for k in UPSTREAM_CONFIG_SECTIONS})[:12]
+
+
+def stable_paths(paths, cwd=None) -> list[str]:
+    """``paths`` spelt the same whichever way they were given: relative to ``cwd`` (default:
+    the working directory) when inside it, else absolute, each once at its last place.
+
+    For the config files of a Snakemake command (the Snakefile's ``configfile:`` and then
+    the command line's, in the order Snakemake applies them; ``make run`` passes
+    ``config.yaml`` again, as an absolute path): rule ``companion_run`` has the command as a
+    param, so a new spelling of the same files would rerun the companion runs.
+    """
+    base = Path(cwd if cwd is not None else Path.cwd()).resolve()
+    spelt = []
+    for p in paths:
+        full = (base / Path(p)).resolve()
+        spelt.append(str(full.relative_to(base)) if full.is_relative_to(base) else str(full))
+    return list(reversed(dict.fromkeys(reversed(spelt))))
 
 
 def _section_key(section: str) -> str:

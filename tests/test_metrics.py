@@ -243,6 +243,27 @@ def test_grouped_coverage_error_counts_groups_not_clusters():
     assert grouped_coverage_error(inside, groups, n_boot=2000, seed=1) == g
 
 
+def test_grouped_mean_is_the_halo_bootstrap_by_hand():
+    """grouped_mean against the bootstrap written out: resample the groups with replacement
+    (numpy's multinomial of the same seed), the mean of each resample, their s.d. Repeated
+    calls (the resampling counts are drawn once and kept) give the same numbers, and
+    values never change the counts of other calls."""
+    from cmpipe.evaluation.metrics import grouped_mean
+
+    rng = np.random.default_rng(11)
+    groups = rng.integers(0, 300, 1500)
+    a, b = rng.normal(size=1500), rng.normal(2.0, 3.0, size=1500)
+    _, g = np.unique(groups, return_inverse=True)
+    n_g = g.max() + 1
+    counts = np.random.default_rng(4).multinomial(n_g, np.full(n_g, 1.0 / n_g), size=500)
+    for values in (a, b, a):
+        means = (counts @ np.bincount(g, weights=values)) / (counts @ np.bincount(g))
+        got = grouped_mean(values, groups, n_boot=500, seed=4)
+        assert got["mean"] == pytest.approx(values.mean(), rel=1e-12)
+        assert got["stderr_grouped"] == pytest.approx(means.std(ddof=1), rel=1e-12)
+        assert got["n_groups"] == n_g
+
+
 def test_by_observer_distance_thirds_by_hand(rng):
     """Residuals and 68% coverage per distance third against a hand split of the same
     clusters; calibrated posteriors cover 0.683 within the binomial band in every third,

@@ -27,6 +27,7 @@ Coverage
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 
@@ -237,6 +238,32 @@ def grouped_coverage_error(inside, groups, *, n_boot: int = 1000, seed: int = 0)
                 n_groups=g["n_groups"])
 
 
+#: Largest resampling-count matrix kept for reuse (entries; 8 bytes each: 64 MB).
+_KEEP_COUNTS = 8 * 1024 * 1024
+
+
+def _draw_counts(n_groups: int, n_boot: int, seed) -> np.ndarray:
+    """How often each of ``n_groups`` groups is drawn in each of ``n_boot`` resamplings
+    with replacement, ``(n_boot, n_groups)`` float, read-only."""
+    rng = np.random.default_rng(seed)
+    c = rng.multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=n_boot)
+    c = c.astype(float)
+    c.flags.writeable = False
+    return c
+
+
+_kept_counts = functools.lru_cache(maxsize=2)(_draw_counts)
+
+
+def _group_counts(n_groups: int, n_boot: int, seed) -> np.ndarray:
+    """:func:`_draw_counts`, kept for reuse up to ``_KEEP_COUNTS`` entries: the counts
+    depend on the sizes and the seed only, so the many metrics of one set of clusters (mean,
+    68 and 95% coverage of every estimator) share one draw: the same numbers, drawn once."""
+    if n_groups * n_boot <= _KEEP_COUNTS:
+        return _kept_counts(n_groups, n_boot, seed)
+    return _draw_counts(n_groups, n_boot, seed)
+
+
 def grouped_mean(values, groups, *, n_boot: int = 1000, seed: int = 0) -> dict:
     """Mean of ``values`` and its standard error from resampling whole ``groups``.
 
@@ -267,8 +294,7 @@ def grouped_mean(values, groups, *, n_boot: int = 1000, seed: int = 0) -> dict:
     n_g = int(g.max()) + 1
     sums = np.bincount(g, weights=values, minlength=n_g)
     sizes = np.bincount(g, minlength=n_g).astype(float)
-    rng = np.random.default_rng(seed)
-    c = rng.multinomial(n_g, np.full(n_g, 1.0 / n_g), size=n_boot).astype(float)
+    c = _group_counts(n_g, int(n_boot), seed)
     means = (c @ sums) / (c @ sizes)
     err = float(means.std(ddof=1)) if n_g > 1 else float("nan")
     return dict(mean=float(values.mean()), stderr_grouped=err, n=int(values.size),

@@ -15,6 +15,7 @@ other rules' processes do not load it.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -251,7 +252,8 @@ def _recalibrated(s, joint_pdf, raw, t, distance):
     from ..calibration import load_calibration
     from ..evaluation.eval_set import posterior_table
 
-    pdf = load_calibration(joint_pdf, distance_aware=s.calibration.distance_aware)
+    pdf = (load_calibration(joint_pdf, distance_aware=s.calibration.distance_aware)
+           if isinstance(joint_pdf, (str, os.PathLike)) else joint_pdf)
     fin = np.isfinite(raw["point"])
     sub, cv = posterior_table(pdf, dict(log10_m200c_pred=raw["point"][fin],
                                         log10_m200c_true=t[fin]),
@@ -301,6 +303,10 @@ def flow_window_summaries(config, flow, joint_pdf, inputs, distance, log10_m_tru
     ----------
     flow : tuple
         :func:`load_flow`'s (model, metadata, mass grid).
+    joint_pdf : path or calibration, optional
+        Rule ``flow_calibrate``'s file, or the calibration already loaded from it
+        (:func:`cmpipe.calibration.load_calibration`, for callers that summarise many sets
+        of windows); None: the flow's own posteriors.
 
     Returns
     -------

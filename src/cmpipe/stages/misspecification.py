@@ -83,20 +83,25 @@ def _models(s, model, normalisation, joint_pdf, eval_predictions, flow, fiducial
     from ..calibration import load_calibration
     from .flow import load_flow
 
+    def calibration(path):                  # each loaded once, not once per variant
+        return load_calibration(path, distance_aware=s.calibration.distance_aware) if path \
+            else None
+
     def one(kind, run, m, norm_path, pdf_path, ev, fl):
         net, norm = load_network(m, norm_path)
         fl = fl or {}
         return dict(kind=kind, run=run, net=net, norm=norm, model=str(m),
-                    joint_pdf=str(pdf_path), eval=ev,
-                    pdf=load_calibration(pdf_path, distance_aware=s.calibration.distance_aware),
+                    joint_pdf=str(pdf_path), eval=ev, pdf=calibration(pdf_path),
                     flow=load_flow(fl["model"]) if fl.get("model") else None,
-                    flow_pdf=str(fl["joint_pdf"]) if fl.get("joint_pdf") else None)
+                    flow_pdf=str(fl["joint_pdf"]) if fl.get("joint_pdf") else None,
+                    flow_cal=calibration(fl.get("joint_pdf")))
 
     out = [one("marginalised" if s.nuisance.sample else "fiducial", s.run, model,
                normalisation, joint_pdf, eval_predictions, flow)]
     sets = sets or {}
     out[0]["sets"] = load_flow(sets["model"]) if sets.get("model") else None
     out[0]["sets_pdf"] = str(sets["joint_pdf"]) if sets.get("joint_pdf") else None
+    out[0]["sets_cal"] = calibration(sets.get("joint_pdf"))
     if fiducial:
         # compare.fiducial_run beside nuisance.sample: false is a config error
         # (settings.semantic_errors); the named run must be fiducial itself
@@ -192,12 +197,12 @@ def _estimates(s, models, preds, gal, offsets, ids, dist, t):
             if flow_inputs is None:          # one set of images for every model's flow
                 flow_inputs = flow_window_inputs(s, gal, offsets, ids)
             out.append((mdl, _flow_name(mdl), flow_window_summaries(
-                s, mdl["flow"], mdl["flow_pdf"], flow_inputs, dist, t)))
+                s, mdl["flow"], mdl["flow_cal"], flow_inputs, dist, t)))
         if mdl.get("sets") is not None:
             fm = mdl["sets"][0]
             sets = set_window_sets(s, fm.settings.set_features, gal, offsets)
             out.append((mdl, "sets_sbi" if mdl["sets_pdf"] else "sets",
-                        flow_window_summaries(s, mdl["sets"], mdl["sets_pdf"],
+                        flow_window_summaries(s, mdl["sets"], mdl["sets_cal"],
                                               [(0, len(ids), sets)], dist, t)))
     return out
 

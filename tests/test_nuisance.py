@@ -3,8 +3,9 @@ independent expectation: uniform priors (Kolmogorov-Smirnov), completeness f rem
 binomial fraction, velocity bias b scales the members' peculiar dispersion by b exactly,
 the central's offset shifts every other galaxy by one N(0, alpha sigma_DM) draw, the field
 scale thins binomially or adds Poisson extra interlopers uniform on the sky, the magnitude
-shift moves every magnitude by delta, and fibre collisions leave a hard-core, maximal set of
-targets. Seeds fixed; statistical bounds are 4 sigma."""
+shift moves every magnitude by delta, fibre collisions leave a hard-core, maximal set of
+targets, and the infall fraction adds Poisson members on an NFW shell with the infall
+kinematics. Seeds fixed; statistical bounds are 4 sigma."""
 from pathlib import Path
 
 import numpy as np
@@ -18,13 +19,15 @@ from cmpipe.sections import NuisanceSettings, WindowSettings
 
 WINDOW = WindowSettings(half_width_mpc_h=1.6, v_max_kms=2200.0)
 A_H = 100.0 / 1.1 * 1.05   # km/s per comoving h^-1 Mpc: any positive number serves
+A = 1.0 / 1.1              # scale factor (proper = A x comoving)
 
 
 def settings(sample=False, fixed=None, **ranges):
     base = dict(sample=sample, mag_shift_mag=(-0.03, 0.33), completeness=(0.7, 1.0),
                 fibre_collision_loss=(0.0, 0.7), fibre_collision_arcsec=55.0,
                 velocity_bias=(0.85, 1.15), central_velocity_frac=(0.0, 0.3),
-                field_scale=(0.75, 1.5), fixed=fixed or {})
+                field_scale=(0.75, 1.5), infall_fraction=(0.4, 0.8),
+                infall_radius_r200c=2.0, fixed=fixed or {})
     base.update(ranges)
     return NuisanceSettings(**base)
 
@@ -48,7 +51,8 @@ def windows(n_clusters=200, n_members=60, n_inter=40, seed=1, sigma=600.0):
                           is_member=np.r_[np.ones(1 + n_members), np.zeros(n_inter)]
                           .astype(np.int8)))
     gal = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    clusters = dict(cluster_id=np.arange(n_clusters), log10_m200c=np.full(n_clusters, 14.5))
+    clusters = dict(cluster_id=np.arange(n_clusters), log10_m200c=np.full(n_clusters, 14.5),
+                    r200c_mpc_h=np.full(n_clusters, 0.9))
     return clusters, gal
 
 
@@ -62,7 +66,8 @@ def perturb(clusters, gal, nu, seed=2, v_max=1e9, sigma=600.0):
     return nuisance.perturb_window(clusters, gal, nu, a_h=A_H,
                                    sigma_dm_kms=np.full(len(clusters["cluster_id"]), sigma),
                                    v_max_kms=v_max, half_width_mpc_h=1.6,
-                                   rng=np.random.default_rng(seed))
+                                   rng=np.random.default_rng(seed), scale_factor=A,
+                                   infall_radius_r200c=2.0)
 
 
 def test_fiducial_is_inactive_and_draws_fiducial_values():
@@ -157,6 +162,59 @@ def test_field_scale_adds_poisson_interlopers_uniform_in_the_window():
         own = (gal["cluster_id"] == c) & (gal["is_member"] == 0)
         mine = extra & (out["cluster_id"] == c)
         assert set(out["v_los_kms"][mine]) <= set(gal["v_los_kms"][own])
+
+
+def test_infall_members_on_an_nfw_shell_with_infall_kinematics():
+    """infall_fraction f adds Poisson(f x satellites) members between R200c and 2 R200c:
+    the count, the radii against the NFW shell's mass fraction (c = 2.9, by quadrature),
+    the velocities against the model (mean radial speed 0 -> -0.5 V200, dispersion
+    0.6 -> 0.5 V200, V200 = sqrt(G M / R) from G), magnitudes of their own satellites."""
+    from scipy import integrate
+
+    n, f, n_sat, r200 = 400, 0.5, 60, 0.9
+    cl, gal = windows(n, n_members=n_sat)
+    row = np.searchsorted(cl["cluster_id"], gal["cluster_id"])
+    new = nuisance.infall_members(cl, gal, row, np.full(n, f), x_out=2.0, a_h=A_H,
+                                  scale_factor=A, half_width_mpc_h=1e9,
+                                  rng=np.random.default_rng(3))
+    assert abs(new["galaxy_id"].size - f * n * n_sat) < 4 * np.sqrt(f * n * n_sat)
+    assert np.all(new["is_member"] == 1) and np.all(new["galaxy_id"] == -1)
+    los_proper = A * new["los_offset_mpc_h"]
+    r = np.sqrt(new["x_proj_mpc_h"] ** 2 + new["y_proj_mpc_h"] ** 2 + los_proper ** 2)
+    x = r / r200
+    assert x.min() >= 1.0 - 1e-12 and x.max() <= 2.0 + 1e-12
+
+    def shell(xx):
+        return integrate.quad(lambda t: t * t / (t * 2.9 * (1 + 2.9 * t) ** 2), 1.0, xx)[0]
+    grid = np.linspace(1.0, 2.0, 41)
+    cdf = np.array([shell(g) for g in grid]) / shell(2.0)
+    assert stats.kstest(x, lambda v: np.interp(v, grid, cdf)).pvalue > 1e-3
+    v200 = np.sqrt(4.30091727e-9 * 10 ** 14.5 / r200)
+    ramp = x - 1.0
+    pec = new["v_los_kms"] - A_H * new["los_offset_mpc_h"]
+    z = (pec - (-0.5 * ramp * v200) * los_proper / r) / ((0.6 - 0.1 * ramp) * v200)
+    assert abs(z.mean()) < 4 / np.sqrt(z.size)
+    assert abs(z.var() - 1) < 4 * np.sqrt(2 / z.size)
+    # infall: peculiar velocities point back at the cluster (against the offset's sign)
+    assert np.mean(pec * np.sign(los_proper)) < -0.1 * v200
+    for c in (0, 123, 399):
+        sats = (gal["cluster_id"] == c) & (gal["is_member"] == 1) & (gal["x_proj_mpc_h"] != 0)
+        assert set(new["mag_r"][new["cluster_id"] == c]) <= set(gal["mag_r"][sats])
+
+
+def test_infall_members_join_the_window_and_fiducial_adds_none():
+    n = 200
+    cl, gal = windows(n)
+    out, _ = perturb(cl, gal, nu_of(n, infall_fraction=0.6))
+    extra = out["galaxy_id"] == -1
+    assert extra.sum() > 0 and np.all(out["is_member"][extra] == 1)
+    assert np.all(np.abs(out["x_proj_mpc_h"]) <= 1.6) and np.all(np.abs(out["y_proj_mpc_h"]) <= 1.6)
+    assert np.all(np.diff(out["cluster_id"]) >= 0)
+    # the window on the sky cuts the shell's corners: fewer than f x satellites remain
+    assert extra.sum() < 0.6 * n * 60
+    same, _ = perturb(cl, gal, nu_of(n, infall_fraction=0.0))
+    assert not (same["galaxy_id"] == -1).any()
+    assert same["v_los_kms"].size == gal["v_los_kms"].size
 
 
 def test_magnitude_shift_moves_every_magnitude():
@@ -271,14 +329,15 @@ def test_variants_are_the_prior_edges_and_the_beyond_values():
     assert [v.kind for v in vs[:2]] == ["fiducial", "prior"]
     # ends equal to the fiducial value (completeness 1, fibre loss 0, central 0) are the
     # fiducial universe itself
-    assert names[2:12] == ["mag_shift_mag=-0.03", "mag_shift_mag=0.33", "completeness=0.7",
+    # (the infall fraction's fiducial 0 lies outside its prior: both ends are edges)
+    assert names[2:14] == ["mag_shift_mag=-0.03", "mag_shift_mag=0.33", "completeness=0.7",
                          "fibre_collision_loss=0.7", "velocity_bias=0.85", "velocity_bias=1.15",
                          "central_velocity_frac=0.3", "field_scale=0.75", "field_scale=1.5",
-                         "completeness=0.5"]
+                         "infall_fraction=0.4", "infall_fraction=0.8", "completeness=0.5"]
     # then each moved value again, the other nuisances drawn from the prior
-    assert names[12:] == [n + "|prior" for n in names[2:12]]
-    assert {v.others for v in vs[2:12]} == {"fiducial"} and {v.others for v in vs[12:]} == {"prior"}
-    assert [v.kind for v in vs].count("edge") == 18 and vs[-1].kind == "beyond"
+    assert names[14:] == [n + "|prior" for n in names[2:14]]
+    assert {v.others for v in vs[2:14]} == {"fiducial"} and {v.others for v in vs[14:]} == {"prior"}
+    assert [v.kind for v in vs].count("edge") == 22 and vs[-1].kind == "beyond"
     assert vs[-1].fixed == {"completeness": 0.5}
     with pytest.raises(ValueError, match="inside the prior"):
         variants(settings(), {"completeness": 0.8})

@@ -204,6 +204,8 @@ class NuisanceSettings(Section):
     velocity_bias: tuple
     central_velocity_frac: tuple
     field_scale: tuple
+    infall_fraction: tuple
+    infall_radius_r200c: float
     fixed: Mapping[str, float]
 
 

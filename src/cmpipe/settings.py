@@ -302,7 +302,7 @@ RANGE_PAIRS = (
     ("calibration.survey_mass_range[0]", "calibration.survey_mass_range[1]"),
     *((f"nuisance.{k}[0]", f"nuisance.{k}[1]") for k in (   # priors; one value: nuisance.fixed
         "mag_shift_mag", "completeness", "fibre_collision_loss", "velocity_bias",
-        "central_velocity_frac", "field_scale")),
+        "central_velocity_frac", "field_scale", "infall_fraction")),
 )
 
 

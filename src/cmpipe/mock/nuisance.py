@@ -48,11 +48,28 @@ nuisance                    fiducial  prior    what it does, and the source of t
                                                of the window and a new sky position uniform in the
                                                window (the linear-theory box has no non-linear
                                                infall, which real clusters have around them).
+``infall_fraction``         0         0.4,     galaxies of the cluster beyond R200c (splashback
+                                      0.8      and infall), Poisson(f N_sat) per window: the box's
+                                               satellites stop at R200c. An NFW shell of
+                                               concentration 2.9 (Lin, Mohr & Stanford 2004)
+                                               between R200c and ``infall_radius_r200c`` x R200c
+                                               (2: where caustic and GalWeight memberships end);
+                                               f is its count over the count inside R200c, 0.41
+                                               / 0.55 / 0.78 for concentrations 10 / 5 / 2.5
+                                               (Navarro, Frenk & White 1997). Velocities: a mean
+                                               radial infall from 0 at R200c to -0.5 V200 at the
+                                               outer radius (maximum infall ~900 km/s around the
+                                               most massive groups, Pivato et al. 2006) and an
+                                               isotropic dispersion from 0.6 to 0.5 V200 (the
+                                               Jeans dispersion at R200c; dispersion ~ infall
+                                               speed near the splashback radius, Pizzardo et al.
+                                               2024). They are members (``is_member`` 1), so the
+                                               pure catalogue's membership reaches 2 R200c.
 ==========================  ========  =======  ===================================================
 
-Order, as a survey would see it: the central's offset and the satellites' velocity bias
-move velocities (then the window's ``|v_los| <= v_max`` is applied again), the field is
-scaled, magnitudes shift, the flux limit selects targets
+Order, as a survey would see it: the infall galaxies join the window, the central's offset
+and the satellites' velocity bias (the infall galaxies' too) move velocities (then the
+window's ``|v_los| <= v_max`` is applied again), the field is scaled, magnitudes shift, the flux limit selects targets
 (:func:`cmpipe.mock.fluxlimit.flux_limit`), fibre collisions and the random completeness
 remove targets (:func:`spectroscopic_selection`), and the richness cut counts what is left.
 
@@ -71,7 +88,7 @@ import numpy as np
 from ..io.tables import Schema
 
 __all__ = ["NUISANCES", "NUISANCE_SCHEMA", "FIDUCIAL", "column", "is_active", "draw",
-           "perturb_window", "spectroscopic_selection", "collided_targets", "central_mask",
+           "perturb_window", "infall_members", "spectroscopic_selection", "collided_targets", "central_mask",
            "WindowNuisances"]
 
 log = logging.getLogger(__name__)
@@ -84,6 +101,7 @@ NUISANCES: dict[str, tuple[float, str, str]] = {
     "velocity_bias": (1.0, "", "satellites' peculiar velocities / the simulated ones"),
     "central_velocity_frac": (0.0, "", "central's 1D velocity offset / sigma_DM(M)"),
     "field_scale": (1.0, "", "interloper density / the simulated one"),
+    "infall_fraction": (0.0, "", "galaxies between R200c and the infall radius / satellites"),
 }
 #: The fiducial universe: every nuisance at its fiducial value.
 FIDUCIAL = {k: v[0] for k, v in NUISANCES.items()}
@@ -174,9 +192,77 @@ def _field_clones(galaxies, row, scale, *, half_width_mpc_h, rng):
     return clones
 
 
+#: NFW concentration of the infall/splashback shell (cluster galaxies: Lin et al. 2004).
+INFALL_CONCENTRATION = 2.9
+#: Mean radial velocity at the shell's outer radius, V200 (0 at R200c, linear between).
+INFALL_VR_V200 = -0.5
+#: 1D velocity dispersion at R200c and at the outer radius, V200 (linear between).
+INFALL_SIGMA_V200 = (0.6, 0.5)
+
+
+def _nfw_shell_radii(u, concentration, x_out):
+    """Radii ``x = r / R200c`` in ``[1, x_out]`` of an NFW profile from uniforms ``u``
+    (inverse of the shell's mass fraction, tabulated on 1,025 radii)."""
+    def mass(x):
+        cx = concentration * x
+        return np.log1p(cx) - cx / (1.0 + cx)
+    xs = np.linspace(1.0, x_out, 1025)
+    cdf = (mass(xs) - mass(1.0)) / (mass(x_out) - mass(1.0))
+    return np.interp(u, cdf, xs)
+
+
+def infall_members(clusters: Mapping, galaxies: Mapping, row: np.ndarray, frac, *,
+                   x_out: float, a_h: float, scale_factor: float, half_width_mpc_h: float,
+                   rng: np.random.Generator) -> dict | None:
+    """The galaxies of each cluster beyond R200c (``infall_fraction``): Poisson(``f`` x its
+    window's satellites), on an NFW shell between R200c and ``x_out`` R200c, isotropic in
+    direction, with the mean radial infall and dispersion of :data:`INFALL_VR_V200` and
+    :data:`INFALL_SIGMA_V200` (V200 of the cluster), in the window's coordinates; each
+    takes the magnitude of a random satellite of its cluster. Those outside the window on
+    the sky are dropped (the velocity window is applied by the caller).
+
+    ``clusters`` needs ``log10_m200c`` and ``r200c_mpc_h`` (proper); ``row`` is each
+    galaxy's cluster index; ``a_h`` km/s per comoving h^-1 Mpc; ``scale_factor`` turns the
+    proper radii into the comoving line-of-sight offsets of the projection. Returns the new
+    rows (``galaxy_id`` -1, ``is_member`` 1), or None when there are none.
+    """
+    from .projection import v200c_kms
+
+    sat = np.flatnonzero((np.asarray(galaxies["is_member"]) != 0) & ~central_mask(galaxies))
+    frac = np.asarray(frac, dtype=float)
+    n_sat = np.bincount(row[sat], minlength=frac.size)
+    k = rng.poisson(frac * n_sat)
+    if not k.sum():
+        return None
+    order = sat[np.argsort(row[sat], kind="stable")]
+    start = np.concatenate([[0], np.cumsum(n_sat)])
+    which = np.repeat(np.arange(frac.size), k)
+    src = order[start[which] + (rng.random(which.size) * n_sat[which]).astype(np.int64)]
+    new = {key: np.asarray(v)[src].copy() for key, v in galaxies.items()}
+    r200 = np.asarray(clusters["r200c_mpc_h"], dtype=float)[which]
+    v200 = v200c_kms(np.asarray(clusters["log10_m200c"], dtype=float)[which], r200)
+    x = _nfw_shell_radii(rng.random(which.size), INFALL_CONCENTRATION, float(x_out))
+    n_hat = rng.standard_normal((which.size, 3))
+    n_hat /= np.linalg.norm(n_hat, axis=1)[:, None]
+    ramp = (x - 1.0) / (float(x_out) - 1.0)
+    mean_vr = INFALL_VR_V200 * ramp * v200
+    sigma = (INFALL_SIGMA_V200[0] + (INFALL_SIGMA_V200[1] - INFALL_SIGMA_V200[0]) * ramp) * v200
+    pec = mean_vr[:, None] * n_hat + sigma[:, None] * rng.standard_normal((which.size, 3))
+    offset = (x * r200)[:, None] * n_hat               # proper, along (e1, e2, line of sight)
+    new["x_proj_mpc_h"], new["y_proj_mpc_h"] = offset[:, 0], offset[:, 1]
+    new["los_offset_mpc_h"] = offset[:, 2] / float(scale_factor)
+    new["v_los_kms"] = pec[:, 2] + a_h * new["los_offset_mpc_h"]
+    new["galaxy_id"] = np.full(which.size, -1, dtype=new["galaxy_id"].dtype)
+    new["is_member"] = np.ones(which.size, dtype=new["is_member"].dtype)
+    w = float(half_width_mpc_h)
+    inside = (np.abs(offset[:, 0]) <= w) & (np.abs(offset[:, 1]) <= w)
+    return _take(new, inside)
+
+
 def perturb_window(clusters: Mapping, galaxies: Mapping, nu: Mapping, *, a_h: float,
                    sigma_dm_kms, v_max_kms: float, half_width_mpc_h: float,
-                   rng: np.random.Generator) -> tuple[dict, np.ndarray]:
+                   rng: np.random.Generator, scale_factor: float,
+                   infall_radius_r200c: float) -> tuple[dict, np.ndarray]:
     """The nuisances that act before the flux limit, on one batch of windows.
 
     Parameters
@@ -194,19 +280,31 @@ def perturb_window(clusters: Mapping, galaxies: Mapping, nu: Mapping, *, a_h: fl
     v_max_kms, half_width_mpc_h : float
         The window (km/s; proper h^-1 Mpc).
     rng : numpy.random.Generator
+    scale_factor, infall_radius_r200c : float
+        ``1 / (1 + z)`` and the outer radius of the infall galaxies in R200c
+        (:func:`infall_members`; used only where ``infall_fraction`` > 0).
 
     Returns
     -------
     galaxies : dict
-        The window galaxies after the central's offset, the velocity bias (then the
-        velocity window again), the field scaling and the magnitude shift, grouped by
-        cluster (clones follow their cluster's galaxies).
+        The window galaxies with the infall galaxies, after the central's offset, the
+        velocity bias (then the velocity window again), the field scaling and the magnitude
+        shift, grouped by cluster (added galaxies follow their cluster's).
     offset_kms : ndarray
         The central's drawn line-of-sight offset per cluster, km/s.
     """
     cid = np.asarray(clusters["cluster_id"])
     g = {k: np.asarray(v).copy() for k, v in galaxies.items()}
     row = np.searchsorted(cid, g["cluster_id"])
+    frac = np.asarray(nu.get(column("infall_fraction"), np.zeros(cid.size)), dtype=float)
+    if np.any(frac > 0.0):                  # none drawn (no random numbers) otherwise
+        extra = infall_members(clusters, g, row, frac, x_out=infall_radius_r200c, a_h=a_h,
+                               scale_factor=scale_factor, half_width_mpc_h=half_width_mpc_h,
+                               rng=rng)
+        if extra is not None:
+            g = {k: np.concatenate([g[k], extra[k]]) for k in g}
+            g = _take(g, np.argsort(g["cluster_id"], kind="stable"))
+            row = np.searchsorted(cid, g["cluster_id"])
     central = central_mask(g)
     member = (g["is_member"] != 0) & ~central
     b = np.asarray(nu[column("velocity_bias")])[row]
@@ -334,6 +432,7 @@ class WindowNuisances:
         dist = np.asarray(observer_distance_mpc_h, dtype=float)
         self.nu = draw(dist.size, settings, rng)
         z = float(redshift)
+        self.scale_factor = 1.0 / (1.0 + z)
         self.a_h = cosmology.hubble_kms_per_mpc_h(z) / (1.0 + z)
         self.sigma_dm_kms = evrard_sigma_dm_kms(np.asarray(log10_m200c, dtype=float), z,
                                                 cosmology)
@@ -347,7 +446,8 @@ class WindowNuisances:
         gal, offset = perturb_window(
             clusters, galaxies, nu, a_h=self.a_h, sigma_dm_kms=self.sigma_dm_kms[sl],
             v_max_kms=self.window.v_max_kms, half_width_mpc_h=self.window.half_width_mpc_h,
-            rng=self.rng)
+            rng=self.rng, scale_factor=self.scale_factor,
+            infall_radius_r200c=self.settings.infall_radius_r200c)
         cl = dict(clusters, **nu, nu_central_offset_kms=offset)
         d_a = self.d_a[sl]
 

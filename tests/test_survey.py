@@ -302,6 +302,40 @@ def test_end_to_end_on_synthetic_universe(cosmo, tmp_path):
     assert n_in.sum() >= 0.9 * cl["n_mem"].sum()
 
 
+def test_synthetic_survey_infall_members(cosmo):
+    """survey.synthetic.infall_fraction f: every cluster-mass host gains Poisson(f x its
+    satellites) members (4 sigma, plus 1% for those falling off the survey's edges); the
+    clusters stay the same; 0 leaves the survey as it was."""
+    box, R, n_sat, f = 300.0, 150.0, 20, 0.5
+    halos, gals, attrs = _uniform_box(cosmo, box, 13.5, 0.05, seed=3)
+    rng = np.random.default_rng(8)
+    n_h = len(halos["halo_id"])
+    host = np.repeat(np.arange(n_h), n_sat)
+    off = rng.normal(0.0, 0.15, (host.size, 3))
+    sats = dict(galaxy_id=np.arange(host.size) + n_h, halo_id=halos["halo_id"][host],
+                is_central=np.zeros(host.size, np.int8),
+                **{k: halos[k][host] + off[:, i] for i, k in enumerate(("x_mpc_h", "y_mpc_h",
+                                                                         "z_mpc_h"))},
+                **{k: halos[k][host] + rng.normal(0, 500.0, host.size)
+                   for k in ("vx_kms", "vy_kms", "vz_kms")},
+                mag_r=np.full(host.size, -23.0))
+    gals = {k: np.concatenate([gals[k], sats[k]]) for k in gals}
+    kw = dict(radius_mpc_h=R, area_deg2=8250.0, log10_m_min=13.5, galaxy_margin_mpc_h=10.0,
+              seed=9)
+    base = make_synthetic_survey(halos, gals, attrs, cosmo, **kw)
+    more = make_synthetic_survey(halos, gals, attrs, cosmo, infall_fraction=f,
+                                 infall_radius_r200c=2.0, **kw)
+    assert more.meta["infall_fraction"] == f and base.meta["infall_fraction"] == 0.0
+    np.testing.assert_array_equal(more.clusters["ra_deg"], base.clusters["ra_deg"])
+    n_cl = len(base.clusters["cluster_id"])
+    gained = int(more.truth["n_mem_true"].sum() - base.truth["n_mem_true"].sum())
+    lam = f * n_sat * n_cl
+    assert n_cl > 50 and abs(gained - lam) < 4 * np.sqrt(lam) + 0.01 * lam, (gained, lam)
+    # f = 0 draws nothing: the same survey again
+    again = make_synthetic_survey(halos, gals, attrs, cosmo, **kw)
+    np.testing.assert_array_equal(again.galaxies["ra_deg"], base.galaxies["ra_deg"])
+
+
 def test_synthetic_survey_nuisances(cosmo):
     """The survey universe's nuisances (survey.synthetic): the magnitude shift moves every
     apparent magnitude by delta (same galaxies when the limit is far); completeness f keeps

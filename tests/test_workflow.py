@@ -412,10 +412,11 @@ def _check_misspecification(res, m3):
     moved = {"mag_shift_mag=-0.03", "mag_shift_mag=0.33", "completeness=0.7",
              "fibre_collision_loss=0.7", "velocity_bias=0.85", "velocity_bias=1.15",
              "central_velocity_frac=0.3", "field_scale=0.75", "field_scale=1.5",
+             "infall_fraction=0.4", "infall_fraction=0.8",
              "completeness=0.5", "velocity_bias=1.3", "field_scale=2.5"}
     assert set(rows) == {"eval", "fiducial", "prior"} | moved | {m + "|prior" for m in moved}
     assert {rows[m + "|prior"]["others"] for m in moved} == {"prior"}
-    assert mm["n_edge_variants"] == 9
+    assert mm["n_edge_variants"] == 11
     ev = rows["eval"]
     assert ev["n"] == m3["n_eval"] and ev["n_dropped"] == 0
     post, _ = read_table(res / "evaluation/posteriors.h5", group="posteriors")

@@ -179,7 +179,8 @@ class MockSettings(Section):
 
     ``members`` is ``all`` (the contaminated catalogue: every galaxy in the window) or
     ``bound`` (the pure catalogue: interlopers, ``is_member == 0``, dropped at the flux
-    limit, before the richness cut, so every later stage sees bound members only).
+    limit, before the richness cut, so every later stage sees members only: the satellites
+    and, with the infall nuisance, the infall galaxies).
     """
 
     observer_radius_mpc_h: float | None
@@ -361,6 +362,7 @@ class SurveySyntheticSettings(Section):
     mag_shift_mag: float
     completeness: float
     fibre_collision_loss: float
+    infall_fraction: float
 
 
 @dataclass(frozen=True)

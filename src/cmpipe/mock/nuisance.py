@@ -69,9 +69,10 @@ nuisance                    fiducial  prior    what it does, and the source of t
 
 Order, as a survey would see it: the infall galaxies join the window, the central's offset
 and the satellites' velocity bias (the infall galaxies' too) move velocities (then the
-window's ``|v_los| <= v_max`` is applied again), the field is scaled, magnitudes shift, the flux limit selects targets
-(:func:`cmpipe.mock.fluxlimit.flux_limit`), fibre collisions and the random completeness
-remove targets (:func:`spectroscopic_selection`), and the richness cut counts what is left.
+window's ``|v_los| <= v_max`` is applied again), the field is scaled, magnitudes shift,
+the flux limit selects targets (:func:`cmpipe.mock.fluxlimit.flux_limit`), fibre
+collisions and the random completeness remove targets (:func:`spectroscopic_selection`),
+and the richness cut counts what is left.
 
 Velocities of window galaxies are ``v_los = (v - v_c).n + a H d.n`` (:mod:`cmpipe.mock.
 projection`), with ``d.n`` the comoving line-of-sight offset ``los_offset_mpc_h``; the
@@ -88,8 +89,8 @@ import numpy as np
 from ..io.tables import Schema
 
 __all__ = ["NUISANCES", "NUISANCE_SCHEMA", "FIDUCIAL", "column", "is_active", "draw",
-           "perturb_window", "infall_members", "spectroscopic_selection", "collided_targets", "central_mask",
-           "WindowNuisances"]
+           "perturb_window", "infall_shell", "infall_members", "spectroscopic_selection",
+           "collided_targets", "central_mask", "WindowNuisances"]
 
 log = logging.getLogger(__name__)
 
@@ -211,13 +212,30 @@ def _nfw_shell_radii(u, concentration, x_out):
     return np.interp(u, cdf, xs)
 
 
+def infall_shell(r200c_mpc_h, v200_kms, x_out: float, rng: np.random.Generator):
+    """Offsets from their cluster's centre (proper h^-1 Mpc, ``(n, 3)``) and peculiar
+    velocities relative to it (km/s, ``(n, 3)``) of one infall galaxy per entry of the
+    clusters' ``r200c_mpc_h`` (proper) and ``v200_kms``: radii on the NFW shell
+    (:data:`INFALL_CONCENTRATION`) between R200c and ``x_out`` R200c, isotropic directions,
+    the mean radial velocity :data:`INFALL_VR_V200` and dispersion :data:`INFALL_SIGMA_V200`
+    (V200), each linear in radius from R200c to the outer radius."""
+    r200 = np.asarray(r200c_mpc_h, dtype=float)
+    v200 = np.asarray(v200_kms, dtype=float)
+    x = _nfw_shell_radii(rng.random(r200.size), INFALL_CONCENTRATION, float(x_out))
+    n_hat = rng.standard_normal((r200.size, 3))
+    n_hat /= np.linalg.norm(n_hat, axis=1)[:, None]
+    ramp = (x - 1.0) / (float(x_out) - 1.0)
+    mean_vr = INFALL_VR_V200 * ramp * v200
+    sigma = (INFALL_SIGMA_V200[0] + (INFALL_SIGMA_V200[1] - INFALL_SIGMA_V200[0]) * ramp) * v200
+    pec = mean_vr[:, None] * n_hat + sigma[:, None] * rng.standard_normal((r200.size, 3))
+    return (x * r200)[:, None] * n_hat, pec
+
+
 def infall_members(clusters: Mapping, galaxies: Mapping, row: np.ndarray, frac, *,
                    x_out: float, a_h: float, scale_factor: float, half_width_mpc_h: float,
                    rng: np.random.Generator) -> dict | None:
     """The galaxies of each cluster beyond R200c (``infall_fraction``): Poisson(``f`` x its
-    window's satellites), on an NFW shell between R200c and ``x_out`` R200c, isotropic in
-    direction, with the mean radial infall and dispersion of :data:`INFALL_VR_V200` and
-    :data:`INFALL_SIGMA_V200` (V200 of the cluster), in the window's coordinates; each
+    window's satellites), placed by :func:`infall_shell`, in the window's coordinates; each
     takes the magnitude of a random satellite of its cluster. Those outside the window on
     the sky are dropped (the velocity window is applied by the caller).
 
@@ -241,14 +259,7 @@ def infall_members(clusters: Mapping, galaxies: Mapping, row: np.ndarray, frac, 
     new = {key: np.asarray(v)[src].copy() for key, v in galaxies.items()}
     r200 = np.asarray(clusters["r200c_mpc_h"], dtype=float)[which]
     v200 = v200c_kms(np.asarray(clusters["log10_m200c"], dtype=float)[which], r200)
-    x = _nfw_shell_radii(rng.random(which.size), INFALL_CONCENTRATION, float(x_out))
-    n_hat = rng.standard_normal((which.size, 3))
-    n_hat /= np.linalg.norm(n_hat, axis=1)[:, None]
-    ramp = (x - 1.0) / (float(x_out) - 1.0)
-    mean_vr = INFALL_VR_V200 * ramp * v200
-    sigma = (INFALL_SIGMA_V200[0] + (INFALL_SIGMA_V200[1] - INFALL_SIGMA_V200[0]) * ramp) * v200
-    pec = mean_vr[:, None] * n_hat + sigma[:, None] * rng.standard_normal((which.size, 3))
-    offset = (x * r200)[:, None] * n_hat               # proper, along (e1, e2, line of sight)
+    offset, pec = infall_shell(r200, v200, x_out, rng)   # along (e1, e2, line of sight)
     new["x_proj_mpc_h"], new["y_proj_mpc_h"] = offset[:, 0], offset[:, 1]
     new["los_offset_mpc_h"] = offset[:, 2] / float(scale_factor)
     new["v_los_kms"] = pec[:, 2] + a_h * new["los_offset_mpc_h"]

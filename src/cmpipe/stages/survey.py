@@ -100,6 +100,7 @@ def survey_catalogue(*, config, clusters_out, galaxies_out, truth_out, meta_out,
         seed = stage_seed(s.seed, "survey")
         sur = make_synthetic_survey(h, g, attrs, cosmo, seed=seed,
                                     fibre_arcsec=s.nuisance.fibre_collision_arcsec,
+                                    infall_radius_r200c=s.nuisance.infall_radius_r200c,
                                     **sv.synthetic.to_dict())
         del h, g
         cl, gal, truth = sur.clusters, sur.galaxies, sur.truth

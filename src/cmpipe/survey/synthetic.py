@@ -245,6 +245,37 @@ def _box_arrays(halos: dict, galaxies: dict, box: float) -> _Box:
     return _Box(h_id, h_pos, h_vel, h_logm, g_pos, g_vel, g_mag, g_hrow, cen_of)
 
 
+def _with_infall(b: _Box, host, r200c_mpc_h, frac: float, x_out: float, redshift: float,
+                 rng) -> _Box:
+    """``b`` with the survey universe's infall galaxies (as the mock's ``infall_fraction``
+    nuisance, :func:`cmpipe.mock.nuisance.infall_shell`): Poisson(``frac`` x satellites)
+    members of each ``host`` halo between R200c and ``x_out`` R200c (comoving offsets
+    ``(1 + z)`` times the proper ones), moving with the halo plus their peculiar velocity,
+    each with the magnitude of a random satellite of its halo."""
+    from ..mock.nuisance import infall_shell
+    from ..mock.projection import v200c_kms
+
+    is_sat = b.g_hrow >= 0
+    is_sat[b.cen_of[b.cen_of >= 0]] = False
+    is_sat &= np.isin(b.g_hrow, host)
+    sat = np.flatnonzero(is_sat)
+    n_sat = np.bincount(b.g_hrow[sat], minlength=b.h_id.size)
+    k = rng.poisson(frac * n_sat[host])
+    which = np.repeat(host, k)
+    if not which.size:
+        return b
+    order = sat[np.argsort(b.g_hrow[sat], kind="stable")]
+    start = np.concatenate([[0], np.cumsum(n_sat)])
+    src = order[start[which] + (rng.random(which.size) * n_sat[which]).astype(np.int64)]
+    r200 = np.asarray(r200c_mpc_h, dtype=float)[which]
+    offset, pec = infall_shell(r200, v200c_kms(b.h_logm[which], r200), x_out, rng)
+    return _Box(b.h_id, b.h_pos, b.h_vel, b.h_logm,
+                np.vstack([b.g_pos, b.h_pos[which] + (1.0 + redshift) * offset]),
+                np.vstack([b.g_vel, b.h_vel[which] + pec]),
+                np.concatenate([b.g_mag, b.g_mag[src]]),
+                np.concatenate([b.g_hrow, which]), b.cen_of)
+
+
 def _cluster_images(b: _Box, host, shifts, observer, box, radius_mpc_h, pole, cos_cap):
     """Images of the ``host`` halos within ``radius_mpc_h`` in the cap, ordered by
     distance: halo row, shift index, halo-centre distance, and the cluster centre's offset
@@ -372,6 +403,7 @@ def make_synthetic_survey(halos: dict, galaxies: dict, box_attrs: dict,
                           pole_dec_deg: float = 32.0, galaxy_margin_mpc_h: float = 50.0,
                           mag_shift_mag: float = 0.0, completeness: float = 1.0,
                           fibre_collision_loss: float = 0.0, fibre_arcsec: float = 55.0,
+                          infall_fraction: float = 0.0, infall_radius_r200c: float = 2.0,
                           seed=0) -> SyntheticSurvey:
     """Observe the synthetic box as an SDSS-like survey (module docstring for the geometry).
 
@@ -398,6 +430,11 @@ def make_synthetic_survey(halos: dict, galaxies: dict, box_attrs: dict,
     mag_shift_mag, completeness, fibre_collision_loss, fibre_arcsec : float
         The survey's nuisances (:mod:`cmpipe.mock.nuisance`): magnitudes shifted before the
         flux limit, then :func:`spectroscopic_targets`. 0, 1, 0: every galaxy kept.
+    infall_fraction, infall_radius_r200c : float
+        The survey universe's galaxies beyond R200c (as ``nuisance.infall_fraction``): each
+        cluster-mass host gets Poisson(f x its satellites) members between R200c and
+        ``infall_radius_r200c`` R200c (:func:`cmpipe.mock.nuisance.infall_shell`), from
+        their own random stream. 0: the box as simulated.
     seed : int or numpy.random.SeedSequence
         Fixes the observer position (and, through it, the selection's random draws).
 
@@ -413,11 +450,15 @@ def make_synthetic_survey(halos: dict, galaxies: dict, box_attrs: dict,
     r_gal = radius_mpc_h + galaxy_margin_mpc_h
     volume = survey_volume_mpc_h3(radius_mpc_h, area_deg2)
     b = _box_arrays(halos, galaxies, box)
+    host = np.flatnonzero((np.asarray(halos["upid"]) == -1) & (b.h_logm >= log10_m_min))
+    if infall_fraction > 0.0:               # its own stream: no draw when off
+        b = _with_infall(b, host, halos["r200c_mpc_h"], float(infall_fraction),
+                         float(infall_radius_r200c), float(box_attrs.get("redshift", 0.0)),
+                         np.random.default_rng([int(rng.integers(2**63)), 28]))
     allpos = np.vstack([b.h_pos, b.g_pos]) if len(b.g_pos) else b.h_pos
     shifts = _shifts(allpos.min(axis=0), allpos.max(axis=0), observer, r_gal, box)
     tiled = box < 2.0 * r_gal
 
-    host = np.flatnonzero((np.asarray(halos["upid"]) == -1) & (b.h_logm >= log10_m_min))
     hi, hs, hd, c_pos, c_vel = _cluster_images(b, host, shifts, observer, box, radius_mpc_h,
                                                pole, cos_cap)
     c_dist = np.linalg.norm(c_pos, axis=1)
@@ -459,7 +500,8 @@ def make_synthetic_survey(halos: dict, galaxies: dict, box_attrs: dict,
                      pole_dec_deg=pole_dec_deg, volume_mpc_h3=volume, log10_m_min=log10_m_min,
                      mag_r_limit=mag_r_limit, mag_shift_mag=mag_shift_mag,
                      completeness=completeness, fibre_collision_loss=fibre_collision_loss,
-                     fibre_arcsec=fibre_arcsec))
+                     fibre_arcsec=fibre_arcsec, infall_fraction=infall_fraction,
+                     infall_radius_r200c=infall_radius_r200c))
     _log_survey(meta, n_cl, n_gal)
     return SyntheticSurvey(_as_schema(clusters, SURVEY_CLUSTER_SCHEMA),
                            _as_schema(gals, SURVEY_GALAXY_SCHEMA),

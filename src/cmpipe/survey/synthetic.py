@@ -246,15 +246,19 @@ def _box_arrays(halos: dict, galaxies: dict, box: float) -> _Box:
 
 
 def _with_infall(b: _Box, host, r200c_mpc_h, frac: float, x_out: float, redshift: float,
-                 rng) -> _Box:
+                 survey_rng) -> _Box:
     """``b`` with the survey universe's infall galaxies (as the mock's ``infall_fraction``
     nuisance, :func:`cmpipe.mock.nuisance.infall_shell`): Poisson(``frac`` x satellites)
     members of each ``host`` halo between R200c and ``x_out`` R200c (comoving offsets
     ``(1 + z)`` times the proper ones), moving with the halo plus their peculiar velocity,
-    each with the magnitude of a random satellite of its halo."""
+    each with the magnitude of a random satellite of its halo. Their random stream is
+    seeded from ``survey_rng``, which is not drawn from when ``frac`` is 0 (``b`` as is)."""
     from ..mock.nuisance import infall_shell
     from ..mock.projection import v200c_kms
 
+    if not frac > 0.0:
+        return b
+    rng = np.random.default_rng([int(survey_rng.integers(2**63)), 28])
     is_sat = b.g_hrow >= 0
     is_sat[b.cen_of[b.cen_of >= 0]] = False
     is_sat &= np.isin(b.g_hrow, host)
@@ -396,6 +400,12 @@ def _log_survey(meta: dict, n_cl: int, n_gal: int) -> None:
              m["volume_mpc_h3"], n_cl, m["log10_m_min"], n_gal, m["mag_r_limit"])
 
 
+#: The settings of :func:`make_synthetic_survey` its record keeps (``meta``).
+_RECORDED = ("radius_mpc_h", "area_deg2", "pole_ra_deg", "pole_dec_deg", "log10_m_min",
+             "mag_r_limit", "mag_shift_mag", "completeness", "fibre_collision_loss",
+             "fibre_arcsec", "infall_fraction", "infall_radius_r200c")
+
+
 def make_synthetic_survey(halos: dict, galaxies: dict, box_attrs: dict,
                           cosmology: Cosmology, *, radius_mpc_h: float = 250.0,
                           area_deg2: float = 8250.0, log10_m_min: float = 13.7,
@@ -431,10 +441,8 @@ def make_synthetic_survey(halos: dict, galaxies: dict, box_attrs: dict,
         The survey's nuisances (:mod:`cmpipe.mock.nuisance`): magnitudes shifted before the
         flux limit, then :func:`spectroscopic_targets`. 0, 1, 0: every galaxy kept.
     infall_fraction, infall_radius_r200c : float
-        The survey universe's galaxies beyond R200c (as ``nuisance.infall_fraction``): each
-        cluster-mass host gets Poisson(f x its satellites) members between R200c and
-        ``infall_radius_r200c`` R200c (:func:`cmpipe.mock.nuisance.infall_shell`), from
-        their own random stream. 0: the box as simulated.
+        The survey universe's galaxies beyond R200c (as ``nuisance.infall_fraction``;
+        :func:`_with_infall`). 0: the box as simulated.
     seed : int or numpy.random.SeedSequence
         Fixes the observer position (and, through it, the selection's random draws).
 
@@ -442,6 +450,7 @@ def make_synthetic_survey(halos: dict, galaxies: dict, box_attrs: dict,
     -------
     SyntheticSurvey : ``(clusters, galaxies, truth, volume_mpc_h3, meta)``.
     """
+    settings = dict(locals())
     box = _box_size(box_attrs, radius_mpc_h, galaxy_margin_mpc_h)
     cos_cap = cap_cos_half_angle(area_deg2)
     pole = radec_to_unit(pole_ra_deg, pole_dec_deg)
@@ -451,10 +460,8 @@ def make_synthetic_survey(halos: dict, galaxies: dict, box_attrs: dict,
     volume = survey_volume_mpc_h3(radius_mpc_h, area_deg2)
     b = _box_arrays(halos, galaxies, box)
     host = np.flatnonzero((np.asarray(halos["upid"]) == -1) & (b.h_logm >= log10_m_min))
-    if infall_fraction > 0.0:               # its own stream: no draw when off
-        b = _with_infall(b, host, halos["r200c_mpc_h"], float(infall_fraction),
-                         float(infall_radius_r200c), float(box_attrs.get("redshift", 0.0)),
-                         np.random.default_rng([int(rng.integers(2**63)), 28]))
+    b = _with_infall(b, host, halos["r200c_mpc_h"], float(infall_fraction),
+                     float(infall_radius_r200c), float(box_attrs.get("redshift", 0.0)), rng)
     allpos = np.vstack([b.h_pos, b.g_pos]) if len(b.g_pos) else b.h_pos
     shifts = _shifts(allpos.min(axis=0), allpos.max(axis=0), observer, r_gal, box)
     tiled = box < 2.0 * r_gal
@@ -489,19 +496,12 @@ def make_synthetic_survey(halos: dict, galaxies: dict, box_attrs: dict,
     gals = dict(galaxy_id=np.arange(n_gal, dtype=np.int64), ra_deg=g_ra[g_order],
                 dec_deg=g_dec[g_order], z=g_zobs[g_order], cluster_id=g_cl[g_order],
                 mag_r=m_app[g_order])
-    truth = dict(cluster_id=cluster_id, halo_id=b.h_id[hi], replica=hs,
-                 log10_m200c=b.h_logm[hi], r200c_mpc_h=np.asarray(halos["r200c_mpc_h"],
-                                                                  float)[hi],
-                 comoving_distance_mpc_h=hd, z_cos=h_zcos, z_obs=c_zobs,
-                 n_mem_true=n_mem_true)
+    truth = dict(cluster_id=cluster_id, halo_id=b.h_id[hi], replica=hs, log10_m200c=b.h_logm[hi],
+                 r200c_mpc_h=np.asarray(halos["r200c_mpc_h"], float)[hi],
+                 comoving_distance_mpc_h=hd, z_cos=h_zcos, z_obs=c_zobs, n_mem_true=n_mem_true)
     meta = _meta(box_attrs, cosmology, observer, box, r_gal, cos_cap, tiled, n_flux, shifts,
-                 n_cl - np.unique(hi).size, seed, dict(
-                     radius_mpc_h=radius_mpc_h, area_deg2=area_deg2, pole_ra_deg=pole_ra_deg,
-                     pole_dec_deg=pole_dec_deg, volume_mpc_h3=volume, log10_m_min=log10_m_min,
-                     mag_r_limit=mag_r_limit, mag_shift_mag=mag_shift_mag,
-                     completeness=completeness, fibre_collision_loss=fibre_collision_loss,
-                     fibre_arcsec=fibre_arcsec, infall_fraction=infall_fraction,
-                     infall_radius_r200c=infall_radius_r200c))
+                 n_cl - np.unique(hi).size, seed,
+                 dict(volume_mpc_h3=volume, **{k: settings[k] for k in _RECORDED}))
     _log_survey(meta, n_cl, n_gal)
     return SyntheticSurvey(_as_schema(clusters, SURVEY_CLUSTER_SCHEMA),
                            _as_schema(gals, SURVEY_GALAXY_SCHEMA),

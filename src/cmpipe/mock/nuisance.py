@@ -89,7 +89,8 @@ import numpy as np
 from ..io.tables import Schema
 
 __all__ = ["NUISANCES", "NUISANCE_SCHEMA", "FIDUCIAL", "column", "is_active", "draw",
-           "perturb_window", "infall_shell", "infall_members", "spectroscopic_selection",
+           "perturb_window", "poisson_sources", "infall_shell", "infall_members",
+           "spectroscopic_selection",
            "collided_targets", "central_mask", "WindowNuisances"]
 
 log = logging.getLogger(__name__)
@@ -173,18 +174,33 @@ def _take(galaxies: Mapping, keep: np.ndarray) -> dict:
     return {k: np.asarray(v)[keep] for k, v in galaxies.items()}
 
 
+def poisson_sources(pool: np.ndarray, row: np.ndarray, rate: np.ndarray,
+                    rng: np.random.Generator):
+    """New galaxies copied from old ones: for each cluster ``c`` Poisson(``rate[c]`` x the
+    number of its galaxies in ``pool``), each a copy of a random galaxy of its pool.
+
+    ``pool`` holds galaxy indices, ``row`` every galaxy's cluster index (``rate`` is per
+    cluster). Returns ``(which, src)``: each new galaxy's cluster index and source galaxy,
+    grouped by cluster; None when none is drawn. The field scale's clones and the infall
+    galaxies (here and in the synthetic survey) come from it.
+    """
+    n_pool = np.bincount(row[pool], minlength=rate.size)
+    k = rng.poisson(rate * n_pool)
+    if not k.sum():
+        return None
+    order = pool[np.argsort(row[pool], kind="stable")]
+    start = np.concatenate([[0], np.cumsum(n_pool)])
+    which = np.repeat(np.arange(rate.size), k)
+    return which, order[start[which] + (rng.random(which.size) * n_pool[which]).astype(np.int64)]
+
+
 def _field_clones(galaxies, row, scale, *, half_width_mpc_h, rng):
     """Extra interlopers for clusters with ``scale > 1`` (Poisson, sources at random)."""
     inter = np.flatnonzero(np.asarray(galaxies["is_member"]) == 0)
-    n_int = np.bincount(row[inter], minlength=scale.size)
-    lam = np.clip(scale - 1.0, 0.0, None) * n_int
-    k = rng.poisson(lam)
-    if not k.sum():
+    drawn = poisson_sources(inter, row, np.clip(scale - 1.0, 0.0, None), rng)
+    if drawn is None:
         return None
-    order = inter[np.argsort(row[inter], kind="stable")]
-    start = np.concatenate([[0], np.cumsum(n_int)])
-    which = np.repeat(np.arange(scale.size), k)
-    src = order[start[which] + (rng.random(which.size) * n_int[which]).astype(np.int64)]
+    src = drawn[1]
     clones = {key: np.asarray(v)[src].copy() for key, v in galaxies.items()}
     w = float(half_width_mpc_h)
     clones["x_proj_mpc_h"] = rng.uniform(-w, w, src.size)
@@ -247,15 +263,10 @@ def infall_members(clusters: Mapping, galaxies: Mapping, row: np.ndarray, frac, 
     from .projection import v200c_kms
 
     sat = np.flatnonzero((np.asarray(galaxies["is_member"]) != 0) & ~central_mask(galaxies))
-    frac = np.asarray(frac, dtype=float)
-    n_sat = np.bincount(row[sat], minlength=frac.size)
-    k = rng.poisson(frac * n_sat)
-    if not k.sum():
+    drawn = poisson_sources(sat, row, np.asarray(frac, dtype=float), rng)
+    if drawn is None:
         return None
-    order = sat[np.argsort(row[sat], kind="stable")]
-    start = np.concatenate([[0], np.cumsum(n_sat)])
-    which = np.repeat(np.arange(frac.size), k)
-    src = order[start[which] + (rng.random(which.size) * n_sat[which]).astype(np.int64)]
+    which, src = drawn
     new = {key: np.asarray(v)[src].copy() for key, v in galaxies.items()}
     r200 = np.asarray(clusters["r200c_mpc_h"], dtype=float)[which]
     v200 = v200c_kms(np.asarray(clusters["log10_m200c"], dtype=float)[which], r200)

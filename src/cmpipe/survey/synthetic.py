@@ -253,7 +253,7 @@ def _with_infall(b: _Box, host, r200c_mpc_h, frac: float, x_out: float, redshift
     ``(1 + z)`` times the proper ones), moving with the halo plus their peculiar velocity,
     each with the magnitude of a random satellite of its halo. Their random stream is
     seeded from ``survey_rng``, which is not drawn from when ``frac`` is 0 (``b`` as is)."""
-    from ..mock.nuisance import infall_shell
+    from ..mock.nuisance import infall_shell, poisson_sources
     from ..mock.projection import v200c_kms
 
     if not frac > 0.0:
@@ -261,16 +261,12 @@ def _with_infall(b: _Box, host, r200c_mpc_h, frac: float, x_out: float, redshift
     rng = np.random.default_rng([int(survey_rng.integers(2**63)), 28])
     is_sat = b.g_hrow >= 0
     is_sat[b.cen_of[b.cen_of >= 0]] = False
-    is_sat &= np.isin(b.g_hrow, host)
-    sat = np.flatnonzero(is_sat)
-    n_sat = np.bincount(b.g_hrow[sat], minlength=b.h_id.size)
-    k = rng.poisson(frac * n_sat[host])
-    which = np.repeat(host, k)
-    if not which.size:
+    rate = np.zeros(b.h_id.size)
+    rate[host] = frac
+    drawn = poisson_sources(np.flatnonzero(is_sat), b.g_hrow, rate, rng)
+    if drawn is None:
         return b
-    order = sat[np.argsort(b.g_hrow[sat], kind="stable")]
-    start = np.concatenate([[0], np.cumsum(n_sat)])
-    src = order[start[which] + (rng.random(which.size) * n_sat[which]).astype(np.int64)]
+    which, src = drawn
     r200 = np.asarray(r200c_mpc_h, dtype=float)[which]
     offset, pec = infall_shell(r200, v200c_kms(b.h_logm[which], r200), x_out, rng)
     return _Box(b.h_id, b.h_pos, b.h_vel, b.h_logm,

@@ -318,7 +318,7 @@ def perturb_window(clusters: Mapping, galaxies: Mapping, nu: Mapping, *, a_h: fl
     cid = np.asarray(clusters["cluster_id"])
     g = {k: np.asarray(v).copy() for k, v in galaxies.items()}
     row = np.searchsorted(cid, g["cluster_id"])
-    frac = np.asarray(nu.get(column("infall_fraction"), np.zeros(cid.size)), dtype=float)
+    frac = np.asarray(nu[column("infall_fraction")], dtype=float)
     if np.any(frac > 0.0):                  # none drawn (no random numbers) otherwise
         extra = infall_members(clusters, g, row, frac, x_out=infall_radius_r200c, a_h=a_h,
                                scale_factor=scale_factor, half_width_mpc_h=half_width_mpc_h,

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from cmpipe.flow.model import FlowModel, FlowSettings
-from cmpipe.flow.sets import (GalaxySets, PaddedSets, galaxy_features, read_set_file,
+from cmpipe.flow.sets import (GalaxySets, SetBatch, galaxy_features, read_set_file,
                               set_standardisation, write_set_file)
 from cmpipe.flow.training import grid_of, train_flow
 from cmpipe.io.tables import CatalogueError
@@ -91,11 +91,6 @@ def test_galaxy_sets_index_and_pad():
     np.testing.assert_array_equal(sub.features, f[[4, 5, 0]])
     np.testing.assert_array_equal(sub.offsets, [0, 2, 3])
     np.testing.assert_array_equal(gs[1:3].features, f[1:6])
-    feats, mask = gs.padded()
-    assert feats.shape == (3, 3, 2)
-    np.testing.assert_array_equal(mask, [[1, 0, 0], [1, 1, 1], [1, 1, 0]])
-    np.testing.assert_array_equal(feats[1], f[1:4])
-    np.testing.assert_array_equal(feats[0, 1:], 0.0)
     with pytest.raises(ValueError, match="offsets"):
         GalaxySets(f, np.array([0, 4, 3, 6]))
 
@@ -115,9 +110,9 @@ def test_permuting_a_clusters_galaxies_leaves_its_posterior_unchanged():
     assert np.max(np.abs(a[0] - a[1])) > 1e-2    # the two clusters differ
 
 
-def test_padded_batch_equals_clusters_one_at_a_time():
-    """A hand-built batch of a 7- and a 40-galaxy cluster, the short one padded with
-    garbage under the mask, gives each cluster's density alone (no padding at all)."""
+def test_ragged_batch_equals_clusters_one_at_a_time():
+    """A batch of a 7- and a 40-galaxy cluster gives each cluster's density alone: the
+    segment pooling never mixes galaxies of different sets (mean and max pooling)."""
     rng = np.random.default_rng(2)
     model = random_model(replace(SET_SETTINGS, set_pooling="mean_max"))
     model.eval()
@@ -128,16 +123,15 @@ def test_padded_batch_equals_clusters_one_at_a_time():
     with torch.no_grad():
         for k, rows in enumerate((slice(0, 7), slice(7, 47))):
             x = model.sets_to_tensor(GalaxySets(f[rows], np.array([0, rows.stop - rows.start])))
-            assert x.mask.all()                  # one cluster: no padding
+            assert int(x.index.max()) == 0 and len(x) == 1
             alone.append(model.flow(model.context(x, d[k:k + 1])).log_prob(t)[:, 0])
         x = model.sets_to_tensor(GalaxySets(f, np.array([0, 7, 47])))
-        assert x.features.shape == (2, 40, 4) and int(x.mask[0].sum()) == 7
-        garbage = x.features.clone()
-        garbage[0, 7:] = 1e3 * torch.randn(33, 4)
-        x = PaddedSets(garbage, x.mask, x.log_n)
+        assert x.features.shape == (47, 4)
+        np.testing.assert_array_equal(x.index.numpy(), [0] * 7 + [1] * 40)
         both = model.flow(model.context(x, d)).log_prob(t)
     torch.testing.assert_close(both[:, 0], alone[0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(both[:, 1], alone[1], rtol=1e-5, atol=1e-5)
+    assert torch.max(torch.abs(alone[0] - alone[1])) > 1e-2      # the two clusters differ
 
 
 def test_sky_symmetries_act_on_x_and_y_only():
@@ -224,24 +218,29 @@ def test_toy_sets_train_to_the_oracle(tmp_path, one_thread):
         assert ka == kb and torch.equal(va, vb)
 
 
-def test_pooled_summary_is_the_masked_mean_size_and_dispersion():
-    """With rho removed, the embedding's output is the masked mean of phi over each set,
-    then the standardised log10 N, then log10 of the set's velocity dispersion (population
-    sd of feature v), each computed here with numpy on the unpadded sets."""
+def test_pooled_summary_is_the_set_mean_size_and_dispersion():
+    """With rho removed, the embedding's output is the mean of phi over each set, then the
+    standardised log10 N, then log10 of the set's velocity dispersion (population sd of
+    feature v); with max pooling, phi's maximum over each set. Each is computed here with
+    numpy, set by set; the ragged batch lists the sets' galaxies out of order."""
     from cmpipe.flow.sets import SetEmbedding
 
     rng = np.random.default_rng(7)
     torch.manual_seed(0)
-    emb = SetEmbedding(3, phi_units=(5,), pooling="mean", richness=True, dispersion=2)
-    emb.rho = torch.nn.Identity()
     f = rng.standard_normal((30, 3)).astype(np.float32)
-    gs = GalaxySets(f, np.array([0, 4, 30]))
-    feats, mask = gs.padded()
+    index = np.array([0] * 4 + [1] * 26)
+    shuffle = rng.permutation(30)                       # galaxies of both sets interleaved
     log_n = torch.tensor([[0.3], [-0.2]])
-    out = emb(PaddedSets(torch.as_tensor(feats), torch.as_tensor(mask), log_n)).detach()
-    w, b = emb.phi[0].weight.detach().numpy(), emb.phi[0].bias.detach().numpy()
-    for k, rows in enumerate((slice(0, 4), slice(4, 30))):
-        phi = np.maximum(f[rows] @ w.T + b, 0.0)
-        np.testing.assert_allclose(out[k, :5], phi.mean(axis=0), rtol=1e-5, atol=1e-6)
-        assert out[k, 5] == pytest.approx(float(log_n[k, 0]))
-        assert out[k, 6] == pytest.approx(np.log10(f[rows, 2].std()), rel=1e-5)
+    x = SetBatch(torch.as_tensor(f[shuffle]), torch.as_tensor(index[shuffle]),
+                 torch.tensor([4, 26]), log_n)
+    for pooling in ("mean", "max"):
+        emb = SetEmbedding(3, phi_units=(5,), pooling=pooling, richness=True, dispersion=2)
+        emb.rho = torch.nn.Identity()
+        out = emb(x).detach()
+        w, b = emb.phi[0].weight.detach().numpy(), emb.phi[0].bias.detach().numpy()
+        for k, rows in enumerate((slice(0, 4), slice(4, 30))):
+            phi = np.maximum(f[rows] @ w.T + b, 0.0)
+            ref = phi.mean(axis=0) if pooling == "mean" else phi.max(axis=0)
+            np.testing.assert_allclose(out[k, :5], ref, rtol=1e-5, atol=1e-6)
+            assert out[k, 5] == pytest.approx(float(log_n[k, 0]))
+            assert out[k, 6] == pytest.approx(np.log10(f[rows, 2].std()), rel=1e-5)

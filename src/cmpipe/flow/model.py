@@ -292,7 +292,7 @@ class FlowModel(nn.Module):
     # -- standardisation ---------------------------------------------------------------
     def images_to_tensor(self, images) -> torch.Tensor:
         """Standardised float32 tensor of a batch of normalised KDE images (for a set flow:
-        the :class:`~cmpipe.flow.sets.PaddedSets` of a :class:`~cmpipe.flow.sets.GalaxySets`
+        the :class:`~cmpipe.flow.sets.SetBatch` of a :class:`~cmpipe.flow.sets.GalaxySets`
         batch, :meth:`sets_to_tensor`)."""
         if self.settings.input == "set":
             return self.sets_to_tensor(images)
@@ -304,9 +304,9 @@ class FlowModel(nn.Module):
         return (self.transform(x * self.n_voxels) - s["image_mean"]) / s["image_sd"]
 
     def sets_to_tensor(self, sets):
-        """The padded, standardised :class:`~cmpipe.flow.sets.PaddedSets` of a batch of
-        galaxy sets (:class:`~cmpipe.flow.sets.GalaxySets` of this flow's features)."""
-        from .sets import PaddedSets
+        """The standardised :class:`~cmpipe.flow.sets.SetBatch` of a batch of galaxy sets
+        (:class:`~cmpipe.flow.sets.GalaxySets` of this flow's features)."""
+        from .sets import SetBatch
 
         if sets.n_features != self.shape[0]:
             raise ValueError(f"galaxy sets of {sets.n_features} features, the flow was "
@@ -315,11 +315,13 @@ class FlowModel(nn.Module):
         names = self.settings.set_features
         mean = np.array([s[f"set_mean_{n}"] for n in names], dtype=np.float32)
         sd = np.array([s[f"set_sd_{n}"] for n in names], dtype=np.float32)
-        feats, mask = sets.padded()
-        feats = np.where(mask[..., None], (feats - mean) / sd, 0.0).astype(np.float32)
-        log_n = (np.log10(np.maximum(sets.counts, 1)) - s["log_n_mean"]) / s["log_n_sd"]
-        return PaddedSets(torch.as_tensor(feats), torch.as_tensor(mask),
-                          torch.as_tensor(log_n.astype(np.float32)).reshape(-1, 1))
+        feats = ((sets.features - mean) / sd).astype(np.float32)
+        counts = sets.counts
+        index = np.repeat(np.arange(counts.size, dtype=np.int64), counts)
+        log_n = (np.log10(np.maximum(counts, 1)) - s["log_n_mean"]) / s["log_n_sd"]
+        return SetBatch(torch.as_tensor(feats), torch.as_tensor(index),
+                        torch.as_tensor(counts), torch.as_tensor(log_n.astype(np.float32)
+                                                                 ).reshape(-1, 1))
 
     def augmented(self, x, k: int):
         """Sky-plane symmetry ``k`` (0-7) of a standardised batch: flips and the transpose of
@@ -330,7 +332,7 @@ class FlowModel(nn.Module):
             if k & 2:
                 x = x.flip(2)
             return x.transpose(1, 2) if k & 4 else x
-        from .sets import PaddedSets
+        from .sets import SetBatch
 
         names = list(self.settings.set_features)
         ix, iy = names.index("x"), names.index("y")
@@ -341,7 +343,7 @@ class FlowModel(nn.Module):
             f[..., iy] = -f[..., iy]
         if k & 4:
             f[..., [ix, iy]] = f[..., [iy, ix]]
-        return PaddedSets(f, x.mask, x.log_n)
+        return SetBatch(f, x.index, x.counts, x.log_n)
 
     def batchable(self, inputs):
         """``inputs`` as the density methods slice them: an array of images, or the
@@ -425,13 +427,6 @@ class FlowModel(nn.Module):
         named by the error when they are missing or not finite."""
         self.eval()
         images = self.batchable(images)
-        order = _size_order(images)
-        if order is not None:              # sets: batches of similar sizes pad little
-            d = None if distance_mpc_h is None else np.asarray(distance_mpc_h)[order]
-            out = np.empty((len(images), np.size(m_grid)))
-            out[order] = self.log_density(images[order], m_grid, d, batch_size=batch_size,
-                                          source=source)
-            return out
         d_all = self.distances_to_tensor(distance_mpc_h, len(images), source=source)
         t = self.masses_to_tensor(m_grid).reshape(-1, 1, 1)
         out = np.empty((len(images), t.shape[0]))
@@ -522,15 +517,6 @@ class FlowModel(nn.Module):
                                  ) from err
         model.eval()
         return model, meta
-
-
-def _size_order(inputs):
-    """The order of galaxy sets by size when ``inputs`` are sets not yet in that order,
-    else ``None``."""
-    counts = getattr(inputs, "counts", None)
-    if counts is None or np.all(np.diff(counts) >= 0):
-        return None
-    return np.argsort(counts, kind="stable")
 
 
 def _settings_json(s: FlowSettings) -> dict:

@@ -10,14 +10,16 @@ particular to sets:
 
 - :class:`GalaxySets`: the galaxies of many clusters, ragged (one row per galaxy, cluster
   ``k`` owning rows ``offsets[k]:offsets[k+1]``), with per-galaxy features
-  (:data:`SET_FEATURES`, in window units) and :meth:`GalaxySets.padded`, which pads a batch
-  to its largest set with a mask, so clusters of 10 and of 1,000 galaxies batch together;
+  (:data:`SET_FEATURES`, in window units);
+- :class:`SetBatch`: a batch as the network sees it, ragged as well (every galaxy of the
+  batch in one array, with the index of its set), so clusters of 10 and of 1,000 galaxies
+  batch together and no work goes into padding;
 - the set files (``sets/inputs/{split}.h5``): per-cluster columns (as the image files') and
   the window galaxies, written by :func:`write_set_file`, read by :func:`read_set_file`;
-- :class:`SetInputs`: a set file as the flow's training loop reads it (batches of similar
-  set sizes, so little of a batch is padding);
+- :class:`SetInputs`: a set file as the flow's training loop reads it;
 - :class:`SetEmbedding`: ``rho(pool_k phi(g_k), log10 N)``, ``phi`` an MLP on each galaxy's
-  standardised features, ``pool`` a masked mean and/or max over the set, ``rho`` an MLP; with
+  standardised features, ``pool`` a mean and/or max over each set's galaxies (segment
+  reductions over the ragged batch), ``rho`` an MLP; with
   ``richness`` the set size (log10 of the number of window galaxies, standardised) joins the
   pooled summary, since a mean forgets how many galaxies there were; with ``dispersion`` the
   log of the set's line-of-sight velocity dispersion joins it too, so that the network need
@@ -39,7 +41,7 @@ from torch import nn
 
 from ..io.tables import CatalogueError, Schema, TableWriter, read_table
 
-__all__ = ["SET_FEATURES", "POOLINGS", "GalaxySets", "PaddedSets", "SetEmbedding",
+__all__ = ["SET_FEATURES", "POOLINGS", "GalaxySets", "SetBatch", "SetEmbedding",
            "SetInputs", "galaxy_features", "write_set_file", "read_set_file",
            "set_standardisation", "SET_CLUSTER_COLUMNS"]
 
@@ -150,33 +152,40 @@ class GalaxySets:
         rows = np.repeat(lo - np.concatenate([[0], np.cumsum(n)[:-1]]), n) + np.arange(n.sum())
         return GalaxySets(self.features[rows], np.concatenate([[0], np.cumsum(n)]))
 
-    def padded(self) -> tuple[np.ndarray, np.ndarray]:
-        """The sets padded with zeros to the largest: features (N, n_max, F) float32 and
-        mask (N, n_max) bool (True for a galaxy)."""
-        n = self.counts
-        n_max = max(int(n.max()) if n.size else 0, 1)
-        mask = np.arange(n_max)[None, :] < n[:, None]
-        out = np.zeros((len(self), n_max, self.n_features), dtype=np.float32)
-        out[mask] = self.features
-        return out, mask
 
 
-class PaddedSets:
-    """A padded batch as the network sees it: standardised features (b, n, F), the mask
-    (b, n) and the standardised ``log10 N`` (b, 1), torch tensors."""
+class SetBatch:
+    """A batch of galaxy sets as the network sees it, without padding (torch tensors):
+    ``features`` (G, F), the standardised features of every galaxy of the batch;
+    ``index`` (G,) int64, the set each galaxy belongs to (0 .. b-1); ``counts`` (b,), the
+    galaxies per set; ``log_n`` (b, 1), the standardised ``log10 N``."""
 
-    def __init__(self, features: torch.Tensor, mask: torch.Tensor, log_n: torch.Tensor):
-        self.features, self.mask, self.log_n = features, mask, log_n
+    def __init__(self, features: torch.Tensor, index: torch.Tensor, counts: torch.Tensor,
+                 log_n: torch.Tensor):
+        self.features, self.index, self.counts, self.log_n = features, index, counts, log_n
 
     def __len__(self) -> int:
-        return int(self.features.shape[0])
+        return int(self.counts.shape[0])
+
+    def segment_mean(self, h: torch.Tensor) -> torch.Tensor:
+        """Mean of the per-galaxy rows ``h`` (G, ...) over each set (b, ...); 0 for an empty
+        set."""
+        n = self.counts.clamp(min=1).to(h.dtype).reshape((-1,) + (1,) * (h.dim() - 1))
+        return h.new_zeros((len(self),) + tuple(h.shape[1:])).index_add(0, self.index, h) / n
+
+    def segment_max(self, h: torch.Tensor) -> torch.Tensor:
+        """Maximum of the per-galaxy rows ``h`` (G, u) over each set (b, u); -1e30 for an
+        empty set."""
+        idx = self.index.unsqueeze(-1).expand_as(h)
+        out = h.new_full((len(self), h.shape[1]), -torch.inf)
+        return out.scatter_reduce(0, idx, h, reduce="amax", include_self=True).clamp(min=-1e30)
 
 
 class SetEmbedding(nn.Module):
-    """Deep Sets summary of a padded batch of galaxy sets (:class:`PaddedSets`).
+    """Deep Sets summary of a batch of galaxy sets (:class:`SetBatch`).
 
     ``phi``: ``len(phi_units)`` dense layers with ReLU on each galaxy's features; pooled over
-    each set's galaxies by ``pooling`` (masked, so the padding never counts); ``rho``: a dense
+    each set's galaxies by ``pooling``; ``rho``: a dense
     layer of ``units`` (ReLU) and a linear layer of ``features`` outputs on the pooled vector
     (with the standardised ``log10 N`` appended when ``richness``, and
     ``log10`` of the standard deviation of feature ``dispersion`` -- the velocity's index --
@@ -201,24 +210,19 @@ class SetEmbedding(nn.Module):
         self.rho = nn.Sequential(nn.Linear(n_pool, int(units)), nn.ReLU(),
                                  nn.Linear(int(units), int(features)))
 
-    def forward(self, x: PaddedSets) -> torch.Tensor:
-        h = self.phi(x.features)                                    # (b, n, u)
-        m = x.mask.unsqueeze(-1)
+    def forward(self, x: SetBatch) -> torch.Tensor:
+        h = self.phi(x.features)                                    # (G, u)
         parts = []
         if self.pooling in ("mean", "mean_max"):
-            n = m.sum(dim=1).clamp(min=1).to(h.dtype)
-            parts.append(torch.where(m, h, torch.zeros_like(h)).sum(dim=1) / n)
+            parts.append(x.segment_mean(h))
         if self.pooling in ("max", "mean_max"):
-            parts.append(torch.where(m, h, torch.full_like(h, -torch.inf)).amax(dim=1)
-                         .clamp(min=-1e30))
+            parts.append(x.segment_max(h))
         if self.richness:
             parts.append(x.log_n.to(h.dtype))
         if self.dispersion is not None:
-            v = x.features[..., self.dispersion]
-            mv = x.mask.to(v.dtype)
-            n = mv.sum(dim=1).clamp(min=1)
-            mean = (v * mv).sum(dim=1) / n
-            var = (((v - mean[:, None]) * mv) ** 2).sum(dim=1) / n
+            v = x.features[:, self.dispersion]
+            dv = v - x.segment_mean(v)[x.index]
+            var = x.segment_mean(dv * dv)
             parts.append(0.5 * torch.log10(var.clamp(min=1e-6))[:, None].to(h.dtype))
         return self.rho(torch.cat(parts, dim=1))
 
@@ -306,15 +310,9 @@ class SetInputs:
     def batch(self, idx) -> GalaxySets:
         return self.sets[np.asarray(idx)]
 
-    def batches(self, perm, batch_size: int, chunk: int = 8) -> list:
-        """Batches of the shuffled order ``perm``: each run of ``chunk`` batches is sorted by
-        set size before it is cut, so a batch pads little; the runs keep ``perm``'s order."""
-        out, counts, size = [], self.sets.counts, chunk * batch_size
-        for c0 in range(0, len(perm), size):
-            run = np.asarray(perm[c0:c0 + size])
-            run = run[np.argsort(counts[run], kind="stable")]
-            out += [run[b0:b0 + batch_size] for b0 in range(0, len(run), batch_size)]
-        return out
+    def batches(self, perm, batch_size: int) -> list:
+        """Consecutive batches of the shuffled order ``perm``."""
+        return [perm[b0:b0 + batch_size] for b0 in range(0, len(perm), batch_size)]
 
     def input_standardisation(self, settings) -> dict:
         return set_standardisation(self.sets.features, self.sets.counts, self.names)

@@ -11,7 +11,7 @@ import pytest
 from cmpipe import stages
 from cmpipe.io.artefacts import UPSTREAM_ROOT, upstream_key
 from cmpipe.io.cubes import CubeReader
-from cmpipe.io.tables import read_table
+from cmpipe.io.tables import CatalogueError, read_table
 from cmpipe.settings import SPLIT_CODES, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -710,14 +710,29 @@ def test_misspecification_beside_the_fiducial_model(tiny_run, tmp_path):
                joint_pdf=fres / "calibration/joint_pdf.h5", eval=fres / "summaries/eval.h5",
                config=fres / "config.resolved.yaml", flow_model=fres / "flow/model/flow.pt",
                flow_joint_pdf=fres / "flow/joint_pdf.h5")
-    stages.misspecification(
-        config=cfg, model=res / "model/cnn3d.keras", normalisation=res / "model/normalisation.json",
-        joint_pdf=res / "calibration/joint_pdf.h5", projected=_upstream(wd) / "mock/projected.h5",
-        clusters=res / "mock/clusters.h5", eval_predictions=res / "summaries/eval.h5",
-        flow=dict(model=res / "flow/model/flow.pt", joint_pdf=res / "flow/joint_pdf.h5"),
-        fiducial=fid, summary_out=tmp_path / "mm.json", table_out=tmp_path / "mm.csv",
-        progress=False)
-    mm = json.loads((tmp_path / "mm.json").read_text())
+    # the matrix in one shard and in two: the same bytes (each variant has its own stream)
+    for n in (1, 2):
+        shards = [tmp_path / f"mm{n}-{k}.json" for k in range(n)]
+        for k, out in enumerate(shards):
+            stages.misspecification_shard(
+                config=cfg, model=res / "model/cnn3d.keras",
+                normalisation=res / "model/normalisation.json",
+                joint_pdf=res / "calibration/joint_pdf.h5",
+                projected=_upstream(wd) / "mock/projected.h5", clusters=res / "mock/clusters.h5",
+                eval_predictions=res / "summaries/eval.h5",
+                flow=dict(model=res / "flow/model/flow.pt", joint_pdf=res / "flow/joint_pdf.h5"),
+                fiducial=fid, out=out, shard=k, n_shards=n, progress=False)
+        stages.misspecification(config=cfg, shards=shards[::-1],
+                                summary_out=tmp_path / f"mm{n}.json",
+                                table_out=tmp_path / f"mm{n}.csv")
+    assert {len(json.loads(p.read_text())["rows"]) for p in shards} != {0}
+    for ext in ("json", "csv"):
+        assert (tmp_path / f"mm1.{ext}").read_bytes() == (tmp_path / f"mm2.{ext}").read_bytes()
+    with pytest.raises(CatalogueError, match="shard"):
+        stages.misspecification(config=cfg, shards=shards[:1], summary_out=tmp_path / "x.json",
+                                table_out=tmp_path / "x.csv")
+    mm = json.loads((tmp_path / "mm2.json").read_text())
+    assert [r["variant"] for r in mm["variants"]][0] == "eval"
     assert mm["reproduces_eval_predictions_dex"]["fiducial"] <= 1e-6
     assert list(mm["models"]) == ["marginalised/cnn3d_sbi", "marginalised/flow_sbi",
                                   "fiducial/cnn3d_sbi", "fiducial/flow_sbi"]

@@ -57,6 +57,7 @@ SPEED_ONLY_KEYS: dict[str, tuple[str, ...]] = {
     "kde": ("shard_size", "batch_size"),
     "train": ("in_memory_max_mb",),
     "flow": ("max_memory_mb",),
+    "robustness": ("misspecification_shards",),
 }
 
 
@@ -445,6 +446,7 @@ class RobustnessSettings(Section):
     max_bias_shift_dex: float
     misspecification: bool
     misspecification_beyond: Mapping[str, float]
+    misspecification_shards: int
 
 
 @dataclass(frozen=True)

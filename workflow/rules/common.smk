@@ -352,6 +352,17 @@ def misspecification_fiducial():
               else [])]
 
 
+def misspecification_params():
+    """The misspecification rules' params (their rerun triggers): the config sections the
+    matrix's variants and estimators depend on, and the fiducial run's product paths."""
+    return dict(robustness=product_params("robustness"), nuisance=config["nuisance"],
+                mock=product_params("mock"), kde=product_params("kde"),
+                calibration=config["calibration"], flow=product_params("flow"),
+                sets=product_params("sets"),
+                fiducial=other_run_paths("fiducial_run", {k: FIDUCIAL_PRODUCTS[k]
+                                                          for k in misspecification_fiducial()}))
+
+
 COMPARE_FIDUCIAL = ["fiducial_metrics", "fiducial_flow_metrics", "fiducial_config"]
 MISSPECIFICATION_FIDUCIAL = ["fiducial_model", "fiducial_normalisation", "fiducial_joint_pdf",
                              "fiducial_eval", "fiducial_config", "fiducial_flow_model"]

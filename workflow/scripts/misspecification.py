@@ -1,15 +1,6 @@
-"""Rule misspecification: the unchanged CNN3D + calibration on variant universes' eval sets."""
+"""Rule misspecification: the matrix (JSON summary and CSV table) from its shards."""
 from cmpipe.stages import misspecification, run_rule
 
 run_rule(misspecification, snakemake.log[0], config=snakemake.config,
-         model=snakemake.input.model, normalisation=snakemake.input.normalisation,
-         joint_pdf=snakemake.input.joint_pdf, projected=snakemake.input.projected,
-         clusters=snakemake.input.clusters, eval_predictions=snakemake.input.eval,
-         flow=dict(model=snakemake.input.flow_model,
-                   joint_pdf=snakemake.input.get("flow_joint_pdf") or None),
-         sets=dict(model=snakemake.input.get("set_model") or None,
-                   joint_pdf=snakemake.input.get("set_joint_pdf") or None),
-         fiducial={k[len("fiducial_"):]: v for k, v in snakemake.params.fiducial.items()}
-         or None,
-         summary_out=snakemake.output.summary, table_out=snakemake.output.table,
-         threads=snakemake.threads)
+         shards=list(snakemake.input.shards), summary_out=snakemake.output.summary,
+         table_out=snakemake.output.table)

@@ -14,7 +14,8 @@ module per group of rules:
   function; :mod:`.infer`: ``cmpipe infer``;
 - :mod:`.ablation`: dimensionality ablation (CNN1D/2D/3D at every seed, summary, figure);
 - :mod:`.analyses`: robustness to survey perturbations (``perturbed_eval``), the
-  misspecification matrix (``misspecification``), saliency (``saliency_maps``);
+  misspecification matrix (``misspecification_shard``, ``misspecification``), saliency
+  (``saliency_maps``);
 - :mod:`.flow`: the neural-flow estimator (images, training, posteriors, figures);
   :mod:`.flow_survey`: its survey rules;
 - :mod:`.sets`: the set estimator (galaxy sets, training, seeds; the flow's calibration,
@@ -31,7 +32,7 @@ from .cubes import (SPLIT_NAMES, gathered_shard_size, kde_gather, kde_shard, n_s
 # training_plots lives in .evaluate: it draws history.csv without Keras (envs/plots.yaml)
 from .evaluate import (calibrate, evaluate, evaluation_plots, metrics_table, report_tables,
                        training_plots)
-from .misspecification import misspecification, misspecification_plots
+from .misspecification import misspecification, misspecification_plots, misspecification_shard
 from .flow import flow_calibrate, flow_evaluate, flow_images, flow_plots, flow_train
 from .flow_survey import flow_survey_images, flow_survey_posteriors
 from .sets import (set_calibrate, set_evaluate, set_inputs, set_plots, set_seeds,
@@ -53,8 +54,8 @@ __all__ = [
     "resolved_config", "model_config", "survey_catalogue", "survey_cubes",
     "survey_posteriors", "mass_function", "load_run_config", "infer",
     "ablation_inputs", "ablation_train", "ablation_evaluate", "ablation_summary",
-    "ablation_plots", "perturbed_eval", "robustness_plots", "misspecification",
-    "misspecification_plots", "saliency_maps", "saliency_plots",
+    "ablation_plots", "perturbed_eval", "robustness_plots", "misspecification_shard",
+    "misspecification", "misspecification_plots", "saliency_maps", "saliency_plots",
     "flow_images", "flow_survey_images", "flow_train", "flow_calibrate", "flow_evaluate",
     "flow_survey_posteriors", "flow_plots", "compare", "companion_run",
     "set_inputs", "set_survey_inputs", "set_train", "set_calibrate", "set_evaluate",

@@ -1,10 +1,14 @@
-"""Rule ``misspecification``: trained CNN3D + calibrations, unchanged, on the eval clusters
-of variant universes (:mod:`cmpipe.evaluation.misspecification`).
+"""Rules ``misspecification_shard`` and ``misspecification``: trained CNN3D + calibrations,
+unchanged, on the eval clusters of variant universes
+(:mod:`cmpipe.evaluation.misspecification`).
 
 Products under ``results/{run}/`` (``docs/data-products.md``, "Analyses"):
 
-- ``misspecification``  -> ``robustness/misspecification.{json,csv}``;
-  ``misspecification_plots`` -> ``robustness/misspecification.png``
+- ``misspecification_shard`` -> ``robustness/misspecification/shard-{k}.json`` (temporary):
+  the rows of every ``robustness.misspecification_shards``-th variant, one-thread jobs
+  side by side; ``misspecification`` -> ``robustness/misspecification.{json,csv}`` from
+  them (the same numbers for any number of shards: each variant draws from its own
+  stream); ``misspecification_plots`` -> ``robustness/misspecification.png``
 
 Models: the run's own (``marginalised`` when its mock draws every cluster's nuisances,
 ``nuisance.sample: true``; else ``fiducial``) and, with ``compare.fiducial_run``, the
@@ -27,7 +31,7 @@ from .compare import check_fiducial_run
 from .cubes import split_galaxies
 
 __all__ = ["MISSPECIFICATION_COLUMNS", "MISSPECIFICATION_CRITERIA", "FIDUCIAL_EVAL_TOLERANCE",
-           "misspecification", "misspecification_plots"]
+           "misspecification_shard", "misspecification", "misspecification_plots"]
 
 MISSPECIFICATION_COLUMNS = ("model", "run", "estimator", "variant", "kind", "others",
                             "nuisance", "value", "n", "n_halos", "n_dropped",
@@ -217,15 +221,17 @@ def _reproduced(pred, ids, ref, what) -> float:
     return float(np.max(np.abs(pred[a] - ref["log10_m200c_pred"][b])))
 
 
-def misspecification(*, config, model, normalisation, joint_pdf, projected, clusters,
-                     eval_predictions, summary_out, table_out, flow=None, fiducial=None,
-                     threads=1, progress=True, sets=None):
-    """Rule ``misspecification``: the run's CNN3D + calibration, flow (``flow``: a
+def misspecification_shard(*, config, model, normalisation, joint_pdf, projected, clusters,
+                           eval_predictions, out, shard=0, n_shards=1, flow=None,
+                           fiducial=None, threads=1, progress=True, sets=None):
+    """Rule ``misspecification_shard``: the run's CNN3D + calibration, flow (``flow``: a
     mapping of ``model``, the flow's ``flow.pt``, and ``joint_pdf``, its test-split
-    calibration or None) and set estimator (``sets``: likewise) and, with ``fiducial``, the fiducial-model run's (a mapping of
-    ``model``, ``normalisation``, ``joint_pdf``, ``eval``, ``config``, ``flow_model`` and
-    ``flow_joint_pdf`` paths) on the eval clusters as stored (``eval``, this run's models)
-    and of every variant universe.
+    calibration or None) and set estimator (``sets``: likewise) and, with ``fiducial``, the
+    fiducial-model run's (a mapping of ``model``, ``normalisation``, ``joint_pdf``,
+    ``eval``, ``config``, ``flow_model`` and ``flow_joint_pdf`` paths) on the variant
+    universes ``k`` with ``k % n_shards == shard`` (in :func:`variants` order), and shard 0
+    on the eval clusters as stored (``eval``, this run's models). Writes ``out`` (JSON: the
+    rows with their variant's index, -1 for ``eval``; the checks; the models).
 
     Checks, which stop the rule if broken (the windows would not be the eval clusters'):
     this run's CNN3D on the stored eval windows reproduces ``eval_predictions``; a CNN3D
@@ -241,6 +247,9 @@ def misspecification(*, config, model, normalisation, joint_pdf, projected, clus
     from .evaluate import cluster_columns
 
     s = settings_of(config)
+    shard, n_shards = int(shard), int(n_shards)
+    if not 0 <= shard < n_shards:
+        raise ValueError(f"misspecification shard {shard} of {n_shards}")
     numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
     cosmo = make_cosmology(s.cosmology)
     models = _models(s, model, normalisation, joint_pdf, eval_predictions, flow, fiducial,
@@ -263,20 +272,27 @@ def misspecification(*, config, model, normalisation, joint_pdf, projected, clus
         return dict(x_mpc_h=g["x_proj_mpc_h"], y_mpc_h=g["y_proj_mpc_h"],
                     v_kms=g["v_los_kms"]), galaxy_offsets(kept, g["cluster_id"])
 
-    # the eval clusters as stored (this run's models): the path's own check
-    g = split_galaxies(clusters, ids)
-    w, offs = windows(g, ids)
-    pred = cubes_and_predict(nets[:1], w, offs, ids, grid, s.kde, bs, dist)
-    checks["eval"] = float(np.max(np.abs(pred[0] - ref["log10_m200c_pred"])))
-    t = ref["log10_m200c_true"]
-    _score(rows, _estimates(s, models[:1], pred, g, offs, ids, dist, t), t, dist,
-           cc["halo_id"], Variant("eval", "eval"), ids.size, edges)
+    def scored(index, estimates, t, d, halo, v, n_eval):
+        mine = []
+        _score(mine, estimates, t, d, halo, v, n_eval, edges)
+        rows.extend([index, r] for r in mine)
+
+    if shard == 0:       # the eval clusters as stored (this run's models): the path's check
+        g = split_galaxies(clusters, ids)
+        w, offs = windows(g, ids)
+        pred = cubes_and_predict(nets[:1], w, offs, ids, grid, s.kde, bs, dist)
+        checks["eval"] = float(np.max(np.abs(pred[0] - ref["log10_m200c_pred"])))
+        t = ref["log10_m200c_true"]
+        scored(-1, _estimates(s, models[:1], pred, g, offs, ids, dist, t), t, dist,
+               cc["halo_id"], Variant("eval", "eval"), ids.size)
 
     proj, gal, z = _projected_eval_windows(projected, ids)
     if s.mock.members == "bound":
         gal = {k: v[gal["is_member"] != 0] for k, v in gal.items()}
-    vs = variants(s.nuisance, s.robustness.misspecification_beyond)
-    for v in tqdm(vs, desc="misspecification", unit="variant", disable=not progress):
+    mine = [(k, v) for k, v in enumerate(variants(s.nuisance, s.robustness.misspecification_beyond))
+            if k % n_shards == shard]
+    for k, v in tqdm(mine, desc=f"misspecification {shard + 1}/{n_shards}", unit="variant",
+                     disable=not progress):
         c_out, g_out = _variant_windows(v, s, cosmo, proj, gal, z, dist)
         kept, d = c_out["cluster_id"], c_out["observer_distance_mpc_h"]
         w, offs = windows(g_out, kept)
@@ -288,8 +304,8 @@ def misspecification(*, config, model, normalisation, joint_pdf, projected, clus
                                       _reproduced(preds[i], kept, ref if own else
                                                   _eval_reference(mdl["eval"]), mdl["eval"]))
         t = c_out["log10_m200c"]
-        _score(rows, _estimates(s, models, preds, g_out, offs, kept, d, t), t, d,
-               c_out["halo_id"], v, ids.size, edges)
+        scored(k, _estimates(s, models, preds, g_out, offs, kept, d, t), t, d,
+               c_out["halo_id"], v, ids.size)
     bad = {k: c for k, c in checks.items() if not c <= _REPRODUCE_DEX}
     if bad:
         raise RuntimeError(f"misspecification: the matrix's windows do not reproduce the stored "
@@ -297,7 +313,38 @@ def misspecification(*, config, model, normalisation, joint_pdf, projected, clus
                            f"{eval_predictions} from the eval split's galaxies, 'fiducial': "
                            "the fiducial variant of projected.h5 through the fiducial model): "
                            "rerun the mock rules (--forcerun project)")
-    summary = _summary(s, models, rows, checks, edges)
+    meta = [{k: mdl[k] for k in ("kind", "run", "model", "joint_pdf", "flow_pdf", "sets_pdf")
+             if k in mdl} for mdl in models]
+    # NaN and None as they are (io.write_json, not jsonable): the gather writes the same
+    # numbers as one job would
+    io.write_json(out, dict(shard=shard, n_shards=n_shards, rows=rows, checks=checks,
+                            models=meta, edges=[float(e) for e in edges]))
+
+
+def misspecification(*, config, shards, summary_out, table_out):
+    """Rule ``misspecification``: the matrix from its shards (``shards``: the JSON files
+    of :func:`misspecification_shard`, one per shard): the rows in variant order
+    (``eval`` first), the summary per model and estimator; logs the verdicts."""
+    import json
+    from pathlib import Path
+
+    s = settings_of(config)
+    parts = []
+    for path in shards:
+        try:
+            parts.append(json.loads(Path(path).read_text()))
+        except (OSError, ValueError) as err:
+            raise CatalogueError(path, "rows", f"not a misspecification shard ({err})",
+                                 "rerun it: snakemake --forcerun misspecification_shard"
+                                 ) from err
+    n = {p["n_shards"] for p in parts}
+    if n != {len(parts)} or sorted(p["shard"] for p in parts) != list(range(len(parts))):
+        raise CatalogueError(shards[0], "shard", f"{len(parts)} shard files of {sorted(n)} "
+                             "shards", "rerun the misspecification shards of one config")
+    tagged = sorted((r for p in parts for r in p["rows"]), key=lambda r: r[0])
+    rows = [r for _, r in tagged]
+    checks = {k: c for p in parts for k, c in p["checks"].items()}
+    summary = _summary(s, parts[0]["models"], rows, checks, parts[0]["edges"])
     io.write_json(summary_out, jsonable(summary))
     write_csv(table_out, MISSPECIFICATION_COLUMNS, rows)
     for key, m in summary["models"].items():

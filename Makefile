@@ -4,6 +4,7 @@
 #   make test   same set-up, then the test suite
 #   make report the HTML report of a finished run (report.html; CONFIG as for make run)
 #   make seeds  after make run: two more training seeds of every network (the seed spreads)
+#               and the cube-only CNN3D (the paper's network, no distance input)
 PYTHON ?= python3
 VENV   ?= .venv
 CORES  ?= 2

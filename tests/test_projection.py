@@ -216,3 +216,51 @@ def test_tube_search_finds_exactly_the_brute_force_window(cosmo):
         brute = np.flatnonzero((np.abs(x) <= 1.6) & (np.abs(y) <= 1.6) & (np.abs(v) <= 2200))
         assert len(brute) > 200
         np.testing.assert_array_equal(np.sort(rec["galaxy_id"]), brute)
+
+
+def test_project_batches_the_same_for_any_number_of_processes(cosmo):
+    """Rule project's batches (issue 31: forked processes side by side) hold exactly the
+    windows of Projector.project_halo, halo by halo in sightline order, for 1 and 2
+    processes and any batch size; cluster ids run over the sightline rows."""
+    from cmpipe.mock.projection import project_batches
+
+    rng = np.random.default_rng(5)
+    box, n = 80.0, 6000
+    pos = rng.uniform(0, box, (n, 3))
+    vel = rng.normal(0, 300, (n, 3))
+    centres = rng.uniform(10, 70, (5, 3))
+    hid = np.repeat(np.arange(1, 6), 60)
+    pos[:300] = centres[hid - 1] + rng.normal(0, 0.5, (300, 3))
+    gal = dict(galaxy_id=np.arange(n), halo_id=np.r_[hid, np.full(n - 300, 99)],
+               is_central=np.zeros(n, int), x_mpc_h=pos[:, 0], y_mpc_h=pos[:, 1],
+               z_mpc_h=pos[:, 2], vx_kms=vel[:, 0], vy_kms=vel[:, 1], vz_kms=vel[:, 2],
+               mag_r=rng.uniform(-22, -18, n))
+    halos = _halos([(k, -1, 14.0 + 0.1 * k, 1.0, 5.0, *centres[k - 1], 0.0, 0.0, 0.0)
+                    for k in range(1, 6)])
+    p = _projector(cosmo, halos, gal, box=box)
+    per_halo = [1, 3, 2, 1, 2]
+    sl_hid = np.repeat(np.arange(1, 6), per_halo)
+    dirs = rng.normal(size=(sl_hid.size, 3))
+    dirs /= np.linalg.norm(dirs, axis=1)[:, None]
+    sl = dict(halo_id=sl_hid, sightline=np.concatenate([np.arange(k) for k in per_halo]),
+              nx=dirs[:, 0], ny=dirs[:, 1], nz=dirs[:, 2])
+    hosts = dict(halo_id=halos["halo_id"], log10_m200c=halos["log10_m200c"],
+                 r200c_mpc_h=halos["r200c_mpc_h"])
+    expect = np.concatenate([rec["galaxy_id"] for k in range(1, 6)
+                             for rec in p.project_halo(k, dirs[sl_hid == k])])
+    assert expect.size > 100
+    runs = {}
+    for workers, bs in ((1, 2), (2, 1), (2, 2)):
+        out = list(project_batches(p, sl, hosts, batch_size=bs, progress=False,
+                                   workers=workers))
+        assert len(out) == -(-5 // bs)
+        runs[workers, bs] = ({k: np.concatenate([c[k] for c, _ in out]) for k in out[0][0]},
+                             {k: np.concatenate([g[k] for _, g in out]) for k in out[0][1]})
+    ref_cl, ref_gal = runs[1, 2]
+    np.testing.assert_array_equal(ref_gal["galaxy_id"], expect)
+    np.testing.assert_array_equal(ref_cl["cluster_id"], np.arange(sl_hid.size))
+    for cl, g in runs.values():
+        for k in ref_cl:
+            np.testing.assert_array_equal(cl[k], ref_cl[k])
+        for k in ref_gal:
+            np.testing.assert_array_equal(g[k], ref_gal[k])

@@ -519,7 +519,7 @@ def test_flow_products_are_consistent(tiny_run):
     rows = {r["estimator"]: r for r in comp["rows"]}
     # the four estimators, then the CNN3D with the distance switched off (issue 16): the
     # same network under the distance-blind calibration, and the cube-only CNN3D
-    # (ablation.cube_only, inherited from config.yaml) under either calibration
+    # (ablation.cube_only, set by configs/tiny.yaml) under either calibration
     from cmpipe.evaluation.comparison import DISTANCE_VARIANTS
     assert [r["estimator"] for r in comp["rows"]] == [
         "cnn3d_sbi", "flow", "sets", "msigma_gapper", "virial", *DISTANCE_VARIANTS]

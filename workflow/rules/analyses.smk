@@ -229,6 +229,7 @@ rule misspecification_shard:
     benchmark:
         res("benchmarks/misspecification/shard-{shard}.tsv")
     threads: 1                  # one-thread shards side by side (README, run time)
+    priority: 5   # as soon as its models are in, beside the analyses
     resources:
         mem_mb=4000,
         runtime=60,

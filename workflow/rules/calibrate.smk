@@ -14,6 +14,7 @@ rule calibrate:
     benchmark:
         res("benchmarks/calibrate.tsv")
     threads: 1                  # two one-thread jobs side by side (README, run time)
+    priority: 10  # ahead of the analyses: the misspecification shards wait for it
     resources:
         mem_mb=2000,
         runtime=20,

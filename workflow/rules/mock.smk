@@ -58,6 +58,7 @@ rule project:
         up("logs/project.log"),
     benchmark:
         up("benchmarks/project.tsv")
+    threads: 2                  # forked processes over halo batches (the same file for any)
     resources:
         mem_mb=8000,
         runtime=120,

@@ -65,6 +65,7 @@ rule set_train:
         res("benchmarks/sets/{seeddir}train.tsv")
     threads: 1                  # a small network, as the flow: one torch thread each, so two
                                 # trainings (seeds, the flow) share the two cores
+    priority: 10  # ahead of the analyses: the misspecification shards wait for it
     resources:
         mem_mb=4000,
         runtime=120,
@@ -91,6 +92,7 @@ rule set_calibrate:
     benchmark:
         res("benchmarks/sets/{seeddir}calibrate.tsv")
     threads: 1
+    priority: 10  # ahead of the analyses: the misspecification shards wait for it
     resources:
         mem_mb=4000,
         runtime=30,

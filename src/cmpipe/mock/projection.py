@@ -259,7 +259,7 @@ class Projector:
 
 
 def project_batches(projector: Projector, sightlines: dict, hosts: dict, *,
-                    batch_size: int = 500, progress: bool = True):
+                    batch_size: int = 500, progress: bool = True, workers: int = 1):
     """Project every (halo, sightline) row, yielding batches of whole halos.
 
     Parameters
@@ -271,6 +271,9 @@ def project_batches(projector: Projector, sightlines: dict, hosts: dict, *,
         Selected host halos (their ``log10_m200c`` and ``r200c_mpc_h`` are copied).
     batch_size : int
         Halos per yielded batch.
+    workers : int
+        Processes projecting batches side by side (forked, so they share the projector's
+        arrays); the batches come out in order and are the same for any number.
 
     Yields
     ------
@@ -278,38 +281,72 @@ def project_batches(projector: Projector, sightlines: dict, hosts: dict, *,
         PROJECTED_CLUSTER_SCHEMA and WINDOW_GALAXY_SCHEMA rows; ``cluster_id`` runs over
         the sightline rows in order (0, 1, ...), so ids do not depend on the batch size.
     """
+    import multiprocessing
+
     from tqdm.auto import tqdm
 
-    host_row = {int(h): i for i, h in enumerate(hosts["halo_id"])}
+    global _FORKED
     hid = np.asarray(sightlines["halo_id"])
-    dirs = np.column_stack([sightlines["nx"], sightlines["ny"], sightlines["nz"]])
     starts = np.flatnonzero(np.r_[True, hid[1:] != hid[:-1]])
-    stops = np.r_[starts[1:], len(hid)]
+    job = dict(projector=projector, sightlines=sightlines, hosts=hosts,
+               host_row={int(h): i for i, h in enumerate(hosts["halo_id"])},
+               dirs=np.column_stack([sightlines["nx"], sightlines["ny"], sightlines["nz"]]),
+               starts=starts, stops=np.r_[starts[1:], len(hid)], batch_size=int(batch_size))
+    b0s = range(0, len(starts), int(batch_size))
     bar = tqdm(total=len(starts), desc="project", unit="halo", disable=not progress)
-    for b0 in range(0, len(starts), batch_size):
-        cl_parts, gal_parts = [], []
-        for s0, s1 in zip(starts[b0:b0 + batch_size], stops[b0:b0 + batch_size]):
-            h = int(hid[s0])
-            row = host_row[h]
-            recs = projector.project_halo(h, dirs[s0:s1])
-            for k, rec in enumerate(recs):
-                cid = s0 + k
-                ng = len(rec["galaxy_id"])
-                cl_parts.append(dict(
-                    cluster_id=[cid], halo_id=[h], sightline=[sightlines["sightline"][s0 + k]],
-                    log10_m200c=[hosts["log10_m200c"][row]],
-                    r200c_mpc_h=[hosts["r200c_mpc_h"][row]], n_window=[ng],
-                    interloper_halo_id=[rec["interloper_halo_id"]],
-                    interloper_mass_ratio=[rec["interloper_mass_ratio"]],
-                    interloper_distance=[rec["interloper_distance"]]))
-                gal = {k2: rec[k2] for k2 in ("galaxy_id", "x_proj_mpc_h", "y_proj_mpc_h",
-                                              "v_los_kms", "los_offset_mpc_h", "mag_r",
-                                              "is_member")}
-                gal["cluster_id"] = np.full(ng, cid, dtype=np.int64)
-                gal_parts.append(gal)
-            bar.update(1)
-        yield _concat(cl_parts), _concat(gal_parts)
+    if int(workers) > 1 and len(b0s) > 1:
+        _FORKED = job                 # the children inherit it at the fork
+        try:
+            with multiprocessing.get_context("fork").Pool(int(workers)) as pool:
+                for cl, gal, n in pool.imap(_forked_batch, b0s):
+                    bar.update(n)
+                    yield cl, gal
+        finally:
+            _FORKED = None
+    else:
+        for b0 in b0s:
+            cl, gal, n = _project_batch(job, b0)
+            bar.update(n)
+            yield cl, gal
     bar.close()
+
+
+#: The batch job of :func:`project_batches` in its forked worker processes.
+_FORKED = None
+
+
+def _forked_batch(b0):
+    return _project_batch(_FORKED, b0)
+
+
+def _project_batch(job: dict, b0: int):
+    """The clusters and window galaxies of the halos ``b0`` .. ``b0 + batch_size`` of
+    ``job`` (:func:`project_batches`), and how many halos that is."""
+    projector, sightlines, hosts = job["projector"], job["sightlines"], job["hosts"]
+    hid = np.asarray(sightlines["halo_id"])
+    dirs, bs = job["dirs"], job["batch_size"]
+    cl_parts, gal_parts = [], []
+    rows = list(zip(job["starts"][b0:b0 + bs], job["stops"][b0:b0 + bs]))
+    for s0, s1 in rows:
+        h = int(hid[s0])
+        row = job["host_row"][h]
+        recs = projector.project_halo(h, dirs[s0:s1])
+        for k, rec in enumerate(recs):
+            cid = s0 + k
+            ng = len(rec["galaxy_id"])
+            cl_parts.append(dict(
+                cluster_id=[cid], halo_id=[h], sightline=[sightlines["sightline"][s0 + k]],
+                log10_m200c=[hosts["log10_m200c"][row]],
+                r200c_mpc_h=[hosts["r200c_mpc_h"][row]], n_window=[ng],
+                interloper_halo_id=[rec["interloper_halo_id"]],
+                interloper_mass_ratio=[rec["interloper_mass_ratio"]],
+                interloper_distance=[rec["interloper_distance"]]))
+            gal = {k2: rec[k2] for k2 in ("galaxy_id", "x_proj_mpc_h", "y_proj_mpc_h",
+                                          "v_los_kms", "los_offset_mpc_h", "mag_r",
+                                          "is_member")}
+            gal["cluster_id"] = np.full(ng, cid, dtype=np.int64)
+            gal_parts.append(gal)
+    return _concat(cl_parts), _concat(gal_parts), len(rows)
 
 
 def _concat(parts):

@@ -115,10 +115,11 @@ def sightlines(*, config, hosts, out):
 
 
 def project(*, config, halos, galaxies, tail_halos, tail_galaxies, hosts, sightlines, out,
-            progress=True):
+            progress=True, threads=1):
     """Rule ``project``: every galaxy of the box inside each cluster's window; the
     training tail's halos are ghosts (their windows see the box, no other window sees
-    them)."""
+    them). ``threads`` processes project halo batches side by side (the same file for
+    any number)."""
     from ..mock.projection import Projector, project_batches
 
     s = settings_of(config)
@@ -148,7 +149,7 @@ def project(*, config, halos, galaxies, tail_halos, tail_galaxies, hosts, sightl
         w.add_group("clusters", PROJECTED_CLUSTER_SCHEMA, meta)
         w.add_group("galaxies", WINDOW_GALAXY_SCHEMA)
         for cl, gal in project_batches(proj, sl, hs, batch_size=s.mock.halo_batch_size,
-                                       progress=progress):
+                                       progress=progress, workers=threads):
             w.append("clusters", cl)
             w.append("galaxies", gal)
             n_c += len(cl["cluster_id"])

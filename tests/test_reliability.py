@@ -761,7 +761,8 @@ def test_infer_checks_a_real_run_directory(tmp_path, tmp_path_factory, capsys):
 # ------------------------------------------------------------- speed-only config keys
 
 SPEED_OVERLAY = {"kde": {"shard_size": 7, "batch_size": 3}, "train": {"in_memory_max_mb": 1},
-                 "flow": {"max_memory_mb": 1}, "mock": {"halo_batch_size": 17}}
+                 "flow": {"max_memory_mb": 1}, "mock": {"halo_batch_size": 17},
+                 "robustness": {"misspecification_shards": 3}}
 
 
 def test_speed_only_keys_are_one_list_named_in_the_schema():

@@ -710,7 +710,7 @@ def test_misspecification_beside_the_fiducial_model(tiny_run, tmp_path):
                joint_pdf=fres / "calibration/joint_pdf.h5", eval=fres / "summaries/eval.h5",
                config=fres / "config.resolved.yaml", flow_model=fres / "flow/model/flow.pt",
                flow_joint_pdf=fres / "flow/joint_pdf.h5")
-    # the matrix in one shard and in two: the same bytes (each variant has its own stream)
+    # the matrix in one shard and in two: the same numbers (each variant has its own stream)
     for n in (1, 2):
         shards = [tmp_path / f"mm{n}-{k}.json" for k in range(n)]
         for k, out in enumerate(shards):
@@ -726,8 +726,11 @@ def test_misspecification_beside_the_fiducial_model(tiny_run, tmp_path):
                                 summary_out=tmp_path / f"mm{n}.json",
                                 table_out=tmp_path / f"mm{n}.csv")
     assert {len(json.loads(p.read_text())["rows"]) for p in shards} != {0}
-    for ext in ("json", "csv"):
-        assert (tmp_path / f"mm1.{ext}").read_bytes() == (tmp_path / f"mm2.{ext}").read_bytes()
+    assert (tmp_path / "mm1.csv").read_bytes() == (tmp_path / "mm2.csv").read_bytes()
+    one, two = (json.loads((tmp_path / f"mm{n}.json").read_text()) for n in (1, 2))
+    assert (one.pop("n_shards"), two.pop("n_shards")) == (1, 2) and one == two
+    assert stages.recorded_shards(tmp_path / "mm2.json", 5) == 2
+    assert stages.recorded_shards(tmp_path / "missing.json", 5) == 5
     with pytest.raises(CatalogueError, match="shard"):
         stages.misspecification(config=cfg, shards=shards[:1], summary_out=tmp_path / "x.json",
                                 table_out=tmp_path / "x.csv")

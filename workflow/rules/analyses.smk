@@ -222,7 +222,7 @@ rule misspecification_shard:
         rows=temp(res("robustness/misspecification/shard-{shard}.json")),
     params:
         shard=lambda wildcards: int(wildcards.shard),
-        n_shards=config["robustness"]["misspecification_shards"],
+        n_shards=misspecification_shards(),
         **misspecification_params(),
     log:
         res("logs/robustness/misspecification-{shard}.log"),
@@ -242,7 +242,7 @@ rule misspecification_shard:
 rule misspecification:
     input:
         shards=lambda wildcards: [res(f"robustness/misspecification/shard-{k:04d}.json")
-                                  for k in range(config["robustness"]["misspecification_shards"])],
+                                  for k in range(misspecification_shards())],
     output:
         summary=res("robustness/misspecification.json"),
         table=report(

@@ -134,6 +134,15 @@ def shard_size_of(split):
     return gathered_shard_size(res(f"cubes/{split}.h5"), config["kde"]["shard_size"])
 
 
+def misspecification_shards():
+    """The misspecification matrix's shard count: the one its finished JSON was made with,
+    if any (robustness.misspecification_shards is speed-only, as kde.shard_size)."""
+    from cmpipe.stages import recorded_shards
+
+    return recorded_shards(res("robustness/misspecification.json"),
+                           config["robustness"]["misspecification_shards"])
+
+
 def kde_shard_files(wildcards):
     """Shard files of one split; their number follows from the split checkpoint and the
     shard size. kde.shard_size is speed-only: the shard size recorded in an existing

@@ -32,7 +32,8 @@ from .cubes import (SPLIT_NAMES, gathered_shard_size, kde_gather, kde_shard, n_s
 # training_plots lives in .evaluate: it draws history.csv without Keras (envs/plots.yaml)
 from .evaluate import (calibrate, evaluate, evaluation_plots, metrics_table, report_tables,
                        training_plots)
-from .misspecification import misspecification, misspecification_plots, misspecification_shard
+from .misspecification import (misspecification, misspecification_plots, misspecification_shard,
+                               recorded_shards)
 from .flow import flow_calibrate, flow_evaluate, flow_images, flow_plots, flow_train
 from .flow_survey import flow_survey_images, flow_survey_posteriors
 from .sets import (set_calibrate, set_evaluate, set_inputs, set_plots, set_seeds,
@@ -55,6 +56,7 @@ __all__ = [
     "survey_posteriors", "mass_function", "load_run_config", "infer",
     "ablation_inputs", "ablation_train", "ablation_evaluate", "ablation_summary",
     "ablation_plots", "perturbed_eval", "robustness_plots", "misspecification_shard",
+    "recorded_shards",
     "misspecification", "misspecification_plots", "saliency_maps", "saliency_plots",
     "flow_images", "flow_survey_images", "flow_train", "flow_calibrate", "flow_evaluate",
     "flow_survey_posteriors", "flow_plots", "compare", "companion_run",

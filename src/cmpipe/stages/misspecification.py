@@ -31,7 +31,8 @@ from .compare import check_fiducial_run
 from .cubes import split_galaxies
 
 __all__ = ["MISSPECIFICATION_COLUMNS", "MISSPECIFICATION_CRITERIA", "FIDUCIAL_EVAL_TOLERANCE",
-           "misspecification_shard", "misspecification", "misspecification_plots"]
+           "recorded_shards", "misspecification_shard", "misspecification",
+           "misspecification_plots"]
 
 MISSPECIFICATION_COLUMNS = ("model", "run", "estimator", "variant", "kind", "others",
                             "nuisance", "value", "n", "n_halos", "n_dropped",
@@ -48,6 +49,23 @@ FIDUCIAL_EVAL_TOLERANCE = {"coverage_68": 0.03, "coverage_95": 0.02}
 _NOMINAL = {"coverage_68": 0.6827, "coverage_95": 0.9545}
 #: Predictions that must agree to round-off (dex): the same windows through the same code.
 _REPRODUCE_DEX = 1e-6
+
+
+def recorded_shards(summary, default: int) -> int:
+    """The shard count a finished matrix ``summary`` (``misspecification.json``) was made
+    with (its ``n_shards``), else ``default`` (no file yet, or one without it).
+
+    ``robustness.misspecification_shards`` is speed-only (:data:`cmpipe.sections.
+    SPEED_ONLY_KEYS`): the workflow keeps the recorded count for an existing matrix, so a
+    new count changes no job's input files and reruns nothing."""
+    import json
+    from pathlib import Path
+
+    try:
+        n = json.loads(Path(summary).read_text()).get("n_shards")
+    except (OSError, ValueError, AttributeError):
+        return int(default)
+    return n if isinstance(n, int) and n >= 1 else int(default)
 
 
 def _projected_eval_windows(projected, ids):
@@ -344,7 +362,8 @@ def misspecification(*, config, shards, summary_out, table_out):
     tagged = sorted((r for p in parts for r in p["rows"]), key=lambda r: r[0])
     rows = [r for _, r in tagged]
     checks = {k: c for p in parts for k, c in p["checks"].items()}
-    summary = _summary(s, parts[0]["models"], rows, checks, parts[0]["edges"])
+    summary = dict(_summary(s, parts[0]["models"], rows, checks, parts[0]["edges"]),
+                   n_shards=len(parts))
     io.write_json(summary_out, jsonable(summary))
     write_csv(table_out, MISSPECIFICATION_COLUMNS, rows)
     for key, m in summary["models"].items():

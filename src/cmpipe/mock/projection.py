@@ -288,7 +288,7 @@ def project_batches(projector: Projector, sightlines: dict, hosts: dict, *,
     global _FORKED
     hid = np.asarray(sightlines["halo_id"])
     starts = np.flatnonzero(np.r_[True, hid[1:] != hid[:-1]])
-    job = dict(projector=projector, sightlines=sightlines, hosts=hosts,
+    job = dict(projector=projector, sightlines=sightlines, hosts=hosts, hid=hid,
                host_row={int(h): i for i, h in enumerate(hosts["halo_id"])},
                dirs=np.column_stack([sightlines["nx"], sightlines["ny"], sightlines["nz"]]),
                starts=starts, stops=np.r_[starts[1:], len(hid)], batch_size=int(batch_size))
@@ -323,8 +323,7 @@ def _project_batch(job: dict, b0: int):
     """The clusters and window galaxies of the halos ``b0`` .. ``b0 + batch_size`` of
     ``job`` (:func:`project_batches`), and how many halos that is."""
     projector, sightlines, hosts = job["projector"], job["sightlines"], job["hosts"]
-    hid = np.asarray(sightlines["halo_id"])
-    dirs, bs = job["dirs"], job["batch_size"]
+    hid, dirs, bs = job["hid"], job["dirs"], job["batch_size"]
     cl_parts, gal_parts = [], []
     rows = list(zip(job["starts"][b0:b0 + bs], job["stops"][b0:b0 + bs]))
     for s0, s1 in rows:

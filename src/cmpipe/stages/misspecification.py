@@ -291,9 +291,9 @@ def misspecification_shard(*, config, model, normalisation, joint_pdf, projected
                     v_kms=g["v_los_kms"]), galaxy_offsets(kept, g["cluster_id"])
 
     def scored(index, estimates, t, d, halo, v, n_eval):
-        mine = []
-        _score(mine, estimates, t, d, halo, v, n_eval, edges)
-        rows.extend([index, r] for r in mine)
+        new = []
+        _score(new, estimates, t, d, halo, v, n_eval, edges)
+        rows.extend([index, r] for r in new)    # tagged with the variant's index
 
     if shard == 0:       # the eval clusters as stored (this run's models): the path's check
         g = split_galaxies(clusters, ids)
@@ -307,8 +307,8 @@ def misspecification_shard(*, config, model, normalisation, joint_pdf, projected
     proj, gal, z = _projected_eval_windows(projected, ids)
     if s.mock.members == "bound":
         gal = {k: v[gal["is_member"] != 0] for k, v in gal.items()}
-    mine = [(k, v) for k, v in enumerate(variants(s.nuisance, s.robustness.misspecification_beyond))
-            if k % n_shards == shard]
+    vs = variants(s.nuisance, s.robustness.misspecification_beyond)
+    mine = [(k, v) for k, v in enumerate(vs) if k % n_shards == shard]
     for k, v in tqdm(mine, desc=f"misspecification {shard + 1}/{n_shards}", unit="variant",
                      disable=not progress):
         c_out, g_out = _variant_windows(v, s, cosmo, proj, gal, z, dist)
